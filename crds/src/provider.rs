@@ -1,0 +1,116 @@
+//! `Provider`: one volunteer machine running edge-kubelet.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Condition, Usage};
+
+/// Desired state of a Provider (cluster-scoped; created when an edge first joins).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "decloud.dev",
+    version = "v1alpha1",
+    kind = "Provider",
+    plural = "providers",
+    shortname = "prov",
+    status = "ProviderStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","priority":1}"#,
+    printcolumn = r#"{"name":"CPU","type":"string","jsonPath":".status.allocatable.cpu"}"#,
+    printcolumn = r#"{"name":"Memory","type":"string","jsonPath":".status.allocatable.memory"}"#,
+    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.allocated.pods"}"#,
+    printcolumn = r#"{"name":"Reliability","type":"string","jsonPath":".status.reliability"}"#,
+    printcolumn = r#"{"name":"Last-Seen","type":"date","jsonPath":".status.lastHeartbeatTime"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderSpec {
+    /// Who lends this machine (contact address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 254))]
+    pub owner: Option<String>,
+    /// Caps on what the cluster may use; never more than the machine has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered: Option<ResourceOffer>,
+    /// When true, running pods stay but no new ones are placed here.
+    #[serde(default)]
+    pub cordoned: bool,
+}
+
+/// Resources of a provider.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ResourceOffer {
+    /// CPU cores, e.g. `2` or `1500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 32),
+        regex(
+            pattern = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+]?[0-9]+))?$"
+        )
+    )]
+    pub cpu: Option<String>,
+    /// Memory, e.g. `4Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 32),
+        regex(
+            pattern = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+]?[0-9]+))?$"
+        )
+    )]
+    pub memory: Option<String>,
+    /// Maximum number of pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub pods: Option<i32>,
+}
+
+/// Lifecycle phase of a provider.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ProviderPhase {
+    /// Registered, never connected.
+    #[default]
+    Pending,
+    /// Connected and heartbeating.
+    Ready,
+    /// Heartbeats missed.
+    NotReady,
+    /// Credential revoked; the edge is refused.
+    Revoked,
+}
+
+/// Observed state of a Provider.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: ProviderPhase,
+    /// Name of the virtual node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// edge-kubelet version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Last heartbeat the operator recorded (written on transitions and periodically, not per
+    /// heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<String>,
+    /// Detected on the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<ResourceOffer>,
+    /// What the cluster may use: capacity capped by the offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocatable: Option<ResourceOffer>,
+    /// Requests of the pods bound here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<ResourceOffer>,
+    /// Uptime ratio over the last 24 h, e.g. `0.997`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reliability: Option<String>,
+    /// Resources consumed by pods on this provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// `Ready` and friends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,507 @@
+//! `Workload`: an app to run, replicated across volunteer providers.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Condition, Usage};
+
+/// Desired state of a Workload.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "decloud.dev",
+    version = "v1alpha1",
+    kind = "Workload",
+    plural = "workloads",
+    shortname = "wl",
+    namespaced,
+    status = "WorkloadStatus",
+    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.template.spec.containers[0].image"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.expose) || self.template.spec.containers.exists(c, has(c.ports) && c.ports.exists(p, p.containerPort == self.expose.port))",
+    "message": "spec.expose.port must be one of the containers' ports (spec.template.spec.containers[*].ports[*].containerPort)",
+    "fieldPath": ".expose.port",
+}]))]
+pub struct WorkloadSpec {
+    /// Number of replicas to keep running, each on its own provider by default.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// The pod each replica runs, shaped like a Deployment's template.
+    pub template: PodTemplate,
+    /// Where replicas may be placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// How the app is reached through the DeCloud gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<Expose>,
+    /// How fast replicas on a lost provider are replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Pod template of a Workload.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplate {
+    /// Labels and annotations copied onto every replica's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    /// The pod's specification.
+    pub spec: PodSpec,
+}
+
+/// Metadata of a pod template.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    /// Labels for the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations for the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The subset of a Kubernetes PodSpec a volunteer host will run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.containers.all(c, self.containers.exists_one(d, d.name == c.name))",
+    "message": "container names must be unique within a pod",
+    "fieldPath": ".containers",
+}]))]
+pub struct PodSpec {
+    /// What the edge does when a container exits.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Seconds between SIGTERM and SIGKILL when a replica stops.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 0, max = 300))]
+    pub termination_grace_period_seconds: i64,
+    /// The containers of the pod; they share one network namespace.
+    #[schemars(length(min = 1, max = 8))]
+    pub containers: Vec<Container>,
+}
+
+fn default_grace() -> i64 {
+    10
+}
+
+/// Restart policy of a pod.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RestartPolicy {
+    /// Restart every container that exits.
+    #[default]
+    Always,
+    /// Restart containers that exit non-zero.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+impl RestartPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::OnFailure => "OnFailure",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// One container of a pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// Container name, a DNS label.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Image reference, e.g. `decloud-demo/hello:1`.
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[^\s]+$"))]
+    pub image: String,
+    /// When the edge pulls the image.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// Entrypoint; the image's when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub command: Vec<String>,
+    /// Arguments to the entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub args: Vec<String>,
+    /// Working directory inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub working_dir: Option<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub env: Vec<EnvVar>,
+    /// Ports the container listens on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub ports: Vec<ContainerPort>,
+    /// CPU and memory requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Probe that decides when the replica may receive traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+}
+
+/// Image pull policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Always pull before starting.
+    Always,
+    /// Pull only when the image is missing.
+    #[default]
+    IfNotPresent,
+    /// Never pull; fail when missing.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// An environment variable with a literal value.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct EnvVar {
+    /// Variable name.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    )]
+    pub name: String,
+    /// Variable value.
+    #[serde(default)]
+    #[schemars(length(max = 32768))]
+    pub value: String,
+}
+
+/// A port a container listens on.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// Optional port name, an IANA service name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: Option<String>,
+    /// Port number inside the pod.
+    #[schemars(range(min = 1, max = 65535))]
+    pub container_port: i32,
+    /// Transport protocol.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// Transport protocol of a port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP.
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+/// Requests and limits of a container.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ResourceRequirements {
+    /// What placement reserves on the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ResourceList>,
+    /// Hard caps the edge enforces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceList>,
+}
+
+/// CPU and memory quantities.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ResourceList {
+    /// CPU, e.g. `100m` or `0.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 32),
+        regex(
+            pattern = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+]?[0-9]+))?$"
+        )
+    )]
+    pub cpu: Option<String>,
+    /// Memory, e.g. `128Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 32),
+        regex(
+            pattern = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+]?[0-9]+))?$"
+        )
+    )]
+    pub memory: Option<String>,
+}
+
+/// A readiness probe; exactly one handler.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.httpGet), has(self.tcpSocket), has(self.exec)].filter(x, x).size() == 1",
+    "message": "a probe needs exactly one of httpGet, tcpSocket or exec",
+}]))]
+pub struct Probe {
+    /// HTTP GET on the pod; 2xx and 3xx pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    /// TCP connect to the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    /// Command run inside the container; exit 0 passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    /// Seconds after start before the first probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds between probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: Option<i32>,
+    /// Seconds before a probe times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+    /// Consecutive passes to become ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: Option<i32>,
+    /// Consecutive failures to become unready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: Option<i32>,
+}
+
+/// HTTP GET probe.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct HttpGetAction {
+    /// Request path.
+    #[serde(default = "default_path")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^/"))]
+    pub path: String,
+    /// Port in the pod.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+/// TCP socket probe.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct TcpSocketAction {
+    /// Port in the pod.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// Exec probe.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ExecAction {
+    /// Command and arguments.
+    #[schemars(length(min = 1, max = 64))]
+    pub command: Vec<String>,
+}
+
+/// Placement rules.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Whether replicas must land on distinct providers.
+    #[serde(default)]
+    pub spread: Spread,
+    /// Only providers whose labels match may run replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_selector: Option<LabelSelector>,
+}
+
+/// Spread mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Spread {
+    /// Every replica on a distinct provider; missing capacity is reported, not overcommitted.
+    #[default]
+    Required,
+    /// Distinct providers when possible, shared ones otherwise.
+    Preferred,
+}
+
+/// A label selector, as in `metav1.LabelSelector`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    /// Labels that must match exactly.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    /// Set-based requirements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+/// One set-based label requirement.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+    "message": "values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist",
+}]))]
+pub struct LabelSelectorRequirement {
+    /// Label key.
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: SelectorOperator,
+    /// Values for `In` and `NotIn`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// Operator of a set-based requirement.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SelectorOperator {
+    /// Label value in the set.
+    #[default]
+    In,
+    /// Label value not in the set (or label absent).
+    NotIn,
+    /// Label present.
+    Exists,
+    /// Label absent.
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy this selector.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let got = labels.get(&r.key);
+                match r.operator {
+                    SelectorOperator::In => got.is_some_and(|v| r.values.contains(v)),
+                    SelectorOperator::NotIn => got.is_none_or(|v| !r.values.contains(v)),
+                    SelectorOperator::Exists => got.is_some(),
+                    SelectorOperator::DoesNotExist => got.is_none(),
+                }
+            })
+    }
+}
+
+/// How the app is exposed through the gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Expose {
+    /// Container port the gateway forwards to.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Public host name; `<name>.<namespace>.<base-domain>` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub host: Option<String>,
+}
+
+/// Failover settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Failover {
+    /// Seconds a replica's provider may be NotReady before the replica is replaced elsewhere.
+    #[serde(default = "default_failover_grace")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub grace_seconds: i64,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Self {
+            grace_seconds: default_failover_grace(),
+        }
+    }
+}
+
+/// Default failover grace, in seconds.
+pub fn default_failover_grace() -> i64 {
+    5
+}
+
+/// Observed state of a Workload.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Replicas that exist.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Replicas that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Public URL through the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Where each replica runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placements: Vec<ReplicaPlacement>,
+    /// `Available`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Resources consumed by this Workload's replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// One replica's placement.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaPlacement {
+    /// Pod name.
+    pub pod: String,
+    /// Provider name.
+    pub provider: String,
+    /// Pod phase.
+    #[serde(default)]
+    pub phase: String,
+    /// Whether the replica passes its readiness checks.
+    #[serde(default)]
+    pub ready: bool,
+}

@@ -1,0 +1,2 @@
+//! DeCloud end-to-end environment.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! DeCloud edge-kubelet.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! DeCloud operator.
+#![forbid(unsafe_code)]
