@@ -1,0 +1,2 @@
+//! DeCloud Workload controller.
+#![forbid(unsafe_code)]
