@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 
 cache=${DECLOUD_CACHE:-$HOME/.cache/decloud}
-bin="$cache/k8s-$K8S_VERSION-etcd-$ETCD_VERSION/bin"
+bin="$cache/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-r$BUILD_REV/bin"
 tools=(kube-apiserver kube-controller-manager kubectl etcd)
 
 have_all=1
@@ -54,9 +54,17 @@ echo "k8s: go mod tidy (downloads through the Go module proxy)" >&2
 GOFLAGS=-mod=mod go mod tidy >&2
 
 export CGO_ENABLED=0
+# Stamp the real version, as the Kubernetes release build does, so /version and kubectl
+# report v1.x.y instead of v0.0.0-master.
+kminor=$(echo "$kver" | cut -d. -f2)
+vflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  vflags="$vflags -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kminor"
+  vflags="$vflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
 for t in kube-apiserver kube-controller-manager kubectl; do
   echo "k8s: building $t $K8S_VERSION (minutes on 2 cores the first time)" >&2
-  go build -trimpath -ldflags "-s -w" -o "$bin/$t" "k8s.io/kubernetes/cmd/$t" >&2
+  go build -trimpath -ldflags "-s -w $vflags" -o "$bin/$t" "k8s.io/kubernetes/cmd/$t" >&2
 done
 echo "k8s: building etcd $ETCD_VERSION" >&2
 go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3 >&2

@@ -1,2 +1,14 @@
-//! DeCloud end-to-end environment.
+//! The real DeCloud test environment: a real etcd and kube-apiserver built from their Go
+//! modules, the real Docker engine and the real DeCloud binaries, all on loopback.
+//!
+//! Nothing here is a mock. A suite that lacks a part fails with a message that says how to get
+//! it; it never skips.
 #![forbid(unsafe_code)]
+
+mod env;
+mod process;
+mod wait;
+
+pub use env::{TestEnv, k8s_bin_dir, repo_root};
+pub use process::{ChildGuard, binary, free_port};
+pub use wait::eventually;

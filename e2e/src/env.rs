@@ -1,0 +1,303 @@
+//! [`TestEnv`]: a real etcd and kube-apiserver on free loopback ports, with the DeCloud CRDs
+//! installed.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+
+use crate::{ChildGuard, eventually, free_port};
+
+const ADMIN_TOKEN: &str = "decloud-e2e-admin-token";
+
+/// The repository root (the folder holding the workspace `Cargo.toml`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_path_buf()
+}
+
+/// Folder holding `kube-apiserver`, `kube-controller-manager`, `kubectl` and `etcd`.
+///
+/// `DECLOUD_K8S_BIN` wins when set; otherwise `e2e/k8s/build.sh` is run once per process, which
+/// builds them from their Go modules the first time and returns the cached folder after.
+pub fn k8s_bin_dir() -> anyhow::Result<PathBuf> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("DECLOUD_K8S_BIN") {
+            return Ok(PathBuf::from(dir));
+        }
+        let script = repo_root().join("e2e/k8s/build.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed ({}); the e2e suites need Go and the Go module proxy to build \
+                 kube-apiserver and etcd",
+                script.display(),
+                out.status
+            ));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let dir = stdout.lines().last().unwrap_or_default().trim().to_string();
+        Ok(PathBuf::from(dir))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// A running control plane. Everything is torn down on drop, even when the test panics; if
+/// the test process is killed, each child's watchdog tears it down.
+pub struct TestEnv {
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    bin: PathBuf,
+    api_port: u16,
+    // Fields drop in order: the apiserver stops before etcd, and the folder goes last.
+    apiserver: ChildGuard,
+    etcd: ChildGuard,
+    dir: TempDir,
+}
+
+impl TestEnv {
+    /// Starts etcd and kube-apiserver, writes a kubeconfig, installs the DeCloud CRDs and waits
+    /// until they are served.
+    pub async fn start() -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let bin = k8s_bin_dir()?;
+        for tool in ["etcd", "kube-apiserver", "kubectl"] {
+            if !bin.join(tool).is_file() {
+                bail!(
+                    "{} is missing; run e2e/k8s/build.sh",
+                    bin.join(tool).display()
+                );
+            }
+        }
+        let dir = tempfile::Builder::new().prefix("decloud-e2e-").tempdir()?;
+        let d = dir.path();
+
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let mut etcd_cmd = Command::new(bin.join("etcd"));
+        etcd_cmd.args([
+            "--name=e2e",
+            &format!("--data-dir={}", d.join("etcd").display()),
+            &format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+            &format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+            &format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+            &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+            &format!("--initial-cluster=e2e=http://127.0.0.1:{peer_port}"),
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]);
+        let etcd = ChildGuard::spawn("etcd", etcd_cmd, &d.join("etcd.log"))?;
+
+        let sa_key = d.join("sa.key");
+        let status = Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&sa_key)
+            .arg("2048")
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl to make the service-account key")?;
+        if !status.success() {
+            bail!("openssl genrsa failed");
+        }
+        std::fs::write(
+            d.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"),
+        )?;
+
+        let api_port = free_port()?;
+        let mut api_cmd = Command::new(bin.join("kube-apiserver"));
+        api_cmd.args([
+            &format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            &format!("--secure-port={api_port}"),
+            &format!("--cert-dir={}", d.join("pki").display()),
+            &format!("--token-auth-file={}", d.join("tokens.csv").display()),
+            "--authorization-mode=RBAC",
+            // No kube-controller-manager creates the `default` ServiceAccount here.
+            "--disable-admission-plugins=ServiceAccount",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            &format!("--service-account-key-file={}", sa_key.display()),
+            &format!("--service-account-signing-key-file={}", sa_key.display()),
+            // The operator serves the kubelet API with its own certificate.
+            "--kubelet-preferred-address-types=InternalIP",
+            "--v=0",
+        ]);
+        let mut apiserver =
+            ChildGuard::spawn("kube-apiserver", api_cmd, &d.join("kube-apiserver.log"))?;
+
+        let kubeconfig = d.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(api_port))?;
+        let client = client_for(&kubeconfig).await?;
+
+        let mut etcd = etcd;
+        eventually(Duration::from_secs(90), || {
+            let client = client.clone();
+            let ok = etcd.check_running().and_then(|_| apiserver.check_running());
+            async move {
+                ok?;
+                let req = http::Request::get("/readyz").body(Vec::new())?;
+                let text = client.request_text(req).await?;
+                if text.trim() != "ok" {
+                    bail!("kube-apiserver /readyz: {text}");
+                }
+                Ok(())
+            }
+        })
+        .await
+        .context("kube-apiserver did not become ready")?;
+
+        let env = Self {
+            client,
+            kubeconfig,
+            bin,
+            api_port,
+            apiserver,
+            etcd,
+            dir,
+        };
+        env.install_crds().await?;
+        tracing::info!(elapsed = ?started.elapsed(), api_port, "test control plane ready");
+        Ok(env)
+    }
+
+    async fn install_crds(&self) -> anyhow::Result<()> {
+        let crds = repo_root().join("crds/decloud.yaml");
+        self.kubectl(&["apply", "--server-side", "-f", &crds.to_string_lossy()])?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/workloads.decloud.dev",
+            "crd/providers.decloud.dev",
+        ])?;
+        // Established is not yet "in discovery": wait until kubectl can list both.
+        eventually(Duration::from_secs(30), || async {
+            self.kubectl(&["get", "workloads.decloud.dev,providers.decloud.dev", "-A"])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// A client for the test cluster, with admin rights.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// Path of an admin kubeconfig for the test cluster.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The kube-apiserver's secure port on 127.0.0.1.
+    pub fn api_port(&self) -> u16 {
+        self.api_port
+    }
+
+    /// A scratch folder that lives as long as the environment (logs, state dirs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Folder of the Kubernetes binaries in use.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Runs kubectl against the test cluster; its stdout, or an error with its stderr.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.kubectl_stdin(args, "")
+    }
+
+    /// Runs kubectl with `input` on its standard input (for `apply -f -`).
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> anyhow::Result<String> {
+        let mut child = Command::new(self.bin.join("kubectl"))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting kubectl")?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The last lines of the kube-apiserver's log, for failure messages.
+    pub fn apiserver_log_tail(&self, lines: usize) -> String {
+        self.apiserver.log_tail(lines)
+    }
+
+    /// Keeps the scratch folder (logs) after the environment is dropped; returns its path.
+    pub fn keep_dir(self) -> PathBuf {
+        let TestEnv { dir, .. } = self;
+        dir.keep()
+    }
+
+    /// Fails if etcd or kube-apiserver died.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.etcd.check_running()?;
+        self.apiserver.check_running()
+    }
+}
+
+fn kubeconfig_yaml(api_port: u16) -> String {
+    // The apiserver generates a self-signed serving certificate in its --cert-dir; the test
+    // client does not pin it.
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: decloud-e2e
+  cluster:
+    server: https://127.0.0.1:{api_port}
+    insecure-skip-tls-verify: true
+users:
+- name: admin
+  user:
+    token: {ADMIN_TOKEN}
+contexts:
+- name: decloud-e2e
+  context:
+    cluster: decloud-e2e
+    user: admin
+    namespace: default
+current-context: decloud-e2e
+"
+    )
+}
+
+async fn client_for(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
