@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what DeCloud's local setup and tests need on a Debian machine (run as root):
+# Debian's Docker engine (started when none answers), busybox-static for locally built test
+# images, openssl, and the Kubernetes control plane built from Go modules (cached).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export DEBIAN_FRONTEND=noninteractive
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v iptables >/dev/null || need+=(iptables)
+command -v file >/dev/null || need+=(file)
+{ [ -x /bin/busybox ] && file -L /bin/busybox | grep -q static; } || need+=(busybox-static)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "prereqs: apt-get install ${need[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" ca-certificates >/dev/null
+fi
+command -v go >/dev/null || { echo "prereqs: Go is required to build kube-apiserver and etcd" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "prereqs: Rust (cargo) is required" >&2; exit 1; }
+
+bash e2e/scripts/ensure-docker.sh
+bash e2e/images/busybox-image.sh >/dev/null
+echo "prereqs: Kubernetes control plane"
+bash e2e/k8s/build.sh >/dev/null
