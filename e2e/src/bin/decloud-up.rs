@@ -1,0 +1,288 @@
+//! `decloud-up`: brings up a working local DeCloud and runs its demo.
+//!
+//! With no cluster given it starts a real etcd and kube-apiserver on loopback (the e2e control
+//! plane), installs the CRDs, starts the operator and `--edges` edge-kubelet providers on the
+//! local Docker engine, applies the demo Workload and waits until it is ready. It then prints
+//! the kubeconfig to use and keeps everything running until Ctrl-C.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use decloud_e2e::{ChildGuard, TestEnv, binary, eventually, free_port, repo_root};
+
+/// Bring up a local DeCloud: control plane, operator, providers and a demo Workload.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Use this cluster instead of starting a local control plane (CRDs are applied to it).
+    #[arg(long, env = "DECLOUD_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Number of edge-kubelet providers to start on the local Docker engine.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=20))]
+    edges: u16,
+    /// Workload manifest to apply as the demo.
+    #[arg(long, default_value = "examples/hello-workload.yaml")]
+    workload: PathBuf,
+    /// Skip the demo Workload.
+    #[arg(long)]
+    no_demo: bool,
+    /// Tear everything down once the demo is ready instead of waiting for Ctrl-C (for tests).
+    #[arg(long)]
+    exit_when_ready: bool,
+    /// How long to wait for the demo to become ready.
+    #[arg(long, default_value = "120s", value_parser = humantime_secs)]
+    timeout: Duration,
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let n = s.trim_end_matches('s');
+    n.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a number of seconds such as 120s"))
+}
+
+struct Step {
+    n: usize,
+    of: usize,
+    started: Instant,
+}
+
+impl Step {
+    fn next(&mut self, what: &str) {
+        self.n += 1;
+        eprintln!(
+            "[{}/{}] {what} (t+{:.1}s)",
+            self.n,
+            self.of,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn kubectl(bin: &Path, kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(bin)
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut step = Step {
+        n: 0,
+        of: if args.no_demo { 4 } else { 6 },
+        started: Instant::now(),
+    };
+    let root = repo_root();
+
+    step.next("control plane");
+    let (env, kubeconfig, kubectl_bin, scratch) = match &args.kubeconfig {
+        Some(kc) => {
+            let kubectl_bin = decloud_e2e::k8s_bin_dir()?.join("kubectl");
+            let crds = root.join("crds/decloud.yaml");
+            kubectl(
+                &kubectl_bin,
+                kc,
+                &["apply", "--server-side", "-f", &crds.to_string_lossy()],
+            )?;
+            let scratch = tempfile::Builder::new()
+                .prefix("decloud-up-")
+                .tempdir()?
+                .keep();
+            eprintln!("      using the cluster of {}", kc.display());
+            (None, kc.clone(), kubectl_bin, scratch)
+        }
+        None => {
+            let env = TestEnv::start().await?;
+            eprintln!(
+                "      etcd + kube-apiserver {} on https://127.0.0.1:{}; CRDs installed",
+                kubectl(
+                    &env.bin_dir().join("kubectl"),
+                    env.kubeconfig(),
+                    &["version", "-o", "yaml"]
+                )
+                .ok()
+                .and_then(|v| v
+                    .lines()
+                    .skip_while(|l| !l.starts_with("serverVersion"))
+                    .find(|l| l.contains("gitVersion"))
+                    .map(|l| l
+                        .trim()
+                        .trim_start_matches("gitVersion:")
+                        .trim()
+                        .to_string()))
+                .unwrap_or_default(),
+                env.api_port()
+            );
+            let kc = env.kubeconfig().to_path_buf();
+            let kubectl_bin = env.bin_dir().join("kubectl");
+            let scratch = env.dir().to_path_buf();
+            (Some(env), kc, kubectl_bin, scratch)
+        }
+    };
+
+    step.next("operator");
+    let edge_port = free_port()?;
+    let metrics_port = free_port()?;
+    let kubelet_port = free_port()?;
+    let mut op = Command::new(binary("decloud-operator")?);
+    op.env("KUBECONFIG", &kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or("info".into()),
+        )
+        .args(["run", "--edge-listen", &format!("127.0.0.1:{edge_port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--kubelet-port", &kubelet_port.to_string()]);
+    let mut operator = ChildGuard::spawn("decloud-operator", op, &scratch.join("operator.log"))?;
+    eventually(Duration::from_secs(30), || {
+        let running = operator.check_running();
+        async move {
+            running?;
+            std::net::TcpStream::connect(("127.0.0.1", edge_port))?;
+            Ok(())
+        }
+    })
+    .await
+    .context("the operator did not start listening for edges")?;
+    eprintln!(
+        "      edges dial 127.0.0.1:{edge_port}; metrics on http://127.0.0.1:{metrics_port}/metrics"
+    );
+
+    step.next(&format!(
+        "{} edge-kubelet providers on the local Docker engine",
+        args.edges
+    ));
+    let image = Command::new("bash")
+        .arg(root.join("e2e/images/busybox-image.sh"))
+        .output()?;
+    if !image.status.success() {
+        bail!(
+            "building the demo image failed: {}",
+            String::from_utf8_lossy(&image.stderr)
+        );
+    }
+    let mut edges = Vec::new();
+    for i in 1..=args.edges {
+        let name = format!("local-{i}");
+        let state = scratch.join(format!("edge-{name}"));
+        std::fs::create_dir_all(&state)?;
+        let mut cmd = Command::new(binary("edge-kubelet")?);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or("info".into()),
+        )
+        .args([
+            "run",
+            "--operator",
+            &format!("http://127.0.0.1:{edge_port}"),
+        ])
+        .args(["--name", &name])
+        .args(["--label", "topology.kubernetes.io/region=local"])
+        .args(["--state-dir", &state.to_string_lossy()]);
+        edges.push(ChildGuard::spawn(
+            &name,
+            cmd,
+            &scratch.join(format!("{name}.log")),
+        )?);
+    }
+    eventually(Duration::from_secs(60), || {
+        let out = kubectl(
+            &kubectl_bin,
+            &kubeconfig,
+            &["get", "prov", "-o", "jsonpath={.items[*].status.phase}"],
+        );
+        let want = args.edges as usize;
+        async move {
+            let out = out?;
+            let ready = out.split_whitespace().filter(|p| *p == "Ready").count();
+            if ready < want {
+                bail!("{ready}/{want} providers Ready");
+            }
+            Ok(())
+        }
+    })
+    .await
+    .context("providers did not become Ready")?;
+    eprintln!("      {} providers Ready", args.edges);
+
+    if !args.no_demo {
+        step.next(&format!("demo Workload {}", args.workload.display()));
+        let manifest = root.join(&args.workload);
+        kubectl(
+            &kubectl_bin,
+            &kubeconfig,
+            &["apply", "-f", &manifest.to_string_lossy()],
+        )?;
+
+        step.next("waiting for every replica to be ready");
+        let last = eventually(args.timeout, || {
+            let out = kubectl(
+                &kubectl_bin,
+                &kubeconfig,
+                &[
+                    "get",
+                    "wl",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name} {.spec.replicas} {.status.readyReplicas} {.status.url}{\"\\n\"}{end}",
+                ],
+            );
+            async move {
+                let out = out?;
+                for line in out.lines() {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    if f.len() < 3 || f[1] != f[2] {
+                        bail!("not ready yet: {line}");
+                    }
+                }
+                Ok(out)
+            }
+        })
+        .await
+        .context("the demo Workload did not become ready")?;
+        for line in last.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let Some(url) = f.get(3) {
+                eprintln!("      {} is ready: {url}", f[0]);
+            }
+        }
+    }
+
+    step.next("DeCloud is up");
+    let table = kubectl(
+        &kubectl_bin,
+        &kubeconfig,
+        &["get", "wl,prov,nodes,pods", "-o", "wide"],
+    )?;
+    println!("{table}");
+    println!("export KUBECONFIG={}", kubeconfig.display());
+    println!("kubectl get wl,prov,nodes,pods -o wide");
+    println!("logs: {}", scratch.display());
+
+    if args.exit_when_ready {
+        operator.check_running()?;
+    } else {
+        eprintln!("Press Ctrl-C to tear everything down.");
+        tokio::signal::ctrl_c().await?;
+    }
+    drop(edges);
+    drop(operator);
+    drop(env);
+    eprintln!("torn down");
+    Ok(())
+}
