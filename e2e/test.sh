@@ -19,6 +19,8 @@ cargo run -q -p decloud-crds --bin crdgen -- --check
 
 DECLOUD_K8S_BIN=$(bash e2e/k8s/build.sh)
 export DECLOUD_K8S_BIN
+DECLOUD_HELM=$(bash e2e/k8s/build-helm.sh)
+export DECLOUD_HELM
 
 echo "--- build the binaries the suites run"
 cargo build --workspace --bins

@@ -25,3 +25,5 @@ bash e2e/scripts/ensure-docker.sh
 bash e2e/images/busybox-image.sh >/dev/null
 echo "prereqs: Kubernetes control plane"
 bash e2e/k8s/build.sh >/dev/null
+echo "prereqs: helm"
+bash e2e/k8s/build-helm.sh >/dev/null
