@@ -1,2 +1,67 @@
-//! DeCloud Workload controller.
+//! DeCloud Workload controller: keeps each Workload's replicas running across volunteer
+//! providers — placement, rolling updates, failover in seconds, and cleanup on deletion.
+//!
+//! It talks to the rest of DeCloud only through Kubernetes objects (see `docs/contracts.md`):
+//! it reads `Provider` status and writes `Pod`s bound to the virtual nodes `edge-<provider>`;
+//! the operator's pod bridge carries those pods to the edges and reports their status back.
+//!
+//! The operator spawns [`run`] under its leader election:
+//!
+//! ```no_run
+//! # async fn spawn(client: kube::Client) {
+//! tokio::spawn(decloud_workload::run(client, decloud_workload::Config::default()));
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+mod controller;
+mod error;
+mod failover;
+mod placement;
+mod pod;
+mod quantity;
+mod rollout;
+mod status;
+
+pub use controller::{FIELD_MANAGER, FINALIZER, run};
+pub use error::{Error, Result};
+pub use pod::{TEMPLATE_HASH_LABEL, WORKLOAD_LABEL, template_hash};
+
+/// Settings of the Workload controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Domain under which Workloads without `expose.host` get `<name>.<namespace>.<base_domain>`.
+    pub base_domain: String,
+    /// How `status.url` is formed from the host; `{host}` is replaced by it.
+    pub url_template: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            base_domain: "decloud.localhost".into(),
+            url_template: "http://{host}".into(),
+        }
+    }
+}
+
+impl Config {
+    /// The public URL of a Workload.
+    pub fn url(&self, workload: &decloud_crds::Workload) -> String {
+        use kube::ResourceExt;
+        let host = workload
+            .spec
+            .expose
+            .as_ref()
+            .and_then(|e| e.host.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}.{}.{}",
+                    workload.name_any(),
+                    workload.namespace().unwrap_or_default(),
+                    self.base_domain
+                )
+            });
+        self.url_template.replace("{host}", &host)
+    }
+}

@@ -1,0 +1,601 @@
+//! The controller: wiring (watches, caches, context) and the reconcile of one Workload.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use decloud_crds::{Provider, ReplicaPlacement, Workload, WorkloadStatus, find_condition};
+use futures::StreamExt;
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    Config, Error, Result,
+    failover::{Health, OutageClock, verdict},
+    placement::{Allocatable, Candidate, Resources},
+    pod::{
+        Replica, WORKLOAD_LABEL, build_pod, holds_resources, node_name, pod_requests,
+        replica_requests, template_hash,
+    },
+    quantity::{cpu_millis, memory_bytes},
+    rollout::{DeleteReason, Observed, PlanInput, plan},
+    status::{DEGRADED, StatusInput, compute_status},
+};
+
+/// Finalizer that keeps a Workload until its pods are gone.
+pub const FINALIZER: &str = "decloud.dev/workload-cleanup";
+/// Field manager of every status write and the `reportingController` of events.
+pub const FIELD_MANAGER: &str = "decloud-workload";
+/// How long a pod this controller created counts against its provider before the cache shows it.
+const ASSUME_FOR: Duration = Duration::from_secs(30);
+/// Retry delay after an unexpected error.
+const ERROR_REQUEUE: Duration = Duration::from_secs(5);
+/// Retry delay while a deleted Workload waits for its pods to go.
+const CLEANUP_REQUEUE: Duration = Duration::from_secs(1);
+
+// === impl Context ===
+
+/// A pod created by this controller, not yet in the pod cache.
+struct Assumed {
+    node: String,
+    requests: Resources,
+    owner_uid: String,
+    at: Instant,
+}
+
+/// Shared by every reconcile, built once.
+pub(crate) struct Context {
+    client: Client,
+    config: Config,
+    recorder: Recorder,
+    /// Every Provider, from a watch.
+    providers: Store<Provider>,
+    /// Every pod, from a watch: the requests already bound to each provider.
+    pods: Store<Pod>,
+    outages: OutageClock,
+    /// Pods created here that the pod cache may not show yet, by `namespace/name`.
+    assumed: Mutex<HashMap<String, Assumed>>,
+    /// Held while reading capacity and creating pods, so two Workloads never both take the
+    /// last room on a provider.
+    placing: tokio::sync::Mutex<()>,
+}
+
+impl Context {
+    /// Requests bound to each node: cached pods, plus created-but-not-yet-cached ones, minus the
+    /// pods of the Workload `skip_uid` (the caller has a fresher list of those).
+    fn node_usage(&self, skip_uid: &str) -> HashMap<String, Resources> {
+        let mut usage: HashMap<String, Resources> = HashMap::new();
+        let mut cached = BTreeSet::new();
+        for pod in self.pods.state() {
+            cached.insert(format!(
+                "{}/{}",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            ));
+            let owned = pod.owner_references().iter().any(|o| o.uid == skip_uid);
+            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
+                continue;
+            };
+            if owned || !holds_resources(&pod) {
+                continue;
+            }
+            let entry = usage.entry(node.clone()).or_default();
+            *entry = entry.plus(pod_requests(&pod));
+        }
+        let mut assumed = self.assumed.lock().unwrap_or_else(PoisonError::into_inner);
+        assumed.retain(|key, a| !cached.contains(key) && a.at.elapsed() < ASSUME_FOR);
+        for a in assumed.values().filter(|a| a.owner_uid != skip_uid) {
+            let entry = usage.entry(a.node.clone()).or_default();
+            *entry = entry.plus(a.requests);
+        }
+        usage
+    }
+
+    /// Counts a just-created pod against its node until the pod cache shows it.
+    fn assume(&self, namespace: &str, pod: &str, assumed: Assumed) {
+        self.assumed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(format!("{namespace}/{pod}"), assumed);
+    }
+
+    async fn publish(&self, workload: &Workload, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &workload.object_ref(&()))
+            .await
+        {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+// === run ===
+
+/// Runs the Workload controller until the process ends (or the watches fail for good).
+///
+/// Checks first that the CRDs are installed and says how to install them if not.
+pub async fn run(client: Client, config: Config) -> Result<()> {
+    let workloads = Api::<Workload>::all(client.clone());
+    let providers = Api::<Provider>::all(client.clone());
+    let pods = Api::<Pod>::all(client.clone());
+    workloads
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| Error::CrdMissing("workloads.decloud.dev", e))?;
+    providers
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| Error::CrdMissing("providers.decloud.dev", e))?;
+
+    let (provider_store, writer) = reflector::store();
+    let provider_watch =
+        reflector::reflector(writer, watcher(providers.clone(), Default::default()))
+            .default_backoff()
+            .touched_objects();
+    tokio::spawn(provider_watch.for_each(|_| async {}));
+    let (pod_store, writer) = reflector::store();
+    let pod_watch = reflector::reflector(writer, watcher(pods, Default::default()))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(pod_watch.for_each(|_| async {}));
+    // Without a full view of providers every replica would look lost.
+    let _ = provider_store.wait_until_ready().await;
+    let _ = pod_store.wait_until_ready().await;
+    info!("provider and pod caches ready; starting the Workload controller");
+
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        config,
+        providers: provider_store,
+        pods: pod_store.clone(),
+        outages: OutageClock::default(),
+        assumed: Mutex::default(),
+        placing: tokio::sync::Mutex::new(()),
+    });
+
+    let controller = Controller::new(workloads, watcher::Config::default());
+    let workload_store = controller.store();
+    controller
+        .owns(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(WORKLOAD_LABEL),
+        )
+        .watches(providers, watcher::Config::default(), move |provider| {
+            workloads_affected_by(&provider, &pod_store, &workload_store)
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(workload = %obj, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// The Workloads a change of `provider` may matter to: those with replicas on it (failover,
+/// status) and those short of replicas (new capacity).
+fn workloads_affected_by(
+    provider: &Provider,
+    pods: &Store<Pod>,
+    workloads: &Store<Workload>,
+) -> Vec<ObjectRef<Workload>> {
+    let node = provider_node(provider);
+    let mut refs: BTreeSet<(String, String)> = pods
+        .state()
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()))
+        .filter_map(|p| Some((p.namespace()?, p.labels().get(WORKLOAD_LABEL)?.clone())))
+        .collect();
+    for wl in workloads.state() {
+        let short = wl.status.as_ref().is_none_or(|s| {
+            s.ready_replicas < wl.spec.replicas
+                || find_condition(&s.conditions, DEGRADED).is_some_and(|c| c.is_true())
+        });
+        if short {
+            refs.insert((wl.namespace().unwrap_or_default(), wl.name_any()));
+        }
+    }
+    refs.into_iter()
+        .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+        .collect()
+}
+
+fn provider_node(provider: &Provider) -> String {
+    provider
+        .status
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_else(|| node_name(&provider.name_any()))
+}
+
+// === reconcile ===
+
+/// Reconciles one Workload: its finalizer, then [`apply`] or [`cleanup`].
+pub(crate) async fn reconcile(workload: Arc<Workload>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = workload
+        .namespace()
+        .ok_or_else(|| Error::InvalidWorkload("a Workload must be namespaced".into()))?;
+    let key = format!("{ns}/{}", workload.name_any());
+    let api = Api::<Workload>::namespaced(ctx.client.clone(), &ns);
+    async {
+        finalizer(&api, FINALIZER, workload, |event| async {
+            match event {
+                Finalizer::Apply(wl) => apply(&wl, &ctx).await,
+                Finalizer::Cleanup(wl) => cleanup(&wl, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    }
+    .instrument(info_span!("reconcile", workload = %key))
+    .await
+}
+
+/// Requeues soon after a failure; a cleanup still waiting for pods is not a failure.
+pub(crate) fn error_policy(workload: Arc<Workload>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if let Error::PodsRemaining(n) = error.inner() {
+        debug!(workload = %workload.name_any(), pods = n, "cleanup waiting for pods");
+        return Action::requeue(CLEANUP_REQUEUE);
+    }
+    warn!(
+        workload = %format!("{}/{}", workload.namespace().unwrap_or_default(), workload.name_any()),
+        error = %error,
+        kind = error.metric_label(),
+        "reconcile failed"
+    );
+    Action::requeue(ERROR_REQUEUE)
+}
+
+// The domain logic of a Workload. These would be `impl Workload { … }` as in controller-rs,
+// but `Workload` lives in `decloud-crds`, so they are free functions here.
+
+/// This Workload's own pods, read fresh from the API (the cache may lag behind our creates).
+async fn owned_pods(workload: &Workload, ctx: &Context) -> Result<(Api<Pod>, Vec<Pod>)> {
+    let ns = workload.namespace().unwrap_or_default();
+    let uid = workload.uid().unwrap_or_default();
+    let api = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    let selector = format!("{WORKLOAD_LABEL}={}", workload.name_any());
+    let pods = api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
+        .collect();
+    Ok((api, pods))
+}
+
+/// Brings the Workload's pods one step closer to its spec and writes its status.
+async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
+    let uid = workload
+        .uid()
+        .ok_or_else(|| Error::InvalidWorkload("no uid".into()))?;
+    let ns = workload.namespace().unwrap_or_default();
+    let spec = &workload.spec;
+    let desired = usize::try_from(spec.replicas).unwrap_or(0);
+    let hash = template_hash(&spec.template);
+    let per_replica = replica_requests(&spec.template.spec);
+    let grace_seconds = spec
+        .failover
+        .as_ref()
+        .map_or(decloud_crds::default_failover_grace(), |f| f.grace_seconds)
+        .max(0);
+    let grace = Duration::from_secs(grace_seconds.unsigned_abs());
+    let placement = spec.placement.clone().unwrap_or_default();
+
+    let placing = ctx.placing.lock().await;
+    let (pods_api, pods) = owned_pods(workload, ctx).await?;
+    let now = Timestamp::now();
+    let providers = ctx.providers.state();
+    let by_node: HashMap<String, &Provider> = providers
+        .iter()
+        .map(|p| (provider_node(p), p.as_ref()))
+        .collect();
+
+    let mut usage = ctx.node_usage(&uid);
+    for pod in pods.iter().filter(|p| holds_resources(p)) {
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            let entry = usage.entry(node).or_default();
+            *entry = entry.plus(pod_requests(pod));
+        }
+    }
+    let candidates: Vec<Candidate> = providers
+        .iter()
+        .map(|p| candidate(p, usage.get(&provider_node(p)).copied().unwrap_or_default()))
+        .collect();
+
+    let observed: Vec<Observed> = pods
+        .iter()
+        .map(|pod| {
+            let r = Replica::from_pod(pod);
+            let node = r.node.clone().unwrap_or_default();
+            let provider = by_node.get(&node).copied();
+            let provider_name = provider.map_or_else(
+                || node.strip_prefix("edge-").unwrap_or(&node).to_string(),
+                |p| p.name_any(),
+            );
+            let health = Health::of(provider);
+            let first_seen = ctx.outages.observe(&provider_name, &health, now);
+            Observed {
+                pod: r.name,
+                provider: provider_name,
+                hash: r.hash,
+                phase: r.phase,
+                ready: r.ready,
+                terminating: r.terminating,
+                verdict: verdict(&health, first_seen, now, grace),
+            }
+        })
+        .collect();
+
+    let step = plan(&PlanInput {
+        desired,
+        hash: &hash,
+        observed: &observed,
+        candidates: &candidates,
+        per_replica,
+        spread: placement.spread,
+        selector: placement.provider_selector.as_ref(),
+    });
+
+    let mut gone = BTreeSet::new();
+    for d in &step.delete {
+        let params = if d.force {
+            DeleteParams::default().grace_period(0)
+        } else {
+            DeleteParams::default()
+        };
+        match pods_api.delete(&d.pod, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        gone.insert(d.pod.clone());
+        let (type_, reason, note) = match &d.reason {
+            DeleteReason::Failover { down_for } => (
+                EventType::Warning,
+                "Failover",
+                format!(
+                    "provider {} NotReady for {}s (grace {grace_seconds}s): replacing pod {}",
+                    d.provider,
+                    down_for.as_secs(),
+                    d.pod
+                ),
+            ),
+            DeleteReason::Abandoned => (
+                EventType::Warning,
+                "ForceDeleted",
+                format!("pod {} was stopping on lost provider {}", d.pod, d.provider),
+            ),
+            DeleteReason::Finished => (
+                EventType::Normal,
+                "Replacing",
+                format!("pod {} on {} has finished; replacing it", d.pod, d.provider),
+            ),
+            DeleteReason::Surplus => (
+                EventType::Normal,
+                "ScaledDown",
+                format!("removed pod {} from provider {}", d.pod, d.provider),
+            ),
+            DeleteReason::Replaced | DeleteReason::MakeRoom => (
+                EventType::Normal,
+                "Replaced",
+                format!(
+                    "pod {} on {} replaced by the new template",
+                    d.pod, d.provider
+                ),
+            ),
+        };
+        info!(pod = %d.pod, provider = %d.provider, force = d.force, reason, "deleting pod");
+        ctx.publish(workload, type_, reason, note).await;
+    }
+
+    let mut created = Vec::new();
+    for provider in &step.create {
+        let node = by_node
+            .iter()
+            .find(|(_, p)| p.name_any() == *provider)
+            .map_or_else(|| node_name(provider), |(n, _)| n.clone());
+        let pod = pods_api
+            .create(&PostParams::default(), &build_pod(workload, &hash, &node)?)
+            .await?;
+        let name = pod.name_any();
+        ctx.assume(
+            &ns,
+            &name,
+            Assumed {
+                node: node.clone(),
+                requests: per_replica,
+                owner_uid: uid.clone(),
+                at: Instant::now(),
+            },
+        );
+        info!(pod = %name, provider = %provider, "placed replica");
+        ctx.publish(
+            workload,
+            EventType::Normal,
+            "Placed",
+            format!("placed replica {name} on provider {provider}"),
+        )
+        .await;
+        created.push((name, provider.clone()));
+    }
+    drop(placing);
+
+    let mut placements: Vec<ReplicaPlacement> = observed
+        .iter()
+        .filter(|o| !o.terminating && !gone.contains(&o.pod))
+        .map(|o| ReplicaPlacement {
+            pod: o.pod.clone(),
+            provider: o.provider.clone(),
+            phase: o.phase.clone(),
+            ready: o.serving(),
+        })
+        .collect();
+    let mut updated = observed
+        .iter()
+        .filter(|o| !o.terminating && !gone.contains(&o.pod) && o.hash == hash)
+        .count();
+    for (pod, provider) in created {
+        updated += 1;
+        placements.push(ReplicaPlacement {
+            pod,
+            provider,
+            phase: "Pending".into(),
+            ready: false,
+        });
+    }
+    let now_text = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let status = compute_status(StatusInput {
+        generation: workload.metadata.generation,
+        desired,
+        url: ctx.config.url(workload),
+        placements,
+        updated,
+        shortage: step
+            .shortage
+            .as_ref()
+            .map(|s| s.message(step.placed, desired)),
+        unreachable: step
+            .unreachable
+            .iter()
+            .map(|o| (o.pod.clone(), o.provider.clone()))
+            .collect(),
+        grace_seconds,
+        previous: workload.status.as_ref(),
+        now: &now_text,
+    });
+    write_status(workload, ctx, status).await?;
+    Ok(Action::requeue(step.requeue))
+}
+
+/// A provider as placement sees it.
+fn candidate(provider: &Provider, used: Resources) -> Candidate {
+    let status = provider.status.clone().unwrap_or_default();
+    let alloc = status.allocatable.unwrap_or_default();
+    Candidate {
+        name: provider.name_any(),
+        labels: provider.labels().clone(),
+        readiness: Health::of(Some(provider)).readiness(provider.spec.cordoned),
+        reliability_permille: status
+            .reliability
+            .as_deref()
+            .and_then(|r| r.trim().parse::<f64>().ok())
+            .filter(|r| r.is_finite())
+            .map_or(0, |r| (r.clamp(0.0, 1.0) * 1000.0).round() as i64),
+        allocatable: Allocatable {
+            cpu_millis: alloc.cpu.as_deref().and_then(cpu_millis),
+            memory_bytes: alloc.memory.as_deref().and_then(memory_bytes),
+            pods: alloc.pods.map(i64::from),
+        },
+        used,
+        replicas: 0,
+    }
+}
+
+/// Writes `status` by server-side apply, unless it is what the Workload already shows; emits a
+/// Warning event when the Workload becomes (differently) degraded.
+async fn write_status(workload: &Workload, ctx: &Context, status: WorkloadStatus) -> Result<()> {
+    let previous = workload
+        .status
+        .clone()
+        .map(|s| WorkloadStatus { usage: None, ..s });
+    if previous.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let was = previous
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, DEGRADED))
+        .filter(|c| c.is_true());
+    if let Some(now) = find_condition(&status.conditions, DEGRADED).filter(|c| c.is_true())
+        && was.is_none_or(|w| w.message != now.message)
+    {
+        ctx.publish(
+            workload,
+            EventType::Warning,
+            &now.reason,
+            now.message.clone(),
+        )
+        .await;
+    }
+    let api = Api::<Workload>::namespaced(
+        ctx.client.clone(),
+        &workload.namespace().unwrap_or_default(),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": Workload::api_version(&()),
+        "kind": Workload::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &workload.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the Workload's pods; fails with [`Error::PodsRemaining`] (keeping the finalizer)
+/// until none is left.
+async fn cleanup(workload: &Workload, ctx: &Context) -> Result<Action> {
+    let (api, pods) = owned_pods(workload, ctx).await?;
+    if pods.is_empty() {
+        info!("all pods gone; releasing the Workload");
+        return Ok(Action::await_change());
+    }
+    let providers = ctx.providers.state();
+    for pod in &pods {
+        let r = Replica::from_pod(pod);
+        let node = r.node.unwrap_or_default();
+        let provider = providers.iter().find(|p| provider_node(p) == node);
+        // Only a Ready provider can confirm a graceful stop; for the others, force.
+        let force = Health::of(provider.map(AsRef::as_ref)) != Health::Ready;
+        if r.terminating && !force {
+            continue;
+        }
+        let params = if force {
+            DeleteParams::default().grace_period(0)
+        } else {
+            DeleteParams::default()
+        };
+        match api.delete(&r.name, &params).await {
+            Ok(_) => debug!(pod = %r.name, force, "deleting pod"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::PodsRemaining(pods.len()))
+}
+
+#[cfg(test)]
+mod tests;

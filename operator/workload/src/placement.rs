@@ -1,0 +1,257 @@
+//! Choosing providers for new replicas: a pure function over a snapshot of the providers.
+
+use std::collections::BTreeMap;
+
+use decloud_crds::{LabelSelector, Spread};
+
+use crate::quantity::{format_cpu, format_memory};
+
+/// CPU, memory and pod count, as integers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Millicores.
+    pub cpu_millis: i64,
+    /// Bytes.
+    pub memory_bytes: i64,
+    /// Pods.
+    pub pods: i64,
+}
+
+impl Resources {
+    /// What one pod with these CPU and memory requests takes.
+    pub fn pod(cpu_millis: i64, memory_bytes: i64) -> Self {
+        Self {
+            cpu_millis,
+            memory_bytes,
+            pods: 1,
+        }
+    }
+
+    /// Sum of two.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            cpu_millis: self.cpu_millis + other.cpu_millis,
+            memory_bytes: self.memory_bytes + other.memory_bytes,
+            pods: self.pods + other.pods,
+        }
+    }
+
+    /// Human-readable form for messages ("cpu 100m, memory 32Mi").
+    pub fn describe(self) -> String {
+        format!(
+            "cpu {}, memory {}",
+            format_cpu(self.cpu_millis),
+            format_memory(self.memory_bytes)
+        )
+    }
+}
+
+/// What a provider may hold; `None` for a dimension it does not report (unbounded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allocatable {
+    /// Millicores.
+    pub cpu_millis: Option<i64>,
+    /// Bytes.
+    pub memory_bytes: Option<i64>,
+    /// Pods.
+    pub pods: Option<i64>,
+}
+
+impl Allocatable {
+    /// Whether `used + extra` stays within every reported dimension.
+    pub fn fits(&self, used: Resources, extra: Resources) -> bool {
+        let total = used.plus(extra);
+        self.cpu_millis.is_none_or(|c| total.cpu_millis <= c)
+            && self.memory_bytes.is_none_or(|m| total.memory_bytes <= m)
+            && self.pods.is_none_or(|p| total.pods <= p)
+    }
+
+    /// Average share of CPU and memory in use, in thousandths (lower is emptier); dimensions
+    /// without a bound or with no capacity count as empty.
+    fn allocated_permille(&self, used: Resources) -> i64 {
+        let share = |used: i64, cap: Option<i64>| match cap {
+            Some(cap) if cap > 0 => used.saturating_mul(1000) / cap,
+            _ => 0,
+        };
+        (share(used.cpu_millis, self.cpu_millis) + share(used.memory_bytes, self.memory_bytes)) / 2
+    }
+}
+
+/// Whether a provider may take new replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Connected and accepting work.
+    Ready,
+    /// Connected, but its owner asked for no new work.
+    Cordoned,
+    /// Not connected (pending, unreachable, revoked).
+    NotReady,
+}
+
+/// One provider as placement sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// Provider name.
+    pub name: String,
+    /// Provider labels, matched against the Workload's provider selector.
+    pub labels: BTreeMap<String, String>,
+    /// Readiness for new work.
+    pub readiness: Readiness,
+    /// Uptime ratio in thousandths (`0.997` -> 997); unknown counts as 0.
+    pub reliability_permille: i64,
+    /// Capacity the cluster may use.
+    pub allocatable: Allocatable,
+    /// Requests of every pod bound to the provider, including this Workload's.
+    pub used: Resources,
+    /// Active replicas of this Workload on the provider.
+    pub replicas: usize,
+}
+
+/// What to place.
+#[derive(Clone, Debug)]
+pub struct PlacementRequest<'a> {
+    /// How many new replicas.
+    pub count: usize,
+    /// Requests of one replica (`pods` = 1).
+    pub per_replica: Resources,
+    /// Spread mode.
+    pub spread: Spread,
+    /// Provider selector, if any.
+    pub selector: Option<&'a LabelSelector>,
+}
+
+/// Why some replicas found no provider.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shortage {
+    /// Replicas left without a provider.
+    pub unplaced: usize,
+    /// Ready, non-cordoned providers matching the selector.
+    pub matching: usize,
+    /// Of those, how many already run a replica (spread Required).
+    pub busy: usize,
+    /// Of those, how many lack free capacity for one more replica.
+    pub full: usize,
+    /// The requests of one replica.
+    pub per_replica: Resources,
+}
+
+impl Shortage {
+    /// The `Degraded` message: "3/4 replicas placed: 1 needs a provider; 3 Ready providers
+    /// match, all in use".
+    pub fn message(&self, placed: usize, desired: usize) -> String {
+        let needs = if self.unplaced == 1 {
+            "1 needs a provider".to_string()
+        } else {
+            format!("{} need a provider", self.unplaced)
+        };
+        let providers = match self.matching {
+            0 => "no Ready provider matches".to_string(),
+            1 => "1 Ready provider matches".to_string(),
+            n => format!("{n} Ready providers match"),
+        };
+        let detail = if self.matching == 0 {
+            String::new()
+        } else if self.busy == self.matching {
+            ", all in use".to_string()
+        } else {
+            let mut parts = Vec::new();
+            if self.busy > 0 {
+                let verb = if self.busy == 1 { "runs" } else { "run" };
+                parts.push(format!("{} already {verb} a replica", self.busy));
+            }
+            if self.full > 0 {
+                let verb = if self.full == 1 { "lacks" } else { "lack" };
+                parts.push(format!(
+                    "{} {verb} free capacity for {}",
+                    self.full,
+                    self.per_replica.describe()
+                ));
+            }
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", parts.join(", "))
+            }
+        };
+        format!("{placed}/{desired} replicas placed: {needs}; {providers}{detail}")
+    }
+}
+
+/// The providers chosen, one per new replica, and what could not be placed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Provider names, in placement order.
+    pub chosen: Vec<String>,
+    /// Set when fewer than `count` replicas were placed.
+    pub shortage: Option<Shortage>,
+}
+
+/// Chooses a provider for each of `request.count` new replicas.
+///
+/// A provider qualifies when it is Ready, not cordoned, matches the selector, has room for one
+/// more replica's requests, and (spread Required) runs no replica of this Workload yet. Among
+/// those, the best is the one with the fewest replicas of this Workload, then the most reliable,
+/// then the least allocated, then the first by name — so the result depends on nothing but the
+/// input.
+pub fn place_replicas(candidates: &[Candidate], request: &PlacementRequest<'_>) -> Placement {
+    let mut pool: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| c.readiness == Readiness::Ready)
+        .filter(|c| request.selector.is_none_or(|s| s.matches(&c.labels)))
+        .cloned()
+        .collect();
+    let mut chosen = Vec::with_capacity(request.count);
+    for placed in 0..request.count {
+        let best = pool
+            .iter_mut()
+            .filter(|c| request.spread == Spread::Preferred || c.replicas == 0)
+            .filter(|c| c.allocatable.fits(c.used, request.per_replica))
+            .min_by(|a, b| {
+                let key = |c: &Candidate| {
+                    (
+                        c.replicas,
+                        -c.reliability_permille,
+                        c.allocatable
+                            .allocated_permille(c.used.plus(request.per_replica)),
+                    )
+                };
+                key(a).cmp(&key(b)).then_with(|| a.name.cmp(&b.name))
+            });
+        match best {
+            Some(c) => {
+                c.replicas += 1;
+                c.used = c.used.plus(request.per_replica);
+                chosen.push(c.name.clone());
+            }
+            None => {
+                let busy = if request.spread == Spread::Required {
+                    pool.iter().filter(|c| c.replicas > 0).count()
+                } else {
+                    0
+                };
+                let full = pool
+                    .iter()
+                    .filter(|c| request.spread == Spread::Preferred || c.replicas == 0)
+                    .filter(|c| !c.allocatable.fits(c.used, request.per_replica))
+                    .count();
+                return Placement {
+                    chosen,
+                    shortage: Some(Shortage {
+                        unplaced: request.count - placed,
+                        matching: pool.len(),
+                        busy,
+                        full,
+                        per_replica: request.per_replica,
+                    }),
+                };
+            }
+        }
+    }
+    Placement {
+        chosen,
+        shortage: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+//! The pods a Workload's replicas run as: construction, template hash, and what is read back.
+
+use std::collections::BTreeMap;
+
+use decloud_crds::{Container, PodSpec, PodTemplate, Probe, ResourceList, Workload};
+use k8s_openapi::{
+    api::core::v1 as core,
+    apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
+};
+use kube::{Resource, ResourceExt, api::ObjectMeta};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    Error, Result,
+    placement::Resources,
+    quantity::{cpu_millis, memory_bytes},
+};
+
+/// Label naming the Workload a replica belongs to.
+pub const WORKLOAD_LABEL: &str = "decloud.dev/workload";
+/// Label carrying the hash of the template a replica was made from.
+pub const TEMPLATE_HASH_LABEL: &str = "decloud.dev/template-hash";
+/// Taint key of every virtual edge node.
+pub const EDGE_TAINT_KEY: &str = "decloud.dev/edge";
+
+/// Name of the virtual node of a provider.
+pub fn node_name(provider: &str) -> String {
+    format!("edge-{provider}")
+}
+
+/// A stable hash of a pod template (16 hex digits): equal templates, equal hashes.
+pub fn template_hash(template: &PodTemplate) -> String {
+    // Struct fields serialize in declaration order and maps are BTreeMaps, so the JSON is
+    // canonical for a given template.
+    let json = serde_json::to_vec(template).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// What one replica of `spec` requests. As Kubernetes does, a container without a request for
+/// a resource but with a limit for it requests the limit.
+pub fn replica_requests(spec: &PodSpec) -> Resources {
+    spec.containers.iter().fold(Resources::pod(0, 0), |acc, c| {
+        let res = c.resources.as_ref();
+        let pick = |get: fn(&ResourceList) -> Option<&String>| {
+            res.and_then(|r| r.requests.as_ref().and_then(get))
+                .or_else(|| res.and_then(|r| r.limits.as_ref().and_then(get)))
+        };
+        let cpu = pick(|l| l.cpu.as_ref())
+            .and_then(|q| cpu_millis(q))
+            .unwrap_or(0);
+        let mem = pick(|l| l.memory.as_ref())
+            .and_then(|q| memory_bytes(q))
+            .unwrap_or(0);
+        acc.plus(Resources {
+            cpu_millis: cpu,
+            memory_bytes: mem,
+            pods: 0,
+        })
+    })
+}
+
+/// What a pod requests (of any origin); limits stand in for missing requests.
+pub fn pod_requests(pod: &core::Pod) -> Resources {
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or(&[]);
+    containers.iter().fold(Resources::pod(0, 0), |acc, c| {
+        let res = c.resources.as_ref();
+        let pick = |key: &str| {
+            res.and_then(|r| r.requests.as_ref().and_then(|m| m.get(key)))
+                .or_else(|| res.and_then(|r| r.limits.as_ref().and_then(|m| m.get(key))))
+        };
+        acc.plus(Resources {
+            cpu_millis: pick("cpu").and_then(|q| cpu_millis(&q.0)).unwrap_or(0),
+            memory_bytes: pick("memory").and_then(|q| memory_bytes(&q.0)).unwrap_or(0),
+            pods: 0,
+        })
+    })
+}
+
+/// Whether a pod still holds resources on its node (not Succeeded or Failed).
+pub fn holds_resources(pod: &core::Pod) -> bool {
+    !matches!(phase_of(pod), "Succeeded" | "Failed")
+}
+
+fn phase_of(pod: &core::Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+}
+
+/// The pod for one new replica of `workload` on node `node`.
+pub fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<core::Pod> {
+    let name = workload.name_any();
+    let owner = workload
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::InvalidWorkload("the Workload has no uid yet".into()))?;
+    let template = &workload.spec.template;
+    let meta = template.metadata.clone().unwrap_or_default();
+    let mut labels = meta.labels;
+    labels.insert(WORKLOAD_LABEL.into(), name.clone());
+    labels.insert(TEMPLATE_HASH_LABEL.into(), hash.into());
+    let spec = &template.spec;
+    Ok(core::Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}-{}-", &hash[..hash.len().min(8)])),
+            namespace: workload.namespace(),
+            labels: Some(labels),
+            annotations: (!meta.annotations.is_empty()).then_some(meta.annotations),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(core::PodSpec {
+            node_name: Some(node.into()),
+            tolerations: Some(vec![core::Toleration {
+                key: Some(EDGE_TAINT_KEY.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Default::default()
+            }]),
+            restart_policy: Some(spec.restart_policy.as_str().into()),
+            termination_grace_period_seconds: Some(spec.termination_grace_period_seconds),
+            // A volunteer's machine must never see cluster credentials.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            containers: spec.containers.iter().map(container).collect(),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn container(c: &Container) -> core::Container {
+    let list = |l: &Option<ResourceList>| {
+        l.as_ref()
+            .map(|l| {
+                let mut m = BTreeMap::new();
+                if let Some(cpu) = &l.cpu {
+                    m.insert("cpu".to_string(), Quantity(cpu.clone()));
+                }
+                if let Some(mem) = &l.memory {
+                    m.insert("memory".to_string(), Quantity(mem.clone()));
+                }
+                m
+            })
+            .filter(|m| !m.is_empty())
+    };
+    core::Container {
+        name: c.name.clone(),
+        image: Some(c.image.clone()),
+        image_pull_policy: Some(c.image_pull_policy.as_str().into()),
+        command: (!c.command.is_empty()).then(|| c.command.clone()),
+        args: (!c.args.is_empty()).then(|| c.args.clone()),
+        working_dir: c.working_dir.clone(),
+        env: (!c.env.is_empty()).then(|| {
+            c.env
+                .iter()
+                .map(|e| core::EnvVar {
+                    name: e.name.clone(),
+                    value: Some(e.value.clone()),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ports: (!c.ports.is_empty()).then(|| {
+            c.ports
+                .iter()
+                .map(|p| core::ContainerPort {
+                    name: p.name.clone(),
+                    container_port: p.container_port,
+                    protocol: Some(
+                        match p.protocol {
+                            decloud_crds::Protocol::Tcp => "TCP",
+                            decloud_crds::Protocol::Udp => "UDP",
+                        }
+                        .into(),
+                    ),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        resources: c.resources.as_ref().map(|r| core::ResourceRequirements {
+            requests: list(&r.requests),
+            limits: list(&r.limits),
+            ..Default::default()
+        }),
+        readiness_probe: c.readiness_probe.as_ref().map(probe),
+        ..Default::default()
+    }
+}
+
+fn probe(p: &Probe) -> core::Probe {
+    core::Probe {
+        http_get: p.http_get.as_ref().map(|h| core::HTTPGetAction {
+            path: Some(h.path.clone()),
+            port: IntOrString::Int(h.port),
+            ..Default::default()
+        }),
+        tcp_socket: p.tcp_socket.as_ref().map(|t| core::TCPSocketAction {
+            port: IntOrString::Int(t.port),
+            ..Default::default()
+        }),
+        exec: p.exec.as_ref().map(|e| core::ExecAction {
+            command: Some(e.command.clone()),
+        }),
+        initial_delay_seconds: p.initial_delay_seconds,
+        period_seconds: p.period_seconds,
+        timeout_seconds: p.timeout_seconds,
+        success_threshold: p.success_threshold,
+        failure_threshold: p.failure_threshold,
+        ..Default::default()
+    }
+}
+
+/// A replica's pod as the controller reads it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    /// Pod name.
+    pub name: String,
+    /// `spec.nodeName`, if bound.
+    pub node: Option<String>,
+    /// The template hash label.
+    pub hash: String,
+    /// `status.phase` (`Pending` when unset).
+    pub phase: String,
+    /// The pod's Ready condition is True.
+    pub ready: bool,
+    /// Deletion has begun.
+    pub terminating: bool,
+}
+
+impl Replica {
+    /// Reads a pod.
+    pub fn from_pod(pod: &core::Pod) -> Self {
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        Self {
+            name: pod.name_any(),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            hash: pod
+                .labels()
+                .get(TEMPLATE_HASH_LABEL)
+                .cloned()
+                .unwrap_or_default(),
+            phase: phase_of(pod).to_string(),
+            ready,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

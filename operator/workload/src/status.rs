@@ -1,0 +1,144 @@
+//! The Workload's status, computed from one step's outcome. Pure and idempotent: the same
+//! inputs give the same status, and conditions keep their transition times while unchanged.
+
+use decloud_crds::{Condition, ReplicaPlacement, WorkloadStatus, set_condition};
+
+/// Input of [`compute_status`].
+#[derive(Clone, Debug)]
+pub struct StatusInput<'a> {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `spec.replicas`.
+    pub desired: usize,
+    /// Public URL.
+    pub url: String,
+    /// Replicas that exist after this step (any order).
+    pub placements: Vec<ReplicaPlacement>,
+    /// How many of them run the current template.
+    pub updated: usize,
+    /// The `Degraded` message when replicas lack a provider.
+    pub shortage: Option<String>,
+    /// `(pod, provider)` of replicas waiting out their provider's failover grace.
+    pub unreachable: Vec<(String, String)>,
+    /// Failover grace in seconds, for messages.
+    pub grace_seconds: i64,
+    /// The status as last written, for condition transition times.
+    pub previous: Option<&'a WorkloadStatus>,
+    /// The time to stamp on conditions that change now (RFC 3339).
+    pub now: &'a str,
+}
+
+/// Condition type: enough replicas are ready.
+pub const AVAILABLE: &str = "Available";
+/// Condition type: replicas are being created, replaced or removed.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: some replicas lack a provider or sit on an unreachable one.
+pub const DEGRADED: &str = "Degraded";
+
+/// Computes the status to write.
+pub fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
+    let mut placements = input.placements;
+    placements.sort_by(|a, b| a.pod.cmp(&b.pod));
+    let replicas = placements.len();
+    let ready = placements.iter().filter(|p| p.ready).count();
+    let desired = input.desired;
+
+    let cond = |type_: &str, ok: bool, reason: &str, message: String| Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: Some(input.now.to_string()),
+        observed_generation: input.generation,
+    };
+
+    let available = if ready >= desired {
+        cond(
+            AVAILABLE,
+            true,
+            "MinimumReplicasAvailable",
+            format!("{}/{desired} replicas ready", ready.min(desired)),
+        )
+    } else {
+        cond(
+            AVAILABLE,
+            false,
+            "MinimumReplicasUnavailable",
+            format!("{ready}/{desired} replicas ready"),
+        )
+    };
+
+    let progress = format!(
+        "{}/{desired} replicas updated, {ready} ready",
+        input.updated.min(desired)
+    );
+    let progressing = if let Some(shortage) = &input.shortage {
+        cond(PROGRESSING, false, "InsufficientCapacity", shortage.clone())
+    } else if input.updated < replicas {
+        cond(PROGRESSING, true, "RollingUpdate", progress)
+    } else if replicas < desired {
+        cond(PROGRESSING, true, "ScalingUp", progress)
+    } else if replicas > desired {
+        cond(PROGRESSING, true, "ScalingDown", progress)
+    } else if ready < desired {
+        cond(PROGRESSING, true, "WaitingForReady", progress)
+    } else {
+        cond(
+            PROGRESSING,
+            false,
+            "Complete",
+            format!("{desired} replicas up to date and ready"),
+        )
+    };
+
+    let degraded = if let Some(shortage) = &input.shortage {
+        cond(DEGRADED, true, "InsufficientCapacity", shortage.clone())
+    } else if !input.unreachable.is_empty() {
+        let names: Vec<String> = input
+            .unreachable
+            .iter()
+            .map(|(pod, provider)| format!("{pod} on {provider}"))
+            .collect();
+        cond(
+            DEGRADED,
+            true,
+            "ProviderNotReady",
+            format!(
+                "{} replica(s) on a NotReady provider ({}); replaced after {}s",
+                names.len(),
+                names.join(", "),
+                input.grace_seconds
+            ),
+        )
+    } else {
+        cond(
+            DEGRADED,
+            false,
+            "ReplicasPlaced",
+            format!("{}/{desired} replicas placed", replicas.min(desired)),
+        )
+    };
+
+    let mut conditions = input
+        .previous
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    for c in [available, progressing, degraded] {
+        set_condition(&mut conditions, c);
+    }
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+
+    WorkloadStatus {
+        observed_generation: input.generation,
+        replicas: replicas as i32,
+        ready_replicas: ready as i32,
+        url: Some(input.url),
+        placements,
+        conditions,
+        // Written by the operator's accounting, not here.
+        usage: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+use super::*;
+
+fn placement(pod: &str, provider: &str, ready: bool) -> ReplicaPlacement {
+    ReplicaPlacement {
+        pod: pod.into(),
+        provider: provider.into(),
+        phase: if ready { "Running" } else { "Pending" }.into(),
+        ready,
+    }
+}
+
+fn input<'a>(previous: Option<&'a WorkloadStatus>, now: &'a str) -> StatusInput<'a> {
+    StatusInput {
+        generation: Some(3),
+        desired: 2,
+        url: "http://hello.default.decloud.localhost".into(),
+        placements: vec![
+            placement("w-b", "bob", true),
+            placement("w-a", "alice", true),
+        ],
+        updated: 2,
+        shortage: None,
+        unreachable: vec![],
+        grace_seconds: 5,
+        previous,
+        now,
+    }
+}
+
+fn condition<'a>(s: &'a WorkloadStatus, type_: &str) -> &'a Condition {
+    decloud_crds::find_condition(&s.conditions, type_).expect(type_)
+}
+
+#[test]
+fn healthy_workload() {
+    let s = compute_status(input(None, "t1"));
+    assert_eq!(s.observed_generation, Some(3));
+    assert_eq!((s.replicas, s.ready_replicas), (2, 2));
+    assert_eq!(
+        s.url.as_deref(),
+        Some("http://hello.default.decloud.localhost")
+    );
+    let pods: Vec<&str> = s.placements.iter().map(|p| p.pod.as_str()).collect();
+    assert_eq!(pods, ["w-a", "w-b"], "placements are sorted");
+    let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Available", "Degraded", "Progressing"]);
+    assert!(condition(&s, AVAILABLE).is_true());
+    assert!(!condition(&s, DEGRADED).is_true());
+    let progressing = condition(&s, PROGRESSING);
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "Complete")
+    );
+    assert_eq!(progressing.observed_generation, Some(3));
+}
+
+#[test]
+fn same_inputs_same_status() {
+    let first = compute_status(input(None, "t1"));
+    let second = compute_status(input(Some(&first), "t2"));
+    assert_eq!(
+        first, second,
+        "nothing changed, so nothing may differ, not even times"
+    );
+}
+
+#[test]
+fn transition_time_moves_only_on_change() {
+    let first = compute_status(input(None, "t1"));
+    let mut short = input(Some(&first), "t2");
+    short.placements.pop();
+    short.shortage = Some(
+        "1/2 replicas placed: 1 needs a provider; 1 Ready provider matches, all in use".into(),
+    );
+    let second = compute_status(short);
+    let degraded = condition(&second, DEGRADED);
+    assert!(degraded.is_true());
+    assert_eq!(degraded.reason, "InsufficientCapacity");
+    assert!(degraded.message.starts_with("1/2 replicas placed"));
+    assert_eq!(degraded.last_transition_time.as_deref(), Some("t2"));
+    assert!(!condition(&second, AVAILABLE).is_true());
+    assert_eq!(
+        condition(&second, PROGRESSING).reason,
+        "InsufficientCapacity"
+    );
+    // Progressing was False before and is False now: its time stays.
+    assert_eq!(
+        condition(&second, PROGRESSING)
+            .last_transition_time
+            .as_deref(),
+        Some("t1")
+    );
+}
+
+#[test]
+fn rolling_and_unreachable() {
+    let mut rolling = input(None, "t1");
+    rolling.placements.push(placement("w-c", "carol", false));
+    rolling.updated = 1;
+    let s = compute_status(rolling);
+    assert_eq!(s.replicas, 3);
+    let progressing = condition(&s, PROGRESSING);
+    assert!(progressing.is_true());
+    assert_eq!(progressing.reason, "RollingUpdate");
+    assert_eq!(progressing.message, "1/2 replicas updated, 2 ready");
+
+    let mut down = input(None, "t1");
+    down.placements[0].ready = false;
+    down.unreachable = vec![("w-b".into(), "bob".into())];
+    let s = compute_status(down);
+    let degraded = condition(&s, DEGRADED);
+    assert_eq!(degraded.reason, "ProviderNotReady");
+    assert_eq!(
+        degraded.message,
+        "1 replica(s) on a NotReady provider (w-b on bob); replaced after 5s"
+    );
+    assert_eq!(s.ready_replicas, 1);
+}
