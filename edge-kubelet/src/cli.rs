@@ -1,0 +1,244 @@
+//! Command line of the `edge-kubelet` binary.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// DeCloud edge-kubelet: lends this machine's Docker engine to a DeCloud cluster.
+#[derive(Debug, Parser)]
+#[command(name = "edge-kubelet", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Connect to the operator and run the pods it assigns to this machine.
+    Run(RunArgs),
+}
+
+/// Which container runtime runs the pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// The local Docker engine (DOCKER_HOST or /var/run/docker.sock).
+    Docker,
+    /// SIMULATED containers in memory: nothing runs. For scale benchmarks only.
+    Simulated,
+}
+
+/// Flags of `edge-kubelet run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Operator URL the edge dials (plaintext for now), e.g. http://operator.example:7443
+    #[arg(long, env = "DECLOUD_OPERATOR")]
+    pub operator: String,
+
+    /// Provider name; the node appears as edge-<NAME>.
+    #[arg(long, env = "DECLOUD_PROVIDER_NAME", value_parser = parse_name)]
+    pub name: String,
+
+    /// Owner of this provider (e-mail or user name), reported to the operator.
+    #[arg(long, env = "DECLOUD_OWNER", default_value = "")]
+    pub owner: String,
+
+    /// Label copied onto the node, k=v; repeat for more (e.g. --label topology.kubernetes.io/region=eu-west).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    /// CPU offered at most (e.g. 2, 1.5, 500m). Default: every detected CPU.
+    #[arg(long, env = "DECLOUD_CPU", value_parser = parse_cpu)]
+    pub cpu: Option<i64>,
+
+    /// Memory offered at most (e.g. 4Gi, 512Mi). Default: all detected memory.
+    #[arg(long, env = "DECLOUD_MEMORY", value_parser = parse_memory)]
+    pub memory: Option<i64>,
+
+    /// Most pods this machine runs at once.
+    #[arg(long, env = "DECLOUD_MAX_PODS", default_value_t = 20)]
+    pub max_pods: i64,
+
+    /// Container runtime.
+    #[arg(long, env = "DECLOUD_RUNTIME", value_enum, default_value_t = RuntimeKind::Docker)]
+    pub runtime: RuntimeKind,
+
+    /// Directory for the local state (the assigned pod set). Default: $XDG_STATE_HOME/decloud-edge/<NAME> or ~/.local/state/decloud-edge/<NAME>.
+    #[arg(long, env = "DECLOUD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Heartbeat interval (e.g. 1s, 500ms) until the operator's Welcome sets one.
+    #[arg(long, env = "DECLOUD_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Upper bound of the reconnect back-off (e.g. 5s).
+    #[arg(long, env = "DECLOUD_MAX_RECONNECT_BACKOFF", default_value = "5s", value_parser = parse_duration)]
+    pub max_reconnect_backoff: Duration,
+
+    /// Docker bridge network the edge creates and puts every pod on.
+    #[arg(long, env = "DECLOUD_DOCKER_NETWORK", default_value = "decloud")]
+    pub docker_network: String,
+
+    /// Serve /healthz, /readyz and /metrics on this address (e.g. 127.0.0.1:9464). Off by default.
+    #[arg(long, env = "DECLOUD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl RunArgs {
+    /// The node name this edge uses in container labels (`edge-<name>`).
+    pub fn node_name(&self) -> String {
+        format!("edge-{}", self.name)
+    }
+
+    /// The node's labels as a map.
+    pub fn label_map(&self) -> HashMap<String, String> {
+        self.labels.iter().cloned().collect()
+    }
+
+    /// `--state-dir`, or the per-user default.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("decloud-edge").join(&self.name)
+    }
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 58
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("a provider name is 1-58 lowercase letters, digits or '-', not starting or ending with '-'".into())
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} is not k=v")),
+    }
+}
+
+fn parse_cpu(s: &str) -> Result<i64, String> {
+    crate::capacity::parse_cpu_millis(s).map_err(|e| e.to_string())
+}
+
+fn parse_memory(s: &str) -> Result<i64, String> {
+    crate::capacity::parse_memory_bytes(s).map_err(|e| e.to_string())
+}
+
+/// Parses `1s`, `500ms`, `2m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("duration {s:?} (expected e.g. 1s, 500ms, 2m)");
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_every_flag_has_help() {
+        Cli::command().debug_assert();
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            if arg.get_id() == "help" || arg.get_id() == "version" {
+                continue;
+            }
+            assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
+        }
+    }
+
+    #[test]
+    fn parses_a_full_command_line() {
+        let cli = Cli::try_parse_from([
+            "edge-kubelet",
+            "run",
+            "--operator",
+            "http://127.0.0.1:7443",
+            "--name",
+            "alice-laptop",
+            "--label",
+            "topology.kubernetes.io/region=eu-west",
+            "--label",
+            "gpu=none",
+            "--cpu",
+            "1.5",
+            "--memory",
+            "2Gi",
+            "--max-pods",
+            "7",
+            "--runtime",
+            "simulated",
+            "--state-dir",
+            "/tmp/x",
+            "--heartbeat-interval",
+            "500ms",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command;
+        assert_eq!(a.node_name(), "edge-alice-laptop");
+        assert_eq!(a.cpu, Some(1500));
+        assert_eq!(a.memory, Some(2 << 30));
+        assert_eq!(a.max_pods, 7);
+        assert_eq!(a.runtime, RuntimeKind::Simulated);
+        assert_eq!(a.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(a.label_map().get("gpu").map(String::as_str), Some("none"));
+        assert_eq!(a.state_dir(), PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for bad in [
+            vec!["--name", "Bad_Name"],
+            vec!["--name", "ok", "--label", "novalue"],
+            vec!["--name", "ok", "--cpu", "lots"],
+            vec!["--name", "ok", "--heartbeat-interval", "0s"],
+        ] {
+            let mut args = vec!["edge-kubelet", "run", "--operator", "http://x"];
+            args.extend(bad.iter().copied());
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("1y").is_err());
+    }
+}

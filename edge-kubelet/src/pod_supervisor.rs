@@ -1,0 +1,312 @@
+//! The pod side of the edge: one [`PodWorker`] per assigned pod, the assigned set persisted,
+//! engine events routed to the right worker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use decloud_proto as pb;
+
+use crate::pod_worker::{PodCommand, PodWorker, PodWorkerConfig};
+use crate::runtime::{ContainerInfo, ContainerRuntime, RuntimeEvent};
+use crate::state_file::StateFile;
+use crate::status_board::StatusBoard;
+use crate::{Error, Result};
+
+struct WorkerHandle {
+    spec: pb::PodSpec,
+    commands: mpsc::UnboundedSender<PodCommand>,
+}
+
+/// Runs the pods assigned to this edge.
+pub struct PodSupervisor {
+    runtime: Arc<dyn ContainerRuntime>,
+    board: Arc<StatusBoard>,
+    state_file: Option<StateFile>,
+    cfg: PodWorkerConfig,
+    workers: Mutex<HashMap<String, WorkerHandle>>,
+    /// Pods being terminated; a repeated delete just waits for the same `Gone`.
+    terminating: Mutex<std::collections::HashSet<String>>,
+}
+
+impl std::fmt::Debug for PodSupervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodSupervisor")
+            .field("runtime", &self.runtime.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PodSupervisor {
+    /// Prepares the runtime, loads the saved assigned set, re-adopts this edge's containers
+    /// (running ones are left untouched), removes containers of pods no longer assigned, and
+    /// starts routing engine events. `state_file: None` keeps the set in memory only
+    /// (simulated edges in benchmarks).
+    pub async fn start(
+        runtime: Arc<dyn ContainerRuntime>,
+        state_file: Option<StateFile>,
+        cfg: PodWorkerConfig,
+    ) -> Result<Arc<Self>> {
+        runtime.prepare().await?;
+        let assigned = match &state_file {
+            Some(f) => f.load()?,
+            None => Vec::new(),
+        };
+        let existing = runtime.list_containers().await?;
+        let sup = Arc::new(PodSupervisor {
+            runtime: runtime.clone(),
+            board: Arc::new(StatusBoard::default()),
+            state_file,
+            cfg,
+            workers: Mutex::default(),
+            terminating: Mutex::default(),
+        });
+        let mut by_pod: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
+        for c in existing {
+            by_pod.entry(c.pod_uid.clone()).or_default().push(c);
+        }
+        for spec in assigned {
+            let adopted = by_pod.remove(&spec.uid).unwrap_or_default();
+            tracing::info!(pod = %format!("{}/{}", spec.namespace, spec.name), containers = adopted.len(), "resuming assigned pod");
+            sup.spawn_worker(spec, adopted);
+        }
+        for (uid, orphans) in by_pod {
+            tracing::info!(pod_uid = %uid, containers = orphans.len(), "removing containers of a pod no longer assigned");
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                for c in orphans {
+                    let _ = runtime.stop_container(&c.id, Duration::from_secs(10)).await;
+                    if let Err(e) = runtime.remove_container(&c.id).await {
+                        tracing::warn!(container_id = %c.id, error = %e, "cannot remove orphan container");
+                    }
+                }
+            });
+        }
+        let weak = Arc::downgrade(&sup);
+        let mut events = runtime.events();
+        tokio::spawn(async move {
+            while let Some(ev) = events.next().await {
+                let Some(sup) = weak.upgrade() else { return };
+                sup.route(ev);
+            }
+        });
+        Ok(sup)
+    }
+
+    /// The latest statuses and the stream of changes.
+    pub fn board(&self) -> &Arc<StatusBoard> {
+        &self.board
+    }
+
+    /// The runtime's short name.
+    pub fn runtime_name(&self) -> &'static str {
+        self.runtime.name()
+    }
+
+    /// The runtime itself (for logs and, later, tunnels).
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.runtime
+    }
+
+    /// UIDs of the pods currently assigned (not terminating).
+    pub fn assigned(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.workers().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkerHandle>> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn terminating_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.terminating.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn route(&self, ev: RuntimeEvent) {
+        let workers = self.workers();
+        match &ev {
+            RuntimeEvent::Started { pod_uid, .. } | RuntimeEvent::Died { pod_uid, .. } => {
+                if let Some(w) = workers.get(pod_uid) {
+                    let _ = w.commands.send(PodCommand::Runtime(ev));
+                }
+            }
+            RuntimeEvent::Resync => {
+                for w in workers.values() {
+                    let _ = w.commands.send(PodCommand::Runtime(RuntimeEvent::Resync));
+                }
+            }
+        }
+    }
+
+    fn spawn_worker(&self, spec: pb::PodSpec, adopted: Vec<ContainerInfo>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = PodWorker::new(
+            spec.clone(),
+            self.runtime.clone(),
+            self.board.clone(),
+            self.cfg,
+        );
+        tokio::spawn(worker.run(rx, adopted));
+        self.workers()
+            .insert(spec.uid.clone(), WorkerHandle { spec, commands: tx });
+    }
+
+    fn persist(&self) {
+        let Some(f) = &self.state_file else { return };
+        let specs: Vec<pb::PodSpec> = self.workers().values().map(|w| w.spec.clone()).collect();
+        if let Err(e) = f.save(&specs) {
+            tracing::error!(error = %e, "cannot save the assigned pod set");
+        }
+    }
+
+    fn validate(spec: &pb::PodSpec) -> Result<()> {
+        if spec.uid.is_empty() {
+            return Err(Error::InvalidInput("pod without uid".into()));
+        }
+        if spec.containers.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "pod {} has no containers",
+                spec.uid
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &spec.containers {
+            if c.name.is_empty() || c.image.is_empty() || !names.insert(&c.name) {
+                return Err(Error::InvalidInput(format!(
+                    "pod {}: container names must be unique and non-empty, images non-empty",
+                    spec.uid
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds or updates one pod. A changed spec replaces the pod's containers.
+    pub fn upsert(&self, spec: pb::PodSpec) -> Result<()> {
+        Self::validate(&spec)?;
+        {
+            let mut workers = self.workers();
+            if let Some(w) = workers.get_mut(&spec.uid) {
+                if w.spec != spec {
+                    w.spec = spec.clone();
+                    let _ = w.commands.send(PodCommand::Update(Box::new(spec)));
+                    drop(workers);
+                    self.persist();
+                }
+                return Ok(());
+            }
+        }
+        tracing::info!(pod = %format!("{}/{}", spec.namespace, spec.name), uid = %spec.uid, "pod assigned");
+        self.spawn_worker(spec, Vec::new());
+        self.persist();
+        Ok(())
+    }
+
+    /// Makes the assigned set exactly `pods`: new ones start, changed ones are replaced,
+    /// everything else is terminated (with its own grace period).
+    pub fn apply_pod_set(self: &Arc<Self>, pods: Vec<pb::PodSpec>) {
+        let wanted: std::collections::HashSet<String> =
+            pods.iter().map(|p| p.uid.clone()).collect();
+        for spec in pods {
+            if let Err(e) = self.upsert(spec) {
+                tracing::warn!(error = %e, "ignoring invalid pod in the desired set");
+            }
+        }
+        for uid in self.assigned() {
+            if !wanted.contains(&uid) {
+                tracing::info!(pod_uid = %uid, "pod not in the desired set; stopping it");
+                self.delete(&uid, None);
+            }
+        }
+    }
+
+    /// Terminates pod `uid` (grace: `None` for the pod's own). Returns at once; when every
+    /// container is removed, [`crate::status_board::PodUpdate::Gone`] is published.
+    pub fn delete(self: &Arc<Self>, uid: &str, grace: Option<Duration>) {
+        let handle = self.workers().remove(uid);
+        self.persist();
+        let (done_tx, done_rx) = oneshot::channel();
+        match handle {
+            Some(h) => {
+                let _ = h.commands.send(PodCommand::Terminate {
+                    grace,
+                    done: done_tx,
+                });
+            }
+            None => {
+                if self.terminating_set().contains(uid) {
+                    // Already terminating: Gone is published when that ends.
+                    return;
+                }
+                // Unknown pod: make sure nothing of it is left, then confirm.
+                let sup = self.clone();
+                let uid = uid.to_string();
+                tokio::spawn(async move {
+                    if let Ok(list) = sup.runtime.list_containers().await {
+                        for c in list.into_iter().filter(|c| c.pod_uid == uid) {
+                            let _ = sup
+                                .runtime
+                                .stop_container(&c.id, grace.unwrap_or_default())
+                                .await;
+                            let _ = sup.runtime.remove_container(&c.id).await;
+                        }
+                    }
+                    sup.board.gone(&uid);
+                });
+                return;
+            }
+        }
+        self.terminating_set().insert(uid.to_string());
+        let sup = Arc::downgrade(self);
+        let board = self.board.clone();
+        let uid = uid.to_string();
+        tokio::spawn(async move {
+            let _ = done_rx.await;
+            if let Some(sup) = sup.upgrade() {
+                sup.terminating_set().remove(&uid);
+            }
+            board.gone(&uid);
+        });
+    }
+
+    /// The container id that serves logs of `container` in pod `pod_uid`.
+    pub async fn log_target(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        previous: bool,
+    ) -> Result<String> {
+        let tx = self
+            .workers()
+            .get(pod_uid)
+            .map(|w| {
+                (
+                    w.commands.clone(),
+                    w.spec.containers.first().map(|c| c.name.clone()),
+                )
+            })
+            .ok_or_else(|| Error::NotFound(format!("pod {pod_uid} is not on this edge")))?;
+        let (commands, first) = tx;
+        let container = if container.is_empty() {
+            first.unwrap_or_default()
+        } else {
+            container.to_string()
+        };
+        let (reply, rx) = oneshot::channel();
+        let _ = commands.send(PodCommand::LogTarget {
+            container: container.clone(),
+            previous,
+            reply,
+        });
+        rx.await.ok().flatten().ok_or_else(|| {
+            Error::NotFound(format!(
+                "container {container:?} of pod {pod_uid} has no {}instance",
+                if previous { "previous " } else { "" }
+            ))
+        })
+    }
+}

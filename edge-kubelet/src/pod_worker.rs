@@ -1,0 +1,756 @@
+//! One task per pod: drives the pod's containers through the lifecycle state machine
+//! ([`crate::lifecycle`]) and publishes the pod's status whenever it changes.
+//!
+//! Engine calls that may take long (pulls, create+start) run as child tasks and report back
+//! through a channel tagged with a generation number, so the worker never blocks on them and
+//! results from before a spec change or a termination are ignored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use decloud_proto as pb;
+
+use crate::lifecycle::{
+    Action, BackoffPolicy, ContainerEvent, ContainerLifecycle, FailureMemory, RestartPolicy,
+    TerminatedInfo, pod_phase,
+};
+use crate::probe::{ReadinessChange, readiness_loop};
+use crate::runtime::{ContainerInfo, ContainerRuntime, CreateRequest, PodNetwork, RuntimeEvent};
+use crate::status_board::StatusBoard;
+use crate::{Error, Result};
+
+/// Tunables of pod workers.
+#[derive(Debug, Clone, Copy)]
+pub struct PodWorkerConfig {
+    /// Back-off for pulls, creates and crash loops.
+    pub backoff: BackoffPolicy,
+    /// Fallback re-inspection of running containers, in case an engine event was missed.
+    pub poll_interval: Duration,
+}
+
+impl Default for PodWorkerConfig {
+    fn default() -> Self {
+        PodWorkerConfig {
+            backoff: BackoffPolicy::default(),
+            poll_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Instructions from the pod supervisor to one worker.
+#[derive(Debug)]
+pub(crate) enum PodCommand {
+    /// The operator sent this spec again (maybe changed).
+    Update(Box<pb::PodSpec>),
+    /// Stop and remove every container of the pod, then answer and end.
+    Terminate {
+        grace: Option<Duration>,
+        done: oneshot::Sender<()>,
+    },
+    /// The engine reported something about one of this pod's containers.
+    Runtime(RuntimeEvent),
+    /// Which container id serves logs for `container` (`previous`: the one before).
+    LogTarget {
+        container: String,
+        previous: bool,
+        reply: oneshot::Sender<Option<String>>,
+    },
+}
+
+/// Result of a child task, fed back into the worker.
+enum OpResult {
+    Image {
+        slot: usize,
+        result: Result<()>,
+    },
+    Created {
+        slot: usize,
+        result: Result<ContainerInfo>,
+    },
+}
+
+/// One container of the pod.
+struct Slot {
+    spec: pb::ContainerSpec,
+    state: ContainerLifecycle,
+    memory: FailureMemory,
+    restart_count: u32,
+    container_id: Option<String>,
+    previous_id: Option<String>,
+    image_id: String,
+    last_state: Option<pb::ContainerState>,
+    ready: bool,
+    deadline: Option<Instant>,
+    probe: Option<JoinHandle<()>>,
+    awaiting_primary: bool,
+}
+
+impl Slot {
+    fn new(spec: pb::ContainerSpec) -> Self {
+        Slot {
+            spec,
+            state: ContainerLifecycle::Pulling,
+            memory: FailureMemory::default(),
+            restart_count: 0,
+            container_id: None,
+            previous_id: None,
+            image_id: String::new(),
+            last_state: None,
+            ready: false,
+            deadline: None,
+            probe: None,
+            awaiting_primary: false,
+        }
+    }
+
+    fn stop_probe(&mut self) {
+        if let Some(p) = self.probe.take() {
+            p.abort();
+        }
+        self.ready = false;
+    }
+}
+
+fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn terminated_from(info: &ContainerInfo) -> TerminatedInfo {
+    TerminatedInfo::new(
+        info.exit_code,
+        info.oom_killed,
+        info.error.clone(),
+        info.started_unix_millis,
+        info.finished_unix_millis,
+    )
+}
+
+/// The task that owns one pod.
+pub(crate) struct PodWorker {
+    spec: pb::PodSpec,
+    runtime: Arc<dyn ContainerRuntime>,
+    board: Arc<StatusBoard>,
+    cfg: PodWorkerConfig,
+    slots: Vec<Slot>,
+    pod_ip: String,
+    start_unix_millis: i64,
+    generation: u64,
+    ops_tx: mpsc::UnboundedSender<(u64, OpResult)>,
+    ops_rx: mpsc::UnboundedReceiver<(u64, OpResult)>,
+    pulls: JoinSet<()>,
+    creates: JoinSet<()>,
+    probe_tx: mpsc::UnboundedSender<ReadinessChange>,
+    probe_rx: mpsc::UnboundedReceiver<ReadinessChange>,
+}
+
+impl PodWorker {
+    pub(crate) fn new(
+        spec: pb::PodSpec,
+        runtime: Arc<dyn ContainerRuntime>,
+        board: Arc<StatusBoard>,
+        cfg: PodWorkerConfig,
+    ) -> Self {
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        let slots = spec.containers.iter().cloned().map(Slot::new).collect();
+        PodWorker {
+            spec,
+            runtime,
+            board,
+            cfg,
+            slots,
+            pod_ip: String::new(),
+            start_unix_millis: now_millis(),
+            generation: 0,
+            ops_tx,
+            ops_rx,
+            pulls: JoinSet::new(),
+            creates: JoinSet::new(),
+            probe_tx,
+            probe_rx,
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}", self.spec.namespace, self.spec.name)
+    }
+
+    fn restart_policy(&self) -> RestartPolicy {
+        RestartPolicy::from(self.spec.restart_policy())
+    }
+
+    /// Runs until terminated (containers removed) or until the supervisor goes away
+    /// (the edge shuts down: containers keep running, to be re-adopted).
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<PodCommand>,
+        adopted: Vec<ContainerInfo>,
+    ) {
+        self.adopt(adopted).await;
+        self.publish();
+        let mut poll = tokio::time::interval(self.cfg.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        loop {
+            let deadline = self.slots.iter().filter_map(|s| s.deadline).min();
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    None => {
+                        self.abandon();
+                        return;
+                    }
+                    Some(PodCommand::Update(spec)) => self.update(*spec).await,
+                    Some(PodCommand::Terminate { grace, done }) => {
+                        self.terminate(grace).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(PodCommand::Runtime(ev)) => self.on_runtime_event(ev).await,
+                    Some(PodCommand::LogTarget { container, previous, reply }) => {
+                        let slot = self.slots.iter().find(|s| s.spec.name == container);
+                        let id = slot.and_then(|s| if previous { s.previous_id.clone() } else { s.container_id.clone() });
+                        let _ = reply.send(id);
+                    }
+                },
+                Some((generation, op)) = self.ops_rx.recv() => {
+                    if generation == self.generation {
+                        self.on_op(op).await;
+                    }
+                }
+                Some(change) = self.probe_rx.recv() => self.on_readiness(change),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.fire_timers();
+                }
+                _ = poll.tick() => self.poll().await,
+            }
+            while self.pulls.try_join_next().is_some() {}
+            while self.creates.try_join_next().is_some() {}
+            self.publish();
+        }
+    }
+
+    // === lifecycle ===
+
+    fn apply(&mut self, i: usize, event: ContainerEvent) {
+        let policy = self.restart_policy();
+        let backoff = self.cfg.backoff;
+        let key = self.key();
+        let slot = &mut self.slots[i];
+        let (next, action) = slot.memory.step(&slot.state, &event, policy, &backoff);
+        if slot.state.is_running() && !next.is_running() {
+            slot.stop_probe();
+        }
+        if action == Action::Restart
+            && let ContainerLifecycle::CrashLoopBackOff { last, .. } = &slot.state
+        {
+            slot.last_state = Some(ContainerLifecycle::Terminated(last.clone()).to_proto());
+        }
+        tracing::debug!(pod = %key, container = %slot.spec.name, ?event, from = ?slot.state, to = ?next, ?action, "transition");
+        slot.state = next;
+        self.execute(i, action);
+    }
+
+    fn execute(&mut self, i: usize, action: Action) {
+        match action {
+            Action::None => {}
+            Action::Wait(d) => self.slots[i].deadline = Some(Instant::now() + d),
+            Action::PullImage => self.spawn_pull(i),
+            Action::CreateAndStart => self.spawn_create(i),
+            Action::Restart => {
+                let slot = &mut self.slots[i];
+                slot.restart_count += 1;
+                // Keep the instance that just ended for `logs --previous`; drop the one before.
+                if let Some(old) = slot.previous_id.take() {
+                    self.spawn_remove(old);
+                }
+                let slot = &mut self.slots[i];
+                slot.previous_id = slot.container_id.take();
+                self.spawn_create(i);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            if self.slots[i].deadline.is_some_and(|d| d <= now) {
+                self.slots[i].deadline = None;
+                self.apply(i, ContainerEvent::TimerFired);
+            }
+        }
+    }
+
+    fn spawn_pull(&mut self, slot: usize) {
+        let runtime = self.runtime.clone();
+        let image = self.slots[slot].spec.image.clone();
+        let policy = self.slots[slot].spec.pull_policy();
+        let tx = self.ops_tx.clone();
+        let generation = self.generation;
+        self.pulls.spawn(async move {
+            let result = runtime.ensure_image(&image, policy).await;
+            let _ = tx.send((generation, OpResult::Image { slot, result }));
+        });
+    }
+
+    fn spawn_create(&mut self, slot: usize) {
+        let network = if slot == 0 {
+            PodNetwork::Own
+        } else {
+            match (&self.slots[0].state, &self.slots[0].container_id) {
+                (ContainerLifecycle::Running { .. }, Some(id)) => {
+                    PodNetwork::JoinContainer(id.clone())
+                }
+                _ => {
+                    // Joins the pod's namespace once the first container runs.
+                    self.slots[slot].awaiting_primary = true;
+                    return;
+                }
+            }
+        };
+        self.slots[slot].awaiting_primary = false;
+        let runtime = self.runtime.clone();
+        let pod = self.spec.clone();
+        let container = self.slots[slot].spec.clone();
+        let restart_count = self.slots[slot].restart_count;
+        let tx = self.ops_tx.clone();
+        let generation = self.generation;
+        self.creates.spawn(async move {
+            let req = CreateRequest {
+                pod: &pod,
+                container: &container,
+                restart_count,
+                network: &network,
+            };
+            let result = async {
+                let id = runtime.create_container(req).await?;
+                if let Err(e) = runtime.start_container(&id).await {
+                    let _ = runtime.remove_container(&id).await;
+                    return Err(e);
+                }
+                runtime.inspect_container(&id).await
+            }
+            .await;
+            let _ = tx.send((generation, OpResult::Created { slot, result }));
+        });
+    }
+
+    fn spawn_remove(&self, id: String) {
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.remove_container(&id).await {
+                tracing::warn!(container_id = %id, error = %e, "cannot remove old container");
+            }
+        });
+    }
+
+    fn spawn_stop(&self, id: String, grace: Duration) {
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.stop_container(&id, grace).await {
+                tracing::warn!(container_id = %id, error = %e, "cannot stop container");
+            }
+        });
+    }
+
+    fn start_probe(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.stop_probe();
+        let (Some(probe), Some(id)) =
+            (slot.spec.readiness_probe.clone(), slot.container_id.clone())
+        else {
+            // No readiness probe: ready as soon as it runs.
+            slot.ready = true;
+            return;
+        };
+        slot.probe = Some(tokio::spawn(readiness_loop(
+            self.runtime.clone(),
+            i,
+            id,
+            self.pod_ip.clone(),
+            probe,
+            self.probe_tx.clone(),
+        )));
+    }
+
+    async fn on_op(&mut self, op: OpResult) {
+        match op {
+            OpResult::Image { slot, result } => {
+                let event = match result {
+                    Ok(()) => ContainerEvent::ImageReady,
+                    Err(Error::ImagePull { reason, message }) => ContainerEvent::ImagePullFailed {
+                        reason: reason.to_string(),
+                        message,
+                    },
+                    Err(e) => ContainerEvent::ImagePullFailed {
+                        reason: "ErrImagePull".to_string(),
+                        message: e.to_string(),
+                    },
+                };
+                if let ContainerEvent::ImagePullFailed { message, .. } = &event {
+                    tracing::warn!(pod = %self.key(), image = %self.slots[slot].spec.image, %message, "image pull failed");
+                }
+                self.apply(slot, event);
+            }
+            OpResult::Created {
+                slot,
+                result: Err(e),
+            } => {
+                tracing::warn!(pod = %self.key(), container = %self.slots[slot].spec.name, error = %e, "cannot create container");
+                let message = match e {
+                    Error::CreateContainer(m) => m,
+                    other => other.to_string(),
+                };
+                self.apply(slot, ContainerEvent::CreateFailed { message });
+            }
+            OpResult::Created {
+                slot,
+                result: Ok(info),
+            } => self.on_started(slot, info),
+        }
+    }
+
+    /// A container of ours was created and started (or found running at adoption).
+    fn on_started(&mut self, i: usize, info: ContainerInfo) {
+        tracing::info!(pod = %self.key(), container = %self.slots[i].spec.name, container_id = %info.id, restart_count = info.restart_count, "container started");
+        {
+            let slot = &mut self.slots[i];
+            slot.container_id = Some(info.id.clone());
+            slot.image_id = info.image_id.clone();
+        }
+        if i == 0 {
+            if let Some(ip) = &info.ip {
+                self.pod_ip = ip.clone();
+            }
+        }
+        let at = if info.started_unix_millis > 0 {
+            info.started_unix_millis
+        } else {
+            now_millis()
+        };
+        self.apply(i, ContainerEvent::Started { at_unix_millis: at });
+        if info.running {
+            self.start_probe(i);
+        } else {
+            // It already ended (a fast-exiting command).
+            self.apply(i, ContainerEvent::Exited(terminated_from(&info)));
+        }
+        if i == 0 {
+            self.primary_restarted();
+        }
+    }
+
+    /// The first container owns the pod's network namespace: containers waiting for it get
+    /// created now; containers still joined to an old namespace are restarted.
+    fn primary_restarted(&mut self) {
+        let Some(primary) = self.slots[0].container_id.clone() else {
+            return;
+        };
+        let grace = Duration::from_secs(u64::from(self.spec.termination_grace_period_seconds));
+        for i in 1..self.slots.len() {
+            if self.slots[i].awaiting_primary {
+                self.spawn_create(i);
+            } else if self.slots[i].state.is_running()
+                && let Some(id) = self.slots[i].container_id.clone()
+            {
+                tracing::info!(pod = %self.key(), container = %self.slots[i].spec.name, %primary, "restarting container to join the pod's new network namespace");
+                self.spawn_stop(id, grace);
+            }
+        }
+    }
+
+    fn on_readiness(&mut self, change: ReadinessChange) {
+        if let Some(slot) = self.slots.get_mut(change.slot)
+            && slot.container_id.as_deref() == Some(change.container_id.as_str())
+            && slot.state.is_running()
+        {
+            slot.ready = change.ready;
+        }
+    }
+
+    async fn on_runtime_event(&mut self, ev: RuntimeEvent) {
+        match ev {
+            RuntimeEvent::Died { container_id, .. } => {
+                if let Some(i) = self.slots.iter().position(|s| {
+                    s.state.is_running() && s.container_id.as_deref() == Some(&container_id)
+                }) {
+                    self.check_running(i).await;
+                }
+            }
+            // Starts are learnt from our own create calls.
+            RuntimeEvent::Started { .. } => {}
+            RuntimeEvent::Resync => self.poll().await,
+        }
+    }
+
+    /// Re-inspects every running container (fallback for missed events).
+    async fn poll(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].state.is_running() {
+                self.check_running(i).await;
+            }
+        }
+    }
+
+    async fn check_running(&mut self, i: usize) {
+        let Some(id) = self.slots[i].container_id.clone() else {
+            return;
+        };
+        match self.runtime.inspect_container(&id).await {
+            Ok(info) if info.running => {}
+            Ok(info) => {
+                let t = terminated_from(&info);
+                tracing::info!(pod = %self.key(), container = %self.slots[i].spec.name, exit_code = t.exit_code, reason = %t.reason, "container exited");
+                self.apply(i, ContainerEvent::Exited(t));
+            }
+            Err(Error::NotFound(_)) => {
+                let started = match self.slots[i].state {
+                    ContainerLifecycle::Running {
+                        started_unix_millis,
+                    } => started_unix_millis,
+                    _ => 0,
+                };
+                let t = TerminatedInfo {
+                    exit_code: 137,
+                    reason: "ContainerStatusUnknown".to_string(),
+                    message: "the container was removed outside edge-kubelet".to_string(),
+                    started_unix_millis: started,
+                    finished_unix_millis: now_millis(),
+                };
+                self.slots[i].container_id = None;
+                self.apply(i, ContainerEvent::Exited(t));
+            }
+            Err(e) => {
+                tracing::warn!(pod = %self.key(), error = %e, "cannot inspect container; will retry");
+            }
+        }
+    }
+
+    // === adoption, update, termination ===
+
+    /// Takes over containers found at start-up (left running by a previous edge process):
+    /// running ones are kept as they are, ones that exited meanwhile go through the restart
+    /// policy, anything stale is removed.
+    async fn adopt(&mut self, mut adopted: Vec<ContainerInfo>) {
+        adopted.sort_by(|a, b| {
+            (b.restart_count, b.created_unix_millis).cmp(&(a.restart_count, a.created_unix_millis))
+        });
+        let mut stale = Vec::new();
+        let mut mine: Vec<Vec<ContainerInfo>> = vec![Vec::new(); self.slots.len()];
+        for c in adopted {
+            match self
+                .slots
+                .iter()
+                .position(|s| s.spec.name == c.container_name)
+            {
+                Some(i) if c.spec_hash == self.spec.spec_hash => mine[i].push(c),
+                _ => stale.push(c),
+            }
+        }
+        let mut starts = Vec::new();
+        for (i, found) in mine.into_iter().enumerate() {
+            let mut found = found.into_iter();
+            let current = found.next();
+            if let Some(prev) = found.next() {
+                self.slots[i].previous_id = Some(prev.id);
+            }
+            stale.extend(found);
+            match current {
+                Some(c) if c.started_unix_millis > 0 => {
+                    self.start_unix_millis = self.start_unix_millis.min(c.started_unix_millis);
+                    self.slots[i].restart_count = c.restart_count;
+                    self.slots[i].state = ContainerLifecycle::Creating;
+                    tracing::info!(pod = %self.key(), container = %c.container_name, container_id = %c.id, running = c.running, "re-adopted container");
+                    starts.push((i, c));
+                }
+                Some(c) => {
+                    // Created but never started: the edge died mid-create. Start over.
+                    self.slots[i].restart_count = c.restart_count;
+                    stale.push(c);
+                }
+                None => {}
+            }
+        }
+        for c in stale {
+            tracing::info!(pod = %self.key(), container_id = %c.id, "removing stale container of this pod");
+            let runtime = self.runtime.clone();
+            tokio::spawn(async move {
+                let _ = runtime.stop_container(&c.id, Duration::ZERO).await;
+                let _ = runtime.remove_container(&c.id).await;
+            });
+        }
+        // First container first: it provides the pod IP and namespace.
+        starts.sort_by_key(|(i, _)| *i);
+        let adopted_slots: Vec<usize> = starts.iter().map(|(i, _)| *i).collect();
+        for (i, c) in starts {
+            let slot = &mut self.slots[i];
+            slot.container_id = Some(c.id.clone());
+            slot.image_id = c.image_id.clone();
+            if i == 0 {
+                self.pod_ip = c.ip.clone().unwrap_or_default();
+            }
+            self.apply(
+                i,
+                ContainerEvent::Started {
+                    at_unix_millis: c.started_unix_millis,
+                },
+            );
+            if c.running {
+                self.start_probe(i);
+            } else {
+                self.apply(i, ContainerEvent::Exited(terminated_from(&c)));
+            }
+        }
+        for i in 0..self.slots.len() {
+            if !adopted_slots.contains(&i) {
+                self.execute(i, Action::PullImage);
+            }
+        }
+    }
+
+    async fn update(&mut self, spec: pb::PodSpec) {
+        if spec.spec_hash == self.spec.spec_hash && spec.containers == self.spec.containers {
+            self.spec = spec;
+            return;
+        }
+        tracing::info!(pod = %self.key(), "pod spec changed; replacing its containers");
+        self.remove_all(None).await;
+        self.spec = spec;
+        self.slots = self
+            .spec
+            .containers
+            .iter()
+            .cloned()
+            .map(Slot::new)
+            .collect();
+        self.pod_ip.clear();
+        for i in 0..self.slots.len() {
+            self.execute(i, Action::PullImage);
+        }
+    }
+
+    async fn terminate(&mut self, grace: Option<Duration>) {
+        tracing::info!(pod = %self.key(), ?grace, "terminating pod");
+        self.remove_all(grace).await;
+        tracing::info!(pod = %self.key(), "pod's containers are gone");
+    }
+
+    /// Stops (with the grace period) and removes every container of this pod, including
+    /// earlier instances, by asking the engine rather than trusting memory.
+    async fn remove_all(&mut self, grace: Option<Duration>) {
+        self.generation += 1;
+        for s in &mut self.slots {
+            s.stop_probe();
+            s.deadline = None;
+        }
+        // A pull creates no container and may be aborted; a create must be allowed to finish,
+        // or the engine could create a container after the sweep below.
+        self.pulls.abort_all();
+        while self.creates.join_next().await.is_some() {}
+        let grace = grace.unwrap_or(Duration::from_secs(u64::from(
+            self.spec.termination_grace_period_seconds,
+        )));
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.sweep(grace).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(pod = %self.key(), error = %e, "cannot remove the pod's containers yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn sweep(&self, grace: Duration) -> Result<()> {
+        let ours: Vec<ContainerInfo> = self
+            .runtime
+            .list_containers()
+            .await?
+            .into_iter()
+            .filter(|c| c.pod_uid == self.spec.uid)
+            .collect();
+        let stops = ours
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| self.runtime.stop_container(&c.id, grace));
+        for r in futures::future::join_all(stops).await {
+            r?;
+        }
+        for c in &ours {
+            self.runtime.remove_container(&c.id).await?;
+        }
+        Ok(())
+    }
+
+    /// The edge is shutting down: leave containers running, stop background work.
+    fn abandon(&mut self) {
+        for s in &mut self.slots {
+            s.stop_probe();
+        }
+        self.pulls.abort_all();
+        self.creates.detach_all();
+    }
+
+    // === status ===
+
+    fn status(&self) -> pb::PodStatus {
+        let phase = pod_phase(self.slots.iter().map(|s| (&s.state, s.restart_count)));
+        let containers: Vec<pb::ContainerStatus> = self
+            .slots
+            .iter()
+            .map(|s| pb::ContainerStatus {
+                name: s.spec.name.clone(),
+                container_id: s
+                    .container_id
+                    .as_ref()
+                    .map(|id| format!("{}://{id}", self.runtime.name()))
+                    .unwrap_or_default(),
+                image: s.spec.image.clone(),
+                image_id: s.image_id.clone(),
+                restart_count: s.restart_count,
+                ready: s.ready && s.state.is_running(),
+                started: s.state.is_running(),
+                state: Some(s.state.to_proto()),
+                last_state: s
+                    .state
+                    .implied_last_state()
+                    .or_else(|| s.last_state.clone()),
+            })
+            .collect();
+        let containers_ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
+        let (reason, message) = if phase == pb::PodPhase::Pending {
+            self.slots
+                .iter()
+                .find_map(|s| s.state.pending_reason())
+                .map(|(r, m)| (r.to_string(), m.to_string()))
+                .unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        let mut status = pb::PodStatus {
+            uid: self.spec.uid.clone(),
+            namespace: self.spec.namespace.clone(),
+            name: self.spec.name.clone(),
+            phase: 0,
+            reason,
+            message,
+            pod_ip: self.pod_ip.clone(),
+            start_unix_millis: self.start_unix_millis,
+            ready: containers_ready && phase == pb::PodPhase::Running,
+            containers_ready,
+            containers,
+            usage: None,
+        };
+        status.set_phase(phase);
+        status
+    }
+
+    fn publish(&self) {
+        self.board.publish(self.status());
+    }
+}

@@ -1,0 +1,603 @@
+//! [`ContainerRuntime`] on the local Docker engine (bollard).
+//!
+//! Pod network design: the edge owns one user-defined bridge network (default `decloud`).
+//! A pod's first container is attached to it and owns the pod's network namespace; its address
+//! on the bridge is the pod IP. Every further container of the pod joins that namespace
+//! (`network_mode: container:<first>`), so all containers of a pod share `localhost` and the
+//! pod IP, as in Kubernetes. There is no separate pause container (there is no registry to fetch
+//! one from), so when the first container is recreated, the pod worker restarts the others so
+//! they join the new namespace.
+//!
+//! Isolation: no privileged mode, no host namespaces, no host paths; all capabilities dropped
+//! except [`ALLOWED_CAPABILITIES`]; `no-new-privileges`; a pids limit always
+//! ([`PIDS_LIMIT`]); CPU and memory limits from the pod's resources; swap limited to memory.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig, HostConfigLogConfig,
+    NetworkCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use decloud_proto as pb;
+
+use super::{
+    ContainerInfo, ContainerRuntime, CreateRequest, LogOptions, PodNetwork, RuntimeEvent, labels,
+};
+use crate::{Error, Result};
+
+/// Capabilities a pod's containers keep; everything else is dropped. Enough for common images
+/// that start as root and drop to a user (nginx, httpd), bind low ports, and chown their files.
+pub const ALLOWED_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "SETUID",
+    "SETGID",
+    "NET_BIND_SERVICE",
+    "KILL",
+];
+
+/// Maximum number of processes in one container (fork bombs stop here).
+pub const PIDS_LIMIT: i64 = 256;
+
+/// The Docker engine, as one edge uses it.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    node: String,
+    network: String,
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime")
+            .field("node", &self.node)
+            .field("network", &self.network)
+            .finish()
+    }
+}
+
+fn map_err(e: DockerError) -> Error {
+    match e {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => Error::NotFound(message),
+        DockerError::DockerResponseServerError { message, .. } => Error::Runtime(message),
+        DockerError::DockerStreamError { error } => Error::Runtime(error),
+        other => Error::Runtime(other.to_string()),
+    }
+}
+
+/// The engine's own words for a failed request (no "Docker responded with status code" prefix).
+fn engine_message(e: DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message,
+        DockerError::DockerStreamError { error } => error,
+        other => other.to_string(),
+    }
+}
+
+/// RFC 3339 to Unix ms; Docker's zero time (`0001-01-01…`) becomes 0.
+fn parse_time(s: Option<&str>) -> i64 {
+    s.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_millis().max(0))
+        .unwrap_or(0)
+}
+
+/// Splits `repo[:tag]` for the pull API; no tag means `latest` (Docker would pull every tag).
+fn split_image(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(i) => (&image[..last_slash + i], &image[last_slash + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+/// Docker names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+// Serialises network creation inside one process: Engine 20.10 allows duplicate network names
+// when asked through the API, and several edges may share one process in tests.
+static NETWORK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl DockerRuntime {
+    /// Connects to the engine named by `DOCKER_HOST` (or the local socket) and negotiates the
+    /// API version. `node` is the node name written to and filtered on in labels.
+    pub async fn connect(node: &str, network: &str) -> Result<Self> {
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| Error::Runtime(format!("cannot reach the Docker engine: {e}")))?
+            .negotiate_version()
+            .await
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "cannot reach the Docker engine (is it running? DOCKER_HOST?): {e}"
+                ))
+            })?;
+        Ok(DockerRuntime {
+            docker,
+            node: node.to_string(),
+            network: network.to_string(),
+        })
+    }
+
+    fn own_filters(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                format!("{}={}", labels::NODE, self.node),
+            ],
+        )])
+    }
+
+    fn is_own(&self, l: &HashMap<String, String>) -> bool {
+        l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE)
+            && l.get(labels::NODE) == Some(&self.node)
+    }
+
+    async fn pull(&self, image: &str) -> Result<()> {
+        let (repo, tag) = split_image(image);
+        let mut opts = CreateImageOptionsBuilder::default().from_image(repo);
+        if !tag.is_empty() {
+            opts = opts.tag(tag);
+        }
+        let mut progress = self.docker.create_image(Some(opts.build()), None, None);
+        while let Some(item) = progress.next().await {
+            if let Err(e) = item {
+                return Err(Error::ImagePull {
+                    reason: "ErrImagePull",
+                    message: engine_message(e),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn container_body(&self, req: CreateRequest<'_>) -> ContainerCreateBody {
+        let (pod, c) = (req.pod, req.container);
+        let labels = HashMap::from([
+            (
+                labels::MANAGED_BY.to_string(),
+                labels::MANAGED_BY_VALUE.to_string(),
+            ),
+            (labels::NODE.to_string(), self.node.clone()),
+            (labels::POD_UID.to_string(), pod.uid.clone()),
+            (labels::POD_NAMESPACE.to_string(), pod.namespace.clone()),
+            (labels::POD_NAME.to_string(), pod.name.clone()),
+            (labels::CONTAINER.to_string(), c.name.clone()),
+            (
+                labels::RESTART_COUNT.to_string(),
+                req.restart_count.to_string(),
+            ),
+            (labels::SPEC_HASH.to_string(), pod.spec_hash.clone()),
+        ]);
+        let res = c.resources.unwrap_or_default();
+        let own_net = matches!(req.network, PodNetwork::Own);
+        let host_config = HostConfig {
+            network_mode: Some(match req.network {
+                PodNetwork::Own => self.network.clone(),
+                PodNetwork::JoinContainer(id) => format!("container:{id}"),
+            }),
+            privileged: Some(false),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            cap_add: Some(ALLOWED_CAPABILITIES.iter().map(|s| s.to_string()).collect()),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            pids_limit: Some(PIDS_LIMIT),
+            memory: (res.memory_limit_bytes > 0).then_some(res.memory_limit_bytes),
+            memory_swap: (res.memory_limit_bytes > 0).then_some(res.memory_limit_bytes),
+            memory_reservation: (res.memory_request_bytes > 0).then_some(res.memory_request_bytes),
+            nano_cpus: (res.cpu_limit_millis > 0).then_some(res.cpu_limit_millis * 1_000_000),
+            cpu_shares: (res.cpu_request_millis > 0)
+                .then_some((res.cpu_request_millis * 1024 / 1000).max(2)),
+            // json-file so `docker logs` (and LogRequest) always works, bounded on disk.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".to_string()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), "10m".to_string()),
+                    ("max-file".to_string(), "2".to_string()),
+                ])),
+            }),
+            ..Default::default()
+        };
+        // Kubernetes semantics: `command` replaces the ENTRYPOINT (and drops the image's CMD),
+        // `args` replaces the CMD.
+        let entrypoint = (!c.command.is_empty()).then(|| c.command.clone());
+        let cmd = (!c.args.is_empty()).then(|| c.args.clone());
+        ContainerCreateBody {
+            image: Some(c.image.clone()),
+            entrypoint,
+            cmd,
+            env: Some(
+                c.env
+                    .iter()
+                    .map(|e| format!("{}={}", e.name, e.value))
+                    .collect(),
+            ),
+            working_dir: (!c.working_dir.is_empty()).then(|| c.working_dir.clone()),
+            labels: Some(labels),
+            // Joined containers inherit hostname and ports from the namespace owner.
+            hostname: own_net.then(|| pod.name.chars().take(63).collect()),
+            exposed_ports: own_net.then(|| {
+                c.ports
+                    .iter()
+                    .map(|p| {
+                        let proto = if p.protocol.is_empty() {
+                            "tcp"
+                        } else {
+                            &p.protocol
+                        };
+                        format!("{}/{}", p.container_port, proto.to_ascii_lowercase())
+                    })
+                    .collect()
+            }),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    fn info_from(&self, r: ContainerInspectResponse) -> ContainerInfo {
+        let config = r.config.unwrap_or_default();
+        let l = config.labels.unwrap_or_default();
+        let label = |k: &str| l.get(k).cloned().unwrap_or_default();
+        let state = r.state.unwrap_or_default();
+        let ip = r
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(&self.network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty());
+        ContainerInfo {
+            id: r.id.unwrap_or_default(),
+            pod_uid: label(labels::POD_UID),
+            pod_namespace: label(labels::POD_NAMESPACE),
+            pod_name: label(labels::POD_NAME),
+            container_name: label(labels::CONTAINER),
+            restart_count: label(labels::RESTART_COUNT).parse().unwrap_or(0),
+            spec_hash: label(labels::SPEC_HASH),
+            image: config.image.unwrap_or_default(),
+            image_id: r.image.unwrap_or_default(),
+            running: state.running.unwrap_or(false),
+            exit_code: state.exit_code.unwrap_or(0) as i32,
+            oom_killed: state.oom_killed.unwrap_or(false),
+            error: state.error.unwrap_or_default(),
+            created_unix_millis: parse_time(r.created.as_deref()),
+            started_unix_millis: parse_time(state.started_at.as_deref()),
+            finished_unix_millis: parse_time(state.finished_at.as_deref()),
+            ip,
+        }
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn prepare(&self) -> Result<()> {
+        self.docker.ping().await.map_err(map_err)?;
+        let _guard = NETWORK_LOCK.lock().await;
+        match self.docker.inspect_network(&self.network, None).await {
+            Ok(_) => return Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(map_err(e)),
+        }
+        let req = NetworkCreateRequest {
+            name: self.network.clone(),
+            driver: Some("bridge".to_string()),
+            labels: Some(HashMap::from([(
+                labels::MANAGED_BY.to_string(),
+                labels::MANAGED_BY_VALUE.to_string(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(req).await {
+            Ok(_) => {
+                tracing::info!(network = %self.network, "created the edge's container network");
+                Ok(())
+            }
+            // Another process created it meanwhile.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn ensure_image(&self, image: &str, policy: pb::PullPolicy) -> Result<()> {
+        let present = match self.docker.inspect_image(image).await {
+            Ok(_) => true,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => false,
+            Err(e) => return Err(map_err(e)),
+        };
+        match policy {
+            pb::PullPolicy::IfNotPresent if present => Ok(()),
+            pb::PullPolicy::Never if present => Ok(()),
+            pb::PullPolicy::Never => Err(Error::ImagePull {
+                reason: "ErrImageNeverPull",
+                message: format!(
+                    "Container image \"{image}\" is not present with pull policy of Never"
+                ),
+            }),
+            pb::PullPolicy::IfNotPresent | pb::PullPolicy::Always => self.pull(image).await,
+        }
+    }
+
+    async fn create_container(&self, req: CreateRequest<'_>) -> Result<String> {
+        let suffix: u16 = rand::random();
+        let name = format!(
+            "dc_{}_{}_{}_{}_{}_{:04x}",
+            sanitize(&self.node),
+            sanitize(&req.pod.namespace),
+            sanitize(&req.pod.name),
+            sanitize(&req.container.name),
+            req.restart_count,
+            suffix
+        );
+        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
+        let body = self.container_body(req);
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map(|r| r.id)
+            .map_err(|e| Error::CreateContainer(engine_message(e)))
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| Error::CreateContainer(engine_message(e)))
+    }
+
+    async fn inspect_container(&self, id: &str) -> Result<ContainerInfo> {
+        let r = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(map_err)?;
+        let l = r
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        if !self.is_own(&l) {
+            return Err(Error::NotFound(format!(
+                "{id} is not this edge's container"
+            )));
+        }
+        Ok(self.info_from(r))
+    }
+
+    async fn list_containers(&self) -> Result<Vec<ContainerInfo>> {
+        let filters = self.own_filters();
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(map_err)?;
+        let mut out = Vec::with_capacity(list.len());
+        for summary in list {
+            let Some(id) = summary.id else { continue };
+            // The label filter is the engine's; check again before ever touching a container.
+            if !self.is_own(&summary.labels.unwrap_or_default()) {
+                continue;
+            }
+            match self.inspect_container(&id).await {
+                Ok(info) => out.push(info),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let opts = StopContainerOptionsBuilder::default()
+            .t(i32::try_from(secs).unwrap_or(i32::MAX))
+            .build();
+        // The stop call returns only after the grace period; give the request that long.
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(Duration::from_secs(secs + 60));
+        match docker.stop_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            // Gone already, or its removal is under way.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    fn events(&self) -> BoxStream<'static, RuntimeEvent> {
+        let docker = self.docker.clone();
+        let mut filters = self.own_filters();
+        filters.insert("type".to_string(), vec!["container".to_string()]);
+        filters.insert(
+            "event".to_string(),
+            vec!["start".to_string(), "die".to_string()],
+        );
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let opts = EventsOptionsBuilder::default().filters(&filters).build();
+                let mut stream = docker.events(Some(opts));
+                // Whatever happened before this stream opened is picked up by re-inspection.
+                if tx.send(RuntimeEvent::Resync).await.is_err() {
+                    return;
+                }
+                loop {
+                    let item = tokio::select! {
+                        _ = tx.closed() => return,
+                        item = stream.next() => item,
+                    };
+                    let ev = match item {
+                        Some(Ok(ev)) => ev,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "docker event stream broke; reconnecting");
+                            break;
+                        }
+                        None => break,
+                    };
+                    let actor = ev.actor.unwrap_or_default();
+                    let attrs = actor.attributes.unwrap_or_default();
+                    let pod_uid = attrs.get(labels::POD_UID).cloned().unwrap_or_default();
+                    let container_id = actor.id.unwrap_or_default();
+                    let event = match ev.action.as_deref() {
+                        Some("start") => RuntimeEvent::Started {
+                            pod_uid,
+                            container_id,
+                        },
+                        Some("die") => RuntimeEvent::Died {
+                            pod_uid,
+                            container_id,
+                        },
+                        _ => continue,
+                    };
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        ReceiverStream::new(rx).boxed()
+    }
+
+    async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<i64> {
+        let run = async {
+            let exec = self
+                .docker
+                .create_exec(
+                    id,
+                    ExecConfig {
+                        cmd: Some(cmd.to_vec()),
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(map_err)?;
+            if let bollard::exec::StartExecResults::Attached { mut output, .. } = self
+                .docker
+                .start_exec(&exec.id, None)
+                .await
+                .map_err(map_err)?
+            {
+                while output.next().await.is_some() {}
+            }
+            let inspect = self.docker.inspect_exec(&exec.id).await.map_err(map_err)?;
+            Ok(inspect.exit_code.unwrap_or(-1))
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    fn logs(&self, id: &str, opts: LogOptions) -> BoxStream<'static, Result<Bytes>> {
+        let tail = opts
+            .tail_lines
+            .map_or_else(|| "all".to_string(), |n| n.to_string());
+        let o = LogsOptionsBuilder::default()
+            .follow(opts.follow)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(opts.timestamps)
+            .tail(&tail)
+            .build();
+        self.docker
+            .logs(id, Some(o))
+            .map(|r| r.map(|l| l.into_bytes()).map_err(map_err))
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_for_pull() {
+        let table = [
+            ("busybox", ("busybox", "latest")),
+            ("busybox:1", ("busybox", "1")),
+            ("decloud-test/busybox:1", ("decloud-test/busybox", "1")),
+            ("127.0.0.1:5000/x/y", ("127.0.0.1:5000/x/y", "latest")),
+            ("127.0.0.1:5000/x/y:2", ("127.0.0.1:5000/x/y", "2")),
+            ("x@sha256:abc", ("x@sha256:abc", "")),
+        ];
+        for (image, want) in table {
+            assert_eq!(split_image(image), want, "{image}");
+        }
+    }
+
+    #[test]
+    fn times_parse_and_zero_time_is_zero() {
+        assert_eq!(parse_time(Some("0001-01-01T00:00:00Z")), 0);
+        assert_eq!(parse_time(Some("1970-01-01T00:00:01.5Z")), 1500);
+        assert_eq!(parse_time(None), 0);
+        assert_eq!(parse_time(Some("nonsense")), 0);
+    }
+
+    #[test]
+    fn names_are_docker_safe() {
+        assert_eq!(sanitize("edge-a_b/c:d"), "edge-a-b-c-d");
+    }
+}

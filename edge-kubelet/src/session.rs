@@ -1,0 +1,305 @@
+//! The node side of the edge: one long-lived `Session` stream to the operator.
+//!
+//! Dials out (the edge is always the caller), says `Hello`, then heartbeats, pushes pod status
+//! changes as they happen, and applies what the operator sends (`PodSet` on every connect, then
+//! `PodUpsert` / `PodDelete`, log requests). Reconnects forever with exponential back-off and
+//! jitter; pods keep running while the operator is away.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::AbortHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use decloud_proto as pb;
+use pb::edge_client::EdgeClient;
+use pb::edge_message::Kind as Out;
+use pb::operator_message::Kind as In;
+
+use crate::metrics::Metrics;
+use crate::pod_supervisor::PodSupervisor;
+use crate::status_board::PodUpdate;
+use crate::{Error, Result, logs, tunnel};
+
+/// Who this edge is and how it talks to the operator.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Operator URL (`http://host:port`).
+    pub operator: String,
+    /// Provider name.
+    pub provider_name: String,
+    /// Provider owner (may be empty).
+    pub owner: String,
+    /// Labels copied onto the node.
+    pub labels: HashMap<String, String>,
+    /// Detected capacity.
+    pub capacity: pb::Resources,
+    /// Offered resources (capacity capped by the provider's flags).
+    pub offered: pb::Resources,
+    /// Heartbeat interval until the operator's `Welcome` says otherwise.
+    pub heartbeat_interval: Duration,
+    /// Upper bound of the reconnect back-off.
+    pub max_backoff: Duration,
+}
+
+/// Reconnect back-off: doubles from 100 ms up to `max`, each wait jittered to 50–100 %.
+#[derive(Debug, Clone)]
+pub struct ReconnectBackoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl ReconnectBackoff {
+    const INITIAL: Duration = Duration::from_millis(100);
+
+    /// A fresh back-off capped at `max`.
+    pub fn new(max: Duration) -> Self {
+        ReconnectBackoff {
+            next: Self::INITIAL.min(max),
+            max,
+        }
+    }
+
+    /// The next wait (jittered), advancing the back-off.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let factor: f64 = rand::rng().random_range(0.5..=1.0);
+        base.mul_f64(factor)
+    }
+
+    /// After a session that got as far as `Welcome`: start again from the bottom.
+    pub fn reset(&mut self) {
+        self.next = Self::INITIAL.min(self.max);
+    }
+}
+
+/// Runs sessions until `shutdown` is cancelled.
+pub async fn run(
+    cfg: SessionConfig,
+    pods: Arc<PodSupervisor>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = ReconnectBackoff::new(cfg.max_backoff);
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = session_once(&cfg, &pods, &metrics) => r,
+        };
+        metrics.set_connected(false);
+        match outcome {
+            Ok(welcomed) => {
+                if welcomed {
+                    backoff.reset();
+                }
+                tracing::warn!(operator = %cfg.operator, "session ended; reconnecting");
+            }
+            Err((welcomed, e)) => {
+                if welcomed {
+                    backoff.reset();
+                }
+                metrics.error(&e);
+                tracing::warn!(operator = %cfg.operator, error = %e, "session failed; reconnecting");
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// One session, from dial to disconnect. Ok(welcomed) on a clean end by the operator.
+async fn session_once(
+    cfg: &SessionConfig,
+    pods: &Arc<PodSupervisor>,
+    metrics: &Arc<Metrics>,
+) -> std::result::Result<bool, (bool, Error)> {
+    let mut welcomed = false;
+    let r = session_inner(cfg, pods, metrics, &mut welcomed).await;
+    r.map(|()| welcomed).map_err(|e| (welcomed, e))
+}
+
+async fn session_inner(
+    cfg: &SessionConfig,
+    pods: &Arc<PodSupervisor>,
+    metrics: &Arc<Metrics>,
+    welcomed: &mut bool,
+) -> Result<()> {
+    let endpoint = Endpoint::from_shared(cfg.operator.clone())
+        .map_err(|e| Error::InvalidInput(format!("--operator {}: {e}", cfg.operator)))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await?;
+    let mut client = EdgeClient::new(channel)
+        .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
+
+    let (tx, rx) = mpsc::channel::<pb::EdgeMessage>(256);
+    // Subscribe before taking the snapshot for Hello, so no change falls in between.
+    let mut updates = pods.board().subscribe();
+    let hello = pb::Hello {
+        provider_name: cfg.provider_name.clone(),
+        agent_version: crate::AGENT_VERSION.to_string(),
+        capacity: Some(cfg.capacity),
+        offered: Some(cfg.offered),
+        labels: cfg.labels.clone(),
+        runtime: pods.runtime_name().to_string(),
+        owner: cfg.owner.clone(),
+        pods: pods.board().all(),
+    };
+    tx.send(msg(Out::Hello(hello)))
+        .await
+        .map_err(|_| Error::Session("outbound stream closed".into()))?;
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+
+    let first = inbound.message().await?;
+    let welcome = match first.and_then(|m| m.kind) {
+        Some(In::Welcome(w)) => w,
+        Some(other) => {
+            return Err(Error::Session(format!(
+                "expected Welcome first, got {other:?}"
+            )));
+        }
+        None => {
+            return Err(Error::Session(
+                "operator closed the session before Welcome".into(),
+            ));
+        }
+    };
+    *welcomed = true;
+    metrics.set_connected(true);
+    let interval = if welcome.heartbeat_interval_millis > 0 {
+        Duration::from_millis(u64::from(welcome.heartbeat_interval_millis))
+    } else {
+        cfg.heartbeat_interval
+    };
+    tracing::info!(operator = %cfg.operator, node = %welcome.node_name, heartbeat = ?interval, "session established");
+
+    let mut heartbeat = tokio::time::interval(interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut log_tasks: HashMap<u64, AbortHandle> = HashMap::new();
+    let result = loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                seq += 1;
+                let hb = pb::Heartbeat { seq, sent_unix_millis: now_millis() };
+                if tx.send(msg(Out::Heartbeat(hb))).await.is_err() {
+                    break Err(Error::Session("outbound stream closed".into()));
+                }
+                metrics.heartbeat();
+            }
+            update = updates.recv() => {
+                let out: Vec<pb::EdgeMessage> = match update {
+                    Ok(PodUpdate::Status(s)) => vec![msg(Out::PodStatus(s))],
+                    Ok(PodUpdate::Gone(uid)) => vec![msg(Out::PodGone(pb::PodGone { uid }))],
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "status updates lagged; resending all");
+                        pods.board().all().into_iter().map(|s| msg(Out::PodStatus(s))).collect()
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break Ok(()),
+                };
+                for m in out {
+                    if tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            incoming = inbound.message() => {
+                match incoming {
+                    Ok(Some(m)) => handle(m, pods, &tx, &mut log_tasks),
+                    Ok(None) => break Ok(()),
+                    Err(status) => break Err(status.into()),
+                }
+            }
+        }
+        log_tasks.retain(|_, h| !h.is_finished());
+    };
+    for h in log_tasks.values() {
+        h.abort();
+    }
+    result
+}
+
+fn msg(kind: Out) -> pb::EdgeMessage {
+    pb::EdgeMessage { kind: Some(kind) }
+}
+
+fn handle(
+    m: pb::OperatorMessage,
+    pods: &Arc<PodSupervisor>,
+    tx: &mpsc::Sender<pb::EdgeMessage>,
+    log_tasks: &mut HashMap<u64, AbortHandle>,
+) {
+    match m.kind {
+        Some(In::PodSet(set)) => {
+            tracing::info!(pods = set.pods.len(), "received desired pod set");
+            pods.apply_pod_set(set.pods);
+        }
+        Some(In::PodUpsert(u)) => match u.pod {
+            Some(spec) => {
+                if let Err(e) = pods.upsert(spec) {
+                    tracing::warn!(error = %e, "rejected pod upsert");
+                }
+            }
+            None => tracing::warn!("PodUpsert without a pod"),
+        },
+        Some(In::PodDelete(d)) => {
+            pods.delete(
+                &d.uid,
+                Some(Duration::from_secs(u64::from(d.grace_period_seconds))),
+            );
+        }
+        Some(In::LogRequest(r)) => {
+            let id = r.request_id;
+            let task = tokio::spawn(logs::serve(r, pods.clone(), tx.clone()));
+            log_tasks.insert(id, task.abort_handle());
+        }
+        Some(In::LogCancel(c)) => {
+            if let Some(h) = log_tasks.remove(&c.request_id) {
+                h.abort();
+            }
+        }
+        Some(In::OpenTunnel(t)) => tunnel::open(t, pods),
+        Some(In::Welcome(_)) => tracing::warn!("unexpected second Welcome; ignored"),
+        None => tracing::warn!("empty operator message; ignored"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_jitters_caps_and_resets() {
+        let mut b = ReconnectBackoff::new(Duration::from_secs(5));
+        let mut last_base = Duration::ZERO;
+        for i in 0..10 {
+            let base = (ReconnectBackoff::INITIAL * 2u32.pow(i)).min(Duration::from_secs(5));
+            let d = b.next_delay();
+            assert!(
+                d >= base / 2 && d <= base,
+                "{i}: {d:?} not in [{:?}, {base:?}]",
+                base / 2
+            );
+            last_base = base;
+        }
+        assert_eq!(last_base, Duration::from_secs(5));
+        b.reset();
+        assert!(b.next_delay() <= ReconnectBackoff::INITIAL);
+    }
+}

@@ -1,0 +1,186 @@
+//! The assigned pod set, kept on disk so an edge restart without the operator changes nothing.
+//!
+//! A small JSON file (`<state-dir>/assigned-pods.json`): readable metadata per pod plus the
+//! pod spec itself as hex-encoded protobuf, so the file never drifts from the protocol's types.
+//! Written atomically (temporary file + rename).
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use decloud_proto as pb;
+
+use crate::{Error, Result};
+
+const FILE_NAME: &str = "assigned-pods.json";
+const VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Contents {
+    version: u32,
+    node: String,
+    pods: Vec<StoredPod>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredPod {
+    uid: String,
+    namespace: String,
+    name: String,
+    spec_hash: String,
+    /// `decloud.edge.v1.PodSpec`, protobuf, hex.
+    spec: String,
+}
+
+/// The state file of one edge.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+    node: String,
+}
+
+impl StateFile {
+    /// The state file inside `dir` for node `node`.
+    pub fn new(dir: &Path, node: &str) -> Self {
+        StateFile {
+            path: dir.join(FILE_NAME),
+            node: node.to_string(),
+        }
+    }
+
+    /// Where the file lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, message: impl std::fmt::Display) -> Error {
+        Error::StateFile {
+            path: self.path.display().to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The saved assigned set; empty when there is no file yet.
+    pub fn load(&self) -> Result<Vec<pb::PodSpec>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let contents: Contents = serde_json::from_str(&text).map_err(|e| self.err(e))?;
+        if contents.version != VERSION {
+            return Err(self.err(format!("unknown version {}", contents.version)));
+        }
+        if contents.node != self.node {
+            return Err(self.err(format!(
+                "belongs to node {:?}, not {:?}; use another --state-dir",
+                contents.node, self.node
+            )));
+        }
+        contents
+            .pods
+            .iter()
+            .map(|p| {
+                let bytes = hex_decode(&p.spec).ok_or_else(|| self.err("spec is not hex"))?;
+                pb::PodSpec::decode(bytes.as_slice()).map_err(|e| self.err(e))
+            })
+            .collect()
+    }
+
+    /// Replaces the saved set with `pods`.
+    pub fn save<'a>(&self, pods: impl IntoIterator<Item = &'a pb::PodSpec>) -> Result<()> {
+        let mut stored: Vec<StoredPod> = pods
+            .into_iter()
+            .map(|p| StoredPod {
+                uid: p.uid.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                spec_hash: p.spec_hash.clone(),
+                spec: hex_encode(&p.encode_to_vec()),
+            })
+            .collect();
+        stored.sort_by(|a, b| a.uid.cmp(&b.uid));
+        let contents = Contents {
+            version: VERSION,
+            node: self.node.clone(),
+            pods: stored,
+        };
+        let json = serde_json::to_vec_pretty(&contents).map_err(|e| self.err(e))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, json).map_err(|e| self.err(e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))
+    }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str) -> pb::PodSpec {
+        pb::PodSpec {
+            uid: uid.into(),
+            namespace: "default".into(),
+            name: format!("pod-{uid}"),
+            spec_hash: "h1".into(),
+            containers: vec![pb::ContainerSpec {
+                name: "web".into(),
+                image: "decloud-test/busybox:1".into(),
+                command: vec!["httpd".into(), "-f".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trips_and_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path(), "edge-a");
+        assert!(f.load().unwrap().is_empty());
+        let pods = vec![pod("b"), pod("a")];
+        f.save(&pods).unwrap();
+        let mut back = f.load().unwrap();
+        back.sort_by(|a, b| a.uid.cmp(&b.uid));
+        assert_eq!(back, vec![pod("a"), pod("b")]);
+        f.save(&[]).unwrap();
+        assert!(f.load().unwrap().is_empty());
+    }
+
+    #[test]
+    fn refuses_another_nodes_file_and_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        StateFile::new(dir.path(), "edge-a")
+            .save(&[pod("a")])
+            .unwrap();
+        let err = StateFile::new(dir.path(), "edge-b").load().unwrap_err();
+        assert_eq!(err.metric_label(), "state_file");
+        std::fs::write(dir.path().join(FILE_NAME), "{not json").unwrap();
+        assert!(StateFile::new(dir.path(), "edge-a").load().is_err());
+    }
+
+    #[test]
+    fn hex() {
+        assert_eq!(hex_encode(&[0, 1, 0xab]), "0001ab");
+        assert_eq!(hex_decode("0001ab"), Some(vec![0, 1, 0xab]));
+        assert_eq!(hex_decode("0"), None);
+        assert_eq!(hex_decode("zz"), None);
+    }
+}
