@@ -1,0 +1,39 @@
+//! Settings shared by every part of the operator.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Run-time settings, built once from the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How often edges send a heartbeat (told to them in `Welcome`).
+    pub heartbeat_interval: Duration,
+    /// Heartbeats an edge may miss before it is NotReady.
+    pub missed_heartbeats: u32,
+    /// Port of the operator's kubelet API, published as every virtual node's kubelet endpoint.
+    pub kubelet_port: u16,
+    /// Address published on virtual nodes and as pods' hostIP: the operator's own, never a
+    /// provider's.
+    pub node_address: IpAddr,
+    /// How often node Leases in `kube-node-lease` are renewed.
+    pub node_lease_renew: Duration,
+}
+
+impl Config {
+    /// How long an edge may stay silent before it is NotReady.
+    pub fn unreachable_after(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats.max(1)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(1),
+            missed_heartbeats: 3,
+            kubelet_port: 10250,
+            node_address: IpAddr::from([127, 0, 0, 1]),
+            node_lease_renew: Duration::from_secs(10),
+        }
+    }
+}

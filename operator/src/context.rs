@@ -1,0 +1,103 @@
+//! The state every controller, loop and session shares, built once and handed out in an `Arc`.
+
+use std::sync::Arc;
+
+use decloud_crds::Provider;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::mpsc;
+
+use crate::bridge::StatusReport;
+use crate::config::Config;
+use crate::http::Readiness;
+use crate::metrics::Metrics;
+use crate::registry::ProviderRegistry;
+
+/// Shared state of the operator.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Settings.
+    pub config: Config,
+    /// Live edge sessions and liveness.
+    pub registry: ProviderRegistry,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Every pod in the cluster (the bridge only acts on those bound to virtual nodes).
+    pub pods: Store<Pod>,
+    /// Every Provider.
+    pub providers: Store<Provider>,
+    /// Every virtual node (`type=virtual-kubelet`).
+    pub nodes: Store<Node>,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// What `/readyz` reports.
+    pub readiness: Arc<Readiness>,
+    reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
+    status_tx: mpsc::UnboundedSender<StatusReport>,
+}
+
+/// The receiving ends of the context's internal queues.
+pub struct ContextQueues {
+    /// Providers to reconcile now (fed to the Provider controller).
+    pub reconcile_rx: mpsc::UnboundedReceiver<ObjectRef<Provider>>,
+    /// Pod reports to write as pod status (fed to the bridge's status writer).
+    pub status_rx: mpsc::UnboundedReceiver<StatusReport>,
+}
+
+/// The caches a [`Context`] reads from.
+pub struct Caches {
+    /// Pods.
+    pub pods: Store<Pod>,
+    /// Providers.
+    pub providers: Store<Provider>,
+    /// Virtual nodes.
+    pub nodes: Store<Node>,
+}
+
+impl Context {
+    /// Builds the context and the queues its consumers read.
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        caches: Caches,
+        readiness: Arc<Readiness>,
+    ) -> (Arc<Self>, ContextQueues) {
+        let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
+        let (status_tx, status_rx) = mpsc::unbounded_channel();
+        let recorder = Recorder::new(client.clone(), crate::FIELD_MANAGER.into());
+        let ctx = Arc::new(Self {
+            registry: ProviderRegistry::new(config.unreachable_after(), metrics.clone()),
+            client,
+            config,
+            metrics,
+            pods: caches.pods,
+            providers: caches.providers,
+            nodes: caches.nodes,
+            recorder,
+            readiness,
+            reconcile_tx,
+            status_tx,
+        });
+        (
+            ctx,
+            ContextQueues {
+                reconcile_rx,
+                status_rx,
+            },
+        )
+    }
+
+    /// Asks the Provider controller to reconcile `provider` soon. Must not block.
+    pub fn reconcile_provider(&self, provider: &str) {
+        let _ = self.reconcile_tx.send(ObjectRef::new(provider));
+    }
+
+    /// Queues an edge's pod report for the status writer. Must not block.
+    pub fn report_status(&self, report: StatusReport) {
+        let _ = self.status_tx.send(report);
+    }
+}

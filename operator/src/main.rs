@@ -1,0 +1,253 @@
+//! `decloud-operator`: the DeCloud operator binary.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use decloud_crds::{Provider, Workload};
+use decloud_operator::context::{Caches, Context};
+use decloud_operator::http::Readiness;
+use decloud_operator::leader::LeaderConfig;
+use decloud_operator::metrics::Metrics;
+use decloud_operator::server::{EdgeService, TrustingAuthenticator};
+use decloud_operator::{Config, Error, bridge, http, leader, node, provider, server};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "decloud-operator", version, about = "The DeCloud operator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the operator (kubeconfig from KUBECONFIG, ~/.kube/config or the in-cluster account).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address the edge gRPC server listens on (edges dial it).
+    #[arg(long, env = "DECLOUD_EDGE_LISTEN", default_value = "0.0.0.0:7443")]
+    edge_listen: SocketAddr,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "DECLOUD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+    /// Port of the operator's kubelet API, published as each virtual node's kubelet endpoint.
+    #[arg(long, env = "DECLOUD_KUBELET_PORT", default_value_t = 10250)]
+    kubelet_port: u16,
+    /// Address published on virtual nodes and as pods' hostIP (the operator's own, e.g. its
+    /// pod IP); never a provider's address.
+    #[arg(long, env = "POD_IP", default_value = "127.0.0.1")]
+    node_address: IpAddr,
+    /// How often edges send heartbeats, e.g. `1s` or `500ms`.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// Heartbeats an edge may miss before its Provider is NotReady and its Node unreachable.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    missed_heartbeats: u32,
+    /// How often node Leases in kube-node-lease are renewed for ready edges.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    node_lease_renew: Duration,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "decloud-operator")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the leader election (default: hostname and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the leader Lease is valid without renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+}
+
+/// Parses `1s`, `500ms`, `2m` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("duration {s:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+    }
+}
+
+/// Fails with how to install the CRDs when they are missing.
+async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
+    let lp = ListParams::default().limit(1);
+    for (kind, res) in [
+        (
+            "Provider",
+            Api::<Provider>::all(client.clone())
+                .list(&lp)
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "Workload",
+            Api::<Workload>::all(client.clone())
+                .list(&lp)
+                .await
+                .map(|_| ()),
+        ),
+    ] {
+        match res {
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                return Err(Error::CrdsMissing(format!("{kind}.decloud.dev not found")).into());
+            }
+            Err(e) => return Err(e).context("checking that the DeCloud CRDs are installed"),
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.context(
+        "loading the Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)",
+    )?;
+    check_crds(&client).await?;
+
+    let config = Config {
+        heartbeat_interval: args.heartbeat_interval,
+        missed_heartbeats: args.missed_heartbeats,
+        kubelet_port: args.kubelet_port,
+        node_address: args.node_address,
+        node_lease_renew: args.node_lease_renew,
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let readiness = Arc::new(Readiness::default());
+
+    // Caches: pods (all), virtual nodes, and Providers (through the controller's own store).
+    let (pods, pods_writer) = reflector::store();
+    let (nodes, nodes_writer) = reflector::store();
+    let node_api: Api<Node> = Api::all(client.clone());
+    let node_stream = reflector::reflector(
+        nodes_writer,
+        watcher(
+            node_api,
+            watcher::Config::default().labels("type=virtual-kubelet"),
+        )
+        .default_backoff(),
+    )
+    .applied_objects();
+    let controller = provider::controller(client.clone(), node_stream);
+    let caches = Caches {
+        pods,
+        providers: controller.store(),
+        nodes,
+    };
+    let (ctx, queues) = Context::new(client.clone(), config, metrics, caches, readiness.clone());
+
+    let metrics_listener = http::bind(args.metrics_listen).await?;
+    info!(addr = %metrics_listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let edge_listener = server::bind(args.edge_listen).await?;
+    let edge_addr = edge_listener.local_addr()?;
+    println!("decloud-operator: edge gRPC listening on {edge_addr}");
+    info!(addr = %edge_addr, "edge gRPC listening (plaintext)");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(http::serve(metrics_listener, registry, readiness.clone()));
+    tasks.spawn(server::serve(
+        edge_listener,
+        EdgeService::new(ctx.clone(), TrustingAuthenticator),
+    ));
+
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "decloud-operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let leader_cfg = LeaderConfig {
+        name: args.lease_name,
+        namespace: args.lease_namespace,
+        identity,
+        lease_duration: args.lease_duration,
+        retry_period: (args.lease_duration / 5).max(Duration::from_millis(500)),
+    };
+    let (led_tx, led_rx) = tokio::sync::oneshot::channel();
+    tasks.spawn(leader::run(
+        client.clone(),
+        leader_cfg,
+        readiness.clone(),
+        led_tx,
+    ));
+
+    // Everything below acts on the cluster, so it starts only once this replica leads.
+    let leading = async {
+        if led_rx.await.is_err() {
+            return;
+        }
+        let mut loops = tokio::task::JoinSet::new();
+        loops.spawn(bridge::run_pod_watcher(ctx.clone(), pods_writer));
+        loops.spawn(bridge::write_statuses(ctx.clone(), queues.status_rx));
+        loops.spawn(node::renew_node_leases(ctx.clone()));
+        loops.spawn(sweep_liveness(ctx.clone()));
+        loops.spawn(provider::run(controller, ctx.clone(), queues.reconcile_rx));
+        // The Workload controller (crate `decloud-workload`) joins this set, under the same
+        // leadership, once that crate is part of the workspace.
+        loops.join_next().await;
+    };
+    tokio::select! {
+        res = tasks.join_next() => match res {
+            Some(Ok(Err(e))) => Err(anyhow::Error::from(e)),
+            Some(Err(e)) => Err(anyhow::Error::from(e)),
+            _ => Err(anyhow::anyhow!("a server task ended unexpectedly")),
+        },
+        () = leading => Err(anyhow::anyhow!("a controller loop ended unexpectedly")),
+        _ = tokio::signal::ctrl_c() => {
+            info!("interrupted; exiting");
+            Ok(())
+        }
+    }
+}
+
+/// Turns missed heartbeats into Provider reconciles, checking several times per interval.
+async fn sweep_liveness(ctx: Arc<Context>) {
+    let period = (ctx.config.heartbeat_interval / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        for (provider, transition) in ctx.registry.sweep() {
+            info!(%provider, ?transition, "edge liveness changed");
+            ctx.reconcile_provider(&provider);
+        }
+    }
+}

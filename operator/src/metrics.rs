@@ -1,0 +1,148 @@
+//! Prometheus metrics of the operator.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of reconcile counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// Which controller.
+    pub controller: String,
+}
+
+/// Labels of error counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Which controller or loop.
+    pub controller: String,
+    /// `Error::metric_label()`.
+    pub error: String,
+}
+
+/// Labels of closed-session counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// Why the session ended.
+    pub reason: String,
+}
+
+/// Every metric the operator exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Edge sessions open right now.
+    pub connected_edges: Gauge,
+    /// Edge sessions ever opened.
+    pub sessions_opened: Counter,
+    closed: Family<CloseLabels, Counter>,
+    /// Heartbeats received.
+    pub heartbeats: Counter,
+    reconciles: Family<ControllerLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    /// Seconds from an edge's pod report to the pod status written.
+    pub bridge_latency: Histogram,
+    /// Pod reports dropped because they named pods of another node.
+    pub unauthorized_reports: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` under the `decloud_operator` prefix.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            connected_edges: Gauge::default(),
+            sessions_opened: Counter::default(),
+            closed: Family::default(),
+            heartbeats: Counter::default(),
+            reconciles: Family::default(),
+            errors: Family::default(),
+            bridge_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            unauthorized_reports: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("decloud_operator");
+        r.register(
+            "connected_edges",
+            "Edge sessions open now",
+            m.connected_edges.clone(),
+        );
+        r.register(
+            "sessions_opened",
+            "Edge sessions opened",
+            m.sessions_opened.clone(),
+        );
+        r.register(
+            "sessions_closed",
+            "Edge sessions closed, by reason",
+            m.closed.clone(),
+        );
+        r.register(
+            "heartbeats",
+            "Edge heartbeats received",
+            m.heartbeats.clone(),
+        );
+        r.register(
+            "reconciles",
+            "Reconciles run, by controller",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "errors",
+            "Errors, by controller and reason",
+            m.errors.clone(),
+        );
+        r.register(
+            "bridge_latency_seconds",
+            "Time from an edge's pod report to the pod status written",
+            m.bridge_latency.clone(),
+        );
+        r.register(
+            "unauthorized_reports",
+            "Pod reports dropped because the pod is not bound to the reporting edge",
+            m.unauthorized_reports.clone(),
+        );
+        m
+    }
+
+    /// Counts one closed session.
+    pub fn sessions_closed(&self, reason: &str) {
+        self.closed
+            .get_or_create(&CloseLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one reconcile of `controller`.
+    pub fn reconciled(&self, controller: &str) {
+        self.reconciles
+            .get_or_create(&ControllerLabels {
+                controller: controller.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one failure of `controller`.
+    pub fn failed(&self, controller: &str, error: &crate::Error) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                controller: controller.to_string(),
+                error: error.metric_label().to_string(),
+            })
+            .inc();
+    }
+
+    /// Records one bridge round trip.
+    pub fn bridged(&self, elapsed: Duration) {
+        self.bridge_latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(&mut Registry::default())
+    }
+}

@@ -1,0 +1,324 @@
+//! The Provider controller: Provider status and the virtual Node follow the edge's session.
+//!
+//! Reconciles run on Provider and Node changes, on session transitions (connect, heartbeats
+//! resumed, heartbeats missed), on pod changes on the node, and every 30 s (for the periodic
+//! `lastHeartbeatTime` and reliability).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use decloud_crds::{
+    Condition, Provider, ProviderPhase, ProviderStatus, ResourceOffer, find_condition,
+    set_condition,
+};
+use decloud_proto as pb;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::{Instrument, info, warn};
+
+use crate::context::Context;
+use crate::quantity::{format_bytes, format_millis};
+use crate::registry::ProviderView;
+use crate::status::rfc3339;
+use crate::{Error, FIELD_MANAGER, Result, node};
+
+/// Finalizer that lets the operator close the session and remove the Node of a deleted
+/// Provider.
+pub const FINALIZER: &str = "decloud.dev/provider-cleanup";
+/// Pods an edge may run when neither it nor its Provider says.
+pub const DEFAULT_MAX_PODS: i32 = 110;
+/// How stale `status.lastHeartbeatTime` may get while an edge is ready.
+const HEARTBEAT_WRITE_PERIOD: Duration = Duration::from_secs(30);
+
+/// Reconciles one Provider.
+pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Action> {
+    let name = provider.name_any();
+    ctx.metrics.reconciled("provider");
+    let api: Api<Provider> = Api::all(ctx.client.clone());
+    let span = tracing::info_span!("reconcile", provider = %name);
+    finalizer(&api, FINALIZER, provider, |event| async {
+        match event {
+            Finalizer::Apply(p) => apply(&p, &ctx).await,
+            Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Retries a failed reconcile soon.
+pub fn error_policy(provider: Arc<Provider>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(provider = %provider.name_any(), %error, "reconcile failed");
+    ctx.metrics.failed("provider", error);
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn apply(provider: &Provider, ctx: &Context) -> Result<Action> {
+    let name = provider.name_any();
+    let view = ctx.registry.view(&name);
+    let window = ctx.config.unreachable_after();
+    if view.ready.is_none() && view.operator_uptime < window {
+        // Just started: give edges one heartbeat window to reconnect before judging them.
+        return Ok(Action::requeue(
+            window - view.operator_uptime + Duration::from_millis(100),
+        ));
+    }
+    let node_name = crate::node_name(&name);
+    let pods = ctx.pods.state_filter(|p| {
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str())
+    });
+    let status = desired_status(provider, &view, &pods, &ctx.config, Utc::now());
+    if provider.status.as_ref() != Some(&status) {
+        let api: Api<Provider> = Api::all(ctx.client.clone());
+        let body = json!({
+            "apiVersion": "decloud.dev/v1alpha1",
+            "kind": "Provider",
+            "metadata": {"name": name},
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    }
+    let ready = status.phase == ProviderPhase::Ready;
+    let node_exists = ctx.nodes.get(&ObjectRef::new(&node_name)).is_some();
+    // The Node appears once the edge connected (capacity known), and stays while it exists.
+    if status.capacity.is_some() || node_exists {
+        node::apply_node(ctx, provider, &status, ready).await?;
+    }
+    Ok(Action::requeue(if ready {
+        HEARTBEAT_WRITE_PERIOD
+    } else {
+        Duration::from_secs(60)
+    }))
+}
+
+async fn cleanup(provider: &Provider, ctx: &Context) -> Result<Action> {
+    let name = provider.name_any();
+    info!(provider = %name, "provider deleted: closing its session, removing its pods and node");
+    ctx.registry.revoke(
+        &name,
+        tonic::Status::permission_denied(format!(
+            "provider {name:?} was deleted (revoked); this edge may no longer connect"
+        )),
+    );
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let node_name = crate::node_name(&name);
+    let bound = pods
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node_name}")))
+        .await?;
+    for pod in bound {
+        let ns = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        node::ignore_not_found(api.delete(&pod.name_any(), &dp).await.map(|_| ()))?;
+    }
+    node::delete_node(ctx, &name).await?;
+    Ok(Action::await_change())
+}
+
+fn offer(r: &pb::Resources) -> ResourceOffer {
+    ResourceOffer {
+        cpu: Some(format_millis(r.cpu_millis)),
+        memory: Some(format_bytes(r.memory_bytes)),
+        pods: (r.pods > 0).then(|| r.pods.min(i64::from(i32::MAX)) as i32),
+    }
+}
+
+/// Component-wise minimum of what is set (cpu/memory compared as quantities).
+fn cap(limits: &[Option<&ResourceOffer>]) -> ResourceOffer {
+    let min_by = |get: &dyn Fn(&ResourceOffer) -> Option<String>,
+                  parse: fn(&str) -> Result<i64>| {
+        limits
+            .iter()
+            .flatten()
+            .filter_map(|r| get(r))
+            .filter_map(|q| parse(&q).ok().map(|v| (v, q)))
+            .min_by_key(|(v, _)| *v)
+            .map(|(_, q)| q)
+    };
+    ResourceOffer {
+        cpu: min_by(&|r| r.cpu.clone(), crate::quantity::to_millis),
+        memory: min_by(&|r| r.memory.clone(), crate::quantity::to_units),
+        pods: limits.iter().flatten().filter_map(|r| r.pods).min(),
+    }
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// The status `provider` should have, given its edge's `view` and the `pods` bound to its node.
+///
+/// Pure and stable: with unchanged inputs it returns the status already written, so a second
+/// reconcile writes nothing.
+pub fn desired_status(
+    provider: &Provider,
+    view: &ProviderView,
+    pods: &[Arc<Pod>],
+    config: &crate::Config,
+    now: DateTime<Utc>,
+) -> ProviderStatus {
+    let old = provider.status.clone().unwrap_or_default();
+    let phase = match view.ready {
+        Some(true) => ProviderPhase::Ready,
+        Some(false) => ProviderPhase::NotReady,
+        // Not seen since this operator started (and the reconnect window has passed).
+        None => match old.phase {
+            ProviderPhase::Ready => ProviderPhase::NotReady,
+            other => other,
+        },
+    };
+    let window = config.unreachable_after();
+    let ready_condition = match phase {
+        ProviderPhase::Ready => (
+            "True",
+            "HeartbeatsReceived",
+            "edge-kubelet is connected and heartbeating".to_string(),
+        ),
+        ProviderPhase::Pending => (
+            "False",
+            "NeverConnected",
+            "no edge-kubelet has connected as this provider yet".to_string(),
+        ),
+        ProviderPhase::Revoked => (
+            "False",
+            "Revoked",
+            "the provider's credential was revoked".to_string(),
+        ),
+        ProviderPhase::NotReady => (
+            "False",
+            "HeartbeatsMissed",
+            format!(
+                "no heartbeat from edge-kubelet for more than {}ms",
+                window.as_millis()
+            ),
+        ),
+    };
+    let mut conditions = old.conditions.clone();
+    set_condition(
+        &mut conditions,
+        Condition {
+            type_: "Ready".into(),
+            status: ready_condition.0.into(),
+            reason: ready_condition.1.into(),
+            message: ready_condition.2,
+            last_transition_time: Some(rfc3339(now)),
+            observed_generation: provider.metadata.generation,
+        },
+    );
+    let transitioned =
+        find_condition(&old.conditions, "Ready").is_none_or(|c| c.status != ready_condition.0);
+    let last_heartbeat_time = match view.last_heartbeat {
+        Some(seen) => {
+            let seen = DateTime::<Utc>::from(seen);
+            let fresh_enough = old
+                .last_heartbeat_time
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| {
+                    let age = seen.signed_duration_since(t.with_timezone(&Utc));
+                    age >= chrono::Duration::zero()
+                        && age.to_std().is_ok_and(|a| a < HEARTBEAT_WRITE_PERIOD)
+                });
+            if fresh_enough && !transitioned {
+                old.last_heartbeat_time.clone()
+            } else {
+                Some(rfc3339(seen))
+            }
+        }
+        None => old.last_heartbeat_time.clone(),
+    };
+    let hello = view.hello.as_ref();
+    let capacity = hello.map(|h| offer(&h.capacity)).or(old.capacity.clone());
+    let offered_by_edge = hello.map(|h| offer(&h.offered));
+    let mut allocatable = capacity.as_ref().map(|c| {
+        cap(&[
+            Some(c),
+            provider.spec.offered.as_ref(),
+            offered_by_edge.as_ref(),
+        ])
+    });
+    if let Some(a) = &mut allocatable {
+        a.pods = a.pods.or(Some(DEFAULT_MAX_PODS));
+    }
+    let live: Vec<&Arc<Pod>> = pods.iter().filter(|p| !is_terminal(p)).collect();
+    let (cpu, mem) = live
+        .iter()
+        .map(|p| crate::translate::pod_requests(p))
+        .fold((0, 0), |(c, m), (pc, pm)| (c + pc, m + pm));
+    ProviderStatus {
+        phase,
+        node_name: Some(crate::node_name(&provider.name_any())),
+        agent_version: hello.map(|h| h.agent_version.clone()).or(old.agent_version),
+        last_heartbeat_time,
+        capacity,
+        allocatable,
+        allocated: Some(ResourceOffer {
+            cpu: Some(format_millis(cpu)),
+            memory: Some(format_bytes(mem)),
+            pods: Some(live.len().min(i32::MAX as usize) as i32),
+        }),
+        reliability: view
+            .reliability
+            .map(|r| format!("{r:.3}"))
+            .or(old.reliability),
+        usage: old.usage,
+        conditions,
+    }
+}
+
+/// Runs the Provider controller until the process ends.
+pub async fn run(
+    controller: Controller<Provider>,
+    ctx: Arc<Context>,
+    reconcile_rx: mpsc::UnboundedReceiver<ObjectRef<Provider>>,
+) {
+    controller
+        .reconcile_on(UnboundedReceiverStream::new(reconcile_rx))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "provider reconcile");
+            }
+        })
+        .await;
+}
+
+/// The Provider controller, watching Providers and the virtual Nodes they own.
+pub fn controller(
+    client: kube::Client,
+    nodes: impl futures::Stream<Item = Result<k8s_openapi::api::core::v1::Node, watcher::Error>>
+    + Send
+    + 'static,
+) -> Controller<Provider> {
+    Controller::new(Api::<Provider>::all(client), watcher::Config::default()).owns_stream(nodes)
+}
+
+/// Whether `provider` is being deleted.
+pub fn is_deleting(provider: &Provider) -> bool {
+    provider.meta().deletion_timestamp.is_some()
+}
+
+#[cfg(test)]
+mod tests;

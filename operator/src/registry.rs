@@ -1,0 +1,348 @@
+//! Live edge sessions, one per provider, kept in this (leader) replica's memory.
+//!
+//! Every message to an edge is queued under the registry's lock, so a session sees its full
+//! `PodSet` and the upserts/deletes after it in the order the pod watcher saw the changes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use decloud_proto as pb;
+use pb::operator_message::Kind;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::liveness::{LivenessTracker, Transition};
+use crate::metrics::Metrics;
+
+/// Messages queued towards one edge before it counts as too slow and is disconnected.
+pub const SESSION_QUEUE: usize = 4096;
+
+/// The sending half of a session's response stream.
+pub type SessionSender = mpsc::Sender<Result<pb::OperatorMessage, Status>>;
+
+/// What an edge said about itself in its Hello.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HelloInfo {
+    /// edge-kubelet version.
+    pub agent_version: String,
+    /// Detected on the machine.
+    pub capacity: pb::Resources,
+    /// What the provider offers.
+    pub offered: pb::Resources,
+    /// Container runtime (`docker`, `simulated`), the scheme of container ids.
+    pub runtime: String,
+    /// Pods (uids) the edge was running when it said Hello.
+    pub running: HashSet<String>,
+}
+
+impl HelloInfo {
+    /// The useful part of a Hello.
+    pub fn from_hello(hello: &pb::Hello) -> Self {
+        Self {
+            agent_version: hello.agent_version.clone(),
+            capacity: hello.capacity.unwrap_or_default(),
+            offered: hello.offered.unwrap_or_default(),
+            runtime: if hello.runtime.is_empty() {
+                "docker".into()
+            } else {
+                hello.runtime.clone()
+            },
+            running: hello.pods.iter().map(|p| p.uid.clone()).collect(),
+        }
+    }
+}
+
+/// One edge's live session.
+#[derive(Debug)]
+pub struct EdgeSession {
+    id: u64,
+    tx: SessionSender,
+    close: CancellationToken,
+    /// Spec hash of every pod sent (uid → hash).
+    sent: HashMap<String, String>,
+    /// Pods a `PodDelete` was sent for.
+    deleting: HashSet<String>,
+    /// Pods the edge ran when it connected (uids).
+    running_at_hello: HashSet<String>,
+}
+
+impl EdgeSession {
+    fn send(&mut self, kind: Kind) {
+        let msg = pb::OperatorMessage { kind: Some(kind) };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(msg)) {
+            tracing::warn!(
+                session = self.id,
+                "edge is not reading its session; closing it"
+            );
+            self.close.cancel();
+        }
+    }
+
+    /// Replaces the edge's desired set with `pods` (sent on every (re)connect and resync).
+    pub fn send_pod_set(&mut self, pods: Vec<pb::PodSpec>) {
+        self.sent = pods
+            .iter()
+            .map(|p| (p.uid.clone(), p.spec_hash.clone()))
+            .collect();
+        self.deleting.clear();
+        self.send(Kind::PodSet(pb::PodSet { pods }));
+    }
+
+    /// Sends `pod` unless this exact spec was already sent. May be called more than once.
+    pub fn upsert(&mut self, pod: pb::PodSpec) {
+        if self.sent.get(&pod.uid) == Some(&pod.spec_hash) || self.deleting.contains(&pod.uid) {
+            return;
+        }
+        self.sent.insert(pod.uid.clone(), pod.spec_hash.clone());
+        self.send(Kind::PodUpsert(pb::PodUpsert { pod: Some(pod) }));
+    }
+
+    /// Asks the edge to stop `uid`, once per session. May be called more than once.
+    pub fn delete(&mut self, uid: &str, grace_period_seconds: u32) {
+        if !self.deleting.insert(uid.to_string()) {
+            return;
+        }
+        self.send(Kind::PodDelete(pb::PodDelete {
+            uid: uid.to_string(),
+            grace_period_seconds,
+        }));
+    }
+
+    /// Whether this session was told about `uid` (or the edge ran it at Hello).
+    pub fn knows(&self, uid: &str) -> bool {
+        self.sent.contains_key(uid) || self.running_at_hello.contains(uid)
+    }
+
+    /// The pod is gone from the API: stop it at once if the edge has it.
+    pub fn pod_removed(&mut self, uid: &str) {
+        if self.sent.remove(uid).is_some() || self.running_at_hello.remove(uid) {
+            self.delete(uid, 0);
+        }
+        self.deleting.remove(uid);
+    }
+
+    /// The edge confirmed `uid` is gone.
+    pub fn pod_gone(&mut self, uid: &str) {
+        self.sent.remove(uid);
+        self.deleting.remove(uid);
+        self.running_at_hello.remove(uid);
+    }
+}
+
+/// What the Provider controller needs to know about one edge.
+#[derive(Clone, Debug, Default)]
+pub struct ProviderView {
+    /// A session is open right now.
+    pub connected: bool,
+    /// `Some(ready)` if the edge was seen since this operator started.
+    pub ready: Option<bool>,
+    /// The edge's last Hello since this operator started.
+    pub hello: Option<HelloInfo>,
+    /// Wall-clock time of its last sign of life.
+    pub last_heartbeat: Option<SystemTime>,
+    /// Uptime ratio over the reliability window.
+    pub reliability: Option<f64>,
+    /// How long this operator has been running.
+    pub operator_uptime: Duration,
+}
+
+#[derive(Debug)]
+struct Inner {
+    sessions: HashMap<String, EdgeSession>,
+    hellos: HashMap<String, HelloInfo>,
+    liveness: LivenessTracker,
+    /// Providers deleted while this operator ran: refused until an admin re-creates them.
+    revoked: HashSet<String>,
+    next_id: u64,
+}
+
+/// Every live edge session, by provider name, plus in-memory liveness.
+#[derive(Debug)]
+pub struct ProviderRegistry {
+    inner: Mutex<Inner>,
+    started: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl ProviderRegistry {
+    /// An empty registry; edges silent for `unreachable_after` become NotReady.
+    pub fn new(unreachable_after: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                sessions: HashMap::new(),
+                hellos: HashMap::new(),
+                liveness: LivenessTracker::new(unreachable_after),
+                revoked: HashSet::new(),
+                next_id: 1,
+            }),
+            started: Instant::now(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain maps behind; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a session for `provider`, replacing (and closing) any older one.
+    ///
+    /// `welcome` and then `initial(session)` run under the registry lock, so no pod change can
+    /// slip between the initial set and the updates after it. Returns the session id, the
+    /// close token, and whether the edge became ready.
+    pub fn connect(
+        &self,
+        provider: &str,
+        hello: HelloInfo,
+        tx: SessionSender,
+        welcome: pb::Welcome,
+        initial: impl FnOnce(&mut EdgeSession),
+    ) -> (u64, CancellationToken, Option<Transition>) {
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let close = CancellationToken::new();
+        let mut session = EdgeSession {
+            id,
+            tx,
+            close: close.clone(),
+            sent: HashMap::new(),
+            deleting: HashSet::new(),
+            running_at_hello: hello.running.clone(),
+        };
+        session.send(Kind::Welcome(welcome));
+        initial(&mut session);
+        if let Some(old) = inner.sessions.insert(provider.to_string(), session) {
+            let _ = old.tx.try_send(Err(Status::aborted(format!(
+                "replaced by a newer session of provider {provider:?}"
+            ))));
+            old.close.cancel();
+            self.metrics.sessions_closed("replaced");
+        }
+        inner.hellos.insert(provider.to_string(), hello);
+        let transition = inner.liveness.heartbeat(provider, Instant::now());
+        self.metrics.sessions_opened.inc();
+        self.metrics
+            .connected_edges
+            .set(inner.sessions.len() as i64);
+        (id, close, transition)
+    }
+
+    /// Ends session `id` of `provider` if it is still the current one.
+    pub fn disconnect(&self, provider: &str, id: u64, reason: &'static str) {
+        let mut inner = self.lock();
+        if inner.sessions.get(provider).is_some_and(|s| s.id == id) {
+            inner.sessions.remove(provider);
+            self.metrics.sessions_closed(reason);
+            self.metrics
+                .connected_edges
+                .set(inner.sessions.len() as i64);
+        }
+    }
+
+    /// Closes `provider`'s session with `status` and forgets it entirely (Provider deleted).
+    pub fn revoke(&self, provider: &str, status: Status) {
+        let mut inner = self.lock();
+        if let Some(old) = inner.sessions.remove(provider) {
+            let _ = old.tx.try_send(Err(status));
+            old.close.cancel();
+            self.metrics.sessions_closed("revoked");
+        }
+        inner.hellos.remove(provider);
+        inner.liveness.forget(provider);
+        inner.revoked.insert(provider.to_string());
+        self.metrics
+            .connected_edges
+            .set(inner.sessions.len() as i64);
+    }
+
+    /// Whether `provider` was deleted while this operator ran (its edge must not re-create it).
+    pub fn is_revoked(&self, provider: &str) -> bool {
+        self.lock().revoked.contains(provider)
+    }
+
+    /// Admits `provider` again (an admin re-created it).
+    pub fn readmit(&self, provider: &str) {
+        self.lock().revoked.remove(provider);
+    }
+
+    /// Records a heartbeat of session `id`; stale sessions' heartbeats are ignored.
+    pub fn heartbeat(&self, provider: &str, id: u64) -> Option<Transition> {
+        let mut inner = self.lock();
+        if inner.sessions.get(provider).is_none_or(|s| s.id != id) {
+            return None;
+        }
+        self.metrics.heartbeats.inc();
+        inner.liveness.heartbeat(provider, Instant::now())
+    }
+
+    /// Edges that just became unreachable.
+    pub fn sweep(&self) -> Vec<(String, Transition)> {
+        self.lock().liveness.sweep(Instant::now())
+    }
+
+    /// Runs `f` on `provider`'s live session, if any, under the registry lock. `f` must not
+    /// block.
+    pub fn with_session<T>(
+        &self,
+        provider: &str,
+        f: impl FnOnce(&mut EdgeSession) -> T,
+    ) -> Option<T> {
+        self.lock().sessions.get_mut(provider).map(f)
+    }
+
+    /// Runs `f` on session `id` of `provider` if it is still the current one.
+    pub fn with_current<T>(
+        &self,
+        provider: &str,
+        id: u64,
+        f: impl FnOnce(&mut EdgeSession) -> T,
+    ) -> Option<T> {
+        self.lock()
+            .sessions
+            .get_mut(provider)
+            .filter(|s| s.id == id)
+            .map(f)
+    }
+
+    /// Runs `f` on every live session (provider name, session), under the registry lock.
+    pub fn for_each_session(&self, mut f: impl FnMut(&str, &mut EdgeSession)) {
+        for (name, s) in self.lock().sessions.iter_mut() {
+            f(name, s);
+        }
+    }
+
+    /// Names of the providers whose edges are ready.
+    pub fn ready_providers(&self) -> Vec<String> {
+        self.lock().liveness.ready_names()
+    }
+
+    /// The container runtime `provider`'s edge reported.
+    pub fn runtime(&self, provider: &str) -> String {
+        self.lock()
+            .hellos
+            .get(provider)
+            .map(|h| h.runtime.clone())
+            .unwrap_or_else(|| "docker".into())
+    }
+
+    /// Everything the Provider controller needs about `provider`.
+    pub fn view(&self, provider: &str) -> ProviderView {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        ProviderView {
+            connected: inner.sessions.contains_key(provider),
+            ready: inner.liveness.is_ready(provider),
+            hello: inner.hellos.get(provider).cloned(),
+            last_heartbeat: inner
+                .liveness
+                .last_heartbeat(provider)
+                .map(|t| wall - now.saturating_duration_since(t)),
+            reliability: inner.liveness.reliability(provider, now),
+            operator_uptime: now.saturating_duration_since(self.started),
+        }
+    }
+}

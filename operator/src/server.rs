@@ -1,0 +1,358 @@
+//! The gRPC server edges dial: one `Session` stream per edge.
+//!
+//! The edge's first message must be a Hello; the operator answers Welcome, then the edge's full
+//! `PodSet`, then upserts and deletes as pods change. Heartbeats end in memory.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use decloud_crds::{Provider, ProviderPhase, ProviderSpec, ResourceOffer};
+use decloud_proto as pb;
+use decloud_proto::edge_message::Kind;
+use decloud_proto::edge_server::{Edge, EdgeServer};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::context::Context;
+use crate::liveness::Transition;
+use crate::quantity::{format_bytes, format_millis};
+use crate::registry::{HelloInfo, SESSION_QUEUE};
+use crate::{Error, Result, bridge};
+
+/// How long an edge has to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a session waits for the pod cache after a (re)start before refusing.
+const CACHE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Decides who may speak for a provider.
+///
+/// This is the security seam: the plaintext server uses [`TrustingAuthenticator`]; the TLS and
+/// join-token work replaces it with one that checks the caller's per-provider credential.
+pub trait EdgeAuthenticator: Send + Sync + 'static {
+    /// Whether the caller (its request `metadata`) may act as `provider`. Must not block.
+    fn authorize(&self, metadata: &MetadataMap, provider: &str) -> Result<(), Status>;
+}
+
+/// Trusts every caller's claimed provider name: for plaintext development clusters only.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrustingAuthenticator;
+
+impl EdgeAuthenticator for TrustingAuthenticator {
+    fn authorize(&self, _metadata: &MetadataMap, _provider: &str) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+/// The `decloud.edge.v1.Edge` service.
+pub struct EdgeService<A> {
+    ctx: Arc<Context>,
+    auth: A,
+}
+
+impl<A: EdgeAuthenticator> EdgeService<A> {
+    /// A service answering edges with `ctx`, authorising them with `auth`.
+    pub fn new(ctx: Arc<Context>, auth: A) -> Self {
+        Self { ctx, auth }
+    }
+}
+
+/// Whether `name` can be a provider (and so `edge-<name>` a node and Lease name).
+pub fn valid_provider_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !name.is_empty()
+        && name.len() <= 200
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+fn internal(e: kube::Error) -> Status {
+    Status::unavailable(format!("the operator cannot reach the Kubernetes API: {e}"))
+}
+
+/// Creates the Provider on an edge's first Hello; refuses deleted (revoked) ones.
+async fn ensure_provider(ctx: &Context, hello: &pb::Hello) -> Result<(), Status> {
+    let name = &hello.provider_name;
+    let api: Api<Provider> = Api::all(ctx.client.clone());
+    let labels: std::collections::BTreeMap<String, String> = hello
+        .labels
+        .iter()
+        .filter(|(k, _)| !crate::node::reserved_label(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    match api.get_opt(name).await.map_err(internal)? {
+        Some(p) if p.metadata.deletion_timestamp.is_some() => Err(Status::permission_denied(
+            format!("provider {name:?} is being deleted (revoked); this edge may not connect"),
+        )),
+        Some(p)
+            if p.status
+                .as_ref()
+                .is_some_and(|s| s.phase == ProviderPhase::Revoked) =>
+        {
+            Err(Status::permission_denied(format!(
+                "provider {name:?} is revoked"
+            )))
+        }
+        Some(p) => {
+            ctx.registry.readmit(name);
+            let current = p.metadata.labels.clone().unwrap_or_default();
+            if labels.iter().any(|(k, v)| current.get(k) != Some(v)) {
+                let patch = serde_json::json!({"metadata": {"labels": labels}});
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| {
+                        Status::invalid_argument(format!("updating provider labels: {e}"))
+                    })?;
+            }
+            Ok(())
+        }
+        None if ctx.registry.is_revoked(name) => Err(Status::permission_denied(format!(
+            "provider {name:?} was deleted (revoked); an administrator must re-create the Provider \
+             before this edge may join again"
+        ))),
+        None => {
+            let offered = hello.offered.map(|o| ResourceOffer {
+                cpu: (o.cpu_millis > 0).then(|| format_millis(o.cpu_millis)),
+                memory: (o.memory_bytes > 0).then(|| format_bytes(o.memory_bytes)),
+                pods: (o.pods > 0).then(|| o.pods.min(10_000) as i32),
+            });
+            let provider = Provider {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                },
+                spec: ProviderSpec {
+                    owner: (!hello.owner.is_empty()).then(|| hello.owner.clone()),
+                    offered,
+                    cordoned: false,
+                },
+                status: None,
+            };
+            match api.create(&PostParams::default(), &provider).await {
+                Ok(_) => {
+                    info!(provider = %name, "provider created on first Hello");
+                    Ok(())
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
+                    Err(Status::invalid_argument(format!(
+                        "the Hello does not make a valid Provider: {}",
+                        e.message
+                    )))
+                }
+                Err(e) => Err(internal(e)),
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
+    async fn register(
+        &self,
+        _request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        Err(Status::unimplemented(
+            "Register (join tokens and credentials) is not available yet; edges open a Session \
+             directly and their Provider is created on the first Hello",
+        ))
+    }
+
+    type SessionStream = ReceiverStream<Result<pb::OperatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::EdgeMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let ctx = &self.ctx;
+        if !ctx.readiness.leader.load(Ordering::Relaxed) {
+            return Err(Status::unavailable(
+                "this decloud-operator replica is a standby: the operator is single-active and \
+                 only the leader serves edges; retry to reach the leader",
+            ));
+        }
+        let metadata = request.metadata().clone();
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no Hello within 10 s of opening the Session",
+                ));
+            }
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Status::cancelled("the Session closed before its Hello")),
+            Ok(Ok(Some(m))) => m,
+        };
+        let Some(Kind::Hello(hello)) = first.kind else {
+            return Err(Status::failed_precondition(
+                "the first message of a Session must be a Hello",
+            ));
+        };
+        let name = hello.provider_name.clone();
+        if !valid_provider_name(&name) {
+            return Err(Status::invalid_argument(format!(
+                "provider name {name:?} must be 1-200 lowercase letters, digits, '-' or '.', \
+                 starting and ending with a letter or digit"
+            )));
+        }
+        self.auth.authorize(&metadata, &name)?;
+        ensure_provider(ctx, &hello).await?;
+        match tokio::time::timeout(CACHE_TIMEOUT, ctx.pods.wait_until_ready()).await {
+            Ok(Ok(())) => {}
+            _ => {
+                return Err(Status::unavailable(
+                    "the operator's pod cache is not ready yet; retry",
+                ));
+            }
+        }
+
+        let (tx, rx) = tokio::sync::mpsc::channel(SESSION_QUEUE);
+        let welcome = pb::Welcome {
+            node_name: crate::node_name(&name),
+            heartbeat_interval_millis: ctx
+                .config
+                .heartbeat_interval
+                .as_millis()
+                .min(u128::from(u32::MAX)) as u32,
+        };
+        let mut finish = Vec::new();
+        let (id, close, _) =
+            ctx.registry
+                .connect(&name, HelloInfo::from_hello(&hello), tx, welcome, |s| {
+                    finish = bridge::send_pod_set(ctx, &name, s);
+                });
+        for pod in finish {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { bridge::finish_deletion(&ctx, &pod).await });
+        }
+        for report in hello.pods {
+            on_pod_status(ctx, &name, report);
+        }
+        ctx.reconcile_provider(&name);
+        info!(provider = %name, session = id, agent = %hello.agent_version, "edge connected");
+        let span = tracing::info_span!("session", provider = %name, session = id);
+        tokio::spawn(drive(ctx.clone(), name, id, inbound, close).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type TunnelStream = ReceiverStream<Result<pb::TunnelFrame, Status>>;
+
+    async fn tunnel(
+        &self,
+        _request: Request<Streaming<pb::TunnelFrame>>,
+    ) -> Result<Response<Self::TunnelStream>, Status> {
+        Err(Status::unimplemented("tunnels arrive with the gateway"))
+    }
+}
+
+fn on_pod_status(ctx: &Arc<Context>, provider: &str, report: pb::PodStatus) {
+    if bridge::authorized(ctx, provider, &report) {
+        ctx.report_status(bridge::StatusReport {
+            provider: provider.to_string(),
+            report,
+            received: std::time::Instant::now(),
+        });
+    } else {
+        ctx.metrics.unauthorized_reports.inc();
+        debug!(pod = %format!("{}/{}", report.namespace, report.name), uid = %report.uid,
+            "dropping a report on a pod not bound to this edge");
+    }
+}
+
+/// Reads one edge's messages until it disconnects or the session is closed.
+async fn drive(
+    ctx: Arc<Context>,
+    provider: String,
+    id: u64,
+    mut inbound: Streaming<pb::EdgeMessage>,
+    close: CancellationToken,
+) {
+    let reason = loop {
+        tokio::select! {
+            _ = close.cancelled() => break "closed",
+            msg = inbound.message() => match msg {
+                Ok(Some(pb::EdgeMessage { kind: Some(kind) })) => match kind {
+                    Kind::Heartbeat(_) => {
+                        if ctx.registry.heartbeat(&provider, id) == Some(Transition::BecameReady) {
+                            info!("edge ready again");
+                            ctx.reconcile_provider(&provider);
+                        }
+                    }
+                    Kind::PodStatus(report) => on_pod_status(&ctx, &provider, report),
+                    Kind::PodGone(gone) => bridge::on_pod_gone(&ctx, &provider, id, &gone.uid),
+                    Kind::Hello(_) => warn!("ignoring a second Hello on the same session"),
+                    Kind::LogChunk(_) => debug!("ignoring a log chunk nobody asked for"),
+                },
+                Ok(Some(pb::EdgeMessage { kind: None })) => debug!("ignoring an empty message"),
+                Ok(None) => break "edge_closed",
+                Err(status) => {
+                    debug!(%status, "session stream error");
+                    break "stream_error";
+                }
+            },
+        }
+    };
+    info!(reason, "edge session ended");
+    ctx.registry.disconnect(&provider, id, reason);
+}
+
+/// Binds the edge listener.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Serve {
+            what: "edge gRPC",
+            source,
+        })
+}
+
+/// Serves the edge gRPC API on `listener` until the process ends.
+pub async fn serve<A: EdgeAuthenticator>(
+    listener: TcpListener,
+    service: EdgeService<A>,
+) -> Result<()> {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(
+            EdgeServer::new(service)
+                .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(pb::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming(TcpListenerStream::new(listener))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_names() {
+        for (name, ok) in [
+            ("alice-laptop", true),
+            ("a", true),
+            ("a.b", true),
+            ("", false),
+            ("Alice", false),
+            ("-a", false),
+            ("a-", false),
+            ("a_b", false),
+            ("a/b", false),
+        ] {
+            assert_eq!(valid_provider_name(name), ok, "{name:?}");
+        }
+        assert!(!valid_provider_name(&"a".repeat(201)));
+    }
+}
