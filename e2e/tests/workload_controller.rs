@@ -236,6 +236,23 @@ async fn workload_controller_places_rolls_fails_over_and_cleans_up() -> anyhow::
             .any(|f| f == decloud_workload::FINALIZER)
     );
 
+    // Idempotent: a reconcile with nothing to do writes nothing (no changing status values).
+    let touched = Api::<Workload>::namespaced(client.clone(), NS)
+        .patch(
+            WL,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = workload(&client).await?;
+    assert_eq!(
+        after.resource_version(),
+        touched.resource_version(),
+        "status rewritten"
+    );
+    assert_eq!(after.status, wl.status);
+
     // Three uses the third provider; four is Degraded with the numbers, until a fourth joins.
     scale(&client, 3).await?;
     wait_settled(&client, 3).await?;

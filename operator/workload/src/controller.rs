@@ -312,8 +312,10 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
     let grace = Duration::from_secs(grace_seconds.unsigned_abs());
     let placement = spec.placement.clone().unwrap_or_default();
 
-    let placing = ctx.placing.lock().await;
+    // Our own pods change only through this reconcile, which never runs twice at once for
+    // one Workload; others' pods are what the lock below is about.
     let (pods_api, pods) = owned_pods(workload, ctx).await?;
+    let placing = ctx.placing.lock().await;
     let now = Timestamp::now();
     let providers = ctx.providers.state();
     let by_node: HashMap<String, &Provider> = providers
@@ -367,6 +369,8 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
         selector: placement.provider_selector.as_ref(),
     });
 
+    // Events are published after the lock is released; they need not hold up other Workloads.
+    let mut events = Vec::new();
     let mut gone = BTreeSet::new();
     for d in &step.delete {
         let params = if d.force {
@@ -416,7 +420,7 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             ),
         };
         info!(pod = %d.pod, provider = %d.provider, force = d.force, reason, "deleting pod");
-        ctx.publish(workload, type_, reason, note).await;
+        events.push((type_, reason, note));
     }
 
     let mut created = Vec::new();
@@ -425,9 +429,25 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             .iter()
             .find(|(_, p)| p.name_any() == *provider)
             .map_or_else(|| node_name(provider), |(n, _)| n.clone());
-        let pod = pods_api
+        let pod = match pods_api
             .create(&PostParams::default(), &build_pod(workload, &hash, &node)?)
-            .await?;
+            .await
+        {
+            Ok(pod) => pod,
+            Err(e) => {
+                drop(placing);
+                // Say why in `kubectl describe`, not only in the controller's log.
+                events.push((
+                    EventType::Warning,
+                    "FailedCreate",
+                    format!("could not create a replica pod on provider {provider}: {e}"),
+                ));
+                for (type_, reason, note) in events {
+                    ctx.publish(workload, type_, reason, note).await;
+                }
+                return Err(e.into());
+            }
+        };
         let name = pod.name_any();
         ctx.assume(
             &ns,
@@ -440,16 +460,17 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             },
         );
         info!(pod = %name, provider = %provider, "placed replica");
-        ctx.publish(
-            workload,
+        events.push((
             EventType::Normal,
             "Placed",
             format!("placed replica {name} on provider {provider}"),
-        )
-        .await;
+        ));
         created.push((name, provider.clone()));
     }
     drop(placing);
+    for (type_, reason, note) in events {
+        ctx.publish(workload, type_, reason, note).await;
+    }
 
     let mut placements: Vec<ReplicaPlacement> = observed
         .iter()
