@@ -263,13 +263,11 @@ impl PodWorker {
             Action::Restart => {
                 let slot = &mut self.slots[i];
                 slot.restart_count += 1;
-                // Keep the instance that just ended for `logs --previous`; drop the one before.
-                if let Some(old) = slot.previous_id.take() {
-                    self.spawn_remove(old);
-                }
-                let slot = &mut self.slots[i];
+                // Keep the instance that just ended for `logs --previous`; the one before goes
+                // (removed by the create task first, so at most two instances ever exist).
+                let older = slot.previous_id.take();
                 slot.previous_id = slot.container_id.take();
-                self.spawn_create(i);
+                self.spawn_create_after_removing(i, older);
             }
         }
     }
@@ -297,6 +295,10 @@ impl PodWorker {
     }
 
     fn spawn_create(&mut self, slot: usize) {
+        self.spawn_create_after_removing(slot, None);
+    }
+
+    fn spawn_create_after_removing(&mut self, slot: usize, older: Option<String>) {
         let network = if slot == 0 {
             PodNetwork::Own
         } else {
@@ -307,6 +309,9 @@ impl PodWorker {
                 _ => {
                     // Joins the pod's namespace once the first container runs.
                     self.slots[slot].awaiting_primary = true;
+                    if let Some(old) = older {
+                        self.spawn_remove(old);
+                    }
                     return;
                 }
             }
@@ -325,6 +330,11 @@ impl PodWorker {
                 restart_count,
                 network: &network,
             };
+            if let Some(old) = older
+                && let Err(e) = runtime.remove_container(&old).await
+            {
+                tracing::warn!(container_id = %old, error = %e, "cannot remove old container");
+            }
             let result = async {
                 let id = runtime.create_container(req).await?;
                 if let Err(e) = runtime.start_container(&id).await {

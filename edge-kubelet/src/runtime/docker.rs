@@ -164,6 +164,31 @@ impl DockerRuntime {
             && l.get(labels::NODE) == Some(&self.node)
     }
 
+    /// The engine accepts duplicate network names through the API, so two edges starting at
+    /// once (in separate processes) may both create one. Every edge keeps the same one (the
+    /// smallest id) and removes the others while they are still empty.
+    async fn dedupe_network(&self) -> Result<()> {
+        let filters = HashMap::from([("name".to_string(), vec![self.network.clone()])]);
+        let opts = bollard::query_parameters::ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut ids: Vec<String> = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(map_err)?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(self.network.as_str()))
+            .filter_map(|n| n.id)
+            .collect();
+        ids.sort();
+        for extra in ids.iter().skip(1) {
+            tracing::info!(network = %self.network, id = %extra, "removing a duplicate network");
+            let _ = self.docker.remove_network(extra).await;
+        }
+        Ok(())
+    }
+
     async fn pull(&self, image: &str) -> Result<()> {
         let (repo, tag) = split_image(image);
         let mut opts = CreateImageOptionsBuilder::default().from_image(repo);
@@ -306,12 +331,17 @@ impl ContainerRuntime for DockerRuntime {
     async fn prepare(&self) -> Result<()> {
         self.docker.ping().await.map_err(map_err)?;
         let _guard = NETWORK_LOCK.lock().await;
-        match self.docker.inspect_network(&self.network, None).await {
-            Ok(_) => return Ok(()),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
-            Err(e) => return Err(map_err(e)),
+        if self
+            .docker
+            .inspect_network(&self.network, None)
+            .await
+            .is_ok()
+        {
+            return self.dedupe_network().await;
+        }
+        // Missing (or ambiguous: duplicates are resolved below).
+        if self.network.is_empty() {
+            return Err(Error::InvalidInput("empty Docker network name".into()));
         }
         let req = NetworkCreateRequest {
             name: self.network.clone(),
@@ -324,15 +354,15 @@ impl ContainerRuntime for DockerRuntime {
         };
         match self.docker.create_network(req).await {
             Ok(_) => {
-                tracing::info!(network = %self.network, "created the edge's container network");
-                Ok(())
+                tracing::info!(network = %self.network, "created the edge's container network")
             }
             // Another process created it meanwhile.
             Err(DockerError::DockerResponseServerError {
                 status_code: 409, ..
-            }) => Ok(()),
-            Err(e) => Err(map_err(e)),
+            }) => {}
+            Err(e) => return Err(map_err(e)),
         }
+        self.dedupe_network().await
     }
 
     async fn ensure_image(&self, image: &str, policy: pb::PullPolicy) -> Result<()> {
