@@ -249,7 +249,8 @@ fn deletion(o: &Observed, force: bool, reason: DeleteReason) -> Deletion {
     Deletion {
         pod: o.pod.clone(),
         provider: o.provider.clone(),
-        force,
+        // An unreachable provider cannot confirm a graceful stop.
+        force: force || o.verdict != Verdict::Keep,
         reason,
     }
 }

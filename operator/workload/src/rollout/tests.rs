@@ -252,3 +252,17 @@ fn plan_is_deterministic() {
     let cands = providers(&["c", "b", "a", "d"]);
     assert_eq!(run(3, &observed, &cands), run(3, &observed, &cands));
 }
+
+#[test]
+fn scale_down_force_deletes_replicas_on_unreachable_providers() {
+    let mut waiting = pod("w-1", "a", "new");
+    waiting.verdict = Verdict::Wait {
+        remaining: Duration::from_secs(3),
+    };
+    let p = run(
+        1,
+        &[pod("w-2", "b", "new"), waiting],
+        &providers(&["a", "b"]),
+    );
+    assert_eq!(deleted(&p), [("w-1", true, &DeleteReason::Surplus)]);
+}
