@@ -65,6 +65,13 @@ struct RunArgs {
     /// This replica's identity in the leader election (default: hostname and process id).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Domain under which Workloads without `expose.host` are published
+    /// (`<name>.<namespace>.<base-domain>`).
+    #[arg(long, default_value = "decloud.localhost")]
+    base_domain: String,
+    /// How a Workload's `status.url` is formed from its host; `{host}` is replaced.
+    #[arg(long, default_value = "http://{host}")]
+    url_template: String,
     /// How long the leader Lease is valid without renewal.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
@@ -220,8 +227,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         loops.spawn(node::renew_node_leases(ctx.clone()));
         loops.spawn(sweep_liveness(ctx.clone()));
         loops.spawn(provider::run(controller, ctx.clone(), queues.reconcile_rx));
-        // The Workload controller (crate `decloud-workload`) joins this set, under the same
-        // leadership, once that crate is part of the workspace.
+        let workload_config = decloud_workload::Config {
+            base_domain: args.base_domain,
+            url_template: args.url_template,
+        };
+        let workload_client = client.clone();
+        loops.spawn(async move {
+            if let Err(e) = decloud_workload::run(workload_client, workload_config).await {
+                tracing::error!(error = %e, "the Workload controller stopped");
+            }
+        });
         loops.join_next().await;
     };
     tokio::select! {

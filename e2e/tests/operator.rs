@@ -1,0 +1,542 @@
+//! The operator's virtual-kubelet side, end to end: a real kube-apiserver, the real
+//! `decloud-operator`, two real `edge-kubelet` processes and the real Docker engine.
+//!
+//! Needs `cargo build -p decloud-operator -p edge-kubelet` first (the suite says so if not).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use decloud_crds::{Provider, ProviderPhase, find_condition};
+use decloud_e2e::cluster::{
+    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, containers_with_label, docker,
+};
+use decloud_e2e::{TestEnv, eventually};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Client, ResourceExt};
+
+const NS: &str = "default";
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const MISSED: u32 = 3;
+
+fn pod_yaml(name: &str, node: &str, extra_container: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {NS}
+  labels: {{app: {name}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 2
+  tolerations:
+    - {{key: decloud.dev/edge, operator: Exists, effect: NoSchedule}}
+  containers:
+    - name: main
+      image: decloud-test/busybox:1
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+      resources:
+        requests: {{cpu: 100m, memory: 16Mi}}
+        limits: {{cpu: 200m, memory: 32Mi}}
+{extra_container}"#
+    )
+}
+
+async fn provider(client: &Client, name: &str) -> anyhow::Result<Provider> {
+    Ok(Api::<Provider>::all(client.clone()).get(name).await?)
+}
+
+/// Provider Ready (phase + condition) and Node Ready=True without the unreachable taint.
+async fn check_ready(client: &Client, name: &str) -> anyhow::Result<()> {
+    let p = provider(client, name).await?;
+    let status = p.status.context("no provider status")?;
+    ensure!(
+        status.phase == ProviderPhase::Ready,
+        "{name}: phase {:?}",
+        status.phase
+    );
+    let cond = find_condition(&status.conditions, "Ready").context("no Ready condition")?;
+    ensure!(cond.status == "True", "{name}: Ready={}", cond.status);
+    let node = Api::<Node>::all(client.clone())
+        .get(&format!("edge-{name}"))
+        .await?;
+    let (ready, taints) = node_readiness(&node);
+    ensure!(ready == "True", "node edge-{name} Ready={ready}");
+    ensure!(
+        !taints
+            .iter()
+            .any(|t| t.starts_with("node.kubernetes.io/unreachable")),
+        "node edge-{name} still tainted unreachable: {taints:?}"
+    );
+    Ok(())
+}
+
+/// Provider NotReady (HeartbeatsMissed) and Node Ready=Unknown with both unreachable taints.
+async fn check_unreachable(client: &Client, name: &str) -> anyhow::Result<()> {
+    let p = provider(client, name).await?;
+    let status = p.status.context("no provider status")?;
+    ensure!(
+        status.phase == ProviderPhase::NotReady,
+        "{name}: phase {:?}",
+        status.phase
+    );
+    let cond = find_condition(&status.conditions, "Ready").context("no Ready condition")?;
+    ensure!(
+        cond.status == "False" && cond.reason == "HeartbeatsMissed",
+        "{name}: {cond:?}"
+    );
+    let node = Api::<Node>::all(client.clone())
+        .get(&format!("edge-{name}"))
+        .await?;
+    let (ready, taints) = node_readiness(&node);
+    ensure!(ready == "Unknown", "node edge-{name} Ready={ready}");
+    for t in [
+        "node.kubernetes.io/unreachable:NoSchedule",
+        "node.kubernetes.io/unreachable:NoExecute",
+    ] {
+        ensure!(
+            taints.iter().any(|x| x == t),
+            "node edge-{name} lacks taint {t}: {taints:?}"
+        );
+    }
+    Ok(())
+}
+
+fn node_readiness(node: &Node) -> (String, Vec<String>) {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.clone())
+        .unwrap_or_default();
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .map(|ts| {
+            ts.iter()
+                .map(|t| format!("{}:{}", t.key, t.effect))
+                .collect()
+        })
+        .unwrap_or_default();
+    (ready, taints)
+}
+
+async fn running_pod(pods: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
+    let pod = pods.get(name).await?;
+    let status = pod.status.clone().context("no pod status")?;
+    ensure!(
+        status.phase.as_deref() == Some("Running"),
+        "{name}: phase {:?}",
+        status.phase
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    ensure!(ready, "{name}: not Ready yet");
+    Ok(pod)
+}
+
+fn container_id(pod: &Pod) -> anyhow::Result<String> {
+    let cs = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .context("no container status")?;
+    let id = cs.container_id.clone().context("no containerID")?;
+    Ok(id
+        .strip_prefix("docker://")
+        .context("containerID is not docker://")?
+        .to_string())
+}
+
+/// Waits for pod `name` to be Failed with reason Forbidden (message containing `needle`) and a
+/// Forbidden Event, then checks that no container was ever created for it.
+async fn expect_refused(client: &Client, name: &str, needle: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let failed = eventually(Duration::from_secs(30), || async {
+        let pod = pods.get(name).await?;
+        let s = pod.status.clone().context("no status")?;
+        ensure!(s.phase.as_deref() == Some("Failed"), "phase {:?}", s.phase);
+        ensure!(
+            s.reason.as_deref() == Some("Forbidden"),
+            "reason {:?}",
+            s.reason
+        );
+        Ok(pod)
+    })
+    .await?;
+    let message = failed
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    println!("{name}: Failed, Forbidden: {message}");
+    ensure!(message.contains(needle), "{message}");
+    eventually(Duration::from_secs(15), || async {
+        let events: Api<Event> = Api::namespaced(client.clone(), NS);
+        let list = events.list(&ListParams::default()).await?;
+        ensure!(
+            list.items
+                .iter()
+                .any(|e| e.involved_object.name.as_deref() == Some(name)
+                    && e.reason.as_deref() == Some("Forbidden")),
+            "no Forbidden event for {name}"
+        );
+        Ok(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let uid = failed.uid().unwrap_or_default();
+    ensure!(
+        containers_with_label(&format!("decloud.dev/pod-uid={uid}"))?.is_empty(),
+        "a container was created for {name}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let client = env.client();
+    busybox_image()?;
+    let run = std::process::id();
+    let (a, b) = (format!("op-{run}-a"), format!("op-{run}-b"));
+    let (node_a, node_b) = (format!("edge-{a}"), format!("edge-{b}"));
+    let sweeper = ContainerSweeper::new(&[node_a.clone(), node_b.clone()]);
+
+    let operator = OperatorProcess::start(
+        &env,
+        &[
+            "--heartbeat-interval",
+            "1s",
+            "--missed-heartbeats",
+            &MISSED.to_string(),
+        ],
+    )
+    .await?;
+    let region = "topology.kubernetes.io/region=eu-west";
+    let mut edge_a = EdgeProcess::start(&env, &operator, &a, &[region])?;
+    let _edge_b = EdgeProcess::start(&env, &operator, &b, &[region])?;
+
+    // --- Two edges register and appear Ready as nodes and providers.
+    eventually(Duration::from_secs(60), || async {
+        check_ready(&client, &a).await?;
+        check_ready(&client, &b).await
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "edges did not become Ready; operator log:\n{}",
+            operator.child.log_tail(40)
+        )
+    })?;
+    println!("{}", env.kubectl(&["get", "nodes", "-o", "wide"])?);
+    println!("{}", env.kubectl(&["get", "prov"])?);
+    let nodes = env.kubectl(&["get", "nodes"])?;
+    ensure!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with(&node_a) && l.contains(" Ready ")),
+        "{nodes}"
+    );
+    ensure!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with(&node_b) && l.contains(" Ready ")),
+        "{nodes}"
+    );
+    let provs = env.kubectl(&["get", "prov"])?;
+    ensure!(
+        provs
+            .lines()
+            .any(|l| l.starts_with(&a) && l.contains("True")),
+        "{provs}"
+    );
+    let node = Api::<Node>::all(client.clone()).get(&node_a).await?;
+    let labels = node.labels();
+    ensure!(
+        labels.get("type").map(String::as_str) == Some("virtual-kubelet"),
+        "{labels:?}"
+    );
+    ensure!(labels.get("decloud.dev/provider") == Some(&a), "{labels:?}");
+    ensure!(
+        labels
+            .get("topology.kubernetes.io/region")
+            .map(String::as_str)
+            == Some("eu-west")
+    );
+    let ns = node.status.clone().unwrap_or_default();
+    let addresses: Vec<String> = ns
+        .addresses
+        .iter()
+        .flatten()
+        .map(|a| a.address.clone())
+        .collect();
+    ensure!(
+        addresses.contains(&"127.0.0.1".to_string()),
+        "{addresses:?}"
+    );
+    ensure!(
+        ns.daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port)
+            == Some(i32::from(operator.kubelet_port))
+    );
+    let lease = env.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-node-lease",
+        &node_a,
+        "-o",
+        "name",
+    ]);
+    eventually(Duration::from_secs(15), || async {
+        env.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            &node_a,
+            "-o",
+            "name",
+        ])
+        .map(|_| ())
+    })
+    .await
+    .with_context(|| format!("no node lease: {lease:?}"))?;
+
+    // --- A plain Pod bound to edge a runs, with a correct status, in a real container.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    env.kubectl_stdin(&["apply", "-f", "-"], &pod_yaml("plain", &node_a, ""))?;
+    let pod = eventually(Duration::from_secs(60), || running_pod(&pods, "plain"))
+        .await
+        .with_context(|| {
+            format!(
+                "plain pod not Running; edge log:\n{}",
+                edge_a.child.log_tail(30)
+            )
+        })?;
+    let status = pod.status.clone().unwrap_or_default();
+    let cs = &status.container_statuses.clone().unwrap_or_default()[0];
+    ensure!(
+        cs.name == "main" && cs.ready && cs.restart_count == 0,
+        "{cs:?}"
+    );
+    ensure!(cs.image == "decloud-test/busybox:1", "{cs:?}");
+    ensure!(
+        cs.state
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .and_then(|r| r.started_at.as_ref())
+            .is_some(),
+        "{cs:?}"
+    );
+    ensure!(status.pod_ip.is_some(), "no podIP: {status:?}");
+    ensure!(
+        status.host_ip.as_deref() == Some("127.0.0.1"),
+        "hostIP {:?}",
+        status.host_ip
+    );
+    for t in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        ensure!(
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == t && c.status == "True"),
+            "condition {t} not True: {:?}",
+            status.conditions
+        );
+    }
+    let id = container_id(&pod)?;
+    let running = docker(&["inspect", "-f", "{{.State.Running}}", &id])?;
+    ensure!(running == "true", "container {id} running={running}");
+    println!("{}", env.kubectl(&["get", "pod", "plain", "-o", "wide"])?);
+    // Allocation shows on the provider.
+    eventually(Duration::from_secs(15), || async {
+        let p = provider(&client, &a).await?;
+        let alloc = p.status.and_then(|s| s.allocated).context("no allocated")?;
+        ensure!(
+            alloc.pods == Some(1) && alloc.cpu.as_deref() == Some("100m"),
+            "{alloc:?}"
+        );
+        Ok(())
+    })
+    .await?;
+
+    // --- Deleting the Pod removes its container and then the Pod.
+    pods.delete("plain", &DeleteParams::default()).await?;
+    eventually(Duration::from_secs(30), || async {
+        match pods.get_opt("plain").await? {
+            Some(_) => bail!("pod still exists"),
+            None => Ok(()),
+        }
+    })
+    .await?;
+    eventually(Duration::from_secs(15), || async {
+        let left = containers_with_label(&format!(
+            "decloud.dev/pod-uid={}",
+            pod.uid().unwrap_or_default()
+        ))?;
+        ensure!(left.is_empty(), "containers left: {left:?}");
+        Ok(())
+    })
+    .await?;
+
+    // --- SIGKILL of edge a: NotReady and unreachable within the configured window.
+    env.kubectl_stdin(&["apply", "-f", "-"], &pod_yaml("survivor", &node_a, ""))?;
+    let survivor = eventually(Duration::from_secs(60), || running_pod(&pods, "survivor")).await?;
+    let survivor_id = container_id(&survivor)?;
+    let started_at = docker(&["inspect", "-f", "{{.State.StartedAt}}", &survivor_id])?;
+    let killed = Instant::now();
+    edge_a.child.kill();
+    let window = HEARTBEAT * MISSED;
+    eventually(window + Duration::from_secs(10), || {
+        check_unreachable(&client, &a)
+    })
+    .await?;
+    let detected = killed.elapsed();
+    println!(
+        "NotReady detection after SIGKILL: {:.2}s (window {}s = {} missed x {}s heartbeats)",
+        detected.as_secs_f64(),
+        window.as_secs(),
+        MISSED,
+        HEARTBEAT.as_secs()
+    );
+    ensure!(
+        detected <= window + Duration::from_secs(2),
+        "detected after {detected:?}"
+    );
+    check_ready(&client, &b)
+        .await
+        .context("edge b must stay Ready")?;
+    println!("{}", env.kubectl(&["get", "nodes"])?);
+
+    // --- Restarting edge a restores Ready without restarting its containers.
+    let restarted = Instant::now();
+    let edge_a = EdgeProcess::start(&env, &operator, &a, &[region])?;
+    eventually(Duration::from_secs(30), || check_ready(&client, &a)).await?;
+    println!(
+        "Ready again {:.2}s after restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    let survivor = eventually(Duration::from_secs(30), || running_pod(&pods, "survivor")).await?;
+    ensure!(
+        container_id(&survivor)? == survivor_id,
+        "container replaced"
+    );
+    ensure!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &survivor_id])? == started_at,
+        "container restarted"
+    );
+    let restarts = survivor
+        .status
+        .and_then(|s| s.container_statuses)
+        .map(|cs| cs[0].restart_count);
+    ensure!(restarts == Some(0), "restartCount {restarts:?}");
+
+    // --- Pods asking for what an edge must not grant fail with a clear reason and an Event,
+    // and no container is created. A privileged container first: an API server started
+    // without --allow-privileged refuses it itself, so then it never reaches the operator.
+    let privileged = pod_yaml("privileged", &node_b, "").replace(
+        "      resources:",
+        "      securityContext: {privileged: true}\n      resources:",
+    );
+    match env.kubectl_stdin(&["apply", "-f", "-"], &privileged) {
+        Ok(_) => expect_refused(&client, "privileged", "privileged mode").await?,
+        Err(e) if e.to_string().contains("disallowed by cluster policy") => {
+            println!(
+                "privileged pod: refused by the API server itself (no --allow-privileged): {e}"
+            );
+        }
+        Err(e) => return Err(e),
+    }
+    // Host namespaces, host paths and added capabilities, which every API server accepts.
+    let host = pod_yaml("host-access", &node_b, "")
+        .replace(
+            "  containers:",
+            "  hostNetwork: true\n  volumes:\n    - {name: root, hostPath: {path: /}}\n  containers:",
+        )
+        .replace(
+            "      resources:",
+            "      securityContext: {capabilities: {add: [NET_ADMIN]}}\n      resources:",
+        );
+    env.kubectl_stdin(&["apply", "-f", "-"], &host)?;
+    expect_refused(&client, "host-access", "hostNetwork").await?;
+
+    // --- Deleting Provider b disconnects its edge and removes its Node (and its pods).
+    env.kubectl(&["delete", "prov", &b, "--wait=true", "--timeout=30s"])?;
+    eventually(Duration::from_secs(30), || async {
+        ensure!(
+            Api::<Node>::all(client.clone())
+                .get_opt(&node_b)
+                .await?
+                .is_none(),
+            "node remains"
+        );
+        ensure!(
+            pods.get_opt("host-access").await?.is_none(),
+            "pod of b remains"
+        );
+        let revoked = operator
+            .metric(
+                "decloud_operator_sessions_closed_total",
+                "reason=\"revoked\"",
+            )
+            .await?;
+        ensure!(revoked == Some(1.0), "revoked sessions: {revoked:?}");
+        let connected = operator
+            .metric("decloud_operator_connected_edges", "")
+            .await?;
+        ensure!(connected == Some(1.0), "connected edges: {connected:?}");
+        Ok(())
+    })
+    .await?;
+    // The edge keeps retrying, but a revoked provider is refused: the Node does not come back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(
+        Api::<Node>::all(client.clone())
+            .get_opt(&node_b)
+            .await?
+            .is_none(),
+        "node came back"
+    );
+    ensure!(
+        Api::<Provider>::all(client.clone())
+            .get_opt(&b)
+            .await?
+            .is_none(),
+        "provider came back"
+    );
+
+    // Metrics reflect what happened.
+    let text = operator.metrics().await?;
+    for m in [
+        "decloud_operator_heartbeats_total",
+        "decloud_operator_bridge_latency_seconds_count",
+        "decloud_operator_reconciles_total",
+    ] {
+        ensure!(text.contains(m), "metric {m} missing");
+    }
+
+    pods.delete("survivor", &DeleteParams::default()).await?;
+    eventually(Duration::from_secs(30), || async {
+        ensure!(
+            pods.get_opt("survivor").await?.is_none(),
+            "survivor remains"
+        );
+        Ok(())
+    })
+    .await?;
+    drop(edge_a);
+    sweeper.sweep();
+    Ok(())
+}
