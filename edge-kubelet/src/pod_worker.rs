@@ -69,7 +69,7 @@ enum OpResult {
     },
     Created {
         slot: usize,
-        result: Result<ContainerInfo>,
+        result: Result<Box<ContainerInfo>>,
     },
 }
 
@@ -341,7 +341,7 @@ impl PodWorker {
                     let _ = runtime.remove_container(&id).await;
                     return Err(e);
                 }
-                runtime.inspect_container(&id).await
+                runtime.inspect_container(&id).await.map(Box::new)
             }
             .await;
             let _ = tx.send((generation, OpResult::Created { slot, result }));
@@ -419,7 +419,7 @@ impl PodWorker {
             OpResult::Created {
                 slot,
                 result: Ok(info),
-            } => self.on_started(slot, info),
+            } => self.on_started(slot, *info),
         }
     }
 
@@ -431,10 +431,10 @@ impl PodWorker {
             slot.container_id = Some(info.id.clone());
             slot.image_id = info.image_id.clone();
         }
-        if i == 0 {
-            if let Some(ip) = &info.ip {
-                self.pod_ip = ip.clone();
-            }
+        if i == 0
+            && let Some(ip) = &info.ip
+        {
+            self.pod_ip = ip.clone();
         }
         let at = if info.started_unix_millis > 0 {
             info.started_unix_millis
