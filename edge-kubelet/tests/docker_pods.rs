@@ -311,3 +311,55 @@ async fn containers_it_did_not_create_are_never_touched() {
     }
     docker(&["rm", "-f", &foreign, &unlabelled]);
 }
+
+#[tokio::test]
+async fn containers_of_a_pod_share_one_network_namespace_and_exec_probes_work() {
+    let image = test_image();
+    let e = edge("shared").await;
+    let mut p = httpd_pod("u-shared", "duo", &image);
+    // The sidecar reaches the web container on localhost, then an exec probe sees the proof.
+    let side = pb::ContainerSpec {
+        name: "side".into(),
+        image: image.clone(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "until wget -q -O /tmp/page http://127.0.0.1:8080/; do sleep 0.2; done; sleep 3600"
+                .into(),
+        ],
+        readiness_probe: Some(pb::Probe {
+            handler: Some(pb::probe::Handler::Exec(pb::ExecAction {
+                command: vec![
+                    "grep".into(),
+                    "-q".into(),
+                    "hello".into(),
+                    "/tmp/page".into(),
+                ],
+            })),
+            period_seconds: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    p.containers.push(side);
+    e.pods.upsert(p).unwrap();
+    let s = status_where(&e, "u-shared", "both containers ready", |s| s.ready).await;
+    assert_eq!(s.containers.len(), 2);
+    assert!(s.containers.iter().all(|c| c.ready && c.restart_count == 0));
+    let side_id = s.containers[1]
+        .container_id
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let web_id = container_id(&s).unwrap();
+    assert_eq!(
+        docker(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.NetworkMode}}",
+            &side_id
+        ]),
+        format!("container:{web_id}")
+    );
+}
