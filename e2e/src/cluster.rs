@@ -27,6 +27,13 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts the operator with `extra` arguments and waits until `/readyz` answers ok.
     pub async fn start(env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut op = Self::spawn(env, extra)?;
+        op.wait_ready().await?;
+        Ok(op)
+    }
+
+    /// Starts the operator with `extra` arguments without waiting (e.g. a standby replica).
+    pub fn spawn(env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
         let edge_port = free_port()?;
         let metrics_port = free_port()?;
         let kubelet_port = free_port()?;
@@ -41,31 +48,52 @@ impl OperatorProcess {
             .args(["--kubelet-port", &kubelet_port.to_string()])
             .args(extra);
         let log = env.dir().join(format!("operator-{edge_port}.log"));
-        let mut child = ChildGuard::spawn("decloud-operator", cmd, &log)?;
-        eventually(Duration::from_secs(60), || {
-            let running = child.check_running();
-            async move {
-                running?;
-                let (code, body) = http_get(metrics_port, "/readyz").await?;
-                if code != 200 {
-                    bail!("/readyz: {code} {body}");
-                }
-                Ok(())
-            }
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "the operator did not become ready; log:\n{}",
-                child.log_tail(30)
-            )
-        })?;
+        let child = ChildGuard::spawn("decloud-operator", cmd, &log)?;
         Ok(Self {
             child,
             edge_port,
             metrics_port,
             kubelet_port,
         })
+    }
+
+    /// Waits until `/readyz` answers ok (leader with warm caches).
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let port = self.metrics_port;
+        let child = &mut self.child;
+        let res = eventually(Duration::from_secs(60), || {
+            let running = child.check_running();
+            async move {
+                running?;
+                let (code, body) = http_get(port, "/readyz").await?;
+                if code != 200 {
+                    bail!("/readyz: {code} {body}");
+                }
+                Ok(())
+            }
+        })
+        .await;
+        res.with_context(|| {
+            format!(
+                "the operator did not become ready; log:\n{}",
+                self.child.log_tail(30)
+            )
+        })
+    }
+
+    /// `/readyz` (status code, body).
+    pub async fn readyz(&self) -> anyhow::Result<(u16, String)> {
+        http_get(self.metrics_port, "/readyz").await
+    }
+
+    /// Log lines at WARN or ERROR level.
+    pub fn warnings(&self) -> Vec<String> {
+        std::fs::read_to_string(self.child.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .map(str::to_string)
+            .collect()
     }
 
     /// The operator's Prometheus text.

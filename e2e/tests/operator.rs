@@ -313,6 +313,55 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     .await
     .with_context(|| format!("no node lease: {lease:?}"))?;
 
+    // --- Heartbeats end at the operator: a steady edge causes no Provider or Node writes.
+    let rv = |client: Client, a: String| async move {
+        let p = Api::<Provider>::all(client.clone()).get(&a).await?;
+        let n = Api::<Node>::all(client).get(&format!("edge-{a}")).await?;
+        anyhow::Ok((p.resource_version(), n.resource_version()))
+    };
+    let before = rv(client.clone(), a.clone()).await?;
+    tokio::time::sleep(HEARTBEAT * 5).await;
+    let after = rv(client.clone(), a.clone()).await?;
+    ensure!(
+        before == after,
+        "writes during 5 steady heartbeats: {before:?} -> {after:?}"
+    );
+    let beats = operator
+        .metric("decloud_operator_heartbeats_total", "")
+        .await?;
+    println!(
+        "5 heartbeat intervals: no Provider/Node writes; heartbeats received so far: {beats:?}"
+    );
+
+    // --- A standby replica (same leader Lease) refuses edges and is not ready.
+    let standby = OperatorProcess::spawn(&env, &[])?;
+    let c = format!("op-{run}-c");
+    let edge_c = EdgeProcess::start(&env, &standby, &c, &[])?;
+    eventually(Duration::from_secs(20), || async {
+        let (code, body) = standby.readyz().await?;
+        ensure!(
+            code == 503 && body.contains("standby"),
+            "/readyz {code} {body}"
+        );
+        let log = std::fs::read_to_string(edge_c.log())?;
+        ensure!(
+            log.contains("standby"),
+            "edge c was not told the replica is a standby"
+        );
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        Api::<Provider>::all(client.clone())
+            .get_opt(&c)
+            .await?
+            .is_none(),
+        "standby created a provider"
+    );
+    drop(edge_c);
+    drop(standby);
+    println!("standby replica: /readyz 503, edge refused with Unavailable");
+
     // --- A plain Pod bound to edge a runs, with a correct status, in a real container.
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     env.kubectl_stdin(&["apply", "-f", "-"], &pod_yaml("plain", &node_a, ""))?;
@@ -538,5 +587,10 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     .await?;
     drop(edge_a);
     sweeper.sweep();
+    let warnings = operator.warnings();
+    println!("operator warnings during the suite: {}", warnings.len());
+    for w in warnings.iter().take(20) {
+        println!("  {w}");
+    }
     Ok(())
 }
