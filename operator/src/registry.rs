@@ -346,3 +346,117 @@ impl ProviderRegistry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(uid: &str, hash: &str) -> pb::PodSpec {
+        pb::PodSpec {
+            uid: uid.into(),
+            spec_hash: hash.into(),
+            ..Default::default()
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Result<pb::OperatorMessage, Status>>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(match m {
+                Err(s) => format!("error {:?}", s.code()),
+                Ok(pb::OperatorMessage { kind: Some(k) }) => match k {
+                    Kind::Welcome(_) => "welcome".into(),
+                    Kind::PodSet(s) => format!("set {}", s.pods.len()),
+                    Kind::PodUpsert(u) => format!("upsert {}", u.pod.unwrap_or_default().uid),
+                    Kind::PodDelete(d) => format!("delete {} {}", d.uid, d.grace_period_seconds),
+                    other => format!("{other:?}"),
+                },
+                Ok(_) => "empty".into(),
+            });
+        }
+        out
+    }
+
+    fn registry() -> ProviderRegistry {
+        ProviderRegistry::new(Duration::from_secs(3), Arc::new(Metrics::default()))
+    }
+
+    #[test]
+    fn sends_in_order_and_deduplicates() {
+        let r = registry();
+        let (tx, mut rx) = mpsc::channel(64);
+        let hello = HelloInfo {
+            running: ["old".to_string()].into(),
+            ..Default::default()
+        };
+        let (id, _, transition) = r.connect("a", hello, tx, pb::Welcome::default(), |s| {
+            s.send_pod_set(vec![spec("p1", "h1")])
+        });
+        assert_eq!(transition, Some(Transition::BecameReady));
+        r.with_session("a", |s| {
+            s.upsert(spec("p1", "h1")); // already sent: nothing
+            s.upsert(spec("p1", "h2")); // changed
+            s.upsert(spec("p2", "h1"));
+            s.delete("p2", 5);
+            s.delete("p2", 5); // once per session
+            s.upsert(spec("p2", "h3")); // being deleted: not resurrected
+            s.pod_removed("p1"); // force-deleted in the API: stop now
+            s.pod_removed("never-sent"); // nothing to stop
+            assert!(s.knows("old")); // ran at Hello
+            s.pod_gone("old");
+            assert!(!s.knows("old"));
+        });
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                "welcome",
+                "set 1",
+                "upsert p1",
+                "upsert p2",
+                "delete p2 5",
+                "delete p1 0"
+            ]
+        );
+        assert_eq!(r.with_current("a", id + 1, |_| ()), None);
+        assert_eq!(
+            r.heartbeat("a", id + 1),
+            None,
+            "a stale session's heartbeat"
+        );
+    }
+
+    #[test]
+    fn a_newer_session_replaces_the_old_one() {
+        let r = registry();
+        let (tx1, mut rx1) = mpsc::channel(8);
+        let (id1, close1, _) = r.connect(
+            "a",
+            HelloInfo::default(),
+            tx1,
+            pb::Welcome::default(),
+            |_| {},
+        );
+        let (tx2, mut rx2) = mpsc::channel(8);
+        let (id2, _, transition) = r.connect(
+            "a",
+            HelloInfo::default(),
+            tx2,
+            pb::Welcome::default(),
+            |_| {},
+        );
+        assert_ne!(id1, id2);
+        assert_eq!(transition, None, "still ready");
+        assert!(close1.is_cancelled());
+        assert_eq!(drain(&mut rx1), vec!["welcome", "error Aborted"]);
+        // The old session ending later does not unregister the new one.
+        r.disconnect("a", id1, "edge_closed");
+        assert!(r.view("a").connected);
+        assert_eq!(drain(&mut rx2), vec!["welcome"]);
+        r.revoke("a", Status::permission_denied("deleted"));
+        assert_eq!(drain(&mut rx2), vec!["error PermissionDenied"]);
+        assert!(r.is_revoked("a"));
+        assert_eq!(r.view("a").ready, None);
+        r.readmit("a");
+        assert!(!r.is_revoked("a"));
+    }
+}

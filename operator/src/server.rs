@@ -335,24 +335,4 @@ pub async fn serve<A: EdgeAuthenticator>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn provider_names() {
-        for (name, ok) in [
-            ("alice-laptop", true),
-            ("a", true),
-            ("a.b", true),
-            ("", false),
-            ("Alice", false),
-            ("-a", false),
-            ("a-", false),
-            ("a_b", false),
-            ("a/b", false),
-        ] {
-            assert_eq!(valid_provider_name(name), ok, "{name:?}");
-        }
-        assert!(!valid_provider_name(&"a".repeat(201)));
-    }
-}
+mod tests;

@@ -1,0 +1,127 @@
+//! The Session handshake over a real loopback socket, with a Kubernetes client that is never
+//! reached (these refusals happen before any API call).
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+
+use decloud_proto::edge_client::EdgeClient;
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::reflector;
+
+use super::*;
+use crate::Config;
+use crate::context::Caches;
+use crate::http::Readiness;
+use crate::metrics::Metrics;
+
+#[test]
+fn provider_names() {
+    for (name, ok) in [
+        ("alice-laptop", true),
+        ("a", true),
+        ("a.b", true),
+        ("", false),
+        ("Alice", false),
+        ("-a", false),
+        ("a-", false),
+        ("a_b", false),
+        ("a/b", false),
+    ] {
+        assert_eq!(valid_provider_name(name), ok, "{name:?}");
+    }
+    assert!(!valid_provider_name(&"a".repeat(201)));
+}
+
+fn unreachable_client() -> kube::Client {
+    let service = tower::service_fn(|_req: Request<Body>| async {
+        let resp = Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .body(Body::from(b"{}".to_vec()))
+            .unwrap();
+        Ok::<_, Infallible>(resp)
+    });
+    kube::Client::new(service, "default")
+}
+
+async fn start(leader: bool) -> (EdgeClient<tonic::transport::Channel>, Arc<Context>) {
+    let (pods, _) = reflector::store();
+    let (providers, _) = reflector::store();
+    let (nodes, _) = reflector::store();
+    let readiness = Arc::new(Readiness::default());
+    readiness.leader.store(leader, Ordering::Relaxed);
+    let (ctx, _queues) = Context::new(
+        unreachable_client(),
+        Config::default(),
+        Arc::new(Metrics::default()),
+        Caches {
+            pods,
+            providers,
+            nodes,
+        },
+        readiness,
+    );
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        EdgeService::new(ctx.clone(), TrustingAuthenticator),
+    ));
+    let client = EdgeClient::connect(format!("http://{addr}")).await.unwrap();
+    (client, ctx)
+}
+
+fn message(kind: Kind) -> pb::EdgeMessage {
+    pb::EdgeMessage { kind: Some(kind) }
+}
+
+fn hello(name: &str) -> Kind {
+    Kind::Hello(pb::Hello {
+        provider_name: name.into(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn session_refusals() {
+    // (leader?, first message, expected code, words in the message)
+    let cases = [
+        (false, hello("alice"), tonic::Code::Unavailable, "standby"),
+        (
+            true,
+            Kind::Heartbeat(pb::Heartbeat::default()),
+            tonic::Code::FailedPrecondition,
+            "must be a Hello",
+        ),
+        (
+            true,
+            hello("Not_A_Name"),
+            tonic::Code::InvalidArgument,
+            "provider name",
+        ),
+        // The API is unreachable: the edge is told to retry, not silently dropped.
+        (
+            true,
+            hello("alice"),
+            tonic::Code::Unavailable,
+            "Kubernetes API",
+        ),
+    ];
+    for (leader, first, code, words) in cases {
+        let (mut client, _ctx) = start(leader).await;
+        let outbound = tokio_stream::iter(vec![message(first.clone())]);
+        let status = client.session(outbound).await.unwrap_err();
+        assert_eq!(status.code(), code, "{first:?}: {status:?}");
+        assert!(status.message().contains(words), "{first:?}: {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn register_and_tunnel_are_not_served_yet() {
+    let (mut client, _ctx) = start(true).await;
+    let status = client
+        .register(pb::RegisterRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+}
