@@ -107,7 +107,11 @@ async fn ensure_provider(ctx: &Context, hello: &pb::Hello) -> Result<(), Status>
             let current = p.metadata.labels.clone().unwrap_or_default();
             if labels.iter().any(|(k, v)| current.get(k) != Some(v)) {
                 let patch = serde_json::json!({"metadata": {"labels": labels}});
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                let pp = PatchParams {
+                    field_manager: Some(crate::FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
+                api.patch(name, &pp, &Patch::Merge(&patch))
                     .await
                     .map_err(|e| {
                         Status::invalid_argument(format!("updating provider labels: {e}"))
@@ -138,7 +142,11 @@ async fn ensure_provider(ctx: &Context, hello: &pb::Hello) -> Result<(), Status>
                 },
                 status: None,
             };
-            match api.create(&PostParams::default(), &provider).await {
+            let pp = PostParams {
+                field_manager: Some(crate::FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            match api.create(&pp, &provider).await {
                 Ok(_) => {
                     info!(provider = %name, "provider created on first Hello");
                     Ok(())
