@@ -34,9 +34,20 @@ impl OperatorProcess {
 
     /// Starts the operator with `extra` arguments without waiting (e.g. a standby replica).
     pub fn spawn(env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
-        let edge_port = free_port()?;
-        let metrics_port = free_port()?;
-        let kubelet_port = free_port()?;
+        Self::spawn_on(env, [free_port()?, free_port()?, free_port()?], extra)
+    }
+
+    /// Starts another operator on this one's ports (after this one was killed): a restart.
+    pub fn respawn(&self, env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_on(
+            env,
+            [self.edge_port, self.metrics_port, self.kubelet_port],
+            extra,
+        )
+    }
+
+    fn spawn_on(env: &TestEnv, ports: [u16; 3], extra: &[&str]) -> anyhow::Result<Self> {
+        let [edge_port, metrics_port, kubelet_port] = ports;
         let mut cmd = Command::new(binary("decloud-operator")?);
         cmd.env("KUBECONFIG", env.kubeconfig())
             .env(
@@ -47,7 +58,13 @@ impl OperatorProcess {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--kubelet-port", &kubelet_port.to_string()])
             .args(extra);
-        let log = env.dir().join(format!("operator-{edge_port}.log"));
+        let log = env.dir().join(format!(
+            "operator-{edge_port}-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default()
+        ));
         let child = ChildGuard::spawn("decloud-operator", cmd, &log)?;
         Ok(Self {
             child,

@@ -211,16 +211,16 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     let (node_a, node_b) = (format!("edge-{a}"), format!("edge-{b}"));
     let sweeper = ContainerSweeper::new(&[node_a.clone(), node_b.clone()]);
 
-    let operator = OperatorProcess::start(
-        &env,
-        &[
-            "--heartbeat-interval",
-            "1s",
-            "--missed-heartbeats",
-            &MISSED.to_string(),
-        ],
-    )
-    .await?;
+    let missed = MISSED.to_string();
+    let operator_args = [
+        "--heartbeat-interval",
+        "1s",
+        "--missed-heartbeats",
+        missed.as_str(),
+        "--identity",
+        "e2e-operator",
+    ];
+    let mut operator = OperatorProcess::start(&env, &operator_args).await?;
     let region = "topology.kubernetes.io/region=eu-west";
     let mut edge_a = EdgeProcess::start(&env, &operator, &a, &[region])?;
     let _edge_b = EdgeProcess::start(&env, &operator, &b, &[region])?;
@@ -491,6 +491,43 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
         .and_then(|s| s.container_statuses)
         .map(|cs| cs[0].restart_count);
     ensure!(restarts == Some(0), "restartCount {restarts:?}");
+
+    // --- The operator restarts (SIGKILL, same identity and ports): edges reconnect, their
+    // containers keep running, state is rebuilt from the API and the edges' reports.
+    operator.child.kill();
+    let restarted = Instant::now();
+    let mut new_operator = operator.respawn(&env, &operator_args)?;
+    new_operator.wait_ready().await?;
+    operator = new_operator;
+    eventually(Duration::from_secs(30), || async {
+        check_ready(&client, &a).await?;
+        check_ready(&client, &b).await?;
+        let connected = operator
+            .metric("decloud_operator_connected_edges", "")
+            .await?;
+        ensure!(connected == Some(2.0), "connected edges: {connected:?}");
+        Ok(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "after the operator restart; log:\n{}",
+            operator.child.log_tail(30)
+        )
+    })?;
+    println!(
+        "operator restart: both edges back and Ready {:.2}s after SIGKILL",
+        restarted.elapsed().as_secs_f64()
+    );
+    let survivor = running_pod(&pods, "survivor").await?;
+    ensure!(
+        container_id(&survivor)? == survivor_id,
+        "container replaced"
+    );
+    ensure!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &survivor_id])? == started_at,
+        "container restarted across the operator restart"
+    );
 
     // --- Pods asking for what an edge must not grant fail with a clear reason and an Event,
     // and no container is created. A privileged container first: an API server started
