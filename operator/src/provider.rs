@@ -134,10 +134,18 @@ async fn cleanup(provider: &Provider, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// What an edge reports, as quantities. Memory is rounded down to whole MiB (never more than
+/// the machine has), which also keeps `kubectl get prov` readable.
 fn offer(r: &pb::Resources) -> ResourceOffer {
+    const MI: i64 = 1 << 20;
+    let memory = if r.memory_bytes >= MI {
+        r.memory_bytes / MI * MI
+    } else {
+        r.memory_bytes
+    };
     ResourceOffer {
         cpu: Some(format_millis(r.cpu_millis)),
-        memory: Some(format_bytes(r.memory_bytes)),
+        memory: Some(format_bytes(memory)),
         pods: (r.pods > 0).then(|| r.pods.min(i64::from(i32::MAX)) as i32),
     }
 }

@@ -160,6 +160,15 @@ fn resources_are_capped_and_summed() {
         (Some("350m"), Some("128Mi"), Some(2))
     );
     assert_eq!(s.reliability.as_deref(), Some("0.999"));
+    let odd = offer(&pb::Resources {
+        cpu_millis: 1500,
+        memory_bytes: 25_276_063_744 + 123,
+        pods: 0,
+    });
+    assert_eq!(
+        (odd.cpu.as_deref(), odd.memory.as_deref(), odd.pods),
+        (Some("1500m"), Some("24105Mi"), None)
+    );
     assert_eq!(s.agent_version.as_deref(), Some("0.1.0"));
 }
 
