@@ -1,0 +1,64 @@
+//! Errors of the gateway.
+
+/// Errors of the gateway's listeners.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A socket operation failed.
+    #[error("gateway I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The kubelet API's TLS setup failed.
+    #[error("kubelet API TLS: {0}")]
+    Tls(String),
+}
+
+impl Error {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Io(_) => "io",
+            Self::Tls(_) => "tls",
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The replica's edge has no live session.
+    #[error("provider {0} is not connected")]
+    NotConnected(String),
+    /// The edge did not open the tunnel in time.
+    #[error("provider {0} did not open the tunnel in time")]
+    Timeout(String),
+    /// The edge could not reach the container port.
+    #[error("edge refused the tunnel: {0}")]
+    Refused(String),
+}
+
+impl DialError {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NotConnected(_) => "not_connected",
+            Self::Timeout(_) => "timeout",
+            Self::Refused(_) => "refused",
+        }
+    }
+}
+
+/// Why logs cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// No such pod or container on a virtual node.
+    #[error("{0}")]
+    NotFound(String),
+    /// The pod's edge is not connected.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The edge answered with an error.
+    #[error("{0}")]
+    Edge(String),
+}

@@ -1,0 +1,231 @@
+//! The proxy over real loopback sockets, with a dialer that connects straight to local
+//! "containers" (TCP servers run by the test) instead of through an edge.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use futures::{FutureExt, future::BoxFuture};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use super::*;
+use crate::{
+    Backend, DialError, TunnelIo,
+    routes::tests::{pod, routes, workload},
+};
+
+/// Dials `pod uid → local port`; unknown pods are refused, like a dead edge.
+struct DirectDialer {
+    ports: HashMap<String, u16>,
+    dials: AtomicUsize,
+}
+
+impl TunnelDialer for DirectDialer {
+    fn dial(&self, b: &Backend) -> BoxFuture<'static, Result<Box<dyn TunnelIo>, DialError>> {
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        let port = self.ports.get(&b.pod_uid).copied();
+        let provider = b.provider.clone();
+        async move {
+            let port = port.ok_or(DialError::NotConnected(provider))?;
+            let s = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| DialError::Refused(e.to_string()))?;
+            Ok(Box::new(s) as Box<dyn TunnelIo>)
+        }
+        .boxed()
+    }
+}
+
+/// A tiny HTTP/1.1 server: answers `name` to GET / (keep-alive), `size` bytes to GET /big,
+/// and echoes raw bytes after an `Upgrade` handshake.
+async fn container(name: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    if head.to_ascii_lowercase().contains("upgrade: echo") {
+                        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n").await.ok();
+                        s.write_all(&buf).await.ok();
+                        let (mut r, mut w) = s.split();
+                        tokio::io::copy(&mut r, &mut w).await.ok();
+                        return;
+                    }
+                    let body = if head.starts_with("GET /big") {
+                        vec![b'x'; 3 * 1024 * 1024]
+                    } else {
+                        name.as_bytes().to_vec()
+                    };
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                    if s.write_all(resp.as_bytes()).await.is_err()
+                        || s.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                    if head.to_ascii_lowercase().contains("connection: close") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+async fn gateway(routes: Routes, dialer: Arc<DirectDialer>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(serve_gateway(l, routes, dialer));
+    port
+}
+
+async fn request(port: u16, raw: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(raw.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn routes_by_host_balances_retries_and_reports_clear_errors() {
+    let a = container("replica-a").await;
+    let b = container("replica-b").await;
+    let r = routes(
+        vec![workload("hello", 8080, None), workload("idle", 8080, None)],
+        vec![
+            pod("hello-a", "hello", "p1", true),
+            pod("hello-b", "hello", "p2", true),
+            pod("hello-dead", "hello", "p3", true),
+            pod("idle-a", "idle", "p1", false),
+        ],
+    );
+    let dialer = Arc::new(DirectDialer {
+        ports: [
+            ("uid-hello-a".to_string(), a),
+            ("uid-hello-b".to_string(), b),
+        ]
+        .into(),
+        dials: AtomicUsize::new(0),
+    });
+    let gw = gateway(r, dialer.clone()).await;
+
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let resp = request(
+            gw,
+            "GET / HTTP/1.1\r\nHost: Hello.default.decloud.localhost:8000\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        seen.insert(
+            resp.rsplit("\r\n\r\n")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert_eq!(seen.len(), 2, "both replicas served: {seen:?}");
+    assert!(
+        dialer.dials.load(Ordering::SeqCst) > 6,
+        "the dead replica was tried and skipped"
+    );
+
+    let resp = request(gw, "GET / HTTP/1.1\r\nHost: nope.example.org\r\n\r\n").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 404") && resp.contains("nope.example.org"),
+        "{resp}"
+    );
+    let resp = request(
+        gw,
+        "GET / HTTP/1.1\r\nHost: idle.default.decloud.localhost\r\n\r\n",
+    )
+    .await;
+    assert!(
+        resp.starts_with("HTTP/1.1 503") && resp.contains("default/idle"),
+        "{resp}"
+    );
+    let resp = request(gw, "GET / HTTP/1.1\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+}
+
+#[tokio::test]
+async fn keep_alive_large_bodies_and_upgrades_pass_through() {
+    let a = container("replica-a").await;
+    let r = routes(
+        vec![workload("hello", 8080, None)],
+        vec![pod("hello-a", "hello", "p1", true)],
+    );
+    let dialer = Arc::new(DirectDialer {
+        ports: [("uid-hello-a".to_string(), a)].into(),
+        dials: AtomicUsize::new(0),
+    });
+    let gw = gateway(r, dialer).await;
+
+    // Two requests on one connection, the second a 3 MiB body.
+    let mut s = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\n\r\nGET /big HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\n\r\n").await.expect("write");
+    let mut got = Vec::new();
+    let want = 3 * 1024 * 1024;
+    while got.iter().filter(|b| **b == b'x').count() < want {
+        let mut chunk = [0u8; 65536];
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2);
+
+    // An upgraded connection echoes raw bytes both ways.
+    let mut s = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n").await.expect("write");
+    let mut head = vec![0u8; 256];
+    let n = s.read(&mut head).await.expect("read");
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"));
+    s.write_all(b"ping over the tunnel").await.expect("write");
+    let mut echo = [0u8; 20];
+    s.read_exact(&mut echo).await.expect("echo");
+    assert_eq!(&echo, b"ping over the tunnel");
+}
+
+#[test]
+fn host_parsing() {
+    assert_eq!(
+        host_of(b"GET / HTTP/1.1\r\nHost: A.B:80\r\n\r\n"),
+        Ok("a.b".into())
+    );
+    assert_eq!(
+        host_of(b"GET / HTTP/1.1\r\nhost: a.b.\r\n\r\n"),
+        Ok("a.b".into())
+    );
+    assert!(host_of(b"GET / HTTP/1.1\r\n\r\n").is_err());
+    assert!(host_of(b"\x00\x01garbage\r\n\r\n").is_err());
+}

@@ -1,0 +1,286 @@
+//! Which replicas serve which host, from watch caches of Workloads and their pods.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use decloud_crds::Workload;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+
+/// Label on every replica naming its Workload.
+pub const WORKLOAD_LABEL: &str = "decloud.dev/workload";
+
+/// One ready replica's exposed port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod uid, which the edge knows the pod by.
+    pub pod_uid: String,
+    /// Provider (edge) running the pod.
+    pub provider: String,
+    /// Container port.
+    pub port: u16,
+}
+
+/// What a host resolves to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// No Workload is exposed under this host.
+    Unknown,
+    /// The Workload exists but none of its replicas is ready.
+    NoReady {
+        /// `namespace/name`.
+        workload: String,
+        /// Desired replicas.
+        desired: i32,
+    },
+    /// Ready replicas, in the order to try them.
+    Backends {
+        /// `namespace/name`.
+        workload: String,
+        /// Ready replicas, rotated for round-robin.
+        backends: Vec<Backend>,
+    },
+}
+
+/// The public host of a Workload: its own `spec.expose.host`, else
+/// `<name>.<namespace>.<base_domain>`.
+pub fn workload_host(wl: &Workload, base_domain: &str) -> String {
+    wl.spec
+        .expose
+        .as_ref()
+        .and_then(|e| e.host.clone())
+        .unwrap_or_else(|| {
+            format!(
+                "{}.{}.{}",
+                wl.name_any(),
+                wl.namespace().unwrap_or_default(),
+                base_domain
+            )
+        })
+}
+
+/// Host → replicas, answered from in-memory watch caches.
+#[derive(Clone)]
+pub struct Routes {
+    workloads: reflector::Store<Workload>,
+    pods: reflector::Store<Pod>,
+    base_domain: String,
+    next: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Routes {
+    /// Routes over the given caches.
+    pub fn new(
+        workloads: reflector::Store<Workload>,
+        pods: reflector::Store<Pod>,
+        base_domain: impl Into<String>,
+    ) -> Self {
+        Self {
+            workloads,
+            pods,
+            base_domain: base_domain.into(),
+            next: Arc::default(),
+        }
+    }
+
+    /// Starts watch caches of all Workloads and of the pods carrying [`WORKLOAD_LABEL`]; the
+    /// returned future drives them and never ends.
+    pub fn watch(
+        client: Client,
+        base_domain: impl Into<String>,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send) {
+        let (wl_store, wl_writer) = reflector::store();
+        let (pod_store, pod_writer) = reflector::store();
+        let wl_stream = reflector(
+            wl_writer,
+            watcher(
+                Api::<Workload>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects();
+        let pod_stream = reflector(
+            pod_writer,
+            watcher(
+                Api::<Pod>::all(client),
+                watcher::Config::default().labels(WORKLOAD_LABEL),
+            ),
+        )
+        .default_backoff()
+        .touched_objects();
+        let drive = async move {
+            use futures::StreamExt;
+            let wl = wl_stream.for_each(|_| async {});
+            let pods = pod_stream.for_each(|_| async {});
+            futures::join!(wl, pods);
+        };
+        (Self::new(wl_store, pod_store, base_domain), drive)
+    }
+
+    /// Resolves `host` (lower-case, without port).
+    pub fn resolve(&self, host: &str) -> Route {
+        let Some(wl) =
+            self.workloads.state().into_iter().find(|wl| {
+                wl.spec.expose.is_some() && workload_host(wl, &self.base_domain) == host
+            })
+        else {
+            return Route::Unknown;
+        };
+        let ns = wl.namespace().unwrap_or_default();
+        let name = wl.name_any();
+        let key = format!("{ns}/{name}");
+        let port = wl.spec.expose.as_ref().map(|e| e.port).unwrap_or_default() as u16;
+        let mut backends: Vec<Backend> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(ns.as_str())
+                    && p.labels().get(WORKLOAD_LABEL) == Some(&name)
+                    && p.metadata.deletion_timestamp.is_none()
+                    && is_ready(p)
+            })
+            .filter_map(|p| {
+                let node = p.spec.as_ref()?.node_name.clone()?;
+                Some(Backend {
+                    namespace: ns.clone(),
+                    pod: p.name_any(),
+                    pod_uid: p.uid()?,
+                    provider: node.strip_prefix("edge-")?.to_string(),
+                    port,
+                })
+            })
+            .collect();
+        if backends.is_empty() {
+            return Route::NoReady {
+                workload: key,
+                desired: wl.spec.replicas,
+            };
+        }
+        backends.sort_by(|a, b| a.pod.cmp(&b.pod));
+        let start = {
+            let mut next = self.next.lock().expect("round-robin lock");
+            let n = next.entry(key.clone()).or_default();
+            *n = n.wrapping_add(1);
+            *n
+        };
+        let len = backends.len();
+        backends.rotate_left(start % len);
+        Route::Backends {
+            workload: key,
+            backends,
+        }
+    }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    use kube::runtime::watcher::Event;
+
+    pub(crate) fn workload(name: &str, port: i32, host: Option<&str>) -> Workload {
+        let mut wl: Workload = serde_json::from_value(serde_json::json!({
+            "apiVersion": "decloud.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [
+                {"name": "web", "image": "x", "ports": [{"containerPort": port}]}]}},
+                "expose": {"port": port}}
+        }))
+        .expect("valid workload");
+        if let Some(h) = host {
+            wl.spec.expose.as_mut().expect("expose").host = Some(h.into());
+        }
+        wl
+    }
+
+    pub(crate) fn pod(name: &str, wl: &str, provider: &str, ready: bool) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some("default".into());
+        p.metadata.uid = Some(format!("uid-{name}"));
+        p.metadata.labels = Some([(WORKLOAD_LABEL.to_string(), wl.to_string())].into());
+        p.spec = Some(PodSpec {
+            node_name: Some(format!("edge-{provider}")),
+            ..Default::default()
+        });
+        p.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        p
+    }
+
+    pub(crate) fn routes(wls: Vec<Workload>, pods: Vec<Pod>) -> Routes {
+        let (wl_store, mut wl_writer) = reflector::store();
+        let (pod_store, mut pod_writer) = reflector::store();
+        for wl in wls {
+            wl_writer.apply_watcher_event(&Event::Apply(wl));
+        }
+        for p in pods {
+            pod_writer.apply_watcher_event(&Event::Apply(p));
+        }
+        Routes::new(wl_store, pod_store, "decloud.localhost")
+    }
+
+    #[test]
+    fn resolves_default_and_custom_hosts_to_ready_replicas_in_rotation() {
+        let r = routes(
+            vec![
+                workload("hello", 8080, None),
+                workload("shop", 80, Some("shop.example.org")),
+            ],
+            vec![
+                pod("hello-a", "hello", "p1", true),
+                pod("hello-b", "hello", "p2", true),
+                pod("hello-c", "hello", "p3", false),
+                pod("shop-a", "shop", "p1", false),
+            ],
+        );
+        let Route::Backends {
+            backends: first, ..
+        } = r.resolve("hello.default.decloud.localhost")
+        else {
+            panic!("hello should route");
+        };
+        assert_eq!(first.len(), 2, "the unready replica is not a backend");
+        assert_eq!(first[0].port, 8080);
+        let Route::Backends {
+            backends: second, ..
+        } = r.resolve("hello.default.decloud.localhost")
+        else {
+            panic!("hello should route");
+        };
+        assert_ne!(first[0].pod, second[0].pod, "round-robin rotates");
+        assert_eq!(
+            r.resolve("shop.example.org"),
+            Route::NoReady {
+                workload: "default/shop".into(),
+                desired: 2
+            }
+        );
+        assert_eq!(r.resolve("nope.default.decloud.localhost"), Route::Unknown);
+        assert_eq!(r.resolve("shop.default.decloud.localhost"), Route::Unknown);
+    }
+}
