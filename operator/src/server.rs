@@ -31,22 +31,46 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a session waits for the pod cache after a (re)start before refusing.
 const CACHE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Decides who may speak for a provider.
-///
-/// This is the security seam: the plaintext server uses [`TrustingAuthenticator`]; the TLS and
-/// join-token work replaces it with one that checks the caller's per-provider credential.
+/// Metadata key of an edge's bearer credential (`authorization: Bearer <credential>`).
+pub const CREDENTIAL_METADATA: &str = "authorization";
+/// Metadata key naming the provider when the [`TrustingAuthenticator`] is in use (tests only).
+pub const PROVIDER_METADATA: &str = "decloud-provider";
+
+/// Decides who a caller is: the security seam of every edge RPC but `Register`.
+#[tonic::async_trait]
 pub trait EdgeAuthenticator: Send + Sync + 'static {
-    /// Whether the caller (its request `metadata`) may act as `provider`. Must not block.
-    fn authorize(&self, metadata: &MetadataMap, provider: &str) -> Result<(), Status>;
+    /// The provider the caller's request `metadata` proves it speaks for. `claimed` is the name
+    /// the caller gave in-band (a Hello's `provider_name`), if the RPC carries one; a caller
+    /// claiming another provider than its credential's is refused. Errors are `Unauthenticated`
+    /// (no or unknown credential) or `PermissionDenied` (revoked, other provider).
+    async fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        claimed: Option<&str>,
+    ) -> Result<String, Status>;
 }
 
-/// Trusts every caller's claimed provider name: for plaintext development clusters only.
+/// Trusts every caller's claimed provider name (the Hello's, else the `decloud-provider`
+/// metadata): for unit tests only, never served by the binary.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TrustingAuthenticator;
 
+#[tonic::async_trait]
 impl EdgeAuthenticator for TrustingAuthenticator {
-    fn authorize(&self, _metadata: &MetadataMap, _provider: &str) -> Result<(), Status> {
-        Ok(())
+    async fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        claimed: Option<&str>,
+    ) -> Result<String, Status> {
+        claimed
+            .map(str::to_string)
+            .or_else(|| {
+                metadata
+                    .get(PROVIDER_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| Status::unauthenticated("no provider named"))
     }
 }
 
@@ -60,6 +84,16 @@ impl<A: EdgeAuthenticator> EdgeService<A> {
     /// A service answering edges with `ctx`, authorising them with `auth`.
     pub fn new(ctx: Arc<Context>, auth: A) -> Self {
         Self { ctx, auth }
+    }
+
+    /// The provider the caller of any edge RPC (Session, Tunnel) is, from its request
+    /// `metadata`; `claimed` as in [`EdgeAuthenticator::authenticate`]. Use before anything else.
+    pub async fn identify(
+        &self,
+        metadata: &MetadataMap,
+        claimed: Option<&str>,
+    ) -> Result<String, Status> {
+        self.auth.authenticate(metadata, claimed).await
     }
 }
 
@@ -213,7 +247,7 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
                  starting and ending with a letter or digit"
             )));
         }
-        self.auth.authorize(&metadata, &name)?;
+        let name = self.identify(&metadata, Some(&name)).await?;
         ensure_provider(ctx, &hello).await?;
         match tokio::time::timeout(CACHE_TIMEOUT, ctx.pods.wait_until_ready()).await {
             Ok(Ok(())) => {}
