@@ -1,0 +1,392 @@
+//! Workloads on real edges: placement across distinct providers, scaling, capacity shortage and
+//! recovery, rolling image updates, failover after SIGKILL of an edge, no duplicates when it
+//! returns, and clean deletion — against a real kube-apiserver, the real operator and three to
+//! four real edge-kubelet processes on the real Docker engine.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use decloud_crds::{Provider, ProviderPhase, Workload, find_condition};
+use decloud_e2e::{
+    TestEnv,
+    cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, docker},
+    eventually,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+
+const WORKLOAD: &str = "web";
+
+fn workload_yaml(replicas: i32, image: &str) -> String {
+    format!(
+        r#"apiVersion: decloud.dev/v1alpha1
+kind: Workload
+metadata: {{name: {WORKLOAD}, namespace: default}}
+spec:
+  replicas: {replicas}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: web
+          image: {image}
+          command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
+          ports: [{{containerPort: 8080}}]
+          resources: {{requests: {{cpu: 50m, memory: 16Mi}}, limits: {{cpu: 200m, memory: 64Mi}}}}
+          readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+  expose: {{port: 8080}}
+"#
+    )
+}
+
+/// Live (not deleting) pods of the Workload: name → (node, ready, image).
+async fn replicas(client: &Client) -> anyhow::Result<BTreeMap<String, (String, bool, String)>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels(&format!("decloud.dev/workload={WORKLOAD}")))
+        .await?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            let image = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (p.name_any(), (node, ready, image))
+        })
+        .collect())
+}
+
+async fn workload(client: &Client) -> anyhow::Result<Workload> {
+    Ok(Api::<Workload>::namespaced(client.clone(), "default")
+        .get(WORKLOAD)
+        .await?)
+}
+
+/// `want` ready replicas of `image` on `want` distinct nodes, and the Workload Available.
+async fn check_available(client: &Client, want: usize, image: &str) -> anyhow::Result<()> {
+    let reps = replicas(client).await?;
+    let ready: Vec<_> = reps.values().filter(|(_, r, i)| *r && i == image).collect();
+    ensure!(
+        ready.len() == want && reps.len() == want,
+        "replicas: {reps:?}"
+    );
+    let nodes: BTreeSet<_> = reps.values().map(|(n, _, _)| n.clone()).collect();
+    ensure!(nodes.len() == want, "replicas share providers: {reps:?}");
+    let wl = workload(client).await?;
+    let status = wl.status.context("no Workload status")?;
+    ensure!(
+        status.ready_replicas == want as i32,
+        "readyReplicas {}",
+        status.ready_replicas
+    );
+    let available = find_condition(&status.conditions, "Available").context("no Available")?;
+    ensure!(available.is_true(), "Available: {available:?}");
+    Ok(())
+}
+
+/// Running containers of this Workload's pods, per node, from Docker itself.
+fn running_containers(nodes: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for node in nodes {
+        let ids = docker(&[
+            "ps",
+            "--filter",
+            &format!("label=decloud.dev/node={node}"),
+            "--filter",
+            "label=decloud.dev/pod-namespace=default",
+            "--format",
+            "{{.Label \"decloud.dev/pod-name\"}}",
+        ])?;
+        let names: Vec<String> = ids
+            .lines()
+            .filter(|l| l.starts_with(&format!("{WORKLOAD}-")))
+            .map(str::to_string)
+            .collect();
+        out.insert(node.clone(), names);
+    }
+    Ok(out)
+}
+
+async fn patch_workload(client: &Client, patch: serde_json::Value) -> anyhow::Result<()> {
+    Api::<Workload>::namespaced(client.clone(), "default")
+        .patch(WORKLOAD, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+async fn provider_ready(client: &Client, name: &str) -> anyhow::Result<()> {
+    let p = Api::<Provider>::all(client.clone()).get(name).await?;
+    let phase = p.status.map(|s| s.phase).unwrap_or_default();
+    ensure!(phase == ProviderPhase::Ready, "{name}: {phase:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let client = env.client();
+    let v1 = busybox_image()?;
+    let v2 = "decloud-test/busybox:2".to_string();
+    docker(&["tag", &v1, &v2])?;
+    let run = std::process::id();
+    let names: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|s| format!("wl-{run}-{s}"))
+        .collect();
+    let nodes: Vec<String> = names.iter().map(|n| format!("edge-{n}")).collect();
+    let _sweeper = ContainerSweeper::new(&nodes);
+
+    let operator = OperatorProcess::start(
+        &env,
+        &[
+            "--heartbeat-interval",
+            "1s",
+            "--missed-heartbeats",
+            "3",
+            "--identity",
+            "e2e-wl",
+        ],
+    )
+    .await?;
+    let mut edges: BTreeMap<String, EdgeProcess> = BTreeMap::new();
+    for name in &names[..3] {
+        edges.insert(
+            name.clone(),
+            EdgeProcess::start(&env, &operator, name, &[])?,
+        );
+    }
+    eventually(Duration::from_secs(60), || async {
+        for name in &names[..3] {
+            provider_ready(&client, name).await?;
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "edges not Ready; operator log:\n{}",
+            operator.child.log_tail(30)
+        )
+    })?;
+
+    // --- 2 replicas land on 2 distinct providers and become Available.
+    let t0 = Instant::now();
+    env.kubectl_stdin(&["apply", "-f", "-"], &workload_yaml(2, &v1))?;
+    eventually(Duration::from_secs(60), || check_available(&client, 2, &v1))
+        .await
+        .with_context(|| {
+            format!(
+                "2 replicas not Available; operator log:\n{}",
+                operator.child.log_tail(30)
+            )
+        })?;
+    println!("2 replicas Available in {:.1}s", t0.elapsed().as_secs_f64());
+    let containers = running_containers(&nodes)?;
+    ensure!(
+        containers.values().filter(|c| !c.is_empty()).count() == 2,
+        "Docker should run the 2 replicas on 2 edges: {containers:?}"
+    );
+
+    // --- Scaling to 3 uses the third provider.
+    patch_workload(&client, serde_json::json!({"spec": {"replicas": 3}})).await?;
+    eventually(Duration::from_secs(60), || check_available(&client, 3, &v1)).await?;
+    println!("scaled to 3: {:?}", replicas(&client).await?);
+
+    // --- Scaling to 4 with 3 providers: Degraded with the numbers, then recovery on a 4th.
+    patch_workload(&client, serde_json::json!({"spec": {"replicas": 4}})).await?;
+    let degraded = eventually(Duration::from_secs(30), || async {
+        let wl = workload(&client).await?;
+        let status = wl.status.context("no status")?;
+        let d = find_condition(&status.conditions, "Degraded")
+            .context("no Degraded")?
+            .clone();
+        ensure!(d.is_true(), "Degraded: {d:?}");
+        ensure!(
+            d.message.contains('3') && d.message.contains('4'),
+            "message lacks numbers: {}",
+            d.message
+        );
+        Ok(d)
+    })
+    .await?;
+    println!("Degraded ({}): {}", degraded.reason, degraded.message);
+    println!("{}", env.kubectl(&["get", "wl"])?);
+    let events = env.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={WORKLOAD}"),
+    ])?;
+    println!("{events}");
+    edges.insert(
+        names[3].clone(),
+        EdgeProcess::start(&env, &operator, &names[3], &[])?,
+    );
+    eventually(Duration::from_secs(60), || check_available(&client, 4, &v1)).await?;
+    let wl = workload(&client).await?;
+    let d = find_condition(&wl.status.unwrap_or_default().conditions, "Degraded").cloned();
+    ensure!(
+        d.as_ref().is_none_or(|d| !d.is_true()),
+        "still Degraded: {d:?}"
+    );
+    println!("recovered with a 4th provider: 4/4 ready");
+
+    // --- Changing the image rolls every replica.
+    let t0 = Instant::now();
+    let mut min_ready = usize::MAX;
+    patch_workload(
+        &client,
+        serde_json::json!({"spec": {"template": {"spec": {"containers": [{
+            "name": "web", "image": v2, "command": ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"],
+            "ports": [{"containerPort": 8080}],
+            "resources": {"requests": {"cpu": "50m", "memory": "16Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}},
+            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
+        }]}}}}),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let reps = replicas(&client).await?;
+        min_ready = min_ready.min(reps.values().filter(|(_, r, _)| *r).count());
+        if check_available(&client, 4, &v2).await.is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("rollout did not finish: {reps:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "rolled 4 replicas to {v2} in {:.1}s; fewest ready during the rollout: {min_ready}",
+        t0.elapsed().as_secs_f64()
+    );
+    // Old replicas' containers stop (after their grace period); the rest run the new image.
+    eventually(Duration::from_secs(30), || async {
+        for (node, pods) in running_containers(&nodes)? {
+            for pod in pods {
+                let image = docker(&[
+                    "ps",
+                    "--filter",
+                    &format!("label=decloud.dev/node={node}"),
+                    "--filter",
+                    &format!("label=decloud.dev/pod-name={pod}"),
+                    "--format",
+                    "{{.Image}}",
+                ])?;
+                ensure!(image == v2, "{pod} on {node} still runs {image}");
+            }
+        }
+        Ok(())
+    })
+    .await?;
+
+    // --- Failover: with a spare provider, SIGKILL an edge that carries a replica.
+    patch_workload(&client, serde_json::json!({"spec": {"replicas": 3}})).await?;
+    eventually(Duration::from_secs(60), || check_available(&client, 3, &v2)).await?;
+    let reps = replicas(&client).await?;
+    let (lost_pod, (lost_node, _, _)) = reps.into_iter().next().context("a replica")?;
+    let victim = lost_node.trim_start_matches("edge-").to_string();
+    let killed_at = Instant::now();
+    edges.get_mut(&victim).context("victim edge")?.child.kill();
+    let replacement = eventually(Duration::from_secs(60), || async {
+        let reps = replicas(&client).await?;
+        ensure!(!reps.contains_key(&lost_pod), "{lost_pod} still in the API");
+        let ready: Vec<_> = reps
+            .iter()
+            .filter(|(_, (n, r, _))| *r && *n != lost_node)
+            .collect();
+        ensure!(ready.len() == 3, "ready elsewhere: {reps:?}");
+        let nodes: BTreeSet<_> = reps.values().map(|(n, _, _)| n.clone()).collect();
+        ensure!(nodes.len() == 3, "replicas share providers: {reps:?}");
+        Ok(reps)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "no replacement; operator log:\n{}",
+            operator.child.log_tail(40)
+        )
+    })?;
+    let failover = killed_at.elapsed();
+    println!(
+        "FAILOVER: SIGKILL of {victim} -> replacement Running and Ready elsewhere in {:.2}s (target <= 10 s)",
+        failover.as_secs_f64()
+    );
+    println!("after failover: {replacement:?}");
+
+    // --- The killed edge comes back: its stale container is stopped, no duplicate remains.
+    edges.insert(
+        victim.clone(),
+        EdgeProcess::start(&env, &operator, &victim, &[])?,
+    );
+    eventually(Duration::from_secs(30), || provider_ready(&client, &victim)).await?;
+    eventually(Duration::from_secs(30), || async {
+        let containers = running_containers(&nodes)?;
+        ensure!(
+            containers
+                .get(&lost_node)
+                .is_none_or(|c| !c.contains(&lost_pod)),
+            "stale container of {lost_pod} still runs on {lost_node}"
+        );
+        let total: usize = containers.values().map(Vec::len).sum();
+        ensure!(
+            total == 3,
+            "expected exactly 3 running replica containers: {containers:?}"
+        );
+        let api: BTreeSet<String> = replicas(&client).await?.into_keys().collect();
+        let docker_pods: BTreeSet<String> = containers.values().flatten().cloned().collect();
+        ensure!(
+            api == docker_pods,
+            "API pods {api:?} != Docker pods {docker_pods:?}"
+        );
+        Ok(())
+    })
+    .await?;
+    println!("the returning edge stopped its stale replica: 3 containers for 3 replicas");
+
+    // --- Deleting the Workload leaves no pod and no container.
+    env.kubectl(&["delete", "wl", WORKLOAD, "--wait=false"])?;
+    eventually(Duration::from_secs(60), || async {
+        let reps = Api::<Pod>::namespaced(client.clone(), "default")
+            .list(&ListParams::default().labels(&format!("decloud.dev/workload={WORKLOAD}")))
+            .await?;
+        ensure!(reps.items.is_empty(), "{} pods remain", reps.items.len());
+        let containers = running_containers(&nodes)?;
+        ensure!(
+            containers.values().all(Vec::is_empty),
+            "containers remain: {containers:?}"
+        );
+        let wl = Api::<Workload>::namespaced(client.clone(), "default")
+            .get_opt(WORKLOAD)
+            .await?;
+        ensure!(wl.is_none(), "the Workload is still there (finalizer)");
+        Ok(())
+    })
+    .await?;
+    println!("deleted: no pod, no container, no Workload");
+    let warnings = operator.warnings();
+    println!("operator warnings during the suite: {}", warnings.len());
+    docker(&["rmi", &v2]).ok();
+    Ok(())
+}
