@@ -7,6 +7,7 @@
 
 mod common;
 mod provider;
+pub mod quantity;
 mod workload;
 
 pub use common::*;

@@ -13,8 +13,8 @@ pub enum Error {
     #[error("serialisation: {0}")]
     Serde(#[from] serde_json::Error),
     /// A resource quantity could not be parsed.
-    #[error("invalid quantity {0:?}")]
-    Quantity(String),
+    #[error("{0}")]
+    Quantity(#[from] decloud_crds::quantity::QuantityError),
     /// A pod asks for something the edge cannot run.
     #[error("unsupported pod: {0}")]
     Unsupported(String),

@@ -153,18 +153,18 @@ fn offer(r: &pb::Resources) -> ResourceOffer {
 /// Component-wise minimum of what is set (cpu/memory compared as quantities).
 fn cap(limits: &[Option<&ResourceOffer>]) -> ResourceOffer {
     let min_by = |get: &dyn Fn(&ResourceOffer) -> Option<String>,
-                  parse: fn(&str) -> Result<i64>| {
+                  parse: fn(&str) -> Option<i64>| {
         limits
             .iter()
             .flatten()
             .filter_map(|r| get(r))
-            .filter_map(|q| parse(&q).ok().map(|v| (v, q)))
+            .filter_map(|q| parse(&q).map(|v| (v, q)))
             .min_by_key(|(v, _)| *v)
             .map(|(_, q)| q)
     };
     ResourceOffer {
-        cpu: min_by(&|r| r.cpu.clone(), crate::quantity::to_millis),
-        memory: min_by(&|r| r.memory.clone(), crate::quantity::to_units),
+        cpu: min_by(&|r| r.cpu.clone(), crate::quantity::cpu_millis),
+        memory: min_by(&|r| r.memory.clone(), crate::quantity::memory_bytes),
         pods: limits.iter().flatten().filter_map(|r| r.pods).min(),
     }
 }
