@@ -5,6 +5,7 @@
 //! it; it never skips.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cluster;
 mod env;
 mod process;

@@ -1,0 +1,20 @@
+//! The `decloud-bench` scenarios: measured on the real test environment (etcd,
+//! kube-apiserver, the release operator and edge-kubelet binaries, Docker), bounded in count
+//! and time, traffic only to 127.0.0.1 and our own containers. Benchmarks are commands, not
+//! timed assertions in tests.
+
+pub mod cluster;
+pub mod failover;
+pub mod footprint;
+pub mod harness;
+pub mod loadgen;
+pub mod procfs;
+pub mod report;
+pub mod scale;
+pub mod sim_edges;
+pub mod startup;
+pub mod stats;
+pub mod tunnel;
+
+pub use harness::Opts;
+pub use report::{Row, ScenarioReport};

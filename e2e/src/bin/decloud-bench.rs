@@ -1,0 +1,142 @@
+//! `decloud-bench`: DeCloud's benchmarks on the real test environment.
+//!
+//! ```text
+//! cargo build --release --bins
+//! cargo run -p decloud-e2e --release --bin decloud-bench -- <startup|failover|scale|tunnel|footprint|all> [--quick] [--json out.json]
+//! ```
+//! Each scenario starts its own etcd + kube-apiserver, the release `decloud-operator` and
+//! `edge-kubelet` binaries next to this one, and Docker containers it removes afterwards. It
+//! prints a table (figure, target, met, anchors) and optionally writes the figures as JSON.
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use decloud_e2e::bench::{self, Opts, ScenarioReport};
+use serde_json::json;
+use tracing_subscriber::EnvFilter;
+
+/// DeCloud benchmarks (real control plane, real binaries, Docker; bounded in count and time).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Which scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Small counts and short windows (a smoke run, not figures to quote).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Workload applied → N replicas Ready (N = 1, 10, 50).
+    Startup,
+    /// SIGKILL of an edge → replacement Ready and the gateway answering again.
+    Failover,
+    /// One operator with 1,000 and 5,000 simulated edges.
+    Scale,
+    /// HTTP through the gateway tunnel vs direct to the container.
+    Tunnel,
+    /// edge-kubelet memory and CPU, idle and with 10 pods.
+    Footprint,
+    /// Every scenario, one after the other.
+    All,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error")),
+        )
+        .init();
+    let args = Args::parse();
+    let opts = Opts { quick: args.quick };
+    let list = match args.scenario {
+        Scenario::All => vec![
+            Scenario::Footprint,
+            Scenario::Startup,
+            Scenario::Tunnel,
+            Scenario::Failover,
+            Scenario::Scale,
+        ],
+        s => vec![s],
+    };
+    let mut reports: Vec<ScenarioReport> = Vec::new();
+    let mut failed = Vec::new();
+    for s in list {
+        let started = Instant::now();
+        eprintln!(
+            "decloud-bench: running {s:?}{}",
+            if opts.quick { " (quick)" } else { "" }
+        );
+        let outcome = match s {
+            Scenario::Startup => bench::startup::run(opts).await,
+            Scenario::Failover => bench::failover::run(opts).await,
+            Scenario::Scale => bench::scale::run(opts).await,
+            Scenario::Tunnel => bench::tunnel::run(opts).await,
+            Scenario::Footprint => bench::footprint::run(opts).await,
+            Scenario::All => unreachable!("expanded above"),
+        };
+        match outcome {
+            Ok(mut r) => {
+                r.note(format!(
+                    "scenario took {:.0} s",
+                    started.elapsed().as_secs_f64()
+                ));
+                println!("{}", r.render());
+                reports.push(r);
+            }
+            Err(e) => {
+                eprintln!("decloud-bench: {s:?} failed: {e:#}");
+                failed.push(format!("{s:?}: {e:#}"));
+            }
+        }
+    }
+    if let Some(path) = args.json {
+        let doc = json!({
+            "quick": opts.quick,
+            "machine": machine(),
+            "scenarios": reports.iter().map(ScenarioReport::to_json).collect::<Vec<_>>(),
+            "failed": failed,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("decloud-bench: wrote {}", path.display());
+    }
+    anyhow::ensure!(failed.is_empty(), "{} scenario(s) failed", failed.len());
+    Ok(())
+}
+
+/// CPU model, core count, memory, load and commit, for the record.
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|s| s.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(decloud_e2e::repo_root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({"cpu_model": model, "cores": cores, "mem_gib": mem_kib as f64 / 1048576.0,
+           "loadavg_at_end": load.trim(), "commit": commit})
+}
