@@ -280,8 +280,26 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("Press Ctrl-C to tear everything down.");
         tokio::signal::ctrl_c().await?;
     }
+    // Edges keep their containers when they stop (offline autonomy), so the demo is deleted
+    // through the API first and whatever is left on the demo's nodes is swept after.
+    eprintln!("tearing down: deleting the demo Workloads");
+    let _ = kubectl(&kubectl_bin, &kubeconfig, &["delete", "wl", "--all", "--wait=false"]);
+    let _ = eventually(Duration::from_secs(20), || {
+        let out = kubectl(&kubectl_bin, &kubeconfig, &["get", "pods", "-A", "-o", "name"]);
+        async move {
+            let out = out?;
+            if !out.trim().is_empty() {
+                bail!("pods remain: {out}");
+            }
+            Ok(())
+        }
+    })
+    .await;
+    let nodes: Vec<String> = (1..=args.edges).map(|i| format!("edge-local-{i}")).collect();
+    let sweeper = decloud_e2e::cluster::ContainerSweeper::new(&nodes);
     drop(edges);
     drop(operator);
+    sweeper.sweep();
     drop(env);
     eprintln!("torn down");
     Ok(())
