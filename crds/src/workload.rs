@@ -8,6 +8,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Condition, Usage};
 
+impl Workload {
+    /// The public host the gateway serves this Workload under: `spec.expose.host`, else
+    /// `<name>.<namespace>.<base_domain>`.
+    pub fn public_host(&self, base_domain: &str) -> String {
+        use kube::ResourceExt;
+        self.spec
+            .expose
+            .as_ref()
+            .and_then(|e| e.host.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}.{}.{}",
+                    self.name_any(),
+                    self.namespace().unwrap_or_default(),
+                    base_domain
+                )
+            })
+    }
+}
+
 /// Desired state of a Workload.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(

@@ -54,18 +54,7 @@ pub enum Route {
 /// The public host of a Workload: its own `spec.expose.host`, else
 /// `<name>.<namespace>.<base_domain>`.
 pub fn workload_host(wl: &Workload, base_domain: &str) -> String {
-    wl.spec
-        .expose
-        .as_ref()
-        .and_then(|e| e.host.clone())
-        .unwrap_or_else(|| {
-            format!(
-                "{}.{}.{}",
-                wl.name_any(),
-                wl.namespace().unwrap_or_default(),
-                base_domain
-            )
-        })
+    wl.public_host(base_domain)
 }
 
 /// Host → replicas, answered from in-memory watch caches.

@@ -48,20 +48,7 @@ impl Default for Config {
 impl Config {
     /// The public URL of a Workload.
     pub fn url(&self, workload: &decloud_crds::Workload) -> String {
-        use kube::ResourceExt;
-        let host = workload
-            .spec
-            .expose
-            .as_ref()
-            .and_then(|e| e.host.clone())
-            .unwrap_or_else(|| {
-                format!(
-                    "{}.{}.{}",
-                    workload.name_any(),
-                    workload.namespace().unwrap_or_default(),
-                    self.base_domain
-                )
-            });
+        let host = workload.public_host(&self.base_domain);
         self.url_template.replace("{host}", &host)
     }
 }
