@@ -111,6 +111,18 @@ impl PodSupervisor {
         &self.runtime
     }
 
+    /// The address of pod `uid` on this edge's container network, if it is assigned here and
+    /// has one.
+    pub fn pod_ip(&self, uid: &str) -> Option<String> {
+        if !self.workers().contains_key(uid) {
+            return None;
+        }
+        self.board
+            .get(uid)
+            .map(|s| s.pod_ip)
+            .filter(|ip| !ip.is_empty())
+    }
+
     /// UIDs of the pods currently assigned (not terminating).
     pub fn assigned(&self) -> Vec<String> {
         let mut v: Vec<String> = self.workers().keys().cloned().collect();

@@ -142,11 +142,16 @@ async fn session_inner(
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
+        .keep_alive_timeout(Duration::from_secs(5))
+        // Tunnels carry bulk data over this connection: h2's 64 KiB default windows are small.
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024);
     let channel = endpoint.connect().await?;
     let mut client = EdgeClient::new(channel)
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
+
+    let tunnels = tunnel_opener(client.clone(), &cfg.provider_name);
 
     let (tx, rx) = mpsc::channel::<pb::EdgeMessage>(256);
     // Subscribe before taking the snapshot for Hello, so no change falls in between.
@@ -221,7 +226,7 @@ async fn session_inner(
             }
             incoming = inbound.message() => {
                 match incoming {
-                    Ok(Some(m)) => handle(m, pods, &tx, &mut log_tasks),
+                    Ok(Some(m)) => handle(m, pods, &tx, &mut log_tasks, &tunnels),
                     Ok(None) => break Ok(()),
                     Err(status) => break Err(status.into()),
                 }
@@ -235,6 +240,22 @@ async fn session_inner(
     result
 }
 
+/// Tunnels open on the session's own connection, saying who this edge is.
+fn tunnel_opener(
+    client: EdgeClient<tonic::transport::Channel>,
+    provider: &str,
+) -> tunnel::TunnelOpener {
+    let provider = tonic::metadata::MetadataValue::try_from(provider).ok();
+    Arc::new(move |frames| {
+        let mut client = client.clone();
+        let mut request = tonic::Request::new(frames);
+        if let Some(p) = provider.clone() {
+            request.metadata_mut().insert("decloud-provider", p);
+        }
+        Box::pin(async move { client.tunnel(request).await.map(|r| r.into_inner()) })
+    })
+}
+
 fn msg(kind: Out) -> pb::EdgeMessage {
     pb::EdgeMessage { kind: Some(kind) }
 }
@@ -244,6 +265,7 @@ fn handle(
     pods: &Arc<PodSupervisor>,
     tx: &mpsc::Sender<pb::EdgeMessage>,
     log_tasks: &mut HashMap<u64, AbortHandle>,
+    tunnels: &tunnel::TunnelOpener,
 ) {
     match m.kind {
         Some(In::PodSet(set)) => {
@@ -274,7 +296,7 @@ fn handle(
                 h.abort();
             }
         }
-        Some(In::OpenTunnel(t)) => tunnel::open(t, pods),
+        Some(In::OpenTunnel(t)) => tunnel::open(t, pods, tunnels),
         Some(In::Welcome(_)) => tracing::warn!("unexpected second Welcome; ignored"),
         None => tracing::warn!("empty operator message; ignored"),
     }

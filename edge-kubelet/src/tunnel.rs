@@ -1,21 +1,176 @@
 //! The tunnel endpoint: carries one gateway connection to one container port.
 //!
-//! Not built yet (a later issue does it). The shape is fixed already: on `OpenTunnel` the edge
-//! opens a `Tunnel` stream to the operator, sends `TunnelOpen{tunnel_id}`, connects to
-//! `pod_ip:port` and copies bytes both ways until either side closes.
+//! On `OpenTunnel` the edge connects to `pod_ip:port` locally, then opens a `Tunnel` RPC on the
+//! session's own connection (the edge always dials out): `TunnelOpen{tunnel_id}`, then an
+//! empty data frame meaning "connected", then bytes both ways until either side closes. If
+//! the port cannot be reached it sends `TunnelOpen` and `TunnelClose{error}` at once, so the
+//! gateway tries another replica without waiting.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
 
 use decloud_proto as pb;
+use pb::tunnel_frame::Kind as Frame;
 
 use crate::pod_supervisor::PodSupervisor;
 
-/// Handles an `OpenTunnel` request. For now: logged and refused.
-pub fn open(req: pb::OpenTunnel, _pods: &Arc<PodSupervisor>) {
-    tracing::warn!(
-        tunnel_id = req.tunnel_id,
-        pod_uid = %req.pod_uid,
-        port = req.port,
-        "OpenTunnel is not supported yet by this edge-kubelet; ignoring the request"
-    );
+/// Largest payload of one data frame.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Frames queued towards the operator per tunnel.
+const FRAME_QUEUE: usize = 32;
+/// How long connecting to a container port may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The edge → operator frames of one tunnel.
+pub type TunnelRequest = ReceiverStream<pb::TunnelFrame>;
+
+/// Opens a `Tunnel` RPC to the operator on the session's connection, with the session's
+/// identity; returns the operator → edge frames.
+pub type TunnelOpener = Arc<
+    dyn Fn(TunnelRequest) -> BoxFuture<'static, Result<Streaming<pb::TunnelFrame>, Status>>
+        + Send
+        + Sync,
+>;
+
+fn frame(kind: Frame) -> pb::TunnelFrame {
+    pb::TunnelFrame { kind: Some(kind) }
+}
+
+/// Handles an `OpenTunnel` request in the background. Only pods this edge runs are reachable.
+pub fn open(req: pb::OpenTunnel, pods: &Arc<PodSupervisor>, opener: &TunnelOpener) {
+    let target = pods.pod_ip(&req.pod_uid);
+    let opener = opener.clone();
+    tokio::spawn(async move {
+        let id = req.tunnel_id;
+        if let Err(e) = run(req, target, opener).await {
+            tracing::debug!(tunnel = id, error = %e, "tunnel ended with an error");
+        }
+    });
+}
+
+async fn connect(target: Option<String>, port: u32) -> Result<TcpStream, String> {
+    let ip = target.ok_or("the pod is not running on this edge or has no address yet")?;
+    let port = u16::try_from(port).map_err(|_| format!("invalid port {port}"))?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((ip.as_str(), port)))
+        .await
+        .map_err(|_| format!("connecting to container port {port} timed out"))?
+        .map_err(|e| format!("connecting to container port {port}: {e}"))?;
+    let _ = conn.set_nodelay(true);
+    Ok(conn)
+}
+
+async fn run(
+    req: pb::OpenTunnel,
+    target: Option<String>,
+    opener: TunnelOpener,
+) -> Result<(), String> {
+    let id = req.tunnel_id;
+    let conn = connect(target, req.port).await;
+    let (tx, rx) = mpsc::channel(FRAME_QUEUE);
+    let _ = tx
+        .send(frame(Frame::Open(pb::TunnelOpen { tunnel_id: id })))
+        .await;
+    let conn = match conn {
+        Ok(c) => {
+            let _ = tx.send(frame(Frame::Data(Vec::new()))).await;
+            c
+        }
+        Err(error) => {
+            tracing::info!(tunnel = id, pod_uid = %req.pod_uid, port = req.port, %error, "tunnel refused");
+            let _ = tx
+                .send(frame(Frame::Close(pb::TunnelClose { error })))
+                .await;
+            drop(tx);
+            // Deliver the refusal; the operator ends the RPC at once.
+            let _ = opener(ReceiverStream::new(rx)).await;
+            return Ok(());
+        }
+    };
+    let inbound = opener(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("opening the Tunnel RPC: {}", s.message()))?;
+    tracing::debug!(tunnel = id, pod_uid = %req.pod_uid, port = req.port, "tunnel open");
+    splice(conn, inbound, tx).await
+}
+
+/// Copies container → operator and operator → container until both directions are closed,
+/// or either fails.
+async fn splice(
+    conn: TcpStream,
+    mut inbound: Streaming<pb::TunnelFrame>,
+    tx: mpsc::Sender<pb::TunnelFrame>,
+) -> Result<(), String> {
+    let (mut from_container, mut to_container) = conn.into_split();
+    let up = async {
+        let mut buf = vec![0u8; MAX_FRAME];
+        loop {
+            match from_container.read(&mut buf).await {
+                Ok(0) => {
+                    let _ = tx
+                        .send(frame(Frame::Close(pb::TunnelClose::default())))
+                        .await;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    // A full read hands its buffer over as is; short reads are copied out.
+                    let data = if n == buf.len() {
+                        std::mem::replace(&mut buf, vec![0u8; MAX_FRAME])
+                    } else {
+                        buf[..n].to_vec()
+                    };
+                    if tx.send(frame(Frame::Data(data))).await.is_err() {
+                        return Err("the operator closed the tunnel".to_string());
+                    }
+                }
+                Err(e) => {
+                    let error = format!("reading from the container: {e}");
+                    let _ = tx
+                        .send(frame(Frame::Close(pb::TunnelClose {
+                            error: error.clone(),
+                        })))
+                        .await;
+                    return Err(error);
+                }
+            }
+        }
+    };
+    let down = async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(pb::TunnelFrame {
+                    kind: Some(Frame::Data(data)),
+                })) => {
+                    if let Err(e) = to_container.write_all(&data).await {
+                        return Err(format!("writing to the container: {e}"));
+                    }
+                }
+                Ok(Some(pb::TunnelFrame {
+                    kind: Some(Frame::Close(close)),
+                })) => {
+                    if !close.error.is_empty() {
+                        return Err(format!("the operator closed the tunnel: {}", close.error));
+                    }
+                    // Half-close; keep reading until the operator ends the RPC, since
+                    // dropping the response stream first would reset the HTTP/2 stream and
+                    // lose container bytes not yet sent.
+                    let _ = to_container.shutdown().await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let _ = to_container.shutdown().await;
+                    return Ok(());
+                }
+                Err(status) => return Err(format!("tunnel stream: {}", status.message())),
+            }
+        }
+    };
+    // Either direction failing ends both; a clean close of one waits for the other.
+    tokio::try_join!(up, down).map(|_| ())
 }

@@ -12,8 +12,10 @@ use tokio::sync::mpsc;
 use crate::bridge::StatusReport;
 use crate::config::Config;
 use crate::http::Readiness;
+use crate::logs::PendingLogs;
 use crate::metrics::Metrics;
 use crate::registry::ProviderRegistry;
+use crate::tunnels::PendingTunnels;
 
 /// Shared state of the operator.
 pub struct Context {
@@ -35,6 +37,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// What `/readyz` reports.
     pub readiness: Arc<Readiness>,
+    /// Gateway tunnels asked of edges and not yet opened.
+    pub tunnels: PendingTunnels,
+    /// `kubectl logs` requests relayed to edges.
+    pub logs: PendingLogs,
     reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
     status_tx: mpsc::UnboundedSender<StatusReport>,
 }
@@ -79,6 +85,8 @@ impl Context {
             nodes: caches.nodes,
             recorder,
             readiness,
+            tunnels: PendingTunnels::default(),
+            logs: PendingLogs::default(),
             reconcile_tx,
             status_tx,
         });

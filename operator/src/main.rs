@@ -72,6 +72,9 @@ struct RunArgs {
     /// How a Workload's `status.url` is formed from its host; `{host}` is replaced.
     #[arg(long, default_value = "http://{host}")]
     url_template: String,
+    /// Address of the public HTTP gateway (Workloads' URLs; served by the leader).
+    #[arg(long, env = "DECLOUD_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    gateway_listen: SocketAddr,
     /// How long the leader Lease is valid without renewal.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
@@ -227,6 +230,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         loops.spawn(node::renew_node_leases(ctx.clone()));
         loops.spawn(sweep_liveness(ctx.clone()));
         loops.spawn(provider::run(controller, ctx.clone(), queues.reconcile_rx));
+        let gateway_config = decloud_operator::gateway::GatewayConfig {
+            listen: args.gateway_listen,
+            base_domain: args.base_domain.clone(),
+        };
+        let gateway_ctx = ctx.clone();
+        loops.spawn(async move {
+            if let Err(e) = decloud_operator::gateway::run(gateway_ctx, gateway_config).await {
+                tracing::error!(error = %e, "the gateway stopped");
+            }
+        });
         let workload_config = decloud_workload::Config {
             base_domain: args.base_domain,
             url_template: args.url_template,

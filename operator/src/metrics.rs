@@ -32,6 +32,13 @@ pub struct CloseLabels {
     pub reason: String,
 }
 
+/// Labels of gateway tunnel and log request counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok` or the error's metric label.
+    pub outcome: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -48,6 +55,10 @@ pub struct Metrics {
     pub bridge_latency: Histogram,
     /// Pod reports dropped because they named pods of another node.
     pub unauthorized_reports: Counter,
+    tunnels: Family<OutcomeLabels, Counter>,
+    /// Seconds from asking an edge for a tunnel to the tunnel carrying bytes.
+    pub tunnel_open_latency: Histogram,
+    log_requests: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -62,6 +73,9 @@ impl Metrics {
             errors: Family::default(),
             bridge_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             unauthorized_reports: Counter::default(),
+            tunnels: Family::default(),
+            tunnel_open_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            log_requests: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("decloud_operator");
         r.register(
@@ -104,7 +118,40 @@ impl Metrics {
             "Pod reports dropped because the pod is not bound to the reporting edge",
             m.unauthorized_reports.clone(),
         );
+        r.register(
+            "gateway_tunnels",
+            "Tunnels the gateway asked edges for, by outcome",
+            m.tunnels.clone(),
+        );
+        r.register(
+            "gateway_tunnel_open_seconds",
+            "Time from asking an edge for a tunnel to the tunnel being open",
+            m.tunnel_open_latency.clone(),
+        );
+        r.register(
+            "log_requests",
+            "kubectl logs requests relayed to edges, by outcome",
+            m.log_requests.clone(),
+        );
         m
+    }
+
+    /// Counts one tunnel dial ending with `outcome`.
+    pub fn tunnel_dialed(&self, outcome: &str) {
+        self.tunnels
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one log request ending with `outcome`.
+    pub fn log_requested(&self, outcome: &str) {
+        self.log_requests
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one closed session.

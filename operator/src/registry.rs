@@ -123,6 +123,25 @@ impl EdgeSession {
         self.deleting.remove(uid);
     }
 
+    /// Asks the edge to open tunnel `tunnel_id` to `port` of pod `pod_uid`.
+    pub fn open_tunnel(&mut self, tunnel_id: u64, pod_uid: &str, port: u32) {
+        self.send(Kind::OpenTunnel(pb::OpenTunnel {
+            tunnel_id,
+            pod_uid: pod_uid.to_string(),
+            port,
+        }));
+    }
+
+    /// Asks the edge for a container's logs (answered with `LogChunk`s).
+    pub fn request_logs(&mut self, request: pb::LogRequest) {
+        self.send(Kind::LogRequest(request));
+    }
+
+    /// Tells the edge to stop streaming log request `request_id`.
+    pub fn cancel_logs(&mut self, request_id: u64) {
+        self.send(Kind::LogCancel(pb::LogCancel { request_id }));
+    }
+
     /// The edge confirmed `uid` is gone.
     pub fn pod_gone(&mut self, uid: &str) {
         self.sent.remove(uid);

@@ -287,13 +287,15 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    type TunnelStream = ReceiverStream<Result<pb::TunnelFrame, Status>>;
+    type TunnelStream = crate::tunnels::TunnelResponse;
 
     async fn tunnel(
         &self,
-        _request: Request<Streaming<pb::TunnelFrame>>,
+        request: Request<Streaming<pb::TunnelFrame>>,
     ) -> Result<Response<Self::TunnelStream>, Status> {
-        Err(Status::unimplemented("tunnels arrive with the gateway"))
+        // Only the provider a tunnel was asked of may open it (checked against this identity).
+        let provider = self.identify(request.metadata(), None).await?;
+        crate::tunnels::accept(&self.ctx, &provider, request.into_inner()).await
     }
 }
 
@@ -333,7 +335,7 @@ async fn drive(
                     Kind::PodStatus(report) => on_pod_status(&ctx, &provider, report),
                     Kind::PodGone(gone) => bridge::on_pod_gone(&ctx, &provider, id, &gone.uid),
                     Kind::Hello(_) => warn!("ignoring a second Hello on the same session"),
-                    Kind::LogChunk(_) => debug!("ignoring a log chunk nobody asked for"),
+                    Kind::LogChunk(chunk) => crate::logs::on_chunk(&ctx, &provider, chunk),
                 },
                 Ok(Some(pb::EdgeMessage { kind: None })) => debug!("ignoring an empty message"),
                 Ok(None) => break "edge_closed",
@@ -347,6 +349,11 @@ async fn drive(
     info!(reason, "edge session ended");
     ctx.registry.disconnect(&provider, id, reason);
 }
+
+/// HTTP/2 flow-control window per stream (each tunnel is one stream).
+pub const TUNNEL_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 flow-control window per edge connection (shared by its tunnels and session).
+pub const TUNNEL_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Binds the edge listener.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -366,6 +373,9 @@ pub async fn serve<A: EdgeAuthenticator>(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Tunnels carry bulk data: h2's default 64 KiB windows would cap their throughput.
+        .initial_stream_window_size(Some(TUNNEL_STREAM_WINDOW))
+        .initial_connection_window_size(Some(TUNNEL_CONNECTION_WINDOW))
         .add_service(
             EdgeServer::new(service)
                 .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)

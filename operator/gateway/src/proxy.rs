@@ -16,6 +16,8 @@ use crate::{Route, Routes, TunnelDialer};
 
 /// Largest request head the gateway reads before routing.
 const MAX_HEAD: usize = 64 * 1024;
+/// Splice buffer per direction: one tunnel frame's worth, so bulk data moves in big frames.
+const COPY_BUFFER: usize = 64 * 1024;
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,7 +82,13 @@ async fn handle(
                     Ok(mut tunnel) => {
                         tracing::debug!(%workload, pod = %backend.pod, "gateway connection routed");
                         tunnel.write_all(&head).await?;
-                        tokio::io::copy_bidirectional(&mut conn, &mut tunnel).await?;
+                        tokio::io::copy_bidirectional_with_sizes(
+                            &mut conn,
+                            &mut tunnel,
+                            COPY_BUFFER,
+                            COPY_BUFFER,
+                        )
+                        .await?;
                         return Ok(());
                     }
                     Err(e) => {
