@@ -22,6 +22,12 @@ pub struct OperatorProcess {
     pub metrics_port: u16,
     /// Port published as the virtual nodes' kubelet endpoint.
     pub kubelet_port: u16,
+    /// Port of the public HTTP gateway (a free loopback port, so suites never collide).
+    pub gateway_port: u16,
+    /// A join token (valid 1 h) from `decloud-operator token create`.
+    pub join_token: String,
+    /// The operator CA's pin, `sha256:<hex>`.
+    pub ca_hash: String,
 }
 
 impl OperatorProcess {
@@ -34,20 +40,31 @@ impl OperatorProcess {
 
     /// Starts the operator with `extra` arguments without waiting (e.g. a standby replica).
     pub fn spawn(env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn_on(env, [free_port()?, free_port()?, free_port()?], extra)
+        Self::spawn_on(
+            env,
+            [free_port()?, free_port()?, free_port()?, free_port()?],
+            extra,
+        )
     }
 
     /// Starts another operator on this one's ports (after this one was killed): a restart.
     pub fn respawn(&self, env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
         Self::spawn_on(
             env,
-            [self.edge_port, self.metrics_port, self.kubelet_port],
+            [
+                self.edge_port,
+                self.metrics_port,
+                self.kubelet_port,
+                self.gateway_port,
+            ],
             extra,
         )
     }
 
-    fn spawn_on(env: &TestEnv, ports: [u16; 3], extra: &[&str]) -> anyhow::Result<Self> {
-        let [edge_port, metrics_port, kubelet_port] = ports;
+    fn spawn_on(env: &TestEnv, ports: [u16; 4], extra: &[&str]) -> anyhow::Result<Self> {
+        let [edge_port, metrics_port, kubelet_port, gateway_port] = ports;
+        // Made first: this also makes the CA (kept in the cluster) the operator then serves with.
+        let (join_token, ca_hash) = create_join_token(env.kubeconfig(), "1h")?;
         let mut cmd = Command::new(binary("decloud-operator")?);
         cmd.env("KUBECONFIG", env.kubeconfig())
             .env(
@@ -56,8 +73,11 @@ impl OperatorProcess {
             )
             .args(["run", "--edge-listen", &format!("127.0.0.1:{edge_port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--kubelet-port", &kubelet_port.to_string()])
-            .args(extra);
+            .args(["--kubelet-port", &kubelet_port.to_string()]);
+        if !extra.contains(&"--gateway-listen") {
+            cmd.args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")]);
+        }
+        cmd.args(extra);
         let log = env.dir().join(format!(
             "operator-{edge_port}-{}.log",
             std::time::SystemTime::now()
@@ -71,7 +91,28 @@ impl OperatorProcess {
             edge_port,
             metrics_port,
             kubelet_port,
+            gateway_port,
+            join_token,
+            ca_hash,
         })
+    }
+
+    /// The URL edges dial (TLS).
+    pub fn edge_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.edge_port)
+    }
+
+    /// `edge-kubelet run` flags to reach this operator and join it on first start:
+    /// `--operator URL --token T --ca-hash H`.
+    pub fn edge_args(&self) -> Vec<String> {
+        vec![
+            "--operator".into(),
+            self.edge_url(),
+            "--token".into(),
+            self.join_token.clone(),
+            "--ca-hash".into(),
+            self.ca_hash.clone(),
+        ]
     }
 
     /// Waits until `/readyz` answers ok (leader with warm caches).
@@ -146,13 +187,25 @@ pub struct EdgeProcess {
 }
 
 impl EdgeProcess {
-    /// Starts edge-kubelet `name` against `operator` with `labels` and a 1 s heartbeat; a
-    /// restart with the same `state_dir` re-adopts its containers.
+    /// Starts edge-kubelet `name` against `operator` with `labels` and a 1 s heartbeat, joining
+    /// with the operator's token over TLS on first start; a restart with the same `state_dir`
+    /// re-adopts its containers (and reuses its stored credential).
     pub fn start(
         env: &TestEnv,
         operator: &OperatorProcess,
         name: &str,
         labels: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_with(env, name, labels, &operator.edge_args())
+    }
+
+    /// Starts edge-kubelet `name` with exactly `connect` as its operator flags (`--operator`,
+    /// and `--token`/`--ca-hash` or none) plus `labels` and a 1 s heartbeat.
+    pub fn start_with(
+        env: &TestEnv,
+        name: &str,
+        labels: &[&str],
+        connect: &[String],
     ) -> anyhow::Result<Self> {
         let state_dir = env.dir().join(format!("edge-{name}"));
         std::fs::create_dir_all(&state_dir)?;
@@ -161,10 +214,9 @@ impl EdgeProcess {
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .arg("run")
+        .args(connect)
         .args([
-            "run",
-            "--operator",
-            &format!("http://127.0.0.1:{}", operator.edge_port),
             "--name",
             name,
             "--state-dir",
@@ -189,6 +241,30 @@ impl EdgeProcess {
     pub fn log(&self) -> &Path {
         self.child.log_path()
     }
+}
+
+/// Runs `decloud-operator token create --ttl <ttl>` against the cluster of `kubeconfig`:
+/// (token, CA hash).
+pub fn create_join_token(kubeconfig: &Path, ttl: &str) -> anyhow::Result<(String, String)> {
+    let out = Command::new(binary("decloud-operator")?)
+        .env("KUBECONFIG", kubeconfig)
+        .args(["token", "create", "--ttl", ttl])
+        .output()
+        .context("running decloud-operator token create")?;
+    if !out.status.success() {
+        bail!(
+            "decloud-operator token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |label: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("no {label:?} in the output of token create:\n{text}"))
+    };
+    Ok((field("Join token:")?, field("CA hash:")?))
 }
 
 /// Builds the test image `decloud-test/busybox:1` (idempotent).

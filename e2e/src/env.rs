@@ -130,6 +130,8 @@ impl TestEnv {
             "--authorization-mode=RBAC",
             // No kube-controller-manager creates the `default` ServiceAccount here.
             "--disable-admission-plugins=ServiceAccount",
+            // Privileged pods pass the API server, so the operator's own refusal is exercised.
+            "--allow-privileged=true",
             "--service-cluster-ip-range=10.96.0.0/16",
             "--service-account-issuer=https://kubernetes.default.svc",
             &format!("--service-account-key-file={}", sa_key.display()),

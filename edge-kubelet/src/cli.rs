@@ -21,6 +21,47 @@ pub struct Cli {
 pub enum Command {
     /// Connect to the operator and run the pods it assigns to this machine.
     Run(RunArgs),
+    /// Join a cluster once with a join token; `run` then needs no token.
+    Join(JoinArgs),
+}
+
+/// Flags of `edge-kubelet join`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JoinArgs {
+    /// Operator URL, e.g. https://operator.example:7443
+    #[arg(long, env = "DECLOUD_OPERATOR")]
+    pub operator: String,
+
+    /// Join token from `decloud-operator token create`.
+    #[arg(long, env = "DECLOUD_JOIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// The operator's CA pin, sha256:<hex>, from the join command.
+    #[arg(long, env = "DECLOUD_CA_HASH")]
+    pub ca_hash: Option<String>,
+
+    /// Provider name; the node appears as edge-<NAME>.
+    #[arg(long, env = "DECLOUD_PROVIDER_NAME", value_parser = parse_name)]
+    pub name: String,
+
+    /// Owner of this provider (e-mail or user name).
+    #[arg(long, env = "DECLOUD_OWNER", default_value = "")]
+    pub owner: String,
+
+    /// Label copied onto the node, k=v; repeat for more.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    /// Directory for the credential and local state (as for `run`).
+    #[arg(long, env = "DECLOUD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl JoinArgs {
+    /// `--state-dir`, or the per-user default.
+    pub fn state_dir(&self) -> PathBuf {
+        default_state_dir(self.state_dir.as_ref(), &self.name)
+    }
 }
 
 /// Which container runtime runs the pods.
@@ -35,9 +76,22 @@ pub enum RuntimeKind {
 /// Flags of `edge-kubelet run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Operator URL the edge dials (plaintext for now), e.g. http://operator.example:7443
+    /// Operator URL the edge dials, e.g. https://operator.example:7443
     #[arg(long, env = "DECLOUD_OPERATOR")]
     pub operator: String,
+
+    /// Join token, used only if this edge has not joined yet (no credential in --state-dir).
+    #[arg(long, env = "DECLOUD_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// The operator's CA pin (sha256:<hex>) for joining with --token.
+    #[arg(long, env = "DECLOUD_CA_HASH")]
+    pub ca_hash: Option<String>,
+
+    /// Images this machine accepts (glob with `*`, or a prefix ending in `/` or `:`), e.g.
+    /// `docker.io/library/*` or `ghcr.io/acme/`; repeat or comma-separate. Default: any.
+    #[arg(long = "allowed-images", env = "DECLOUD_ALLOWED_IMAGES", value_delimiter = ',', num_args = 1..)]
+    pub allowed_images: Vec<String>,
 
     /// Provider name; the node appears as edge-<NAME>.
     #[arg(long, env = "DECLOUD_PROVIDER_NAME", value_parser = parse_name)]
@@ -101,15 +155,19 @@ impl RunArgs {
 
     /// `--state-dir`, or the per-user default.
     pub fn state_dir(&self) -> PathBuf {
-        if let Some(d) = &self.state_dir {
-            return d.clone();
-        }
-        let base = std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-            .unwrap_or_else(|| PathBuf::from("."));
-        base.join("decloud-edge").join(&self.name)
+        default_state_dir(self.state_dir.as_ref(), &self.name)
     }
+}
+
+fn default_state_dir(given: Option<&PathBuf>, name: &str) -> PathBuf {
+    if let Some(d) = given {
+        return d.clone();
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("decloud-edge").join(name)
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -172,12 +230,13 @@ mod tests {
     fn cli_is_consistent_and_every_flag_has_help() {
         Cli::command().debug_assert();
         let cmd = Cli::command();
-        let run = cmd.find_subcommand("run").unwrap();
-        for arg in run.get_arguments() {
-            if arg.get_id() == "help" || arg.get_id() == "version" {
-                continue;
+        for sub in ["run", "join"] {
+            for arg in cmd.find_subcommand(sub).unwrap().get_arguments() {
+                if arg.get_id() == "help" || arg.get_id() == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
             }
-            assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
         }
     }
 
@@ -208,7 +267,9 @@ mod tests {
             "500ms",
         ])
         .unwrap();
-        let Command::Run(a) = cli.command;
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(a.node_name(), "edge-alice-laptop");
         assert_eq!(a.cpu, Some(1500));
         assert_eq!(a.memory, Some(2 << 30));

@@ -9,7 +9,9 @@
 
 pub mod capacity;
 pub mod cli;
+pub mod credentials;
 pub mod error;
+pub mod image_policy;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
@@ -37,6 +39,8 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// containers keep running; the next start re-adopts them.
 pub async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     let node = args.node_name();
+    // First: an edge that cannot prove who it is starts nothing.
+    let credential = credential_for_run(&args, &args.state_dir(), &shutdown).await?;
     let runtime: Arc<dyn runtime::ContainerRuntime> = match args.runtime {
         cli::RuntimeKind::Docker => {
             Arc::new(runtime::docker::DockerRuntime::connect(&node, &args.docker_network).await?)
@@ -52,7 +56,11 @@ pub async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> 
     let state_dir = args.state_dir();
     let state_file = state_file::StateFile::new(&state_dir, &node);
     tracing::info!(%node, state_file = %state_file.path().display(), runtime = runtime.name(), "starting edge-kubelet");
-    let pods = PodSupervisor::start(runtime, Some(state_file), PodWorkerConfig::default()).await?;
+    let worker_config = PodWorkerConfig {
+        allowed_images: image_policy::ImagePolicy::new(args.allowed_images.iter().cloned()),
+        ..PodWorkerConfig::default()
+    };
+    let pods = PodSupervisor::start(runtime, Some(state_file), worker_config).await?;
 
     let capacity = capacity::detect();
     let offered = capacity::offered(&capacity, args.cpu, args.memory, args.max_pods);
@@ -74,7 +82,82 @@ pub async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> 
         offered,
         heartbeat_interval: args.heartbeat_interval,
         max_backoff: args.max_reconnect_backoff,
+        credential,
     };
     session::run(cfg, pods, metrics, shutdown).await;
     Ok(())
+}
+
+/// Joins the cluster at `args.operator` with `args.token` once (see [`credentials::join`]).
+pub async fn join(args: &cli::JoinArgs) -> Result<credentials::EdgeCredential> {
+    let request = credentials::register_request(
+        &args.name,
+        &args.owner,
+        args.labels.iter().cloned().collect(),
+    );
+    credentials::join(
+        &args.operator,
+        &args.token,
+        args.ca_hash.as_deref(),
+        request,
+        &args.state_dir(),
+    )
+    .await
+}
+
+/// Whether a failed join may succeed if retried (operator busy, standby, unreachable).
+fn join_retryable(e: &Error) -> bool {
+    match e {
+        Error::Timeout(_) => true,
+        Error::Session(m) => {
+            m.starts_with("join refused: Unavailable")
+                || m.starts_with("cannot reach")
+                || m.starts_with("transport error")
+        }
+        _ => false,
+    }
+}
+
+/// The stored credential, or (with `--token`) one from joining now, retrying while the
+/// operator is unreachable or a standby.
+async fn credential_for_run(
+    args: &cli::RunArgs,
+    state_dir: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> Result<credentials::EdgeCredential> {
+    if let Some(c) = credentials::EdgeCredential::load(state_dir)? {
+        return Ok(c);
+    }
+    let Some(token) = &args.token else {
+        return Err(Error::InvalidInput(format!(
+            "this edge has not joined a cluster (no credential in {}): run `edge-kubelet join \
+             --operator … --token … --ca-hash … --name {}` first, or pass --token and --ca-hash \
+             to `run`",
+            state_dir.display(),
+            args.name
+        )));
+    };
+    let join_args = cli::JoinArgs {
+        operator: args.operator.clone(),
+        token: token.clone(),
+        ca_hash: args.ca_hash.clone(),
+        name: args.name.clone(),
+        owner: args.owner.clone(),
+        labels: args.labels.clone(),
+        state_dir: Some(state_dir.to_path_buf()),
+    };
+    let mut backoff = session::ReconnectBackoff::new(args.max_reconnect_backoff);
+    loop {
+        match join(&join_args).await {
+            Ok(c) => return Ok(c),
+            Err(e) if join_retryable(&e) => {
+                tracing::warn!(operator = %args.operator, error = %e, "joining failed; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(Error::Session("shut down before joining".into())),
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
 }

@@ -30,6 +30,18 @@ async fn main() -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Run(args) => edge_kubelet::run(args, shutdown).await?,
+        Command::Join(args) => {
+            edge_kubelet::join(&args).await?;
+            println!(
+                "edge-kubelet: joined as provider {}; credential stored in {}. Start it with:\n  \
+                 edge-kubelet run --operator {} --name {} --state-dir {}",
+                args.name,
+                args.state_dir().display(),
+                args.operator,
+                args.name,
+                args.state_dir().display()
+            );
+        }
     }
     Ok(())
 }

@@ -160,7 +160,7 @@ impl PodSupervisor {
             spec.clone(),
             self.runtime.clone(),
             self.board.clone(),
-            self.cfg,
+            self.cfg.clone(),
         );
         tokio::spawn(worker.run(rx, adopted));
         self.workers()

@@ -24,12 +24,14 @@ use crate::status_board::StatusBoard;
 use crate::{Error, Result};
 
 /// Tunables of pod workers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PodWorkerConfig {
     /// Back-off for pulls, creates and crash loops.
     pub backoff: BackoffPolicy,
     /// Fallback re-inspection of running containers, in case an engine event was missed.
     pub poll_interval: Duration,
+    /// Images the provider allows (`--allowed-images`); others fail with `ImageNotAllowed`.
+    pub allowed_images: crate::image_policy::ImagePolicy,
 }
 
 impl Default for PodWorkerConfig {
@@ -37,6 +39,7 @@ impl Default for PodWorkerConfig {
         PodWorkerConfig {
             backoff: BackoffPolicy::default(),
             poll_interval: Duration::from_secs(10),
+            allowed_images: Default::default(),
         }
     }
 }
@@ -288,8 +291,13 @@ impl PodWorker {
         let policy = self.slots[slot].spec.pull_policy();
         let tx = self.ops_tx.clone();
         let generation = self.generation;
+        let allowed = self.cfg.allowed_images.check(&image);
         self.pulls.spawn(async move {
-            let result = runtime.ensure_image(&image, policy).await;
+            // A refused image is never pulled, let alone run.
+            let result = match allowed {
+                Ok(()) => runtime.ensure_image(&image, policy).await,
+                Err(e) => Err(e),
+            };
             let _ = tx.send((generation, OpResult::Image { slot, result }));
         });
     }

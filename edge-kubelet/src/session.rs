@@ -14,7 +14,6 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 use decloud_proto as pb;
 use pb::edge_client::EdgeClient;
@@ -24,7 +23,7 @@ use pb::operator_message::Kind as In;
 use crate::metrics::Metrics;
 use crate::pod_supervisor::PodSupervisor;
 use crate::status_board::PodUpdate;
-use crate::{Error, Result, logs, tunnel};
+use crate::{Error, Result, credentials, logs, tunnel};
 
 /// Who this edge is and how it talks to the operator.
 #[derive(Debug, Clone)]
@@ -45,6 +44,8 @@ pub struct SessionConfig {
     pub heartbeat_interval: Duration,
     /// Upper bound of the reconnect back-off.
     pub max_backoff: Duration,
+    /// This edge's credential and the operator CA it trusts.
+    pub credential: crate::credentials::EdgeCredential,
 }
 
 /// Reconnect back-off: doubles from 100 ms up to `max`, each wait jittered to 50–100 %.
@@ -137,12 +138,7 @@ async fn session_inner(
     metrics: &Arc<Metrics>,
     welcomed: &mut bool,
 ) -> Result<()> {
-    let endpoint = Endpoint::from_shared(cfg.operator.clone())
-        .map_err(|e| Error::InvalidInput(format!("--operator {}: {e}", cfg.operator)))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+    let endpoint = credentials::endpoint(&cfg.operator, cfg.credential.ca_pem.as_deref())?
         // Tunnels carry bulk data over this connection: h2's 64 KiB default windows are small.
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(16 * 1024 * 1024);
@@ -151,7 +147,7 @@ async fn session_inner(
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
 
-    let tunnels = tunnel_opener(client.clone(), &cfg.provider_name);
+    let tunnels = tunnel_opener(client.clone(), cfg);
 
     let (tx, rx) = mpsc::channel::<pb::EdgeMessage>(256);
     // Subscribe before taking the snapshot for Hello, so no change falls in between.
@@ -169,7 +165,10 @@ async fn session_inner(
     tx.send(msg(Out::Hello(hello)))
         .await
         .map_err(|_| Error::Session("outbound stream closed".into()))?;
-    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let request = cfg
+        .credential
+        .authorize(tonic::Request::new(ReceiverStream::new(rx)))?;
+    let mut inbound = client.session(request).await?.into_inner();
 
     let first = inbound.message().await?;
     let welcome = match first.and_then(|m| m.kind) {
@@ -243,16 +242,21 @@ async fn session_inner(
 /// Tunnels open on the session's own connection, saying who this edge is.
 fn tunnel_opener(
     client: EdgeClient<tonic::transport::Channel>,
-    provider: &str,
+    cfg: &SessionConfig,
 ) -> tunnel::TunnelOpener {
-    let provider = tonic::metadata::MetadataValue::try_from(provider).ok();
+    let credential = cfg.credential.clone();
+    let provider = tonic::metadata::MetadataValue::try_from(cfg.provider_name.as_str()).ok();
     Arc::new(move |frames| {
         let mut client = client.clone();
         let mut request = tonic::Request::new(frames);
         if let Some(p) = provider.clone() {
             request.metadata_mut().insert("decloud-provider", p);
         }
-        Box::pin(async move { client.tunnel(request).await.map(|r| r.into_inner()) })
+        let request = credential.authorize(request);
+        Box::pin(async move {
+            let request = request.map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+            client.tunnel(request).await.map(|r| r.into_inner())
+        })
     })
 }
 

@@ -38,6 +38,7 @@ fn fast() -> PodWorkerConfig {
             pull_error_hold: Duration::from_millis(100),
         },
         poll_interval: Duration::from_secs(10),
+        ..PodWorkerConfig::default()
     }
 }
 

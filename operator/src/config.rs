@@ -17,6 +17,8 @@ pub struct Config {
     pub node_address: IpAddr,
     /// How often node Leases in `kube-node-lease` are renewed.
     pub node_lease_renew: Duration,
+    /// The operator's own namespace: join tokens and its TLS Secret live there.
+    pub namespace: String,
 }
 
 impl Config {
@@ -34,6 +36,7 @@ impl Default for Config {
             kubelet_port: 10250,
             node_address: IpAddr::from([127, 0, 0, 1]),
             node_lease_renew: Duration::from_secs(10),
+            namespace: "default".into(),
         }
     }
 }

@@ -35,6 +35,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The operator's CA or serving certificate could not be made or loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// This replica lost the leader Lease; it must stop so that two replicas never both act.
     #[error("lost leadership of Lease {0}")]
     LostLeadership(String),
@@ -59,6 +62,7 @@ impl Error {
             Error::Serve { .. } => "serve",
             Error::Grpc(_) => "grpc",
             Error::LostLeadership(_) => "lost_leadership",
+            Error::Tls(_) => "tls",
         }
     }
 }

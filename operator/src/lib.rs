@@ -14,8 +14,10 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod forbidden;
+pub mod fuzzing;
 pub mod gateway;
 pub mod http;
+pub mod join;
 pub mod leader;
 pub mod liveness;
 pub mod logs;
@@ -26,6 +28,7 @@ pub mod quantity;
 pub mod registry;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod translate;
 pub mod tunnels;
 

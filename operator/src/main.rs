@@ -1,5 +1,6 @@
 //! `decloud-operator`: the DeCloud operator binary.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +10,14 @@ use clap::{Parser, Subcommand};
 use decloud_crds::{Provider, Workload};
 use decloud_operator::context::{Caches, Context};
 use decloud_operator::http::Readiness;
+use decloud_operator::join::{self, CredentialAuthenticator};
 use decloud_operator::leader::LeaderConfig;
 use decloud_operator::metrics::Metrics;
-use decloud_operator::server::{EdgeService, TrustingAuthenticator};
+use decloud_operator::server::EdgeService;
+use decloud_operator::tls;
 use decloud_operator::{Config, Error, bridge, http, leader, node, provider, server};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -29,7 +32,53 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator (kubeconfig from KUBECONFIG, ~/.kube/config or the in-cluster account).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Manage join tokens (what a new provider machine joins with).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage providers.
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a join token and print it with the full join command.
+    Create {
+        /// How long the token works, e.g. `24h`, `30m`.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// The operator's namespace (where tokens and its TLS Secret live).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// Address edges dial, printed in the join command.
+        #[arg(long, default_value = "https://<operator-address>:7443")]
+        operator_url: String,
+    },
+    /// List join tokens.
+    List {
+        /// The operator's namespace.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+    },
+    /// Revoke (delete) a join token by its id (the part before the dot) or the whole token.
+    Revoke {
+        /// The token or its id.
+        id: String,
+        /// The operator's namespace.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProviderCommand {
+    /// Revoke a provider: its credential stops working and its live session closes at once.
+    /// Delete the Provider afterwards to let a machine join under the name again.
+    Revoke {
+        /// The provider's name.
+        name: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,6 +127,17 @@ struct RunArgs {
     /// How long the leader Lease is valid without renewal.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
+    /// The operator's own namespace: its TLS Secret and the join tokens live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Extra DNS name or IP address for the edge serving certificate; repeat for more
+    /// (localhost, 127.0.0.1 and --node-address are always included).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+    /// Serve edges over plaintext gRPC instead of TLS. INSECURE: credentials and pod specs
+    /// travel in the clear; for local debugging only.
+    #[arg(long)]
+    insecure_plaintext: bool,
 }
 
 /// Parses `1s`, `500ms`, `2m` or a bare number of seconds.
@@ -112,8 +172,102 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
+        Command::Token(cmd) => token(cmd).await,
+        Command::Provider(ProviderCommand::Revoke { name }) => revoke_provider(&name).await,
     }
+}
+
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("loading the Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")
+}
+
+fn default_sans(node_address: IpAddr, extra: &[String]) -> BTreeSet<String> {
+    [
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        node_address.to_string(),
+    ]
+    .into_iter()
+    .chain(extra.iter().cloned())
+    .collect()
+}
+
+async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    let client = kube_client().await?;
+    match cmd {
+        TokenCommand::Create {
+            ttl,
+            namespace,
+            operator_url,
+        } => {
+            // The CA is made here if the operator has not run yet; it keeps it.
+            let tls = tls::load_or_create(
+                &client,
+                &namespace,
+                &default_sans(IpAddr::from([127, 0, 0, 1]), &[]),
+            )
+            .await?;
+            let ca_hash = tls.ca_hash()?;
+            let expires = chrono::Utc::now()
+                + chrono::Duration::from_std(ttl).context("--ttl is too long")?;
+            let token = join::create_token(&client, &namespace, expires)
+                .await
+                .context("storing the join token")?;
+            println!("Join token: {token}");
+            println!("Expires:    {}", decloud_operator::status::rfc3339(expires));
+            println!("CA hash:    {ca_hash}");
+            println!("Join a provider machine (Docker installed) with:");
+            println!(
+                "  edge-kubelet join --operator {operator_url} --token {token} --ca-hash {ca_hash} --name <machine-name>"
+            );
+            println!("then keep it running with:");
+            println!("  edge-kubelet run --operator {operator_url} --name <machine-name>");
+        }
+        TokenCommand::List { namespace } => {
+            let now = chrono::Utc::now();
+            println!("{:<24} {:<34} {:<22} STATE", "ID", "SECRET", "EXPIRES");
+            for t in join::list_tokens(&client, &namespace).await? {
+                let expires = t
+                    .expires
+                    .map(decloud_operator::status::rfc3339)
+                    .unwrap_or_else(|| "never".into());
+                let state = if t.expired(now) { "expired" } else { "valid" };
+                println!("{:<24} {:<34} {:<22} {state}", t.id, t.secret, expires);
+            }
+        }
+        TokenCommand::Revoke { id, namespace } => {
+            if !join::revoke_token(&client, &namespace, &id).await? {
+                anyhow::bail!("no join token {id:?} in namespace {namespace}");
+            }
+            println!("join token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn revoke_provider(name: &str) -> anyhow::Result<()> {
+    let client = kube_client().await?;
+    let api: Api<Provider> = Api::all(client);
+    let now = decloud_operator::status::rfc3339(chrono::Utc::now());
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        join::REVOKED_ANNOTATION: now,
+        join::CREDENTIAL_ANNOTATION: null,
+    }}});
+    let pp = PatchParams {
+        field_manager: Some(decloud_operator::FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(name, &pp, &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("revoking provider {name:?}"))?;
+    println!(
+        "provider {name} revoked: its credential no longer works and its session is closed; \
+         `kubectl delete provider {name}` removes it (and lets a machine join under the name again)"
+    );
+    Ok(())
 }
 
 /// Fails with how to install the CRDs when they are missing.
@@ -147,10 +301,24 @@ async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.context(
-        "loading the Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)",
-    )?;
+    let client = kube_client().await?;
     check_crds(&client).await?;
+    let tls = if args.insecure_plaintext {
+        tracing::warn!(
+            "--insecure-plaintext: edges are served WITHOUT TLS; credentials and pod specs travel \
+             in the clear. For local debugging only."
+        );
+        None
+    } else {
+        let tls = tls::load_or_create(
+            &client,
+            &args.namespace,
+            &default_sans(args.node_address, &args.tls_sans),
+        )
+        .await?;
+        info!(ca_hash = %tls.ca_hash()?, "edge TLS ready");
+        Some(tls)
+    };
 
     let config = Config {
         heartbeat_interval: args.heartbeat_interval,
@@ -158,6 +326,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         kubelet_port: args.kubelet_port,
         node_address: args.node_address,
         node_lease_renew: args.node_lease_renew,
+        namespace: args.namespace.clone(),
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
@@ -188,14 +357,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(addr = %metrics_listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let edge_listener = server::bind(args.edge_listen).await?;
     let edge_addr = edge_listener.local_addr()?;
-    println!("decloud-operator: edge gRPC listening on {edge_addr}");
-    info!(addr = %edge_addr, "edge gRPC listening (plaintext)");
+    match &tls {
+        Some(tls) => {
+            println!(
+                "decloud-operator: edge gRPC listening on {edge_addr} (TLS, CA {})",
+                tls.ca_hash()?
+            );
+            info!(addr = %edge_addr, "edge gRPC listening (TLS)");
+        }
+        None => {
+            println!("decloud-operator: edge gRPC listening on {edge_addr} (INSECURE plaintext)");
+            info!(addr = %edge_addr, "edge gRPC listening (plaintext)");
+        }
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(http::serve(metrics_listener, registry, readiness.clone()));
+    let auth = CredentialAuthenticator::new(client.clone(), ctx.providers.clone());
     tasks.spawn(server::serve(
         edge_listener,
-        EdgeService::new(ctx.clone(), TrustingAuthenticator),
+        EdgeService::new(ctx.clone(), auth),
+        tls.as_ref().map(tls::OperatorTls::server_config),
     ));
 
     let identity = args.identity.unwrap_or_else(|| {

@@ -66,6 +66,15 @@ pub fn error_policy(provider: Arc<Provider>, error: &Error, ctx: Arc<Context>) -
 
 async fn apply(provider: &Provider, ctx: &Context) -> Result<Action> {
     let name = provider.name_any();
+    if crate::join::is_revoked(provider) {
+        // Closes a live session at once (a no-op for later reconciles).
+        ctx.registry.revoke(
+            &name,
+            tonic::Status::unauthenticated(format!(
+                "provider {name:?} was revoked: its credential no longer works"
+            )),
+        );
+    }
     let view = ctx.registry.view(&name);
     let window = ctx.config.unreachable_after();
     if view.ready.is_none() && view.operator_uptime < window {
@@ -189,6 +198,7 @@ pub fn desired_status(
 ) -> ProviderStatus {
     let old = provider.status.clone().unwrap_or_default();
     let phase = match view.ready {
+        _ if crate::join::is_revoked(provider) => ProviderPhase::Revoked,
         Some(true) => ProviderPhase::Ready,
         Some(false) => ProviderPhase::NotReady,
         // Not seen since this operator started (and the reconnect window has passed).

@@ -109,8 +109,105 @@ pub fn valid_provider_name(name: &str) -> bool {
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
+fn standby() -> Status {
+    Status::unavailable(
+        "this decloud-operator replica is a standby: the operator is single-active and only the \
+         leader serves edges; retry to reach the leader",
+    )
+}
+
+fn invalid_name(name: &str) -> Status {
+    Status::invalid_argument(format!(
+        "provider name {name:?} must be 1-200 lowercase letters, digits, '-' or '.', starting \
+         and ending with a letter or digit"
+    ))
+}
+
 fn internal(e: kube::Error) -> Status {
     Status::unavailable(format!("the operator cannot reach the Kubernetes API: {e}"))
+}
+
+/// Creates (or, if an administrator made it without a credential, completes) the Provider of
+/// a joining edge with the hash of its new credential. A name already joined is refused: a
+/// second machine must not take over a provider's identity with a join token.
+async fn register_provider(
+    ctx: &Context,
+    req: &pb::RegisterRequest,
+    credential_hash: &str,
+) -> Result<(), Status> {
+    use crate::join::{CREDENTIAL_ANNOTATION, credential_hash as stored_hash, is_revoked};
+    let name = &req.provider_name;
+    let api: Api<Provider> = Api::all(ctx.client.clone());
+    let annotations = std::collections::BTreeMap::from([(
+        CREDENTIAL_ANNOTATION.to_string(),
+        credential_hash.to_string(),
+    )]);
+    match api.get_opt(name).await.map_err(internal)? {
+        Some(p) if p.metadata.deletion_timestamp.is_some() || is_revoked(&p) => {
+            Err(Status::permission_denied(format!(
+                "provider {name:?} is revoked; an administrator must delete it \
+                 (`kubectl delete provider {name}`) before a machine may join under that name"
+            )))
+        }
+        Some(p) if stored_hash(&p).is_some() => Err(Status::already_exists(format!(
+            "provider {name:?} has already joined (its edge keeps its credential in its state \
+             directory); to join this machine under that name, an administrator must first \
+             delete the Provider (`kubectl delete provider {name}`), or pick another --name"
+        ))),
+        Some(p) => {
+            let patch = serde_json::json!({"metadata": {
+                "annotations": annotations,
+                "resourceVersion": p.metadata.resource_version,
+            }});
+            let pp = PatchParams {
+                field_manager: Some(crate::FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            api.patch(name, &pp, &Patch::Merge(&patch))
+                .await
+                .map_err(internal)?;
+            Ok(())
+        }
+        None => {
+            let labels = req
+                .labels
+                .iter()
+                .filter(|(k, _)| !crate::node::reserved_label(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let provider = Provider {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                },
+                spec: ProviderSpec {
+                    owner: (!req.owner.is_empty()).then(|| req.owner.clone()),
+                    offered: None,
+                    cordoned: false,
+                },
+                status: None,
+            };
+            let pp = PostParams {
+                field_manager: Some(crate::FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            match api.create(&pp, &provider).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => Err(Status::already_exists(format!(
+                    "provider {name:?} joined concurrently; pick another --name"
+                ))),
+                Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
+                    Err(Status::invalid_argument(format!(
+                        "the request does not make a valid Provider: {}",
+                        e.message
+                    )))
+                }
+                Err(e) => Err(internal(e)),
+            }
+        }
+    }
 }
 
 /// Creates the Provider on an edge's first Hello; refuses deleted (revoked) ones.
@@ -202,12 +299,26 @@ async fn ensure_provider(ctx: &Context, hello: &pb::Hello) -> Result<(), Status>
 impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
     async fn register(
         &self,
-        _request: Request<pb::RegisterRequest>,
+        request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        Err(Status::unimplemented(
-            "Register (join tokens and credentials) is not available yet; edges open a Session \
-             directly and their Provider is created on the first Hello",
-        ))
+        let ctx = &self.ctx;
+        if !ctx.readiness.leader.load(Ordering::Relaxed) {
+            return Err(standby());
+        }
+        let req = request.into_inner();
+        let name = req.provider_name.clone();
+        if !valid_provider_name(&name) {
+            return Err(invalid_name(&name));
+        }
+        crate::join::check_token(&ctx.client, &ctx.config.namespace, &req.join_token).await?;
+        let credential = crate::join::new_credential(&name);
+        register_provider(ctx, &req, &crate::join::sha256_hex(&credential)).await?;
+        ctx.registry.readmit(&name);
+        info!(provider = %name, "provider joined with a join token");
+        Ok(Response::new(pb::RegisterResponse {
+            provider_name: name,
+            credential,
+        }))
     }
 
     type SessionStream = ReceiverStream<Result<pb::OperatorMessage, Status>>;
@@ -218,10 +329,7 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let ctx = &self.ctx;
         if !ctx.readiness.leader.load(Ordering::Relaxed) {
-            return Err(Status::unavailable(
-                "this decloud-operator replica is a standby: the operator is single-active and \
-                 only the leader serves edges; retry to reach the leader",
-            ));
+            return Err(standby());
         }
         let metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
@@ -242,10 +350,7 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
         };
         let name = hello.provider_name.clone();
         if !valid_provider_name(&name) {
-            return Err(Status::invalid_argument(format!(
-                "provider name {name:?} must be 1-200 lowercase letters, digits, '-' or '.', \
-                 starting and ending with a letter or digit"
-            )));
+            return Err(invalid_name(&name));
         }
         let name = self.identify(&metadata, Some(&name)).await?;
         ensure_provider(ctx, &hello).await?;
@@ -365,12 +470,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         })
 }
 
-/// Serves the edge gRPC API on `listener` until the process ends.
+/// Serves the edge gRPC API on `listener` until the process ends: over TLS with `tls`,
+/// plaintext without (local debugging only).
 pub async fn serve<A: EdgeAuthenticator>(
     listener: TcpListener,
     service: EdgeService<A>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<()> {
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Tunnels carry bulk data: h2's default 64 KiB windows would cap their throughput.

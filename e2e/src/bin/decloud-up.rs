@@ -136,7 +136,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    step.next("operator");
+    step.next("operator (edge gRPC over TLS) and a join token");
+    // Also makes the operator's CA (kept in the cluster), which the operator then serves with.
+    let (join_token, ca_hash) = decloud_e2e::cluster::create_join_token(&kubeconfig, "24h")
+        .context("creating a join token")?;
     let edge_port = free_port()?;
     let metrics_port = free_port()?;
     let kubelet_port = free_port()?;
@@ -160,8 +163,10 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("the operator did not start listening for edges")?;
+    let edge_url = format!("https://127.0.0.1:{edge_port}");
+    eprintln!("      edges dial {edge_url}; metrics on http://127.0.0.1:{metrics_port}/metrics");
     eprintln!(
-        "      edges dial 127.0.0.1:{edge_port}; metrics on http://127.0.0.1:{metrics_port}/metrics"
+        "      join another provider: edge-kubelet run --operator {edge_url} --token {join_token} --ca-hash {ca_hash} --name <machine-name>"
     );
 
     step.next(&format!(
@@ -187,11 +192,8 @@ async fn main() -> anyhow::Result<()> {
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or("info".into()),
         )
-        .args([
-            "run",
-            "--operator",
-            &format!("http://127.0.0.1:{edge_port}"),
-        ])
+        .args(["run", "--operator", &edge_url])
+        .args(["--token", &join_token, "--ca-hash", &ca_hash])
         .args(["--name", &name])
         .args(["--label", "topology.kubernetes.io/region=local"])
         .args(["--state-dir", &state.to_string_lossy()]);
@@ -283,9 +285,17 @@ async fn main() -> anyhow::Result<()> {
     // Edges keep their containers when they stop (offline autonomy), so the demo is deleted
     // through the API first and whatever is left on the demo's nodes is swept after.
     eprintln!("tearing down: deleting the demo Workloads");
-    let _ = kubectl(&kubectl_bin, &kubeconfig, &["delete", "wl", "--all", "--wait=false"]);
+    let _ = kubectl(
+        &kubectl_bin,
+        &kubeconfig,
+        &["delete", "wl", "--all", "--wait=false"],
+    );
     let _ = eventually(Duration::from_secs(20), || {
-        let out = kubectl(&kubectl_bin, &kubeconfig, &["get", "pods", "-A", "-o", "name"]);
+        let out = kubectl(
+            &kubectl_bin,
+            &kubeconfig,
+            &["get", "pods", "-A", "-o", "name"],
+        );
         async move {
             let out = out?;
             if !out.trim().is_empty() {
@@ -295,7 +305,9 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await;
-    let nodes: Vec<String> = (1..=args.edges).map(|i| format!("edge-local-{i}")).collect();
+    let nodes: Vec<String> = (1..=args.edges)
+        .map(|i| format!("edge-local-{i}"))
+        .collect();
     let sweeper = decloud_e2e::cluster::ContainerSweeper::new(&nodes);
     drop(edges);
     drop(operator);

@@ -10,7 +10,9 @@
 //!
 //! Isolation: no privileged mode, no host namespaces, no host paths; all capabilities dropped
 //! except [`ALLOWED_CAPABILITIES`]; `no-new-privileges`; a pids limit always
-//! ([`PIDS_LIMIT`]); CPU and memory limits from the pod's resources; swap limited to memory.
+//! ([`PIDS_LIMIT`]); CPU and memory limits from the pod's resources, or [`DEFAULT_CPU_LIMIT_MILLIS`]
+//! and [`DEFAULT_MEMORY_LIMIT`] when it sets none; swap limited to memory; Docker's default
+//! seccomp profile (never `unconfined`); only the edge's own bridge network.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -54,6 +56,10 @@ pub const ALLOWED_CAPABILITIES: &[&str] = &[
 
 /// Maximum number of processes in one container (fork bombs stop here).
 pub const PIDS_LIMIT: i64 = 256;
+/// Memory limit of a container whose pod sets none (bytes): no container is ever unbounded.
+pub const DEFAULT_MEMORY_LIMIT: i64 = 512 << 20;
+/// CPU limit of a container whose pod sets none (millicores).
+pub const DEFAULT_CPU_LIMIT_MILLIS: i64 = 1000;
 
 /// The Docker engine, as one edge uses it.
 #[derive(Clone)]
@@ -226,6 +232,17 @@ impl DockerRuntime {
             (labels::SPEC_HASH.to_string(), pod.spec_hash.clone()),
         ]);
         let res = c.resources.unwrap_or_default();
+        // Limits always: the pod's, else a default (never below its request).
+        let memory_limit = if res.memory_limit_bytes > 0 {
+            res.memory_limit_bytes
+        } else {
+            DEFAULT_MEMORY_LIMIT.max(res.memory_request_bytes)
+        };
+        let cpu_limit_millis = if res.cpu_limit_millis > 0 {
+            res.cpu_limit_millis
+        } else {
+            DEFAULT_CPU_LIMIT_MILLIS.max(res.cpu_request_millis)
+        };
         let own_net = matches!(req.network, PodNetwork::Own);
         let host_config = HostConfig {
             network_mode: Some(match req.network {
@@ -237,10 +254,10 @@ impl DockerRuntime {
             cap_add: Some(ALLOWED_CAPABILITIES.iter().map(|s| s.to_string()).collect()),
             security_opt: Some(vec!["no-new-privileges".to_string()]),
             pids_limit: Some(PIDS_LIMIT),
-            memory: (res.memory_limit_bytes > 0).then_some(res.memory_limit_bytes),
-            memory_swap: (res.memory_limit_bytes > 0).then_some(res.memory_limit_bytes),
+            memory: Some(memory_limit),
+            memory_swap: Some(memory_limit),
             memory_reservation: (res.memory_request_bytes > 0).then_some(res.memory_request_bytes),
-            nano_cpus: (res.cpu_limit_millis > 0).then_some(res.cpu_limit_millis * 1_000_000),
+            nano_cpus: Some(cpu_limit_millis * 1_000_000),
             cpu_shares: (res.cpu_request_millis > 0)
                 .then_some((res.cpu_request_millis * 1024 / 1000).max(2)),
             // json-file so `docker logs` (and LogRequest) always works, bounded on disk.

@@ -66,6 +66,7 @@ async fn start(leader: bool) -> (EdgeClient<tonic::transport::Channel>, Arc<Cont
     tokio::spawn(serve(
         listener,
         EdgeService::new(ctx.clone(), TrustingAuthenticator),
+        None,
     ));
     let client = EdgeClient::connect(format!("http://{addr}")).await.unwrap();
     (client, ctx)
@@ -117,11 +118,28 @@ async fn session_refusals() {
 }
 
 #[tokio::test]
-async fn register_and_tunnel_are_not_served_yet() {
+async fn register_refusals() {
+    let req = |name: &str| pb::RegisterRequest {
+        join_token: "abcdef.0123456789".into(),
+        provider_name: name.into(),
+        ..Default::default()
+    };
+    let (mut standby, _ctx) = start(false).await;
+    let status = standby.register(req("alice")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("standby"));
     let (mut client, _ctx) = start(true).await;
+    let status = client.register(req("Not_A_Name")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let status = client.register(req("alice")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("join tokens"), "{status:?}");
     let status = client
-        .register(pb::RegisterRequest::default())
+        .register(pb::RegisterRequest {
+            provider_name: "alice".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 }

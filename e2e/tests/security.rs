@@ -1,0 +1,664 @@
+//! The security model end to end: a real kube-apiserver, the real `decloud-operator` serving
+//! edges over TLS on loopback, real `edge-kubelet` processes, the real Docker engine, and a
+//! hand-written tonic client speaking the real protocol with real credentials.
+//!
+//! Needs `cargo build -p decloud-operator -p edge-kubelet` first (the suite says so if not).
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use decloud_crds::{Provider, ProviderPhase};
+use decloud_e2e::cluster::{
+    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, containers_with_label, docker,
+};
+use decloud_e2e::{TestEnv, binary, eventually};
+use decloud_proto as pb;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use pb::edge_client::EdgeClient;
+use pb::edge_message::Kind as Out;
+use pb::operator_message::Kind as In;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+const NS: &str = "default";
+
+/// Runs the real `edge-kubelet` with `args` to completion (it must fail): its stderr.
+fn edge_fails(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(binary("edge-kubelet")?)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(
+        !out.status.success(),
+        "edge-kubelet {args:?} succeeded: {stderr}"
+    );
+    Ok(stderr)
+}
+
+/// The operator's CA from its Secret (what a joined edge has in its state directory).
+async fn operator_ca(client: &Client) -> anyhow::Result<String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), NS)
+        .get("decloud-operator-tls")
+        .await?;
+    let ca = secret
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .context("no ca.crt")?;
+    Ok(String::from_utf8(ca.0)?)
+}
+
+/// A TLS channel to the operator trusting only its CA.
+async fn channel(op: &OperatorProcess, ca_pem: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(op.edge_url())?
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))?
+        .connect()
+        .await?)
+}
+
+/// Register with `token` as `name`: the credential.
+async fn register(ch: &Channel, token: &str, name: &str) -> Result<String, tonic::Status> {
+    let resp = EdgeClient::new(ch.clone())
+        .register(pb::RegisterRequest {
+            join_token: token.into(),
+            provider_name: name.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(resp.into_inner().credential)
+}
+
+/// A session of a hand-written edge.
+struct RawSession {
+    tx: mpsc::Sender<pb::EdgeMessage>,
+    inbound: tonic::Streaming<pb::OperatorMessage>,
+}
+
+fn msg(kind: Out) -> pb::EdgeMessage {
+    pb::EdgeMessage { kind: Some(kind) }
+}
+
+/// Opens a Session saying Hello as `name`, with `credential` (if any) as the bearer.
+async fn open_session(
+    ch: &Channel,
+    credential: Option<&str>,
+    name: &str,
+) -> Result<RawSession, tonic::Status> {
+    let (tx, rx) = mpsc::channel(16);
+    let hello = pb::Hello {
+        provider_name: name.into(),
+        agent_version: "hand-written".into(),
+        capacity: Some(pb::Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            pods: 10,
+        }),
+        runtime: "docker".into(),
+        ..Default::default()
+    };
+    tx.send(msg(Out::Hello(hello))).await.unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(c) = credential {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {c}").parse().unwrap());
+    }
+    let inbound = EdgeClient::new(ch.clone()).session(req).await?.into_inner();
+    Ok(RawSession { tx, inbound })
+}
+
+impl RawSession {
+    /// Reads messages until `pick` returns something (10 s at most).
+    async fn until<T>(&mut self, mut pick: impl FnMut(In) -> Option<T>) -> anyhow::Result<T> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.inbound.message())
+                .await
+                .context("timed out waiting for the operator")??
+                .context("session closed")?;
+            if let Some(t) = m.kind.and_then(&mut pick) {
+                return Ok(t);
+            }
+        }
+    }
+}
+
+fn expect_code(
+    r: Result<impl std::fmt::Debug, tonic::Status>,
+    code: tonic::Code,
+    words: &str,
+) -> anyhow::Result<String> {
+    match r {
+        Ok(v) => bail!("expected {code:?} ({words}), got Ok({v:?})"),
+        Err(s) => {
+            ensure!(
+                s.code() == code && s.message().contains(words),
+                "expected {code:?} with {words:?}, got {s:?}"
+            );
+            Ok(s.message().to_string())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joining_credentials_and_revocation() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let client = env.client();
+    let run = std::process::id();
+    let mut operator = OperatorProcess::start(&env, &["--heartbeat-interval", "1s"]).await?;
+    let url = operator.edge_url();
+    let token = operator.join_token.clone();
+    let ca_hash = operator.ca_hash.clone();
+    let state = |n: &str| {
+        env.dir()
+            .join(format!("edge-{n}"))
+            .to_string_lossy()
+            .into_owned()
+    };
+
+    // --- Refusals, each with a clear message, before anything runs.
+    let name = format!("sec-{run}-x");
+    let s = state(&name);
+    let no_token = edge_fails(&[
+        "run",
+        "--operator",
+        &url,
+        "--name",
+        &name,
+        "--state-dir",
+        &s,
+    ])?;
+    ensure!(no_token.contains("has not joined"), "{no_token}");
+    println!("no token: {}", no_token.lines().last().unwrap_or_default());
+
+    let wrong_pin = format!("sha256:{}", "0".repeat(64));
+    let pin = edge_fails(&[
+        "join",
+        "--operator",
+        &url,
+        "--token",
+        &token,
+        "--ca-hash",
+        &wrong_pin,
+        "--name",
+        &name,
+        "--state-dir",
+        &s,
+    ])?;
+    ensure!(pin.contains("does not match --ca-hash"), "{pin}");
+    println!("wrong CA pin: {}", pin.lines().last().unwrap_or_default());
+
+    let wrong = edge_fails(&[
+        "join",
+        "--operator",
+        &url,
+        "--token",
+        "abcdef.wrongwrongwrongwrongwrongwrong",
+        "--ca-hash",
+        &ca_hash,
+        "--name",
+        &name,
+        "--state-dir",
+        &s,
+    ])?;
+    ensure!(wrong.contains("invalid join token"), "{wrong}");
+    println!("wrong token: {}", wrong.lines().last().unwrap_or_default());
+
+    let (short, _) = decloud_e2e::cluster::create_join_token(env.kubeconfig(), "1s")?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expired = edge_fails(&[
+        "join",
+        "--operator",
+        &url,
+        "--token",
+        &short,
+        "--ca-hash",
+        &ca_hash,
+        "--name",
+        &name,
+        "--state-dir",
+        &s,
+    ])?;
+    ensure!(expired.contains("expired"), "{expired}");
+    println!(
+        "expired token: {}",
+        expired.lines().last().unwrap_or_default()
+    );
+
+    let (revoked_token, _) = decloud_e2e::cluster::create_join_token(env.kubeconfig(), "1h")?;
+    let out = Command::new(binary("decloud-operator")?)
+        .env("KUBECONFIG", env.kubeconfig())
+        .args(["token", "revoke", &revoked_token])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "token revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = Command::new(binary("decloud-operator")?)
+        .env("KUBECONFIG", env.kubeconfig())
+        .args(["token", "list"])
+        .output()?;
+    let list = String::from_utf8_lossy(&list.stdout);
+    println!("token list:\n{list}");
+    ensure!(
+        list.contains("expired") && !list.contains(revoked_token.split('.').next().unwrap()),
+        "{list}"
+    );
+    let gone = edge_fails(&[
+        "join",
+        "--operator",
+        &url,
+        "--token",
+        &revoked_token,
+        "--ca-hash",
+        &ca_hash,
+        "--name",
+        &name,
+        "--state-dir",
+        &s,
+    ])?;
+    ensure!(gone.contains("invalid join token"), "{gone}");
+
+    // --- A good join stores the credential and CA privately; `run` then needs no token.
+    let out = Command::new(binary("edge-kubelet")?)
+        .args([
+            "join",
+            "--operator",
+            &url,
+            "--token",
+            &token,
+            "--ca-hash",
+            &ca_hash,
+            "--name",
+            &name,
+            "--state-dir",
+            &s,
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "join: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["credential", "ca.crt"] {
+        let mode = std::fs::metadata(std::path::Path::new(&s).join(f))?
+            .permissions()
+            .mode();
+        ensure!(mode & 0o777 == 0o600, "{f} has mode {mode:o}");
+    }
+    let twice = edge_fails(&[
+        "join",
+        "--operator",
+        &url,
+        "--token",
+        &token,
+        "--ca-hash",
+        &ca_hash,
+        "--name",
+        &name,
+        "--state-dir",
+        &state("other"),
+    ])?;
+    ensure!(twice.contains("already joined"), "{twice}");
+    let provider = Api::<Provider>::all(client.clone()).get(&name).await?;
+    let stored = provider
+        .annotations()
+        .get("decloud.dev/credential-sha256")
+        .cloned()
+        .unwrap_or_default();
+    let credential = std::fs::read_to_string(std::path::Path::new(&s).join("credential"))?;
+    ensure!(
+        stored.len() == 64 && !stored.contains(credential.trim()),
+        "the Provider must hold only a hash"
+    );
+    let edge = EdgeProcess::start_with(&env, &name, &[], &["--operator".into(), url.clone()])?;
+    eventually(Duration::from_secs(30), || async {
+        let p = Api::<Provider>::all(client.clone()).get(&name).await?;
+        ensure!(
+            p.status.map(|s| s.phase) == Some(ProviderPhase::Ready),
+            "not Ready"
+        );
+        Ok(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "edge log:\n{}",
+            std::fs::read_to_string(edge.log()).unwrap_or_default()
+        )
+    })?;
+    println!("joined edge {name} Ready over TLS without a token on `run`");
+
+    // --- The protocol itself: no credential, a forged one, another provider's name.
+    let ca = operator_ca(&client).await?;
+    let ch = channel(&operator, &ca).await?;
+    expect_code(
+        open_session(&ch, None, &name).await.map(|_| ()),
+        tonic::Code::Unauthenticated,
+        "no credential",
+    )?;
+    let forged = format!("{name}.{}", "a".repeat(64));
+    expect_code(
+        open_session(&ch, Some(&forged), &name).await.map(|_| ()),
+        tonic::Code::Unauthenticated,
+        "unknown or revoked credential",
+    )?;
+    let hand = format!("sec-{run}-hand");
+    let hand_cred = register(&ch, &token, &hand).await?;
+    expect_code(
+        open_session(&ch, Some(&hand_cred), &name).await.map(|_| ()),
+        tonic::Code::PermissionDenied,
+        "not",
+    )?;
+    expect_code(
+        register(&ch, "", "sec-nobody").await,
+        tonic::Code::Unauthenticated,
+        "no join token",
+    )?;
+
+    // --- Revoking a provider closes its live session at once; it cannot come back.
+    let mut live = open_session(&ch, Some(&hand_cred), &hand).await?;
+    live.until(|k| matches!(k, In::Welcome(_)).then_some(()))
+        .await?;
+    let t0 = Instant::now();
+    let out = Command::new(binary("decloud-operator")?)
+        .env("KUBECONFIG", env.kubeconfig())
+        .args(["provider", "revoke", &hand])
+        .output()?;
+    let command_done = t0.elapsed();
+    ensure!(
+        out.status.success(),
+        "provider revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), live.inbound.message()).await {
+            Err(_) => bail!("the revoked session is still open after 5 s"),
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => break "closed".to_string(),
+            Ok(Err(status)) => break format!("{:?}: {}", status.code(), status.message()),
+        }
+    };
+    let latency = t0.elapsed();
+    println!(
+        "revocation: live session dropped {:.0} ms after `decloud-operator provider revoke` started \
+         (the command itself took {:.0} ms): {closed}",
+        latency.as_secs_f64() * 1000.0,
+        command_done.as_secs_f64() * 1000.0
+    );
+    ensure!(
+        latency < Duration::from_secs(1),
+        "revocation took {latency:?}"
+    );
+    ensure!(closed.contains("revoked"), "{closed}");
+    drop(live);
+    expect_code(
+        open_session(&ch, Some(&hand_cred), &hand).await.map(|_| ()),
+        tonic::Code::Unauthenticated,
+        "revoked",
+    )?;
+    eventually(Duration::from_secs(10), || async {
+        let p = Api::<Provider>::all(client.clone()).get(&hand).await?;
+        ensure!(
+            p.status.map(|s| s.phase) == Some(ProviderPhase::Revoked),
+            "phase not Revoked"
+        );
+        Ok(())
+    })
+    .await?;
+
+    // A real edge: setting its status phase Revoked ends its session; its reconnects fail
+    // with a clear message.
+    let t0 = Instant::now();
+    env.kubectl(&[
+        "patch",
+        "provider",
+        &name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Revoked"}}"#,
+    ])?;
+    eventually(Duration::from_secs(10), || async {
+        let log = std::fs::read_to_string(edge.log())?;
+        ensure!(log.contains("was revoked"), "edge not told");
+        Ok(())
+    })
+    .await?;
+    println!(
+        "status phase Revoked: the real edge was told within {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    let connected = operator
+        .metric("decloud_operator_connected_edges", "")
+        .await?;
+    ensure!(connected == Some(0.0), "connected edges: {connected:?}");
+
+    // --- Hostile input: an oversized message is refused, the operator keeps serving.
+    let mut big = EdgeClient::new(ch.clone()).max_encoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(msg(Out::Hello(pb::Hello {
+        provider_name: hand.clone(),
+        owner: "x".repeat(pb::MAX_MESSAGE_BYTES + 1),
+        ..Default::default()
+    })))
+    .await?;
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {hand_cred}").parse()?);
+    let r = big.session(req).await;
+    ensure!(r.is_err(), "an oversized Hello was accepted");
+    println!(
+        "oversized Hello: {:?}",
+        r.err().map(|s| (s.code(), s.message().to_string()))
+    );
+    let (code, _) = operator.readyz().await?;
+    ensure!(
+        code == 200 && operator.child.check_running().is_ok(),
+        "the operator did not survive"
+    );
+    drop(edge);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let client = env.client();
+    let image = busybox_image()?;
+    let run = std::process::id();
+    let operator = OperatorProcess::start(&env, &["--heartbeat-interval", "1s"]).await?;
+    let (a, b) = (format!("conf-{run}-a"), format!("conf-{run}-b"));
+    let (node_a, node_b) = (format!("edge-{a}"), format!("edge-{b}"));
+    let sweeper = ContainerSweeper::new(std::slice::from_ref(&node_a));
+
+    // Edge a is real and only accepts the test image's repository.
+    let mut connect = operator.edge_args();
+    connect.extend(["--allowed-images".into(), "decloud-test/*".into()]);
+    let edge = EdgeProcess::start_with(&env, &a, &[], &connect)?;
+    // Provider b is a hand-written edge with its own valid credential.
+    let ca = operator_ca(&client).await?;
+    let ch = channel(&operator, &ca).await?;
+    let cred_b = register(&ch, &operator.join_token, &b).await?;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pod = |name: &str, node: &str, image: &str, extra: &str| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "nodeName": node,
+                "tolerations": [{"key": "decloud.dev/edge", "operator": "Exists"}],
+                "containers": [serde_json::from_str::<serde_json::Value>(&format!(
+                    r#"{{"name": "main", "image": "{image}", "command": ["sh", "-c", "sleep 3600"] {extra}}}"#
+                ))?],
+            }
+        }))?)
+    };
+    let pp = PostParams::default();
+    pods.create(&pp, &pod("web", &node_a, &image, "")?).await?;
+    pods.create(&pp, &pod("miner", &node_a, "evil.example/miner:1", "")?)
+        .await?;
+    pods.create(
+        &pp,
+        &pod(
+            "root",
+            &node_a,
+            &image,
+            r#", "securityContext": {"privileged": true}"#,
+        )?,
+    )
+    .await?;
+
+    // --- Workload hardening as Docker sees it.
+    let web = eventually(Duration::from_secs(60), || async {
+        let p = pods.get("web").await?;
+        ensure!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"),
+            "web not Running"
+        );
+        Ok(p)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "edge log:\n{}",
+            std::fs::read_to_string(edge.log()).unwrap_or_default()
+        )
+    })?;
+    let uid = web.uid().unwrap_or_default();
+    let id = containers_with_label(&format!("decloud.dev/pod-uid={uid}"))?
+        .pop()
+        .context("no container for web")?;
+    let inspect = docker(&[
+        "inspect",
+        "-f",
+        "privileged={{.HostConfig.Privileged}} capdrop={{.HostConfig.CapDrop}} capadd={{.HostConfig.CapAdd}} secopt={{.HostConfig.SecurityOpt}} pids={{.HostConfig.PidsLimit}} memory={{.HostConfig.Memory}} nanocpus={{.HostConfig.NanoCpus}} net={{.HostConfig.NetworkMode}} binds={{.HostConfig.Binds}} pidmode={{.HostConfig.PidMode}}",
+        &id,
+    ])?;
+    println!("docker inspect web: {inspect}");
+    for want in [
+        "privileged=false",
+        "capdrop=[ALL]",
+        "secopt=[no-new-privileges]",
+        "pids=256",
+        "net=decloud",
+    ] {
+        ensure!(inspect.contains(want), "{want} missing in {inspect}");
+    }
+    ensure!(
+        !inspect.contains("memory=0 ") && !inspect.contains("nanocpus=0 "),
+        "no default limits: {inspect}"
+    );
+    ensure!(
+        !inspect.contains("binds=[/")
+            && !inspect.contains("pidmode=host")
+            && !inspect.contains("SYS_ADMIN")
+            && !inspect.contains("NET_ADMIN"),
+        "{inspect}"
+    );
+    let seccomp = docker(&["exec", &id, "grep", "Seccomp:", "/proc/1/status"])?;
+    println!("inside web: {seccomp}");
+    ensure!(
+        seccomp.contains('2'),
+        "the default seccomp filter is not on: {seccomp}"
+    );
+
+    // --- A refused image never runs: waiting reason ImageNotAllowed.
+    let reason = eventually(Duration::from_secs(30), || async {
+        let p = pods.get("miner").await?;
+        let w = p
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c.first().cloned())
+            .and_then(|c| c.state)
+            .and_then(|s| s.waiting)
+            .context("not waiting")?;
+        ensure!(
+            w.reason.as_deref() == Some("ImageNotAllowed"),
+            "reason {:?}",
+            w.reason
+        );
+        Ok(w.message.unwrap_or_default())
+    })
+    .await?;
+    println!("miner: ImageNotAllowed: {reason}");
+    ensure!(reason.contains("not allowed by this provider"), "{reason}");
+
+    // --- A privileged pod never reaches Docker (the API server allows privileged here).
+    let root = eventually(Duration::from_secs(30), || async {
+        let p = pods.get("root").await?;
+        let s = p.status.clone().context("no status")?;
+        ensure!(
+            s.reason.as_deref() == Some("Forbidden"),
+            "reason {:?}",
+            s.reason
+        );
+        Ok(s.message.unwrap_or_default())
+    })
+    .await?;
+    println!("privileged pod: Forbidden: {root}");
+    ensure!(root.contains("privileged"), "{root}");
+    let root_uid = pods.get("root").await?.uid().unwrap_or_default();
+    ensure!(
+        containers_with_label(&format!("decloud.dev/pod-uid={root_uid}"))?.is_empty(),
+        "a container was created for the privileged pod"
+    );
+
+    // --- Session b only ever receives its own pods and may not report on a's.
+    pods.create(&pp, &pod("mine", &node_b, &image, "")?).await?;
+    let mut sb = open_session(&ch, Some(&cred_b), &b).await?;
+    let set = sb
+        .until(|k| match k {
+            In::PodSet(s) => Some(s),
+            _ => None,
+        })
+        .await?;
+    let names: Vec<&str> = set.pods.iter().map(|p| p.name.as_str()).collect();
+    println!("b's PodSet: {names:?}");
+    ensure!(names == ["mine"], "b received {names:?}");
+    let before = operator
+        .metric("decloud_operator_unauthorized_reports_total", "")
+        .await?
+        .unwrap_or(0.0);
+    sb.tx
+        .send(msg(Out::PodStatus(pb::PodStatus {
+            uid: uid.clone(),
+            namespace: NS.into(),
+            name: "web".into(),
+            phase: pb::PodPhase::Failed as i32,
+            reason: "Hijacked".into(),
+            ..Default::default()
+        })))
+        .await?;
+    sb.tx
+        .send(msg(Out::PodGone(pb::PodGone { uid: uid.clone() })))
+        .await?;
+    eventually(Duration::from_secs(10), || async {
+        let after = operator
+            .metric("decloud_operator_unauthorized_reports_total", "")
+            .await?
+            .unwrap_or(0.0);
+        ensure!(after > before, "unauthorized reports {before} -> {after}");
+        Ok(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let web = pods.get("web").await?;
+    let s = web.status.unwrap_or_default();
+    ensure!(
+        s.phase.as_deref() == Some("Running") && s.reason.as_deref() != Some("Hijacked"),
+        "b's report on a's pod was written: {s:?}"
+    );
+    println!("b's report on a's pod was refused; web still Running");
+    // An edge asking to tunnel to another node's pod is refused (when the Tunnel RPC is served).
+    drop(sb);
+    drop(edge);
+    sweeper.sweep();
+    Ok(())
+}
