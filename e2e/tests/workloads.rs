@@ -166,6 +166,8 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
             "3",
             "--identity",
             "e2e-wl",
+            "--usage-interval",
+            "2s",
         ],
     )
     .await?;
@@ -364,6 +366,37 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
     })
     .await?;
     println!("the returning edge stopped its stale replica: 3 containers for 3 replicas");
+
+    // --- Usage accounting: what the edges measured in Docker is summed per Workload and
+    // per Provider.
+    let (wl_usage, prov_usage) = eventually(Duration::from_secs(60), || async {
+        let wl = workload(&client).await?;
+        let u = wl
+            .status
+            .and_then(|s| s.usage)
+            .context("no Workload usage yet")?;
+        ensure!(
+            u.cpu_seconds > 0.0 && u.memory_gib_hours > 0.0,
+            "Workload usage {u:?}"
+        );
+        let mut prov = Vec::new();
+        for name in &names {
+            let p = Api::<Provider>::all(client.clone()).get(name).await?;
+            if let Some(u) = p.status.and_then(|s| s.usage) {
+                prov.push((name.clone(), u));
+            }
+        }
+        ensure!(
+            prov.iter().any(|(_, u)| u.cpu_seconds > 0.0),
+            "no Provider usage yet: {prov:?}"
+        );
+        Ok((u, prov))
+    })
+    .await?;
+    println!(
+        "usage: Workload {WORKLOAD} {:.3} CPU-s, {:.6} GiB-h; providers {prov_usage:?}",
+        wl_usage.cpu_seconds, wl_usage.memory_gib_hours
+    );
 
     // --- Deleting the Workload leaves no pod and no container.
     env.kubectl(&["delete", "wl", WORKLOAD, "--wait=false"])?;

@@ -23,6 +23,7 @@ pub mod session;
 pub mod state_file;
 pub mod status_board;
 pub mod tunnel;
+pub mod usage;
 
 use std::sync::Arc;
 

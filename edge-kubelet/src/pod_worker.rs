@@ -148,6 +148,7 @@ pub(crate) struct PodWorker {
     creates: JoinSet<()>,
     probe_tx: mpsc::UnboundedSender<ReadinessChange>,
     probe_rx: mpsc::UnboundedReceiver<ReadinessChange>,
+    usage: crate::usage::UsageMeter,
 }
 
 impl PodWorker {
@@ -175,6 +176,7 @@ impl PodWorker {
             creates: JoinSet::new(),
             probe_tx,
             probe_rx,
+            usage: crate::usage::UsageMeter::default(),
         }
     }
 
@@ -504,13 +506,31 @@ impl PodWorker {
         }
     }
 
-    /// Re-inspects every running container (fallback for missed events).
+    /// Re-inspects every running container (fallback for missed events) and samples the
+    /// pod's usage.
     async fn poll(&mut self) {
         for i in 0..self.slots.len() {
             if self.slots[i].state.is_running() {
                 self.check_running(i).await;
             }
         }
+        self.sample_usage().await;
+    }
+
+    /// Adds the running containers' CPU and memory to the pod's usage meter.
+    async fn sample_usage(&mut self) {
+        let mut samples = Vec::new();
+        for slot in self.slots.iter().filter(|s| s.state.is_running()) {
+            let Some(id) = slot.container_id.clone() else {
+                continue;
+            };
+            match self.runtime.usage(&id).await {
+                Ok(Some(u)) => samples.push((id, u)),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(pod = %self.key(), error = %e, "usage sample failed"),
+            }
+        }
+        self.usage.record(Instant::now().into_std(), &samples);
     }
 
     async fn check_running(&mut self, i: usize) {
@@ -762,7 +782,7 @@ impl PodWorker {
             ready: containers_ready && phase == pb::PodPhase::Running,
             containers_ready,
             containers,
-            usage: None,
+            usage: Some(self.usage.usage()),
         };
         status.set_phase(phase);
         status

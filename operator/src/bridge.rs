@@ -280,6 +280,7 @@ fn on_pod_deleted(ctx: &Context, pod: &Pod, counted: &mut HashMap<String, bool>)
     let provider = crate::provider_of_node(node).unwrap_or_default();
     let uid = pod.uid().unwrap_or_default();
     counted.remove(&uid);
+    ctx.usage.pod_removed(&uid);
     ctx.registry.with_session(provider, |s| s.pod_removed(&uid));
     ctx.reconcile_provider(provider);
 }

@@ -41,6 +41,8 @@ pub struct Context {
     pub tunnels: PendingTunnels,
     /// `kubectl logs` requests relayed to edges.
     pub logs: PendingLogs,
+    /// Usage the edges report, per pod, provider and workload.
+    pub usage: crate::usage::UsageLedger,
     reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
     status_tx: mpsc::UnboundedSender<StatusReport>,
 }
@@ -87,6 +89,7 @@ impl Context {
             readiness,
             tunnels: PendingTunnels::default(),
             logs: PendingLogs::default(),
+            usage: crate::usage::UsageLedger::default(),
             reconcile_tx,
             status_tx,
         });

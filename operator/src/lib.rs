@@ -31,6 +31,7 @@ pub mod status;
 pub mod tls;
 pub mod translate;
 pub mod tunnels;
+pub mod usage;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -127,6 +127,9 @@ struct RunArgs {
     /// How long the leader Lease is valid without renewal.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
+    /// How often changed Workload usage totals (CPU-seconds, memory-GiB-hours) are written.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    usage_interval: Duration,
     /// The operator's own namespace: its TLS Secret and the join tokens live there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -411,6 +414,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         loops.spawn(bridge::write_statuses(ctx.clone(), queues.status_rx));
         loops.spawn(node::renew_node_leases(ctx.clone()));
         loops.spawn(sweep_liveness(ctx.clone()));
+        loops.spawn(decloud_operator::usage::write_workload_usage(
+            ctx.clone(),
+            args.usage_interval,
+        ));
         loops.spawn(provider::run(controller, ctx.clone(), queues.reconcile_rx));
         let gateway_config = decloud_operator::gateway::GatewayConfig {
             listen: args.gateway_listen,

@@ -87,7 +87,15 @@ async fn apply(provider: &Provider, ctx: &Context) -> Result<Action> {
     let pods = ctx.pods.state_filter(|p| {
         p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str())
     });
-    let status = desired_status(provider, &view, &pods, &ctx.config, Utc::now());
+    let mut status = desired_status(provider, &view, &pods, &ctx.config, Utc::now());
+    // Usage rides along with writes that happen anyway; it never causes one by itself between
+    // the periodic `lastHeartbeatTime` refreshes.
+    if let Some(usage) = ctx.usage.provider(&name) {
+        let writing = provider.status.as_ref() != Some(&status);
+        if writing || status.usage.is_none() {
+            status.usage = Some(usage);
+        }
+    }
     if provider.status.as_ref() != Some(&status) {
         let api: Api<Provider> = Api::all(ctx.client.clone());
         let body = json!({

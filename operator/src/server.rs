@@ -406,6 +406,16 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
 
 fn on_pod_status(ctx: &Arc<Context>, provider: &str, report: pb::PodStatus) {
     if bridge::authorized(ctx, provider, &report) {
+        if let Some(usage) = &report.usage {
+            let key =
+                kube::runtime::reflector::ObjectRef::new(&report.name).within(&report.namespace);
+            let workload = ctx.pods.get(&key).and_then(|pod| {
+                use kube::ResourceExt;
+                let name = pod.labels().get("decloud.dev/workload")?.clone();
+                Some((report.namespace.clone(), name))
+            });
+            ctx.usage.record(provider, &report.uid, workload, usage);
+        }
         ctx.report_status(bridge::StatusReport {
             provider: provider.to_string(),
             report,

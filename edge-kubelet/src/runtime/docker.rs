@@ -27,7 +27,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -447,6 +447,26 @@ impl ContainerRuntime for DockerRuntime {
             )));
         }
         Ok(self.info_from(r))
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<crate::usage::ContainerUsage>> {
+        let opts = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let Some(stats) = self.docker.stats(id, Some(opts)).next().await else {
+            return Ok(None);
+        };
+        let stats = stats.map_err(map_err)?;
+        let cpu_ns = stats
+            .cpu_stats
+            .and_then(|c| c.cpu_usage)
+            .and_then(|u| u.total_usage);
+        let memory = stats.memory_stats.and_then(|m| m.usage);
+        Ok(cpu_ns.map(|ns| crate::usage::ContainerUsage {
+            cpu_seconds: ns as f64 / 1e9,
+            memory_bytes: memory.unwrap_or_default(),
+        }))
     }
 
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>> {

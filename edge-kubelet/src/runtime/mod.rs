@@ -190,6 +190,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// The container's output (stdout and stderr interleaved).
     fn logs(&self, id: &str, opts: LogOptions) -> BoxStream<'static, Result<Bytes>>;
 
+    /// CPU and memory counters of a running container, for usage accounting; `None` when the
+    /// engine cannot tell. The default tells nothing.
+    async fn usage(&self, _id: &str) -> Result<Option<crate::usage::ContainerUsage>> {
+        Ok(None)
+    }
+
     /// Runs one readiness probe; true when it passed. The default aims network probes at the
     /// pod IP from the edge host and runs `exec` probes through [`ContainerRuntime::exec`].
     async fn probe(&self, target: ProbeTarget<'_>, probe: &pb::Probe) -> bool {

@@ -254,6 +254,19 @@ impl ContainerRuntime for SimulatedRuntime {
             .ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
+    /// SIMULATED counters: 1 % of a core and 8 MiB while running.
+    async fn usage(&self, id: &str) -> Result<Option<crate::usage::ContainerUsage>> {
+        let c = self.lock();
+        let Some(c) = c.containers.get(id).filter(|c| c.info.running) else {
+            return Ok(None);
+        };
+        let secs = (now_millis() - c.info.started_unix_millis).max(0) as f64 / 1000.0;
+        Ok(Some(crate::usage::ContainerUsage {
+            cpu_seconds: secs * 0.01,
+            memory_bytes: 8 << 20,
+        }))
+    }
+
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>> {
         Ok(self
             .lock()
