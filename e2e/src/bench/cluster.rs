@@ -10,10 +10,8 @@ use kube::Api;
 use crate::{
     TestEnv,
     cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image},
-    eventually, free_port,
+    eventually,
 };
-
-use super::harness::operator_has_flag;
 
 /// Control plane, operator and Docker edges of one scenario; torn down on drop.
 pub struct BenchCluster {
@@ -25,8 +23,8 @@ pub struct BenchCluster {
     pub sweeper: ContainerSweeper,
     /// The operator.
     pub operator: OperatorProcess,
-    /// Port of the operator's public HTTP gateway, when the operator has one.
-    pub gateway_port: Option<u16>,
+    /// Port of the operator's public HTTP gateway.
+    pub gateway_port: u16,
     /// Arguments the operator was started with (for restarts).
     pub operator_args: Vec<String>,
     /// The control plane (dropped last).
@@ -39,15 +37,9 @@ impl BenchCluster {
     pub async fn start(tag: &str, edges: usize, extra: &[&str]) -> anyhow::Result<Self> {
         let env = TestEnv::start().await?;
         busybox_image()?;
-        let mut operator_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let mut gateway_port = None;
-        if operator_has_flag("--gateway-listen") {
-            let port = free_port()?;
-            operator_args.extend(["--gateway-listen".into(), format!("127.0.0.1:{port}")]);
-            gateway_port = Some(port);
-        }
-        let args: Vec<&str> = operator_args.iter().map(String::as_str).collect();
-        let operator = OperatorProcess::start(&env, &args).await?;
+        let operator_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let operator = OperatorProcess::start(&env, extra).await?;
+        let gateway_port = operator.gateway_port;
         let run = std::process::id();
         let names: Vec<String> = (0..edges).map(|i| format!("{tag}-{run}-{i}")).collect();
         let nodes: Vec<String> = names.iter().map(|n| format!("edge-{n}")).collect();

@@ -55,21 +55,21 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
         &workload(WL, 1, "Required", web_server(1, 1), None)?,
     )
     .await?;
-    let gateway = cluster.gateway_port.map(|port| Target {
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    let gateway = Target {
+        addr: SocketAddr::from(([127, 0, 0, 1], cluster.gateway_port)),
         host: format!("{WL}.{NS}.decloud.localhost"),
-    });
+    };
     let trials = if opts.quick { 3 } else { 20 };
     let mut results = Vec::new();
     for trial in 0..trials {
-        settle(&cluster, gateway.as_ref())
+        settle(&cluster, &gateway)
             .await
             .with_context(|| format!("before trial {trial}"))?;
         let (pod, node) = current_replica(&client).await?;
         let victim = cluster
             .index_of_node(&node)
             .context("replica on an unknown node")?;
-        let t = one_trial(&mut cluster, victim, &pod, gateway.as_ref()).await?;
+        let t = one_trial(&mut cluster, victim, &pod, &gateway).await?;
         println!(
             "failover trial {}/{trials}: NotReady {:?}, replacement Ready {:?}, gateway back {:?}",
             trial + 1,
@@ -102,25 +102,20 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
         )
         .anchor("k8s defaults ~5 min 50 s; Swarm ~15 s; Nomad 20–30 s"),
     );
-    let end_to_end = if gateway.is_some() {
-        report.row(
-            Row::target(
-                "SIGKILL → gateway answering again, p50 / p99",
-                format!("{} / {}", ms(gw.p50), ms(gw.p99)),
-                "p99 ≤ 10 s",
-                gw.n == trials && gw.p99 <= TARGET_P99_MS,
-            )
-            .anchor("k8s defaults ~5 min 50 s; Swarm ~15 s; Nomad 20–30 s"),
-        );
-        gw
-    } else {
-        report.note("the operator has no --gateway-listen yet: only replacement-ready is measured");
-        ready
-    };
+    report.row(
+        Row::target(
+            "SIGKILL → gateway answering again, p50 / p99",
+            format!("{} / {}", ms(gw.p50), ms(gw.p99)),
+            "p99 ≤ 10 s",
+            gw.n == trials && gw.p99 <= TARGET_P99_MS,
+        )
+        .anchor("k8s defaults ~5 min 50 s; Swarm ~15 s; Nomad 20–30 s"),
+    );
+    let end_to_end = gw;
     report.set(
         "decloud",
         json!({"trials": trials, "not_ready": detect.to_json(), "replacement_ready": ready.to_json(),
-               "gateway_back": gw.to_json(), "gateway": gateway.is_some()}),
+               "gateway_back": gw.to_json()}),
     );
     report.note(format!(
         "{EDGES} real Docker edges, Workload of 1 busybox-httpd replica (spread Required, readiness probe every 1 s), \
@@ -175,16 +170,14 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
 }
 
 /// Waits until the Workload is Available with one replica (and the gateway answers).
-async fn settle(cluster: &BenchCluster, gateway: Option<&Target>) -> anyhow::Result<()> {
+async fn settle(cluster: &BenchCluster, gateway: &Target) -> anyhow::Result<()> {
     let client = cluster.env.client();
     eventually(Duration::from_secs(90), || async {
         check_workload_ready(&client, WL).await?;
         let pods = live_pods(&client).await?;
         ensure!(pods.len() == 1, "{} live pods", pods.len());
-        if let Some(g) = gateway {
-            let r = g.get("/").await?;
-            ensure!(r.status == 200, "gateway: {}", r.status);
-        }
+        let r = gateway.get("/").await?;
+        ensure!(r.status == 200, "gateway: {}", r.status);
         Ok(())
     })
     .await
@@ -218,7 +211,7 @@ async fn one_trial(
     cluster: &mut BenchCluster,
     victim: usize,
     lost_pod: &str,
-    gateway: Option<&Target>,
+    gateway: &Target,
 ) -> anyhow::Result<Trial> {
     let client = cluster.env.client();
     let providers = Api::<Provider>::all(client.clone());
@@ -245,10 +238,8 @@ async fn one_trial(
                 t.replacement_ready = Some(killed.elapsed());
             }
         }
-        if let Some(g) = gateway
-            && t.gateway_back.is_none()
-        {
-            match g.get("/").await {
+        if t.gateway_back.is_none() {
+            match gateway.get("/").await {
                 Ok(r) if r.status == 200 => {
                     if gateway_failed {
                         t.gateway_back = Some(killed.elapsed());
@@ -257,10 +248,7 @@ async fn one_trial(
                 _ => gateway_failed = true,
             }
         }
-        if t.replacement_ready.is_some()
-            && (gateway.is_none() || t.gateway_back.is_some())
-            && t.not_ready.is_some()
-        {
+        if t.replacement_ready.is_some() && t.gateway_back.is_some() && t.not_ready.is_some() {
             return Ok(t);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

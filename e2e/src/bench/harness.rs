@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -19,7 +18,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::{binary, eventually};
+use crate::eventually;
 
 /// Namespace every scenario uses.
 pub const NS: &str = "default";
@@ -47,7 +46,7 @@ pub fn web_server(big_mib: u32, probe_period: u32) -> Value {
         "mkdir -p /tmp/w/cgi-bin && echo hello >/tmp/w/index.html && \
          dd if=/dev/zero of=/tmp/w/big bs=1048576 count={big_mib} 2>/dev/null && \
          echo '#!/bin/sh' >/tmp/w/cgi-bin/sink && \
-         echo 'head -c \"$CONTENT_LENGTH\" >/dev/null; echo Content-Type: text/plain; echo; echo ok' \
+         echo '/bin/head -c \"$CONTENT_LENGTH\" >/dev/null; echo Content-Type: text/plain; echo; echo ok' \
            >>/tmp/w/cgi-bin/sink && chmod +x /tmp/w/cgi-bin/sink && \
          exec httpd -f -p 8080 -h /tmp/w"
     );
@@ -225,19 +224,6 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Whether the built `decloud-operator` accepts `flag` on `run` (features landing in
-/// parallel, such as the gateway, are used once they exist).
-pub fn operator_has_flag(flag: &str) -> bool {
-    let Ok(bin) = binary("decloud-operator") else {
-        return false;
-    };
-    Command::new(bin)
-        .args(["run", "--help"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
-        .unwrap_or(false)
 }
 
 /// Runs `f` until it is `Ok` or `timeout` passes, polling every `every`; the time it took.

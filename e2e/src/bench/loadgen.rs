@@ -29,6 +29,10 @@ pub struct Target {
     pub host: String,
 }
 
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// One finished request.
 #[derive(Debug, Clone, Copy)]
 pub struct Response {
@@ -95,7 +99,11 @@ impl Target {
             }
             if status.is_none() {
                 header.extend_from_slice(&buf[..n]);
-                if let Some(end) = header.windows(4).position(|w| w == b"\r\n\r\n") {
+                // CGI answers may end their header with bare LFs.
+                let end = find(&header, b"\r\n\r\n")
+                    .map(|i| i + 4)
+                    .or_else(|| find(&header, b"\n\n").map(|i| i + 2));
+                if let Some(end) = end {
                     let text = String::from_utf8_lossy(&header[..end]);
                     status = text
                         .split_whitespace()
@@ -104,7 +112,7 @@ impl Target {
                     if status.is_none() {
                         bail!("no HTTP status in {text:?}");
                     }
-                    body_bytes += (header.len() - end - 4) as u64;
+                    body_bytes += (header.len() - end) as u64;
                 }
             } else {
                 body_bytes += n as u64;

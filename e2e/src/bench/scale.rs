@@ -66,13 +66,12 @@ async fn one_size(
     let args = hb_args("1s");
     let mut operator =
         OperatorProcess::start(&env, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
-    let url = format!("http://127.0.0.1:{}", operator.edge_port);
     let names: Vec<String> = (0..edges).map(|i| format!("sim-{i:05}")).collect();
     let state = env.dir().join("sim");
     std::fs::create_dir_all(&state)?;
 
     let started = Instant::now();
-    let sims = SimEdges::start(&url, &names, &state)?;
+    let sims = SimEdges::start(&operator.edge_args(), &names, &state)?;
     let connected = wait_connected(&operator, edges, Duration::from_secs(600)).await?;
     let all_ready = eventually(Duration::from_secs(600), || async {
         let n = ready_providers(&client).await?;

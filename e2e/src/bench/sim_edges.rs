@@ -16,27 +16,29 @@ pub struct SimEdges {
 }
 
 impl SimEdges {
-    /// Starts one simulated edge per name, dialing `operator_url`, state under `state_root`.
-    pub fn start(operator_url: &str, names: &[String], state_root: &Path) -> anyhow::Result<Self> {
+    /// Starts one simulated edge per name with `connect` as its operator flags
+    /// ([`OperatorProcess::edge_args`](crate::cluster::OperatorProcess::edge_args): URL, join
+    /// token, CA pin), state under `state_root`.
+    pub fn start(connect: &[String], names: &[String], state_root: &Path) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::with_capacity(names.len());
         for name in names {
             let dir = state_root.join(name);
-            let cli = Cli::try_parse_from([
-                "edge-kubelet",
-                "run",
-                "--operator",
-                operator_url,
-                "--name",
-                name,
-                "--runtime",
-                "simulated",
-                "--state-dir",
-                &dir.to_string_lossy(),
-                "--max-pods",
-                "20",
-            ])
-            .context("simulated edge arguments")?;
+            let mut argv: Vec<String> = vec!["edge-kubelet".into(), "run".into()];
+            argv.extend(connect.iter().cloned());
+            argv.extend([
+                "--name".into(),
+                name.clone(),
+                "--runtime".into(),
+                "simulated".into(),
+                "--state-dir".into(),
+                dir.to_string_lossy().into_owned(),
+                "--max-pods".into(),
+                "20".into(),
+            ]);
+            let cli = Cli::try_parse_from(argv).context("simulated edge arguments")?;
+            // `edge-kubelet` has more subcommands on some branches (join); only `run` is built here.
+            #[allow(irrefutable_let_patterns)]
             let Command::Run(args) = cli.command else {
                 anyhow::bail!("expected `run` arguments");
             };

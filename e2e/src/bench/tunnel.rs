@@ -69,14 +69,18 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
     };
     let measure = |t: Target| async move {
         // Warm up (connections, page cache of the file).
-        let _ = t.latencies("/", 20).await?;
-        let _ = t.get("/big").await?;
-        let latency = t.latencies("/", requests).await?;
+        t.latencies("/", 20).await.context("warm-up GET /")?;
+        t.get("/big").await.context("warm-up GET /big")?;
+        let latency = t
+            .latencies("/", requests)
+            .await
+            .context("GET / latencies")?;
         let (rps, failed) = t.rate("/", concurrency, window).await;
-        let down_gbps = t.download_gbps("/big", repeats).await?;
+        let down_gbps = t.download_gbps("/big", repeats).await.context("download")?;
         let up_gbps = t
             .upload_gbps("/cgi-bin/sink", u64::from(big_mib) << 20, repeats)
-            .await?;
+            .await
+            .context("upload")?;
         anyhow::Ok(PathFigures {
             latency,
             rps,
@@ -101,9 +105,9 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
         format!("{:.2} / {:.2} Gbit/s", d.down_gbps, d.up_gbps),
     ));
     report.set("direct", d.to_json());
-    if let Some(port) = cluster.gateway_port {
+    {
         let gw = Target {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::from(([127, 0, 0, 1], cluster.gateway_port)),
             host: format!("{WL}.{NS}.decloud.localhost"),
         };
         eventually(Duration::from_secs(30), || async {
@@ -157,8 +161,6 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
             .anchor("rathole ~3.6 Gbit/s; chisel ~0.8 Gbit/s"),
         );
         report.set("gateway", g.to_json());
-    } else {
-        report.note("the operator has no --gateway-listen yet: only the direct path is measured");
     }
     report.note(format!(
         "one real Docker edge, one busybox httpd replica; every request opens a new connection (busybox httpd \
