@@ -398,6 +398,34 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
         wl_usage.cpu_seconds, wl_usage.memory_gib_hours
     );
 
+    // --- `edge-kubelet status` on a provider shows its session, caps, pods and usage.
+    let (carrier_pod, (carrier_node, _, _)) = replicas(&client)
+        .await?
+        .into_iter()
+        .next()
+        .context("a replica")?;
+    let carrier = edges
+        .get(carrier_node.trim_start_matches("edge-"))
+        .context("carrier edge")?;
+    let status = eventually(Duration::from_secs(15), || async {
+        let out = std::process::Command::new(decloud_e2e::binary("edge-kubelet")?)
+            .args(["status", "--name", &carrier.name, "--state-dir"])
+            .arg(&carrier.state_dir)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success(),
+            "edge-kubelet status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(text.contains("session:    connected"), "{text}");
+        ensure!(text.contains(&format!("default/{carrier_pod}")), "{text}");
+        ensure!(text.contains("offered:    cpu"), "{text}");
+        Ok(text)
+    })
+    .await?;
+    println!("edge-kubelet status:\n{status}");
+
     // --- Deleting the Workload leaves no pod and no container.
     env.kubectl(&["delete", "wl", WORKLOAD, "--wait=false"])?;
     eventually(Duration::from_secs(60), || async {

@@ -23,6 +23,32 @@ pub enum Command {
     Run(RunArgs),
     /// Join a cluster once with a join token; `run` then needs no token.
     Join(JoinArgs),
+    /// Show what this machine runs, the caps in force, the connection state and the
+    /// resources given so far (read from the running agent's state folder).
+    Status(StatusArgs),
+}
+
+/// Flags of `edge-kubelet status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Provider name (locates the default state folder).
+    #[arg(long, env = "DECLOUD_NAME")]
+    pub name: String,
+
+    /// The state folder the agent runs with (`run --state-dir`).
+    #[arg(long, env = "DECLOUD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Print the raw report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl StatusArgs {
+    /// `--state-dir`, or the per-user default.
+    pub fn state_dir(&self) -> PathBuf {
+        default_state_dir(self.state_dir.as_ref(), &self.name)
+    }
 }
 
 /// Flags of `edge-kubelet join`.

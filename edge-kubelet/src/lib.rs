@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pod_supervisor;
 pub(crate) mod pod_worker;
 pub mod probe;
+pub mod report;
 pub mod runtime;
 pub mod session;
 pub mod state_file;
@@ -85,8 +86,39 @@ pub async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> 
         max_backoff: args.max_reconnect_backoff,
         credential,
     };
-    session::run(cfg, pods, metrics, shutdown).await;
+    let report = report::EdgeReport {
+        pid: std::process::id(),
+        provider: args.name.clone(),
+        operator: args.operator.clone(),
+        runtime: format!("{:?}", args.runtime).to_lowercase(),
+        offered_cpu_millis: offered.cpu_millis,
+        offered_memory_bytes: offered.memory_bytes,
+        offered_pods: offered.pods,
+        allowed_images: args.allowed_images.clone(),
+        ..Default::default()
+    };
+    let reporter = tokio::spawn(report::keep_writing(
+        state_dir,
+        report,
+        pods.board().clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    session::run(cfg, pods, metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = reporter.await;
     Ok(())
+}
+
+/// `edge-kubelet status`: the report of the agent using `state_dir`, rendered.
+pub fn status(state_dir: &std::path::Path) -> Result<String> {
+    let r = report::read(state_dir)?;
+    let alive = std::path::Path::new(&format!("/proc/{}", r.pid)).exists();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    Ok(report::render(&r, now, alive))
 }
 
 /// Joins the cluster at `args.operator` with `args.token` once (see [`credentials::join`]).

@@ -30,6 +30,14 @@ async fn main() -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Run(args) => edge_kubelet::run(args, shutdown).await?,
+        Command::Status(args) => {
+            if args.json {
+                let r = edge_kubelet::report::read(&args.state_dir())?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", edge_kubelet::status(&args.state_dir())?);
+            }
+        }
         Command::Join(args) => {
             edge_kubelet::join(&args).await?;
             println!(

@@ -56,7 +56,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Session up or down.
+    /// Whether the session with the operator is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected_flag.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the session with the operator is up.
     pub fn set_connected(&self, up: bool) {
         self.connected.set(i64::from(up));
         self.connected_flag.store(up, Ordering::Relaxed);

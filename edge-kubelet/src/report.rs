@@ -1,0 +1,242 @@
+//! `edge-kubelet status`: what this machine runs, the caps in force, the connection state and
+//! the resources given so far.
+//!
+//! The running agent rewrites `status.json` in its state folder every few seconds (atomically,
+//! mode 0600); `edge-kubelet status` reads it, so no port needs to be opened for it.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use decloud_proto as pb;
+
+use crate::{Error, Result, metrics::Metrics, status_board::StatusBoard};
+
+/// File name of the report in the state folder.
+pub const FILE: &str = "status.json";
+/// How often the running agent rewrites it.
+pub const PERIOD: Duration = Duration::from_secs(2);
+
+/// What `edge-kubelet status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EdgeReport {
+    /// Process id of the agent.
+    pub pid: u32,
+    /// Provider name.
+    pub provider: String,
+    /// Operator URL.
+    pub operator: String,
+    /// Container runtime.
+    pub runtime: String,
+    /// Whether the session with the operator is up.
+    pub connected: bool,
+    /// When this report was written (unix seconds).
+    pub written_unix: i64,
+    /// CPU offered, millicores.
+    pub offered_cpu_millis: i64,
+    /// Memory offered, bytes.
+    pub offered_memory_bytes: i64,
+    /// Most pods at once.
+    pub offered_pods: i64,
+    /// Accepted images (empty: any).
+    pub allowed_images: Vec<String>,
+    /// One line per pod.
+    pub pods: Vec<PodLine>,
+}
+
+/// One pod in the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodLine {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Pod phase.
+    pub phase: String,
+    /// Ready for traffic.
+    pub ready: bool,
+    /// Restarts summed over containers.
+    pub restarts: u32,
+    /// CPU time used, seconds.
+    pub cpu_seconds: f64,
+    /// Memory held over time, GiB-hours.
+    pub memory_gib_hours: f64,
+}
+
+impl PodLine {
+    fn from_status(s: &pb::PodStatus) -> Self {
+        let usage = s.usage.unwrap_or_default();
+        Self {
+            pod: format!("{}/{}", s.namespace, s.name),
+            phase: s
+                .phase()
+                .as_str_name()
+                .trim_start_matches("POD_PHASE_")
+                .to_lowercase(),
+            ready: s.ready,
+            restarts: s.containers.iter().map(|c| c.restart_count).sum(),
+            cpu_seconds: usage.cpu_seconds,
+            memory_gib_hours: usage.memory_gib_hours,
+        }
+    }
+}
+
+/// Rewrites the report every [`PERIOD`] until `shutdown`; `base` carries the fixed fields.
+pub async fn keep_writing(
+    state_dir: PathBuf,
+    base: EdgeReport,
+    board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PERIOD);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let report = EdgeReport {
+            connected: metrics.is_connected(),
+            written_unix: now_unix(),
+            pods: board.all().iter().map(PodLine::from_status).collect(),
+            ..base.clone()
+        };
+        if let Err(e) = write(&state_dir, &report) {
+            tracing::debug!(error = %e, "writing status.json failed");
+        }
+    }
+    // The agent is stopping: say so, so `status` does not show a stale "connected".
+    let report = EdgeReport {
+        connected: false,
+        written_unix: now_unix(),
+        pods: board.all().iter().map(PodLine::from_status).collect(),
+        ..base
+    };
+    let _ = write(&state_dir, &report);
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+fn write(state_dir: &Path, report: &EdgeReport) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = state_dir.join(format!("{FILE}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(report)?)?;
+    std::fs::rename(&tmp, state_dir.join(FILE))?;
+    Ok(())
+}
+
+/// Reads the report of the agent using `state_dir`.
+pub fn read(state_dir: &Path) -> Result<EdgeReport> {
+    let path = state_dir.join(FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::InvalidInput(format!(
+            "no status in {} ({e}): is edge-kubelet running with --state-dir {}?",
+            path.display(),
+            state_dir.display()
+        ))
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::InvalidInput(format!("{} is not a status report: {e}", path.display())))
+}
+
+/// The report as a person reads it. `alive` says whether process `pid` still runs.
+pub fn render(r: &EdgeReport, now_unix: i64, alive: bool) -> String {
+    let age = now_unix - r.written_unix;
+    let state = match (alive, r.connected) {
+        (false, _) => "agent not running".to_string(),
+        (true, true) => "connected".to_string(),
+        (true, false) => "disconnected (retrying; pods keep running)".to_string(),
+    };
+    let cpu: f64 = r.pods.iter().map(|p| p.cpu_seconds).sum();
+    let mem: f64 = r.pods.iter().map(|p| p.memory_gib_hours).sum();
+    let mut out = format!(
+        "provider:   {} (node edge-{})\noperator:   {}\nsession:    {state} (report {age}s old, pid {})\nruntime:    {}\noffered:    cpu {}m, memory {} MiB, pods {}\nimages:     {}\ngiven:      {cpu:.3} CPU-seconds, {mem:.4} GiB-hours of memory, {} pods now\n",
+        r.provider,
+        r.provider,
+        r.operator,
+        r.pid,
+        r.runtime,
+        r.offered_cpu_millis,
+        r.offered_memory_bytes >> 20,
+        r.offered_pods,
+        if r.allowed_images.is_empty() {
+            "any".to_string()
+        } else {
+            r.allowed_images.join(", ")
+        },
+        r.pods.len(),
+    );
+    if !r.pods.is_empty() {
+        out.push_str(&format!(
+            "\n{:<48} {:<10} {:<6} {:>8} {:>10} {:>12}\n",
+            "POD", "PHASE", "READY", "RESTARTS", "CPU-S", "GIB-HOURS"
+        ));
+        for p in &r.pods {
+            out.push_str(&format!(
+                "{:<48} {:<10} {:<6} {:>8} {:>10.3} {:>12.4}\n",
+                p.pod, p.phase, p.ready, p.restarts, p.cpu_seconds, p.memory_gib_hours
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_state_folder_and_renders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let report = EdgeReport {
+            pid: 42,
+            provider: "alice".into(),
+            operator: "https://op:7443".into(),
+            runtime: "docker".into(),
+            connected: true,
+            written_unix: 100,
+            offered_cpu_millis: 2000,
+            offered_memory_bytes: 4 << 30,
+            offered_pods: 10,
+            allowed_images: vec![],
+            pods: vec![PodLine {
+                pod: "default/web-1".into(),
+                phase: "running".into(),
+                ready: true,
+                restarts: 1,
+                cpu_seconds: 12.5,
+                memory_gib_hours: 0.25,
+            }],
+        };
+        write(dir.path(), &report).expect("write");
+        assert_eq!(read(dir.path()).expect("read"), report);
+        let text = render(&report, 103, true);
+        assert!(text.contains("connected (report 3s old"), "{text}");
+        assert!(
+            text.contains("cpu 2000m, memory 4096 MiB, pods 10"),
+            "{text}"
+        );
+        assert!(text.contains("default/web-1"), "{text}");
+        assert!(render(&report, 103, false).contains("agent not running"));
+        let missing = read(&dir.path().join("nope")).expect_err("no report");
+        assert!(
+            missing.to_string().contains("is edge-kubelet running"),
+            "{missing}"
+        );
+    }
+}
