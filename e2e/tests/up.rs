@@ -10,7 +10,15 @@ use decloud_e2e::{binary, cluster::containers_with_label};
 #[test]
 fn decloud_up_brings_up_the_demo_and_tears_it_down() -> anyhow::Result<()> {
     let out = Command::new(binary("decloud-up")?)
-        .args(["--exit-when-ready", "--edges", "2", "--timeout", "120s"])
+        .args([
+            "--exit-when-ready",
+            "--edges",
+            "2",
+            "--timeout",
+            "120s",
+            "--gateway-port",
+            "0",
+        ])
         .env_remove("DECLOUD_KUBECONFIG")
         .output()
         .context("running decloud-up")?;

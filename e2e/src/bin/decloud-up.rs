@@ -34,6 +34,9 @@ struct Args {
     /// Tear everything down once the demo is ready instead of waiting for Ctrl-C (for tests).
     #[arg(long)]
     exit_when_ready: bool,
+    /// Port of the public HTTP gateway on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    gateway_port: u16,
     /// How long to wait for the demo to become ready.
     #[arg(long, default_value = "120s", value_parser = humantime_secs)]
     timeout: Duration,
@@ -143,6 +146,15 @@ async fn main() -> anyhow::Result<()> {
     let edge_port = free_port()?;
     let metrics_port = free_port()?;
     let kubelet_port = free_port()?;
+    let gateway_port = match args.gateway_port {
+        0 => free_port()?,
+        p if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() => p,
+        p => {
+            let free = free_port()?;
+            eprintln!("      port {p} is taken; the gateway uses {free} instead");
+            free
+        }
+    };
     let mut op = Command::new(binary("decloud-operator")?);
     op.env("KUBECONFIG", &kubeconfig)
         .env(
@@ -151,7 +163,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .args(["run", "--edge-listen", &format!("127.0.0.1:{edge_port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--kubelet-port", &kubelet_port.to_string()]);
+        .args(["--kubelet-port", &kubelet_port.to_string()])
+        .args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")])
+        .args(["--url-template", &format!("http://{{host}}:{gateway_port}")]);
     let mut operator = ChildGuard::spawn("decloud-operator", op, &scratch.join("operator.log"))?;
     eventually(Duration::from_secs(30), || {
         let running = operator.check_running();
@@ -223,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
     .context("providers did not become Ready")?;
     eprintln!("      {} providers Ready", args.edges);
 
+    let mut curl_lines = Vec::new();
     if !args.no_demo {
         step.next(&format!("demo Workload {}", args.workload.display()));
         let manifest = root.join(&args.workload);
@@ -261,6 +276,30 @@ async fn main() -> anyhow::Result<()> {
             let f: Vec<&str> = line.split_whitespace().collect();
             if let Some(url) = f.get(3) {
                 eprintln!("      {} is ready: {url}", f[0]);
+                // Prove it the way a user would: through the gateway, by host name.
+                let host = url
+                    .trim_start_matches("http://")
+                    .split([':', '/'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let (code, body) = eventually(Duration::from_secs(20), || {
+                    let host = host.clone();
+                    async move {
+                        let (code, body) = gateway_get(gateway_port, &host).await?;
+                        if code != 200 {
+                            bail!("gateway answered {code}: {body}");
+                        }
+                        Ok((code, body))
+                    }
+                })
+                .await
+                .with_context(|| format!("{url} did not answer through the gateway"))?;
+                eprintln!(
+                    "      curl {url}  ->  {code} {:?}",
+                    body.lines().next().unwrap_or_default()
+                );
+                curl_lines.push(format!("curl {url}"));
             }
         }
     }
@@ -273,6 +312,9 @@ async fn main() -> anyhow::Result<()> {
     )?;
     println!("{table}");
     println!("export KUBECONFIG={}", kubeconfig.display());
+    for line in &curl_lines {
+        println!("{line}");
+    }
     println!("kubectl get wl,prov,nodes,pods -o wide");
     println!("logs: {}", scratch.display());
 
@@ -315,4 +357,29 @@ async fn main() -> anyhow::Result<()> {
     drop(env);
     eprintln!("torn down");
     Ok(())
+}
+
+/// One HTTP/1.1 GET of `/` through the gateway on 127.0.0.1 with `Host: host`.
+async fn gateway_get(port: u16, host: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .context("connecting to the gateway timed out")??;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .context("reading from the gateway timed out")??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("not an HTTP response")?;
+    Ok((code, body.to_string()))
 }
