@@ -391,3 +391,11 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// Whether `pod` has the condition `Ready=True`.
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

@@ -118,12 +118,7 @@ async fn ready_pods(client: &Client, name: &str) -> anyhow::Result<Vec<Pod>> {
         .items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .filter(|p| decloud_e2e::cluster::pod_ready(p))
         .collect())
 }
 

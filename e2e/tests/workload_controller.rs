@@ -123,11 +123,7 @@ async fn replicas(client: &Client) -> anyhow::Result<BTreeMap<String, (String, S
                 .get("decloud.dev/template-hash")
                 .cloned()
                 .unwrap_or_default();
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let ready = decloud_e2e::cluster::pod_ready(&p);
             (p.name_any(), (provider, hash, ready))
         })
         .collect())
