@@ -118,7 +118,7 @@ async fn ready_pods(client: &Client, name: &str) -> anyhow::Result<Vec<Pod>> {
         .items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| decloud_e2e::cluster::pod_ready(p))
+        .filter(decloud_e2e::cluster::pod_ready)
         .collect())
 }
 
