@@ -502,7 +502,17 @@ pub async fn serve<A: EdgeAuthenticator>(
                 .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(pb::MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        // Connections come from our own listener, so tonic's `tcp_nodelay` does not reach
+        // them: without it Nagle and delayed ACKs add tens of ms to every small tunnel write.
+        .serve_with_incoming(tokio_stream::StreamExt::map(
+            TcpListenerStream::new(listener),
+            |conn| {
+                if let Ok(c) = &conn {
+                    let _ = c.set_nodelay(true);
+                }
+                conn
+            },
+        ))
         .await?;
     Ok(())
 }
