@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::{TestEnv, cluster::OperatorProcess, eventually};
 
 use super::{
-    harness::{NS, Opts, create_workload, sleeper, workload},
+    harness::{NS, Opts, PodTimeline, create_workload, sleeper, workload},
     procfs::{ProcSample, ProcWindow},
     report::{Row, ScenarioReport, ms},
     sim_edges::SimEdges,
@@ -31,7 +31,9 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
     let plan: &[(usize, usize)] = if opts.quick {
         &[(200, 2)]
     } else {
-        &[(1000, 10), (5000, 1)]
+        // 10 pods per edge at 1,000 edges took ~10 min to place and start on this machine
+        // (about 17 pods/s through one apiserver on 2 shared cores): fewer here.
+        &[(1000, 2), (5000, 1)]
     };
     let window = Duration::from_secs(if opts.quick { 15 } else { 30 });
     let mut raw = Vec::new();
@@ -91,6 +93,8 @@ async fn one_size(
             )
         })
         .collect();
+    // Ready pods counted from a pod watch: the ground truth, independent of Workload status.
+    let timeline = PodTimeline::start(&client, "decloud.dev/workload").await?;
     let applied = Instant::now();
     for (name, n) in &wls {
         create_workload(
@@ -99,19 +103,26 @@ async fn one_size(
         )
         .await?;
     }
-    let wl_api = Api::<Workload>::namespaced(client.clone(), NS);
     let pods_running = eventually(Duration::from_secs(900), || async {
-        let list = wl_api.list(&ListParams::default()).await?;
-        let ready: usize = list
-            .items
-            .iter()
-            .map(|w| w.status.as_ref().map_or(0, |s| s.ready_replicas as usize))
-            .sum();
-        ensure!(ready == total, "{ready}/{total} replicas ready");
+        let ready = timeline
+            .snapshot()
+            .values()
+            .filter(|t| t.ready.is_some() && !t.deleted)
+            .count();
+        ensure!(ready >= total, "{ready}/{total} pods Ready");
         Ok(applied.elapsed())
     })
     .await?;
+    drop(timeline);
     println!("scale {edges}: {total} pods Ready after {pods_running:?}");
+    // Workload status lagging behind its pods is a finding of its own, not a stop.
+    let status_ready: usize = Api::<Workload>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|w| w.status.as_ref().map_or(0, |s| s.ready_replicas as usize))
+        .sum();
 
     let settle = Duration::from_secs(15);
     tokio::time::sleep(settle).await;
@@ -147,6 +158,10 @@ async fn one_size(
         format!("{tag}: {total} pods ({pods_per_edge}/edge) applied → all Ready"),
         ms(pods_running.as_secs_f64() * 1e3),
     ));
+    report.row(Row::info(
+        format!("{tag}: Workload status readyReplicas when all pods were Ready"),
+        format!("{status_ready}/{total}"),
+    ));
     for (hb, s) in [("1 s", &steady_1s), ("500 ms", &steady_half)] {
         report.row(Row::info(
             format!("{tag}, heartbeat {hb}: API writes/s at steady state"),
@@ -175,7 +190,7 @@ async fn one_size(
         "edges": edges, "pods": total, "pods_per_edge": pods_per_edge,
         "connected_ms": connected.as_millis() as u64, "providers_ready_ms": all_ready.as_millis() as u64,
         "pods_ready_ms": pods_running.as_millis() as u64, "reconnect_after_restart_ms": reconnect.as_millis() as u64,
-        "providers_ready_after_restart": still_ready,
+        "providers_ready_after_restart": still_ready, "workload_status_ready_when_pods_ready": status_ready,
         "steady_heartbeat_1s": steady_1s.to_json(), "steady_heartbeat_500ms": steady_half.to_json(),
     }))
 }
