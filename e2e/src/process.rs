@@ -43,7 +43,8 @@ impl ChildGuard {
         let pgid = child.id();
         let mut watchdog = Command::new("sh")
             .arg("-c")
-            .arg("read _ ; kill -TERM -- -$1 2>/dev/null; sleep 1; kill -KILL -- -$1 2>/dev/null")
+            // `kill -SIG -PGID` (no `--`: dash, Debian's /bin/sh, rejects it).
+            .arg("read _ ; kill -TERM -$1 2>/dev/null; sleep 1; kill -KILL -$1 2>/dev/null")
             .arg("watchdog")
             .arg(pgid.to_string())
             .stdin(Stdio::piped())
@@ -157,4 +158,36 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_kills_the_group_when_the_test_process_goes_away() {
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let mut cmd = Command::new("sh");
+        // A child of the child, to show the whole group goes.
+        cmd.args(["-c", "sleep 300 & exec sleep 300"]);
+        let mut guard = ChildGuard::spawn("sleeper", cmd, log.path()).expect("spawn");
+        assert!(guard.is_running());
+        // What the death of this process does to the watchdog: its pipe closes.
+        let (mut watchdog, stdin) = guard.watchdog.take().expect("watchdog");
+        drop(stdin);
+        let _ = watchdog.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while guard.is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!guard.is_running(), "the watchdog did not kill the child");
+        let group_left = Command::new("pgrep")
+            .args(["-g", &guard.pid().to_string()])
+            .output()
+            .expect("pgrep");
+        assert!(
+            group_left.stdout.is_empty(),
+            "processes of the group survived"
+        );
+    }
 }
