@@ -164,30 +164,48 @@ pub fn free_port() -> anyhow::Result<u16> {
 mod tests {
     use super::*;
 
+    /// Whether process `pid` runs (a zombie waiting to be reaped runs nothing).
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or_default()
+                .trim_start()
+                .chars()
+                .next()
+                != Some('Z')
+        })
+    }
+
     #[test]
     fn the_watchdog_kills_the_group_when_the_test_process_goes_away() {
-        let log = tempfile::NamedTempFile::new().expect("log file");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bg = dir.path().join("bg.pid");
         let mut cmd = Command::new("sh");
         // A child of the child, to show the whole group goes.
-        cmd.args(["-c", "sleep 300 & exec sleep 300"]);
-        let mut guard = ChildGuard::spawn("sleeper", cmd, log.path()).expect("spawn");
-        assert!(guard.is_running());
+        cmd.arg("-c").arg(format!(
+            "sleep 300 & echo $! > {}; exec sleep 300",
+            bg.display()
+        ));
+        let mut guard = ChildGuard::spawn("sleeper", cmd, &dir.path().join("log")).expect("spawn");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !bg.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let bg_pid = std::fs::read_to_string(&bg)
+            .expect("background pid")
+            .trim()
+            .to_string();
+        assert!(guard.is_running() && alive(&bg_pid));
         // What the death of this process does to the watchdog: its pipe closes.
         let (mut watchdog, stdin) = guard.watchdog.take().expect("watchdog");
         drop(stdin);
         let _ = watchdog.wait();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while guard.is_running() && std::time::Instant::now() < deadline {
+        while (guard.is_running() || alive(&bg_pid)) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!guard.is_running(), "the watchdog did not kill the child");
-        let group_left = Command::new("pgrep")
-            .args(["-g", &guard.pid().to_string()])
-            .output()
-            .expect("pgrep");
-        assert!(
-            group_left.stdout.is_empty(),
-            "processes of the group survived"
-        );
+        assert!(!alive(&bg_pid), "the child's own child survived");
     }
 }
