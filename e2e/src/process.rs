@@ -167,13 +167,11 @@ mod tests {
     /// Whether process `pid` runs (a zombie waiting to be reaped runs nothing).
     fn alive(pid: &str) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit(')')
+            !s.rsplit(')')
                 .next()
                 .unwrap_or_default()
                 .trim_start()
-                .chars()
-                .next()
-                != Some('Z')
+                .starts_with('Z')
         })
     }
 
