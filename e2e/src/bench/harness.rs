@@ -218,13 +218,7 @@ impl Drop for PodTimeline {
     }
 }
 
-/// Whether `pod` has condition Ready=True.
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
+pub use crate::cluster::pod_ready;
 
 /// Runs `f` until it is `Ok` or `timeout` passes, polling every `every`; the time it took.
 pub async fn time_until<F, Fut>(
