@@ -518,4 +518,4 @@ pub async fn serve<A: EdgeAuthenticator>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

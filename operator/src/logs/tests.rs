@@ -1,19 +1,10 @@
 //! The relay with a pod cache filled by the test and a fake edge session.
 
-use std::sync::atomic::Ordering as AtomicOrdering;
-
 use k8s_openapi::api::core::v1::{Container, PodSpec};
-use kube::runtime::reflector;
-use kube::runtime::watcher::Event;
 use tokio::sync::mpsc::Receiver;
 use tonic::Status;
 
 use super::*;
-use crate::Config;
-use crate::context::Caches;
-use crate::http::Readiness;
-use crate::metrics::Metrics;
-use crate::registry::HelloInfo;
 
 fn pod(name: &str, node: &str) -> Pod {
     let mut p = Pod::default();
@@ -32,51 +23,10 @@ fn pod(name: &str, node: &str) -> Pod {
 }
 
 fn context(pods: Vec<Pod>) -> Arc<Context> {
-    let (store, mut writer) = reflector::store();
-    for p in pods {
-        writer.apply_watcher_event(&Event::Apply(p));
-    }
-    let (providers, _) = reflector::store();
-    let (nodes, _) = reflector::store();
-    let readiness = Arc::new(Readiness::default());
-    readiness.leader.store(true, AtomicOrdering::Relaxed);
-    let client = kube::Client::new(
-        tower::service_fn(|_req: http::Request<kube::client::Body>| async {
-            Ok::<_, std::convert::Infallible>(
-                http::Response::builder()
-                    .status(503)
-                    .body(kube::client::Body::from(b"{}".to_vec()))
-                    .expect("response"),
-            )
-        }),
-        "default",
-    );
-    Context::new(
-        client,
-        Config::default(),
-        Arc::new(Metrics::default()),
-        Caches {
-            pods: store,
-            providers,
-            nodes,
-        },
-        readiness,
-    )
-    .0
+    crate::server::tests::context(pods, true)
 }
 
-fn session(ctx: &Context, provider: &str) -> Receiver<Result<pb::OperatorMessage, Status>> {
-    let (tx, mut rx) = mpsc::channel(64);
-    ctx.registry.connect(
-        provider,
-        HelloInfo::default(),
-        tx,
-        pb::Welcome::default(),
-        |_| {},
-    );
-    let _ = rx.try_recv(); // Welcome
-    rx
-}
+use crate::server::tests::fake_session as session;
 
 fn query(pod: &str, container: &str) -> LogQuery {
     LogQuery {

@@ -33,7 +33,8 @@ fn provider_names() {
     assert!(!valid_provider_name(&"a".repeat(201)));
 }
 
-fn unreachable_client() -> kube::Client {
+/// A Kubernetes client that answers 503 to everything (for steps that never reach the API).
+pub(crate) fn unreachable_client() -> kube::Client {
     let service = tower::service_fn(|_req: Request<Body>| async {
         let resp = Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
@@ -44,23 +45,33 @@ fn unreachable_client() -> kube::Client {
     kube::Client::new(service, "default")
 }
 
-async fn start(leader: bool) -> (EdgeClient<tonic::transport::Channel>, Arc<Context>) {
-    let (pods, _) = reflector::store();
+/// A context over `pods`, with empty provider and node caches and an unreachable API.
+pub(crate) fn context(pods: Vec<k8s_openapi::api::core::v1::Pod>, leader: bool) -> Arc<Context> {
+    let (pod_store, mut writer) = reflector::store();
+    for p in pods {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(p));
+    }
     let (providers, _) = reflector::store();
     let (nodes, _) = reflector::store();
     let readiness = Arc::new(Readiness::default());
     readiness.leader.store(leader, Ordering::Relaxed);
-    let (ctx, _queues) = Context::new(
+    Context::new(
         unreachable_client(),
         Config::default(),
         Arc::new(Metrics::default()),
         Caches {
-            pods,
+            pods: pod_store,
             providers,
             nodes,
         },
         readiness,
-    );
+    )
+    .0
+}
+
+/// A real edge gRPC server on loopback over a fresh context, and a client of it.
+pub(crate) async fn start(leader: bool) -> (EdgeClient<tonic::transport::Channel>, Arc<Context>) {
+    let ctx = context(Vec::new(), leader);
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(
@@ -70,6 +81,23 @@ async fn start(leader: bool) -> (EdgeClient<tonic::transport::Channel>, Arc<Cont
     ));
     let client = EdgeClient::connect(format!("http://{addr}")).await.unwrap();
     (client, ctx)
+}
+
+/// Registers a session for `provider`; returns what the operator sends it.
+pub(crate) fn fake_session(
+    ctx: &Context,
+    provider: &str,
+) -> tokio::sync::mpsc::Receiver<Result<pb::OperatorMessage, Status>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    ctx.registry.connect(
+        provider,
+        crate::registry::HelloInfo::default(),
+        tx,
+        pb::Welcome::default(),
+        |_| {},
+    );
+    let _ = rx.try_recv(); // Welcome
+    rx
 }
 
 fn message(kind: Kind) -> pb::EdgeMessage {

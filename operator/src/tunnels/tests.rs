@@ -1,84 +1,17 @@
 //! The broker and the `Tunnel` RPC over a real loopback gRPC server, with a fake edge driven
 //! by the test (a real tonic client speaking the real protocol).
 
-use std::convert::Infallible;
-use std::sync::atomic::Ordering as AtomicOrdering;
-
 use decloud_proto::edge_client::EdgeClient;
-use kube::client::Body;
-use kube::runtime::reflector;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 use super::*;
-use crate::Config;
-use crate::context::Caches;
-use crate::http::Readiness;
-use crate::metrics::Metrics;
-use crate::registry::HelloInfo;
-use crate::server::{EdgeService, TrustingAuthenticator};
 
-fn unreachable_client() -> kube::Client {
-    let service = tower::service_fn(|_req: http::Request<Body>| async {
-        let resp = http::Response::builder()
-            .status(503)
-            .body(Body::from(b"{}".to_vec()))
-            .expect("response");
-        Ok::<_, Infallible>(resp)
-    });
-    kube::Client::new(service, "default")
+async fn start() -> (EdgeClient<Channel>, Arc<Context>) {
+    crate::server::tests::start(true).await
 }
 
-pub(crate) async fn start() -> (EdgeClient<Channel>, Arc<Context>) {
-    let (pods, _) = reflector::store();
-    let (providers, _) = reflector::store();
-    let (nodes, _) = reflector::store();
-    let readiness = Arc::new(Readiness::default());
-    readiness.leader.store(true, AtomicOrdering::Relaxed);
-    let (ctx, _queues) = Context::new(
-        unreachable_client(),
-        Config::default(),
-        Arc::new(Metrics::default()),
-        Caches {
-            pods,
-            providers,
-            nodes,
-        },
-        readiness,
-    );
-    let listener = crate::server::bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(decloud_proto::edge_server::EdgeServer::new(
-                EdgeService::new(ctx.clone(), TrustingAuthenticator),
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let client = EdgeClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
-    (client, ctx)
-}
-
-/// Registers a session for `provider`; returns what the operator sends it.
-pub(crate) fn fake_session(
-    ctx: &Context,
-    provider: &str,
-) -> mpsc::Receiver<Result<pb::OperatorMessage, Status>> {
-    let (tx, mut rx) = mpsc::channel(64);
-    ctx.registry.connect(
-        provider,
-        HelloInfo::default(),
-        tx,
-        pb::Welcome::default(),
-        |_| {},
-    );
-    let _ = rx.try_recv(); // Welcome
-    rx
-}
+use crate::server::tests::fake_session;
 
 fn backend(provider: &str) -> Backend {
     Backend {
