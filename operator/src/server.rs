@@ -180,6 +180,9 @@ async fn register_provider(
                     name: Some(name.clone()),
                     labels: Some(labels),
                     annotations: Some(annotations),
+                    // Born with the cleanup finalizer: the Provider controller need not add it,
+                    // which at a join storm would race its own stale cache (422 on the patch).
+                    finalizers: Some(vec![crate::provider::FINALIZER.to_string()]),
                     ..ObjectMeta::default()
                 },
                 spec: ProviderSpec {
@@ -264,6 +267,7 @@ async fn ensure_provider(ctx: &Context, hello: &pb::Hello) -> Result<(), Status>
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
                     labels: Some(labels),
+                    finalizers: Some(vec![crate::provider::FINALIZER.to_string()]),
                     ..ObjectMeta::default()
                 },
                 spec: ProviderSpec {

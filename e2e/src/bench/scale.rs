@@ -83,13 +83,15 @@ async fn one_size(
     .await?;
     println!("scale {edges}: all connected after {connected:?}, all Ready after {all_ready:?}");
 
-    // Pods: Workloads of at most 1,000 replicas adding up to edges × pods_per_edge.
+    // Pods: Workloads adding up to edges × pods_per_edge. With spread Required a Workload puts
+    // at most one replica on a provider, so none has more replicas than there are edges.
     let total = edges * pods_per_edge;
-    let wls: Vec<(String, usize)> = (0..total.div_ceil(MAX_REPLICAS))
+    let per_workload = edges.min(MAX_REPLICAS);
+    let wls: Vec<(String, usize)> = (0..total.div_ceil(per_workload))
         .map(|i| {
             (
                 format!("scale-{i}"),
-                (total - i * MAX_REPLICAS).min(MAX_REPLICAS),
+                (total - i * per_workload).min(per_workload),
             )
         })
         .collect();
