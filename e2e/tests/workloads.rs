@@ -164,6 +164,9 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
             "e2e-wl",
             "--usage-interval",
             "2s",
+            // Provider usage rides on the periodic status refresh (default 5 min).
+            "--status-report-interval",
+            "5s",
         ],
     )
     .await?;

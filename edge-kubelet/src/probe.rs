@@ -165,7 +165,15 @@ mod tests {
         let waits: Vec<_> = (0..7).map(|a| next_wait(false, a, ten_s)).collect();
         assert_eq!(
             waits,
-            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000), ms(1000)]
+            [
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1000),
+                ms(1000),
+                ms(1000)
+            ]
         );
         assert_eq!(next_wait(true, 0, ten_s), ten_s);
         assert_eq!(next_wait(true, 9, ten_s), ten_s);

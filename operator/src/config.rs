@@ -17,6 +17,9 @@ pub struct Config {
     pub node_address: IpAddr,
     /// How often node Leases in `kube-node-lease` are renewed.
     pub node_lease_renew: Duration,
+    /// How stale a ready Provider's `status.lastHeartbeatTime` (and its Node's) may get: the
+    /// only periodic status write per edge. Liveness itself lives in memory and in the Lease.
+    pub status_report_interval: Duration,
     /// The operator's own namespace: join tokens and its TLS Secret live there.
     pub namespace: String,
 }
@@ -36,6 +39,7 @@ impl Default for Config {
             kubelet_port: 10250,
             node_address: IpAddr::from([127, 0, 0, 1]),
             node_lease_renew: Duration::from_secs(10),
+            status_report_interval: Duration::from_secs(300),
             namespace: "default".into(),
         }
     }

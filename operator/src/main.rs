@@ -105,6 +105,11 @@ struct RunArgs {
     /// How often node Leases in kube-node-lease are renewed for ready edges.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     node_lease_renew: Duration,
+    /// How often a ready Provider's status.lastHeartbeatTime (and its Node's) is refreshed when
+    /// nothing else changed: the only periodic status write per edge (kubelet's
+    /// nodeStatusReportFrequency is 5m too). Transitions are written at once regardless.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    status_report_interval: Duration,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "decloud-operator")]
     lease_name: String,
@@ -329,6 +334,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         kubelet_port: args.kubelet_port,
         node_address: args.node_address,
         node_lease_renew: args.node_lease_renew,
+        status_report_interval: args.status_report_interval,
         namespace: args.namespace.clone(),
     };
     let mut registry = prometheus_client::registry::Registry::default();

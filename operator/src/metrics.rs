@@ -59,6 +59,10 @@ pub struct Metrics {
     /// Seconds from asking an edge for a tunnel to the tunnel carrying bytes.
     pub tunnel_open_latency: Histogram,
     log_requests: Family<OutcomeLabels, Counter>,
+    /// Bytes read from edge connections (TLS records: sessions, tunnels, logs).
+    pub edge_bytes_received: Counter,
+    /// Bytes written to edge connections.
+    pub edge_bytes_sent: Counter,
 }
 
 impl Metrics {
@@ -76,6 +80,8 @@ impl Metrics {
             tunnels: Family::default(),
             tunnel_open_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             log_requests: Family::default(),
+            edge_bytes_received: Counter::default(),
+            edge_bytes_sent: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("decloud_operator");
         r.register(
@@ -132,6 +138,16 @@ impl Metrics {
             "log_requests",
             "kubectl logs requests relayed to edges, by outcome",
             m.log_requests.clone(),
+        );
+        r.register(
+            "edge_received_bytes",
+            "Bytes read from edge connections (TLS records: sessions, tunnels, logs)",
+            m.edge_bytes_received.clone(),
+        );
+        r.register(
+            "edge_sent_bytes",
+            "Bytes written to edge connections (TLS records: sessions, tunnels, logs)",
+            m.edge_bytes_sent.clone(),
         );
         m
     }

@@ -1,8 +1,8 @@
 //! The Provider controller: Provider status and the virtual Node follow the edge's session.
 //!
 //! Reconciles run on Provider and Node changes, on session transitions (connect, heartbeats
-//! resumed, heartbeats missed), on pod changes on the node, and every 30 s (for the periodic
-//! `lastHeartbeatTime` and reliability).
+//! resumed, heartbeats missed), on pod changes on the node, and every `--status-report-interval`
+//! (default 5 min, for the periodic `lastHeartbeatTime` and reliability).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +37,6 @@ use crate::{Error, FIELD_MANAGER, Result, node};
 pub const FINALIZER: &str = "decloud.dev/provider-cleanup";
 /// Pods an edge may run when neither it nor its Provider says.
 pub const DEFAULT_MAX_PODS: i32 = 110;
-/// How stale `status.lastHeartbeatTime` may get while an edge is ready.
-const HEARTBEAT_WRITE_PERIOD: Duration = Duration::from_secs(30);
 
 /// Reconciles one Provider.
 pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Action> {
@@ -118,7 +116,7 @@ async fn apply(provider: &Provider, ctx: &Context) -> Result<Action> {
         node::apply_node(ctx, provider, &status, ready).await?;
     }
     Ok(Action::requeue(if ready {
-        HEARTBEAT_WRITE_PERIOD
+        ctx.config.status_report_interval
     } else {
         Duration::from_secs(60)
     }))
@@ -265,7 +263,9 @@ pub fn desired_status(
                 .is_some_and(|t| {
                     let age = seen.signed_duration_since(t.with_timezone(&Utc));
                     age >= chrono::Duration::zero()
-                        && age.to_std().is_ok_and(|a| a < HEARTBEAT_WRITE_PERIOD)
+                        && age
+                            .to_std()
+                            .is_ok_and(|a| a < config.status_report_interval)
                 });
             if fresh_enough && !transitioned {
                 old.last_heartbeat_time.clone()

@@ -25,6 +25,7 @@ use crate::liveness::Transition;
 use crate::quantity::{format_bytes, format_millis};
 use crate::registry::{HelloInfo, SESSION_QUEUE};
 use crate::{Error, Result, bridge};
+use counting::CountingStream;
 
 /// How long an edge has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -491,6 +492,8 @@ pub async fn serve<A: EdgeAuthenticator>(
     service: EdgeService<A>,
     tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<()> {
+    let received = service.ctx.metrics.edge_bytes_received.clone();
+    let sent = service.ctx.metrics.edge_bytes_sent.clone();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -510,16 +513,17 @@ pub async fn serve<A: EdgeAuthenticator>(
         // them: without it Nagle and delayed ACKs add tens of ms to every small tunnel write.
         .serve_with_incoming(tokio_stream::StreamExt::map(
             TcpListenerStream::new(listener),
-            |conn| {
-                if let Ok(c) = &conn {
+            move |conn| {
+                conn.map(|c| {
                     let _ = c.set_nodelay(true);
-                }
-                conn
+                    CountingStream::new(c, received.clone(), sent.clone())
+                })
             },
         ))
         .await?;
     Ok(())
 }
 
+mod counting;
 #[cfg(test)]
 pub(crate) mod tests;

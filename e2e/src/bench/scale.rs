@@ -16,7 +16,7 @@ use crate::{TestEnv, cluster::OperatorProcess, eventually};
 
 use super::{
     harness::{NS, Opts, PodTimeline, create_workload, sleeper, workload},
-    procfs::{ProcSample, ProcWindow},
+    procfs::ProcWindow,
     report::{Row, ScenarioReport, ms},
     sim_edges::SimEdges,
 };
@@ -48,8 +48,8 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
         "SIMULATED edges (edge-kubelet's real session and pod lifecycle with the in-memory runtime, every edge its own \
          gRPC connection) hosted in the bench process next to the operator, etcd and kube-apiserver on the same 2 cores; \
          pods are Workloads of ≤ {MAX_REPLICAS} replicas (spread Required); write rates from apiserver_request_total \
-         (verbs {}) over a {}s window after a settle; bytes per edge = the bench process's socket reads+writes \
-         (/proc/self/io rchar+wchar, payload incl. HTTP/2 framing, no TCP/IP headers) / edges",
+         (verbs {}) over a {}s window after a settle; bytes per edge = the operator's byte counters on its edge connections \
+         (decloud_operator_edge_{{received,sent}}_bytes_total: TLS records, no TCP/IP headers) / edges",
         WRITE_VERBS.join("/"),
         window.as_secs()
     ));
@@ -118,13 +118,15 @@ async fn one_size(
     drop(timeline);
     println!("scale {edges}: {total} pods Ready after {pods_running:?}");
     // Workload status lagging behind its pods is a finding of its own, not a stop.
-    let status_ready: usize = Api::<Workload>::namespaced(client.clone(), NS)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|w| w.status.as_ref().map_or(0, |s| s.ready_replicas as usize))
-        .sum();
+    let status_ready = status_ready_replicas(&client).await?;
+    let status_caught_up = eventually(Duration::from_secs(300), || async {
+        let n = status_ready_replicas(&client).await?;
+        ensure!(n >= total, "Workload status: {n}/{total} ready");
+        Ok(applied.elapsed())
+    })
+    .await
+    .ok();
+    println!("scale {edges}: Workload status all ready after {status_caught_up:?}");
 
     let settle = Duration::from_secs(15);
     tokio::time::sleep(settle).await;
@@ -164,6 +166,13 @@ async fn one_size(
         format!("{tag}: Workload status readyReplicas when all pods were Ready"),
         format!("{status_ready}/{total}"),
     ));
+    report.row(Row::info(
+        format!("{tag}: applied → Workload status shows all {total} ready"),
+        status_caught_up.map_or_else(
+            || "not within 300 s".to_string(),
+            |d| ms(d.as_secs_f64() * 1e3),
+        ),
+    ));
     for (hb, s) in [("1 s", &steady_1s), ("500 ms", &steady_half)] {
         report.row(Row::info(
             format!("{tag}, heartbeat {hb}: API writes/s at steady state"),
@@ -193,6 +202,7 @@ async fn one_size(
         "connected_ms": connected.as_millis() as u64, "providers_ready_ms": all_ready.as_millis() as u64,
         "pods_ready_ms": pods_running.as_millis() as u64, "reconnect_after_restart_ms": reconnect.as_millis() as u64,
         "providers_ready_after_restart": still_ready, "workload_status_ready_when_pods_ready": status_ready,
+        "workload_status_all_ready_ms": status_caught_up.map(|d| d.as_millis() as u64),
         "steady_heartbeat_1s": steady_1s.to_json(), "steady_heartbeat_500ms": steady_half.to_json(),
     }))
 }
@@ -212,6 +222,17 @@ async fn wait_connected(
         Ok(start.elapsed())
     })
     .await
+}
+
+/// Sum of `status.readyReplicas` over the bench's Workloads.
+async fn status_ready_replicas(client: &kube::Client) -> anyhow::Result<usize> {
+    Ok(Api::<Workload>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|w| w.status.as_ref().map_or(0, |s| s.ready_replicas as usize))
+        .sum())
 }
 
 async fn ready_providers(client: &kube::Client) -> anyhow::Result<usize> {
@@ -265,11 +286,11 @@ async fn steady_state(
     window: Duration,
 ) -> anyhow::Result<Steady> {
     let before = write_counts(env)?;
-    let me0 = ProcSample::read("self")?;
+    let bytes0 = edge_bytes(op).await?;
     let operator = ProcWindow::measure(op.child.pid(), window).await?;
-    let me1 = ProcSample::read("self")?;
+    let bytes1 = edge_bytes(op).await?;
     let after = write_counts(env)?;
-    let secs = me1.at.duration_since(me0.at).as_secs_f64();
+    let secs = operator.elapsed.as_secs_f64();
     let mut by_resource = BTreeMap::new();
     let mut total = 0.0;
     for (k, v) in &after {
@@ -279,13 +300,28 @@ async fn steady_state(
             total += d;
         }
     }
-    let bytes = ((me1.rchar + me1.wchar) - (me0.rchar + me0.wchar)) as f64;
     Ok(Steady {
         writes_per_s: total / secs,
         by_resource,
         operator,
-        kbit_per_edge: bytes * 8.0 / 1000.0 / secs / edges as f64,
+        kbit_per_edge: (bytes1 - bytes0) * 8.0 / 1000.0 / secs / edges as f64,
     })
+}
+
+/// Bytes on all edge connections so far, both ways, as the operator counts them (TLS records,
+/// without TCP/IP headers).
+async fn edge_bytes(op: &OperatorProcess) -> anyhow::Result<f64> {
+    let mut sum = 0.0;
+    for name in [
+        "decloud_operator_edge_received_bytes_total",
+        "decloud_operator_edge_sent_bytes_total",
+    ] {
+        sum += op
+            .metric(name, "")
+            .await?
+            .with_context(|| format!("the operator exports no {name}"))?;
+    }
+    Ok(sum)
 }
 
 /// Write requests served so far, by `VERB resource[/subresource]`.

@@ -174,39 +174,25 @@ fn resources_are_capped_and_summed() {
 
 #[test]
 fn a_second_pass_changes_nothing_and_heartbeat_time_is_written_periodically() {
+    let config = Config {
+        status_report_interval: std::time::Duration::from_secs(30),
+        ..Config::default()
+    };
     let v = view(Some(true), Some(0));
-    let first = desired_status(&provider(None), &v, &[], &Config::default(), at(1));
+    let first = desired_status(&provider(None), &v, &[], &config, at(1));
     let p = provider(Some(serde_json::to_value(&first).unwrap()));
     // Heartbeats keep arriving: within the write period nothing changes.
-    let second = desired_status(
-        &p,
-        &view(Some(true), Some(20)),
-        &[],
-        &Config::default(),
-        at(21),
-    );
+    let second = desired_status(&p, &view(Some(true), Some(20)), &[], &config, at(21));
     assert_eq!(first, second);
     // Past the period, lastHeartbeatTime moves (and nothing else).
-    let third = desired_status(
-        &p,
-        &view(Some(true), Some(31)),
-        &[],
-        &Config::default(),
-        at(31),
-    );
+    let third = desired_status(&p, &view(Some(true), Some(31)), &[], &config, at(31));
     assert_eq!(
         third.last_heartbeat_time.as_deref(),
         Some("2027-01-15T08:00:31Z")
     );
     assert_eq!(third.conditions, first.conditions);
     // A transition writes the time at once and keeps the old one on unrelated conditions.
-    let down = desired_status(
-        &p,
-        &view(Some(false), Some(5)),
-        &[],
-        &Config::default(),
-        at(9),
-    );
+    let down = desired_status(&p, &view(Some(false), Some(5)), &[], &config, at(9));
     let c = find_condition(&down.conditions, "Ready").unwrap();
     assert_eq!(
         c.last_transition_time.as_deref(),
@@ -311,7 +297,7 @@ async fn reconcile_writes_provider_status_and_node_once() {
     let action = reconcile(Arc::new(provider(None)), ctx.clone())
         .await
         .unwrap();
-    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(action, Action::requeue(ctx.config.status_report_interval));
     let calls = log.lock().unwrap().clone();
     let paths: Vec<String> = calls
         .iter()
