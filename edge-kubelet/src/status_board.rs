@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use decloud_proto as pb;
 
@@ -16,11 +18,23 @@ pub enum PodUpdate {
     Gone(String),
 }
 
+/// How often a pod whose only change is its usage meter is sent again. Usage grows with every
+/// sample (each 10 s poll); sending it at that rate would be most of an idle edge's traffic, while
+/// the operator writes usage totals only every `--usage-interval` (30 s by default) anyway.
+pub const USAGE_REPORT_PERIOD: Duration = Duration::from_secs(30);
+
+/// One pod's latest status, and when it was last broadcast.
+#[derive(Debug)]
+struct Entry {
+    status: pb::PodStatus,
+    sent: Instant,
+}
+
 /// Latest pod statuses plus a broadcast of changes. Shared by the pod workers (writers) and
 /// the session (reader).
 #[derive(Debug)]
 pub struct StatusBoard {
-    statuses: Mutex<HashMap<String, pb::PodStatus>>,
+    statuses: Mutex<HashMap<String, Entry>>,
     updates: broadcast::Sender<PodUpdate>,
 }
 
@@ -34,17 +48,36 @@ impl Default for StatusBoard {
 }
 
 impl StatusBoard {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, pb::PodStatus>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.statuses.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records `status`; broadcasts it if it differs from the last one.
+    /// Records `status`; broadcasts it if it differs from the last one, except that a change of
+    /// usage alone is broadcast at most once per [`USAGE_REPORT_PERIOD`] (it is kept, and rides
+    /// along with the next broadcast either way).
     pub fn publish(&self, status: pb::PodStatus) {
         let mut map = self.map();
-        if map.get(&status.uid) == Some(&status) {
-            return;
+        let now = Instant::now();
+        if let Some(old) = map.get_mut(&status.uid) {
+            if old.status == status {
+                return;
+            }
+            let usage_only = pb::PodStatus {
+                usage: status.usage,
+                ..old.status.clone()
+            } == status;
+            if usage_only && now.duration_since(old.sent) < USAGE_REPORT_PERIOD {
+                old.status = status;
+                return;
+            }
         }
-        map.insert(status.uid.clone(), status.clone());
+        map.insert(
+            status.uid.clone(),
+            Entry {
+                status: status.clone(),
+                sent: now,
+            },
+        );
         // No receiver (no session right now) is fine: the board keeps the latest anyway.
         let _ = self.updates.send(PodUpdate::Status(status));
     }
@@ -57,18 +90,67 @@ impl StatusBoard {
 
     /// The latest status of every pod, sorted by uid.
     pub fn all(&self) -> Vec<pb::PodStatus> {
-        let mut v: Vec<_> = self.map().values().cloned().collect();
+        let mut v: Vec<_> = self.map().values().map(|e| e.status.clone()).collect();
         v.sort_by(|a, b| a.uid.cmp(&b.uid));
         v
     }
 
     /// The latest status of pod `uid`.
     pub fn get(&self, uid: &str) -> Option<pb::PodStatus> {
-        self.map().get(uid).cloned()
+        self.map().get(uid).map(|e| e.status.clone())
     }
 
     /// Changes from now on. A lagging receiver should re-read [`StatusBoard::all`].
     pub fn subscribe(&self) -> broadcast::Receiver<PodUpdate> {
         self.updates.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(ready: bool, cpu_seconds: f64) -> pb::PodStatus {
+        pb::PodStatus {
+            uid: "u1".into(),
+            ready,
+            usage: Some(pb::Usage {
+                cpu_seconds,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn sent(rx: &mut broadcast::Receiver<PodUpdate>) -> Vec<PodUpdate> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_alone_is_sent_once_per_period_other_changes_at_once() {
+        let board = StatusBoard::default();
+        let mut rx = board.subscribe();
+        board.publish(status(false, 0.0));
+        board.publish(status(false, 0.0));
+        assert_eq!(sent(&mut rx), [PodUpdate::Status(status(false, 0.0))]);
+
+        // Usage grew 10 s later: kept, not sent.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        board.publish(status(false, 1.0));
+        assert!(sent(&mut rx).is_empty());
+        assert_eq!(board.get("u1"), Some(status(false, 1.0)));
+        assert_eq!(board.all(), [status(false, 1.0)]);
+
+        // A real change goes at once, with the latest usage.
+        board.publish(status(true, 1.5));
+        assert_eq!(sent(&mut rx), [PodUpdate::Status(status(true, 1.5))]);
+
+        // Usage alone again: held until a period has passed since the last send.
+        tokio::time::advance(USAGE_REPORT_PERIOD - Duration::from_secs(1)).await;
+        board.publish(status(true, 2.0));
+        assert!(sent(&mut rx).is_empty());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        board.publish(status(true, 3.0));
+        assert_eq!(sent(&mut rx), [PodUpdate::Status(status(true, 3.0))]);
     }
 }

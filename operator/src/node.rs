@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chrono::{SecondsFormat, Utc};
 use decloud_crds::{Provider, ProviderStatus, ResourceOffer};
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -277,45 +278,68 @@ pub fn ignore_not_found(r: kube::Result<()>) -> Result<()> {
     }
 }
 
-/// Renews the node Lease of every ready edge, every `config.node_lease_renew`, forever.
+/// Node Lease renewals in flight at once, when the API server is slower than the pacing.
+const LEASE_RENEWALS_IN_FLIGHT: usize = 32;
+
+/// Renews the node Lease of every ready edge once per `config.node_lease_renew`, forever.
+///
+/// The renewals of a round are spread evenly over the period (a steady write rate, not a burst
+/// of thousands every 10 s), with a few in flight when the API server lags.
 pub async fn renew_node_leases(ctx: Arc<Context>) {
-    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), NODE_LEASE_NAMESPACE);
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let mut tick = tokio::time::interval(ctx.config.node_lease_renew);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = ctx.config.node_lease_renew;
     loop {
-        tick.tick().await;
-        for provider in ctx.registry.ready_providers() {
-            let node = crate::node_name(&provider);
-            // Only nodes that exist get a Lease (the Provider controller creates them).
-            let Some(owner) = ctx
-                .nodes
-                .get(&kube::runtime::reflector::ObjectRef::new(&node))
-            else {
-                continue;
-            };
-            let owner_ref = json!({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "name": node,
-                "uid": owner.meta().uid.clone().unwrap_or_default(),
-            });
-            let body = json!({
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": node, "namespace": NODE_LEASE_NAMESPACE, "ownerReferences": [owner_ref]},
-                "spec": {
-                    "holderIdentity": node,
-                    "leaseDurationSeconds": NODE_LEASE_SECONDS,
-                    "renewTime": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
-                },
-            });
-            if let Err(e) = api.patch(&node, &pp, &Patch::Apply(&body)).await {
-                let e = crate::Error::from(e);
-                tracing::warn!(node = %node, error = %e, "renewing node lease");
-                ctx.metrics.failed("node-lease", &e);
-            }
-        }
+        let round = tokio::time::Instant::now();
+        let nodes: Vec<(String, String)> = ctx
+            .registry
+            .ready_providers()
+            .into_iter()
+            .filter_map(|provider| {
+                let node = crate::node_name(&provider);
+                // Only nodes that exist get a Lease (the Provider controller creates them).
+                let owner = ctx
+                    .nodes
+                    .get(&kube::runtime::reflector::ObjectRef::new(&node))?;
+                Some((node, owner.meta().uid.clone().unwrap_or_default()))
+            })
+            .collect();
+        let gap = period / u32::try_from(nodes.len().max(1)).unwrap_or(u32::MAX);
+        futures::stream::iter(nodes.into_iter().enumerate())
+            .map(|(i, (node, uid))| {
+                let ctx = &ctx;
+                let at = round + gap * u32::try_from(i).unwrap_or(u32::MAX);
+                async move {
+                    tokio::time::sleep_until(at).await;
+                    renew_node_lease(ctx, &node, &uid).await;
+                }
+            })
+            .buffer_unordered(LEASE_RENEWALS_IN_FLIGHT)
+            .for_each(|()| async {})
+            .await;
+        tokio::time::sleep_until(round + period).await;
+    }
+}
+
+async fn renew_node_lease(ctx: &Context, node: &str, node_uid: &str) {
+    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), NODE_LEASE_NAMESPACE);
+    let body = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": node,
+            "namespace": NODE_LEASE_NAMESPACE,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}],
+        },
+        "spec": {
+            "holderIdentity": node,
+            "leaseDurationSeconds": NODE_LEASE_SECONDS,
+            "renewTime": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        },
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    if let Err(e) = api.patch(node, &pp, &Patch::Apply(&body)).await {
+        let e = crate::Error::from(e);
+        tracing::warn!(node = %node, error = %e, "renewing node lease");
+        ctx.metrics.failed("node-lease", &e);
     }
 }
 
