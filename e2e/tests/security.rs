@@ -360,6 +360,39 @@ async fn joining_credentials_and_revocation() -> anyhow::Result<()> {
         tonic::Code::Unauthenticated,
         "no join token",
     )?;
+    // A Register retried because its answer was lost asks for the same credential and gets
+    // it again; any other credential for a joined name is refused, as is a malformed one.
+    let retried = format!("sec-{run}-retry");
+    let asked = format!("{retried}.{}", "5e".repeat(32));
+    let ask = |credential: String| {
+        let ch = ch.clone();
+        let (token, retried) = (token.clone(), retried.clone());
+        async move {
+            EdgeClient::new(ch)
+                .register(pb::RegisterRequest {
+                    join_token: token,
+                    provider_name: retried,
+                    credential,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().credential)
+        }
+    };
+    ensure!(ask(asked.clone()).await? == asked, "first answer");
+    ensure!(ask(asked.clone()).await? == asked, "retried join");
+    expect_code(
+        ask(format!("{retried}.{}", "7f".repeat(32))).await,
+        tonic::Code::AlreadyExists,
+        "already joined",
+    )?;
+    expect_code(
+        ask(format!("{hand}.{}", "5e".repeat(32))).await,
+        tonic::Code::InvalidArgument,
+        "must be",
+    )?;
+    open_session(&ch, Some(&asked), &retried).await?;
+    println!("a retried Register gets the same credential; another one is refused");
 
     // --- Revoking a provider closes its live session at once; it cannot come back.
     let mut live = open_session(&ch, Some(&hand_cred), &hand).await?;

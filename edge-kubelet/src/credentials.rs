@@ -29,6 +29,33 @@ use crate::{Error, Result};
 pub const CREDENTIAL_FILE: &str = "credential";
 /// File in the state directory holding the operator's CA (PEM).
 pub const CA_FILE: &str = "ca.crt";
+/// File in the state directory holding the credential asked for by a join not yet answered.
+pub const PENDING_CREDENTIAL_FILE: &str = "credential.pending";
+
+/// The credential this edge asks for when joining as `provider`: the one a previous,
+/// unanswered attempt asked for (so a retry is recognised), else a new random one, stored
+/// (0600) before it is ever sent.
+pub fn pending_credential(dir: &Path, provider: &str) -> Result<String> {
+    use rand::Rng as _;
+    let path = dir.join(PENDING_CREDENTIAL_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(c)
+            if c.trim()
+                .rsplit_once('.')
+                .is_some_and(|(p, _)| p == provider) =>
+        {
+            return Ok(c.trim().to_string());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(file_error(&path, e)),
+    }
+    let secret: [u8; 32] = rand::rng().random();
+    let credential = format!("{provider}.{}", hex::encode(secret));
+    std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+    write_private(&path, credential.as_bytes())?;
+    Ok(credential)
+}
 
 /// What an edge proves itself with, and the CA it trusts.
 #[derive(Clone)]
@@ -183,13 +210,18 @@ pub async fn join(
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
     let name = request.provider_name.clone();
+    let asked = pending_credential(state_dir, &name)?;
     let response = client
         .register(pb::RegisterRequest {
             join_token: token.to_string(),
+            credential: asked,
             ..request
         })
         .await
-        .map_err(|s| Error::Session(format!("join refused: {:?}: {}", s.code(), s.message())))?
+        .map_err(|s| Error::JoinRefused {
+            code: s.code(),
+            message: s.message().to_string(),
+        })?
         .into_inner();
     if response.provider_name != name || response.credential.is_empty() {
         return Err(Error::Session(format!(
@@ -202,6 +234,7 @@ pub async fn join(
         ca_pem,
     };
     cred.store(state_dir)?;
+    let _ = std::fs::remove_file(state_dir.join(PENDING_CREDENTIAL_FILE));
     tracing::info!(provider = %name, state_dir = %state_dir.display(), "joined; credential stored");
     Ok(cred)
 }
@@ -421,12 +454,32 @@ pub fn register_request(
         provider_name: name.to_string(),
         owner: owner.to_string(),
         labels,
+        // Filled in by [`join`] from the state directory.
+        credential: String::new(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retried_join_asks_for_the_same_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = pending_credential(dir.path(), "alice").unwrap();
+        let (provider, secret) = first.rsplit_once('.').unwrap();
+        assert_eq!(provider, "alice");
+        assert_eq!(secret.len(), 64);
+        assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(pending_credential(dir.path(), "alice").unwrap(), first);
+        let path = dir.path().join(PENDING_CREDENTIAL_FILE);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Joining under another name asks for another credential.
+        let bob = pending_credential(dir.path(), "bob").unwrap();
+        assert!(bob.starts_with("bob.") && bob != first);
+    }
 
     #[test]
     fn ca_hashes_parse() {

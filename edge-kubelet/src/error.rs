@@ -39,6 +39,14 @@ pub enum Error {
     /// The session with the operator could not be opened or broke.
     #[error("session: {0}")]
     Session(String),
+    /// The operator refused `Register`, or the call failed on the way.
+    #[error("join refused: {code:?}: {message}")]
+    JoinRefused {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The operator's (or transport's) message.
+        message: String,
+    },
     /// An operation did not finish in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -59,6 +67,7 @@ impl Error {
             Error::Unsupported(_) => "unsupported",
             Error::StateFile { .. } => "state_file",
             Error::Session(_) => "session",
+            Error::JoinRefused { .. } => "join_refused",
             Error::Timeout(_) => "timeout",
         }
     }

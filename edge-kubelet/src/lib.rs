@@ -138,15 +138,24 @@ pub async fn join(args: &cli::JoinArgs) -> Result<credentials::EdgeCredential> {
     .await
 }
 
-/// Whether a failed join may succeed if retried (operator busy, standby, unreachable).
+/// Whether a failed join may succeed if retried (operator busy, standby, unreachable, the
+/// call cut on the way). Retrying is safe: the edge asks for the same credential each time,
+/// so a join whose answer was lost is recognised.
 fn join_retryable(e: &Error) -> bool {
+    use tonic::Code;
     match e {
         Error::Timeout(_) => true,
-        Error::Session(m) => {
-            m.starts_with("join refused: Unavailable")
-                || m.starts_with("cannot reach")
-                || m.starts_with("transport error")
-        }
+        Error::JoinRefused { code, .. } => matches!(
+            code,
+            Code::Unavailable
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::Internal
+                | Code::ResourceExhausted
+                | Code::Aborted
+        ),
+        Error::Session(m) => m.starts_with("cannot reach") || m.starts_with("transport error"),
         _ => false,
     }
 }

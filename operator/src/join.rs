@@ -37,7 +37,7 @@ pub fn sha256_hex(s: &str) -> String {
 }
 
 /// Compares without an early exit, so timing says nothing about how much matched.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())

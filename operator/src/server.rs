@@ -150,6 +150,8 @@ async fn register_provider(
                  (`kubectl delete provider {name}`) before a machine may join under that name"
             )))
         }
+        // The same join again (its answer was lost): same credential, same answer.
+        Some(p) if stored_hash(&p).is_some_and(|h| crate::join::same(h, credential_hash)) => Ok(()),
         Some(p) if stored_hash(&p).is_some() => Err(Status::already_exists(format!(
             "provider {name:?} has already joined (its edge keeps its credential in its state \
              directory); to join this machine under that name, an administrator must first \
@@ -316,7 +318,15 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
             return Err(invalid_name(&name));
         }
         crate::join::check_token(&ctx.client, &ctx.config.namespace, &req.join_token).await?;
-        let credential = crate::join::new_credential(&name);
+        let credential = if req.credential.is_empty() {
+            crate::join::new_credential(&name)
+        } else if crate::join::credential_provider(&req.credential) == Some(name.as_str()) {
+            req.credential.clone()
+        } else {
+            return Err(Status::invalid_argument(format!(
+                "the credential asked for must be `{name}.<64 hex digits>`"
+            )));
+        };
         register_provider(ctx, &req, &crate::join::sha256_hex(&credential)).await?;
         ctx.registry.readmit(&name);
         info!(provider = %name, "provider joined with a join token");

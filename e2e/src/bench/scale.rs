@@ -38,10 +38,18 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
     let window = Duration::from_secs(if opts.quick { 15 } else { 30 });
     let mut raw = Vec::new();
     for &(edges, pods_per_edge) in plan {
-        let r = one_size(edges, pods_per_edge, window, &mut report)
-            .await
-            .with_context(|| format!("{edges} edges"))?;
-        raw.push(r);
+        // One size failing must not throw away the figures of the others.
+        match one_size(edges, pods_per_edge, window, &mut report).await {
+            Ok(r) => raw.push(r),
+            Err(e) => {
+                println!("scale {edges}: FAILED: {e:#}");
+                report.row(Row::info(
+                    format!("{edges} edges"),
+                    format!("FAILED: {e:#}"),
+                ));
+                raw.push(json!({"edges": edges, "error": format!("{e:#}")}));
+            }
+        }
     }
     report.set("runs", json!(raw));
     report.note(format!(
