@@ -629,5 +629,39 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     for w in warnings.iter().take(20) {
         println!("  {w}");
     }
+
+    // --- SIGTERM (a rolling update) hands leadership over at once: the leader releases its
+    // Lease, so its successor does not wait the 15 s the Lease would stay valid.
+    let successor = OperatorProcess::spawn(&env, &["--identity", "e2e-successor"])?;
+    eventually(Duration::from_secs(20), || async {
+        let (code, body) = successor.readyz().await?;
+        ensure!(
+            code == 503 && body.contains("standby"),
+            "/readyz {code} {body}"
+        );
+        Ok(())
+    })
+    .await?;
+    let terminated = Instant::now();
+    operator.child.stop(Duration::from_secs(5));
+    let mut successor = successor;
+    successor.wait_ready().await?;
+    let took = terminated.elapsed();
+    ensure!(
+        took < Duration::from_secs(10),
+        "the successor led only {took:?} after SIGTERM: the Lease was not released"
+    );
+    ensure!(
+        operator
+            .child
+            .log_tail(20)
+            .contains("released the leader Lease"),
+        "the old leader did not say it released the Lease:\n{}",
+        operator.child.log_tail(20)
+    );
+    println!(
+        "SIGTERM: successor leads {:.2}s later (Lease released)",
+        took.as_secs_f64()
+    );
     Ok(())
 }

@@ -104,6 +104,33 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<Round> 
     }
 }
 
+/// Gives the Lease up if this replica holds it, so a successor (a rolling update's new pod)
+/// takes over at once instead of after the Lease expires. Best effort, bounded to 2 s.
+pub async fn release(client: &Client, cfg: &LeaderConfig) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let attempt = async {
+        let Some(mut lease) = api.get_opt(&cfg.name).await? else {
+            return Ok::<bool, kube::Error>(false);
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        // `replace` carries the resourceVersion read: never clears a successor's Lease.
+        api.replace(&cfg.name, &PostParams::default(), &lease)
+            .await?;
+        Ok(true)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Ok(true)) => info!(lease = %cfg.name, "released the leader Lease"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => warn!(error = %e, "could not release the leader Lease"),
+        Err(_) => warn!("releasing the leader Lease timed out"),
+    }
+}
+
 /// Waits until this replica leads, then keeps renewing; returns only when leadership is lost.
 ///
 /// `readiness.leader` is true exactly while we hold the Lease.

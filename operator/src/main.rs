@@ -405,10 +405,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (led_tx, led_rx) = tokio::sync::oneshot::channel();
     tasks.spawn(leader::run(
         client.clone(),
-        leader_cfg,
+        leader_cfg.clone(),
         readiness.clone(),
         led_tx,
     ));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 
     // Everything below acts on the cluster, so it starts only once this replica leads.
     let leading = async {
@@ -456,6 +457,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         () = leading => Err(anyhow::anyhow!("a controller loop ended unexpectedly")),
         _ = tokio::signal::ctrl_c() => {
             info!("interrupted; exiting");
+            leader::release(&client, &leader_cfg).await;
+            Ok(())
+        }
+        _ = terminate.recv() => {
+            info!("terminated (SIGTERM); handing over and exiting");
+            leader::release(&client, &leader_cfg).await;
             Ok(())
         }
     }

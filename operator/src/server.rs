@@ -226,7 +226,17 @@ async fn ensure_provider(ctx: &Context, hello: &pb::Hello) -> Result<(), Status>
         .filter(|(k, _)| !crate::node::reserved_label(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    match api.get_opt(name).await.map_err(internal)? {
+    // The cache answers for edges that reconnect (thousands at once after an operator restart);
+    // the API only for ones it does not know yet (just joined, or a new name).
+    let cached = ctx
+        .providers
+        .get(&kube::runtime::reflector::ObjectRef::new(name))
+        .map(|p| Provider::clone(&p));
+    let found = match cached {
+        Some(p) => Some(p),
+        None => api.get_opt(name).await.map_err(internal)?,
+    };
+    match found {
         Some(p) if p.metadata.deletion_timestamp.is_some() => Err(Status::permission_denied(
             format!("provider {name:?} is being deleted (revoked); this edge may not connect"),
         )),

@@ -157,6 +157,17 @@ async fn one_size(
     sims.stop().await;
     drop(op2);
 
+    for (hb, s) in [("1 s", &steady_1s), ("500 ms", &steady_half)] {
+        println!(
+            "scale {edges}, heartbeat {hb}: {:.1} API writes/s ({}), operator {:.1} % CPU / {:.0} MiB, \
+             {:.3} kbit/s per edge",
+            s.writes_per_s,
+            s.top_writes(),
+            s.operator.cpu_pct,
+            s.operator.rss_max_mib,
+            s.kbit_per_edge
+        );
+    }
     let tag = format!("{edges} edges");
     report.row(Row::info(
         format!("{tag}: all sessions connected / all Providers Ready"),

@@ -180,7 +180,10 @@ pub async fn run(client: Client, config: Config) -> Result<()> {
         placing: tokio::sync::Mutex::new(()),
     });
 
-    let controller = Controller::new(workloads, watcher::Config::default());
+    // Bounded: each reconcile lists its Workload's pods and may create many; a few in flight keep
+    // the API server responsive for everything else.
+    let controller = Controller::new(workloads, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(8));
     let workload_store = controller.store();
     controller
         .owns(
