@@ -59,6 +59,13 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
+/// `period` give or take 10 %: edges that joined together (a fleet roll-out, an operator
+/// restart) would otherwise refresh their status together, thousands of writes in one burst.
+fn jittered(period: Duration) -> Duration {
+    use rand::Rng as _;
+    period.mul_f64(rand::rng().random_range(0.9..1.1))
+}
+
 /// Retries a failed reconcile after 2–6 s: jittered, so that failures of many Providers at
 /// once (an overloaded API server) do not come back as one synchronised wave.
 pub fn error_policy(provider: Arc<Provider>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -124,7 +131,7 @@ async fn apply(provider: &Provider, ctx: &Context) -> Result<Action> {
         node::apply_node(ctx, provider, &status, ready).await?;
     }
     Ok(Action::requeue(if ready {
-        ctx.config.status_report_interval
+        jittered(ctx.config.status_report_interval)
     } else {
         Duration::from_secs(60)
     }))

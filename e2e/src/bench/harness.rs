@@ -24,10 +24,14 @@ use crate::eventually;
 pub const NS: &str = "default";
 
 /// Options shared by every scenario.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Opts {
     /// Small counts and short windows, for a smoke run.
     pub quick: bool,
+    /// `scale`: (edges, pods per edge) to run instead of the default plan.
+    pub scale_sizes: Vec<(usize, usize)>,
+    /// `scale`: the operator's `--node-lease-renew`, if not its default.
+    pub node_lease_renew: Option<String>,
 }
 
 /// A container that idles and stops at once on SIGTERM.

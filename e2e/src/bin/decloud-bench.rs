@@ -29,6 +29,23 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// `scale` only: the sizes to run, as EDGESxPODS_PER_EDGE (default 1000x2 then 5000x1;
+    /// with --quick 200x2), e.g. `--scale-sizes 5000x1`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    scale_sizes: Vec<(usize, usize)>,
+    /// `scale` only: the operator's --node-lease-renew (its default, 10s, when not given).
+    #[arg(long)]
+    node_lease_renew: Option<String>,
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{s:?}: expected EDGESxPODS_PER_EDGE, e.g. 1000x2");
+    let (e, p) = s.split_once('x').ok_or_else(bad)?;
+    let (e, p) = (e.parse().map_err(|_| bad())?, p.parse().map_err(|_| bad())?);
+    if e == 0 || p == 0 {
+        return Err(bad());
+    }
+    Ok((e, p))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,7 +74,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let opts = Opts { quick: args.quick };
+    let opts = Opts {
+        quick: args.quick,
+        scale_sizes: args.scale_sizes,
+        node_lease_renew: args.node_lease_renew,
+    };
     let list = match args.scenario {
         Scenario::All => vec![
             Scenario::Footprint,
@@ -77,11 +98,11 @@ async fn main() -> anyhow::Result<()> {
             if opts.quick { " (quick)" } else { "" }
         );
         let outcome = match s {
-            Scenario::Startup => bench::startup::run(opts).await,
-            Scenario::Failover => bench::failover::run(opts).await,
-            Scenario::Scale => bench::scale::run(opts).await,
-            Scenario::Tunnel => bench::tunnel::run(opts).await,
-            Scenario::Footprint => bench::footprint::run(opts).await,
+            Scenario::Startup => bench::startup::run(opts.clone()).await,
+            Scenario::Failover => bench::failover::run(opts.clone()).await,
+            Scenario::Scale => bench::scale::run(opts.clone()).await,
+            Scenario::Tunnel => bench::tunnel::run(opts.clone()).await,
+            Scenario::Footprint => bench::footprint::run(opts.clone()).await,
             Scenario::All => unreachable!("expanded above"),
         };
         match outcome {

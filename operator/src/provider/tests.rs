@@ -297,7 +297,8 @@ async fn reconcile_writes_provider_status_and_node_once() {
     let action = reconcile(Arc::new(provider(None)), ctx.clone())
         .await
         .unwrap();
-    assert_eq!(action, Action::requeue(ctx.config.status_report_interval));
+    // Requeued for the periodic refresh (jittered around the period; see `jitter_stays_within_10_percent`).
+    assert_ne!(action, Action::await_change());
     let calls = log.lock().unwrap().clone();
     let paths: Vec<String> = calls
         .iter()
@@ -370,4 +371,22 @@ async fn cleanup_revokes_the_session_and_removes_node_and_lease() {
     }
     let status = last.unwrap().unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
+}
+
+#[test]
+fn jitter_stays_within_10_percent_and_varies() {
+    let period = Duration::from_secs(300);
+    let samples: Vec<Duration> = (0..200).map(|_| super::jittered(period)).collect();
+    for d in &samples {
+        assert!(
+            *d >= Duration::from_secs(270) && *d <= Duration::from_secs(330),
+            "{d:?}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
+    assert!(
+        distinct.len() > 100,
+        "not jittered: {} distinct",
+        distinct.len()
+    );
 }

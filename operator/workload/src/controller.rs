@@ -40,6 +40,8 @@ use crate::{
 pub const FINALIZER: &str = "decloud.dev/workload-cleanup";
 /// Field manager of every status write and the `reportingController` of events.
 pub const FIELD_MANAGER: &str = "decloud-workload";
+/// Pod creates one reconcile has in flight at once.
+const CREATES_IN_FLIGHT: usize = 16;
 /// How long a pod this controller created counts against its provider before the cache shows it.
 const ASSUME_FOR: Duration = Duration::from_secs(30);
 /// Retry delay after an unexpected error.
@@ -426,29 +428,46 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
         events.push((type_, reason, note));
     }
 
+    // Creates go out a few at a time: a 1,000-replica Workload is placed in seconds, not
+    // one API round trip after another.
+    let by_name: HashMap<String, &String> =
+        by_node.iter().map(|(n, p)| (p.name_any(), n)).collect();
+    let planned = step
+        .create
+        .iter()
+        .map(|provider| {
+            let node = by_name
+                .get(provider)
+                .map_or_else(|| node_name(provider), |n| (*n).clone());
+            let pod = build_pod(workload, &hash, &node)?;
+            Ok((provider.clone(), node, pod))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let results: Vec<(String, String, kube::Result<Pod>)> =
+        futures::stream::iter(planned.into_iter().map(|(provider, node, pod)| {
+            let pods_api = &pods_api;
+            async move {
+                let result = pods_api.create(&PostParams::default(), &pod).await;
+                (provider, node, result)
+            }
+        }))
+        .buffered(CREATES_IN_FLIGHT)
+        .collect()
+        .await;
     let mut created = Vec::new();
-    for provider in &step.create {
-        let node = by_node
-            .iter()
-            .find(|(_, p)| p.name_any() == *provider)
-            .map_or_else(|| node_name(provider), |(n, _)| n.clone());
-        let pod = match pods_api
-            .create(&PostParams::default(), &build_pod(workload, &hash, &node)?)
-            .await
-        {
+    let mut failure = None;
+    for (provider, node, result) in results {
+        let pod = match result {
             Ok(pod) => pod,
             Err(e) => {
-                drop(placing);
                 // Say why in `kubectl describe`, not only in the controller's log.
                 events.push((
                     EventType::Warning,
                     "FailedCreate",
                     format!("could not create a replica pod on provider {provider}: {e}"),
                 ));
-                for (type_, reason, note) in events {
-                    ctx.publish(workload, type_, reason, note).await;
-                }
-                return Err(e.into());
+                failure.get_or_insert(e);
+                continue;
             }
         };
         let name = pod.name_any();
@@ -468,7 +487,14 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             "Placed",
             format!("placed replica {name} on provider {provider}"),
         ));
-        created.push((name, provider.clone()));
+        created.push((name, provider));
+    }
+    if let Some(e) = failure {
+        drop(placing);
+        for (type_, reason, note) in events {
+            ctx.publish(workload, type_, reason, note).await;
+        }
+        return Err(e.into());
     }
     drop(placing);
     for (type_, reason, note) in events {
