@@ -32,6 +32,8 @@ pub struct Opts {
     pub scale_sizes: Vec<(usize, usize)>,
     /// `scale`: the operator's `--node-lease-renew`, if not its default.
     pub node_lease_renew: Option<String>,
+    /// `scale`: the heartbeat interval of the second steady-state window (default 500ms).
+    pub second_heartbeat: Option<String>,
 }
 
 /// A container that idles and stops at once on SIGTERM.

@@ -40,7 +40,8 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
     for &(edges, pods_per_edge) in plan {
         // One size failing must not throw away the figures of the others.
         let lease = opts.node_lease_renew.as_deref();
-        match one_size(edges, pods_per_edge, window, lease, &mut report).await {
+        let second = opts.second_heartbeat.as_deref().unwrap_or("500ms");
+        match one_size(edges, pods_per_edge, window, lease, second, &mut report).await {
             Ok(r) => raw.push(r),
             Err(e) => {
                 println!("scale {edges}: FAILED: {e:#}");
@@ -70,6 +71,7 @@ async fn one_size(
     pods_per_edge: usize,
     window: Duration,
     node_lease_renew: Option<&str>,
+    second_heartbeat: &str,
     report: &mut ScenarioReport,
 ) -> anyhow::Result<Value> {
     let env = TestEnv::start().await?;
@@ -149,11 +151,12 @@ async fn one_size(
     let settle = Duration::from_secs(15);
     tokio::time::sleep(settle).await;
     let steady_1s = steady_state(&env, &operator, edges, window).await?;
+    steady_1s.print(edges, "1s");
 
-    // Second heartbeat rate: restart the operator with 500 ms heartbeats; edges reconnect.
+    // Second heartbeat rate: restart the operator with it; edges reconnect.
     operator.child.stop(Duration::from_secs(5));
     let restarted = Instant::now();
-    let args = hb_args("500ms");
+    let args = hb_args(second_heartbeat);
     let mut op2 = operator.respawn(&env, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
     op2.wait_ready().await?;
     let reconnected = wait_connected(&op2, edges, Duration::from_secs(600)).await?;
@@ -161,23 +164,16 @@ async fn one_size(
     println!(
         "scale {edges}: operator restart, all reconnected after {reconnect:?} ({reconnected:?} after ready)"
     );
-    tokio::time::sleep(settle).await;
+    // Reconnecting edges re-report their pods and turn Ready again (Events, pod and Provider
+    // status): let that pass, so the window sees the steady state only.
+    tokio::time::sleep(settle * 4).await;
     let steady_half = steady_state(&env, &op2, edges, window).await?;
-    let still_ready = ready_providers(&client).await?;
+    steady_half.print(edges, second_heartbeat);
+    // A listing of thousands of Providers may fail on an overloaded API server: a figure, not a stop.
+    let still_ready = ready_providers(&client).await.ok();
     sims.stop().await;
     drop(op2);
 
-    for (hb, s) in [("1 s", &steady_1s), ("500 ms", &steady_half)] {
-        println!(
-            "scale {edges}, heartbeat {hb}: {:.1} API writes/s ({}), operator {:.1} % CPU / {:.0} MiB, \
-             {:.3} kbit/s per edge",
-            s.writes_per_s,
-            s.top_writes(),
-            s.operator.cpu_pct,
-            s.operator.rss_max_mib,
-            s.kbit_per_edge
-        );
-    }
     let tag = match node_lease_renew {
         Some(renew) => format!("{edges} edges (node Leases every {renew})"),
         None => format!("{edges} edges"),
@@ -205,7 +201,7 @@ async fn one_size(
             |d| ms(d.as_secs_f64() * 1e3),
         ),
     ));
-    for (hb, s) in [("1 s", &steady_1s), ("500 ms", &steady_half)] {
+    for (hb, s) in [("1s", &steady_1s), (second_heartbeat, &steady_half)] {
         report.row(Row::info(
             format!("{tag}, heartbeat {hb}: API writes/s at steady state"),
             format!("{:.1} ({})", s.writes_per_s, s.top_writes()),
@@ -235,7 +231,7 @@ async fn one_size(
         "pods_ready_ms": pods_running.as_millis() as u64, "reconnect_after_restart_ms": reconnect.as_millis() as u64,
         "providers_ready_after_restart": still_ready, "workload_status_ready_when_pods_ready": status_ready,
         "workload_status_all_ready_ms": status_caught_up.map(|d| d.as_millis() as u64),
-        "steady_heartbeat_1s": steady_1s.to_json(), "steady_heartbeat_500ms": steady_half.to_json(),
+        "steady_heartbeat_1s": steady_1s.to_json(), "second_heartbeat": second_heartbeat, "steady_second_heartbeat": steady_half.to_json(),
     }))
 }
 
@@ -290,6 +286,18 @@ struct Steady {
 }
 
 impl Steady {
+    fn print(&self, edges: usize, heartbeat: &str) {
+        println!(
+            "scale {edges}, heartbeat {heartbeat}: {:.1} API writes/s ({}), operator {:.1} % CPU / \
+             {:.0} MiB, {:.3} kbit/s per edge",
+            self.writes_per_s,
+            self.top_writes(),
+            self.operator.cpu_pct,
+            self.operator.rss_max_mib,
+            self.kbit_per_edge
+        );
+    }
+
     fn top_writes(&self) -> String {
         let mut v: Vec<(&String, &f64)> = self
             .by_resource

@@ -36,6 +36,9 @@ struct Args {
     /// `scale` only: the operator's --node-lease-renew (its default, 10s, when not given).
     #[arg(long)]
     node_lease_renew: Option<String>,
+    /// `scale` only: the heartbeat interval of the second steady-state window (default 500ms).
+    #[arg(long)]
+    second_heartbeat: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         quick: args.quick,
         scale_sizes: args.scale_sizes,
         node_lease_renew: args.node_lease_renew,
+        second_heartbeat: args.second_heartbeat,
     };
     let list = match args.scenario {
         Scenario::All => vec![

@@ -115,6 +115,15 @@ impl Context {
             .insert(format!("{namespace}/{pod}"), assumed);
     }
 
+    /// Publishes `events` a few at a time (a 1,000-replica placement has 1,000 of them).
+    async fn publish_all(&self, workload: &Workload, events: Vec<(EventType, &str, String)>) {
+        futures::stream::iter(events)
+            .for_each_concurrent(8, |(type_, reason, note)| {
+                self.publish(workload, type_, reason, note)
+            })
+            .await;
+    }
+
     async fn publish(&self, workload: &Workload, type_: EventType, reason: &str, note: String) {
         let event = Event {
             type_,
@@ -491,15 +500,11 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
     }
     if let Some(e) = failure {
         drop(placing);
-        for (type_, reason, note) in events {
-            ctx.publish(workload, type_, reason, note).await;
-        }
+        ctx.publish_all(workload, events).await;
         return Err(e.into());
     }
     drop(placing);
-    for (type_, reason, note) in events {
-        ctx.publish(workload, type_, reason, note).await;
-    }
+    ctx.publish_all(workload, events).await;
 
     let mut placements: Vec<ReplicaPlacement> = observed
         .iter()
