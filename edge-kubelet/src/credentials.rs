@@ -183,6 +183,20 @@ pub fn endpoint(operator: &str, ca_pem: Option<&str>) -> Result<Endpoint> {
     }
 }
 
+/// How long dialling the operator may take in all: TCP, TLS and HTTP/2 handshakes.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Dials `endpoint`, giving up after [`DIAL_TIMEOUT`]. The endpoint's own connect timeout
+/// covers only the TCP handshake; a connection the server's kernel queued but never completed
+/// (its accept queue overflowed during a reconnect storm) would otherwise hang until the
+/// server's SYN-ACK retransmissions (~31 s) and hold the edge back that long.
+pub async fn connect(endpoint: Endpoint) -> Result<tonic::transport::Channel> {
+    tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect())
+        .await
+        .map_err(|_| Error::Timeout(DIAL_TIMEOUT))?
+        .map_err(Error::from)
+}
+
 /// Joins the cluster at `operator` once: checks the operator's CA against `ca_hash`, calls
 /// `Register` with `token`, and stores the credential and CA in `state_dir`.
 pub async fn join(
@@ -205,7 +219,7 @@ pub async fn join(
     } else {
         None
     };
-    let channel = endpoint(operator, ca_pem.as_deref())?.connect().await?;
+    let channel = connect(endpoint(operator, ca_pem.as_deref())?).await?;
     let mut client = pb::edge_client::EdgeClient::new(channel)
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);

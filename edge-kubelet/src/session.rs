@@ -142,7 +142,7 @@ async fn session_inner(
         // Tunnels carry bulk data over this connection: h2's 64 KiB default windows are small.
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(16 * 1024 * 1024);
-    let channel = endpoint.connect().await?;
+    let channel = credentials::connect(endpoint).await?;
     let mut client = EdgeClient::new(channel)
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);

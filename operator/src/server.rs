@@ -495,14 +495,26 @@ pub const TUNNEL_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// HTTP/2 flow-control window per edge connection (shared by its tunnels and session).
 pub const TUNNEL_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
+/// Connections the kernel may queue for the edge listener. When thousands of edges reconnect
+/// at once (an operator restart) the default of 1,024 overflows, and an edge whose handshake
+/// was dropped waits for SYN-ACK retransmissions (~31 s). Capped by `net.core.somaxconn`.
+const EDGE_LISTEN_BACKLOG: u32 = 8192;
+
 /// Binds the edge listener.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Serve {
-            what: "edge gRPC",
-            source,
-        })
+    let serve_error = |source| Error::Serve {
+        what: "edge gRPC",
+        source,
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(serve_error)?;
+    socket.set_reuseaddr(true).map_err(serve_error)?;
+    socket.bind(addr).map_err(serve_error)?;
+    socket.listen(EDGE_LISTEN_BACKLOG).map_err(serve_error)
 }
 
 /// Serves the edge gRPC API on `listener` until the process ends: over TLS with `tls`,
