@@ -345,6 +345,11 @@ impl Drop for ContainerSweeper {
 
 /// A minimal HTTP/1.1 GET on 127.0.0.1 (status code, body).
 pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    http_get_host(port, "127.0.0.1", path).await
+}
+
+/// A minimal HTTP/1.1 GET on 127.0.0.1 with `Host: host` (e.g. through the gateway).
+pub async fn http_get_host(port: u16, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = tokio::time::timeout(
         Duration::from_secs(2),
         tokio::net::TcpStream::connect(("127.0.0.1", port)),
@@ -352,7 +357,7 @@ pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     .await
     .context("connect timed out")??;
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await?;
     let mut buf = Vec::new();

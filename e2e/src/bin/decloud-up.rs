@@ -286,7 +286,8 @@ async fn main() -> anyhow::Result<()> {
                 let (code, body) = eventually(Duration::from_secs(20), || {
                     let host = host.clone();
                     async move {
-                        let (code, body) = gateway_get(gateway_port, &host).await?;
+                        let (code, body) =
+                            decloud_e2e::cluster::http_get_host(gateway_port, &host, "/").await?;
                         if code != 200 {
                             bail!("gateway answered {code}: {body}");
                         }
@@ -357,29 +358,4 @@ async fn main() -> anyhow::Result<()> {
     drop(env);
     eprintln!("torn down");
     Ok(())
-}
-
-/// One HTTP/1.1 GET of `/` through the gateway on 127.0.0.1 with `Host: host`.
-async fn gateway_get(port: u16, host: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .context("connecting to the gateway timed out")??;
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .context("reading from the gateway timed out")??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("not an HTTP response")?;
-    Ok((code, body.to_string()))
 }
