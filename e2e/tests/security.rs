@@ -646,15 +646,24 @@ async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
     // --- Session b only ever receives its own pods and may not report on a's.
     pods.create(&pp, &pod("mine", &node_b, &image, "")?).await?;
     let mut sb = open_session(&ch, Some(&cred_b), &b).await?;
-    let set = sb
-        .until(|k| match k {
-            In::PodSet(s) => Some(s),
-            _ => None,
-        })
-        .await?;
-    let names: Vec<&str> = set.pods.iter().map(|p| p.name.as_str()).collect();
-    println!("b's PodSet: {names:?}");
-    ensure!(names == ["mine"], "b received {names:?}");
+    // The PodSet is built from the operator's pod cache, which may not have seen "mine" yet;
+    // then it follows as an upsert. Either way b must get "mine" and nothing of a's.
+    let mut received: Vec<String> = Vec::new();
+    while !received.iter().any(|n| n == "mine") {
+        let names = sb
+            .until(|k| match k {
+                In::PodSet(s) => Some(s.pods.into_iter().map(|p| p.name).collect::<Vec<_>>()),
+                In::PodUpsert(u) => Some(u.pod.into_iter().map(|p| p.name).collect()),
+                _ => None,
+            })
+            .await?;
+        received.extend(names);
+    }
+    println!("b received: {received:?}");
+    ensure!(
+        received.iter().all(|n| n == "mine"),
+        "b received {received:?}"
+    );
     let before = operator
         .metric("decloud_operator_unauthorized_reports_total", "")
         .await?
