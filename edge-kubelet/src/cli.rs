@@ -139,8 +139,9 @@ pub struct RunArgs {
     #[arg(long, env = "DECLOUD_MEMORY", value_parser = parse_memory)]
     pub memory: Option<i64>,
 
-    /// Most pods this machine runs at once.
-    #[arg(long, env = "DECLOUD_MAX_PODS", default_value_t = 20)]
+    /// Most pods this machine runs at once: offered as the node's `pods` capacity, and pods
+    /// beyond it are refused on arrival (phase Failed, reason OutOfpods), as kubelet does.
+    #[arg(long, env = "DECLOUD_MAX_PODS", default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub max_pods: i64,
 
     /// Container runtime.
@@ -313,6 +314,8 @@ mod tests {
             vec!["--name", "ok", "--label", "novalue"],
             vec!["--name", "ok", "--cpu", "lots"],
             vec!["--name", "ok", "--heartbeat-interval", "0s"],
+            vec!["--name", "ok", "--max-pods", "0"],
+            vec!["--name", "ok", "--max-pods", "-3"],
         ] {
             let mut args = vec!["edge-kubelet", "run", "--operator", "http://x"];
             args.extend(bad.iter().copied());

@@ -60,6 +60,7 @@ pub async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> 
     tracing::info!(%node, state_file = %state_file.path().display(), runtime = runtime.name(), "starting edge-kubelet");
     let worker_config = PodWorkerConfig {
         allowed_images: image_policy::ImagePolicy::new(args.allowed_images.iter().cloned()),
+        max_pods: usize::try_from(args.max_pods).unwrap_or(usize::MAX),
         ..PodWorkerConfig::default()
     };
     let pods = PodSupervisor::start(runtime, Some(state_file), worker_config).await?;

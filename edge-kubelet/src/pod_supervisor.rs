@@ -30,7 +30,14 @@ pub struct PodSupervisor {
     workers: Mutex<HashMap<String, WorkerHandle>>,
     /// Pods being terminated; a repeated delete just waits for the same `Gone`.
     terminating: Mutex<std::collections::HashSet<String>>,
+    /// Pods refused at admission (`OutOfpods`): like kubelet's, the refusal is final, so the
+    /// same pod sent again (a reconnect's `PodSet`) is not admitted later.
+    rejected: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Pod-level reason of a pod refused because the edge already runs `--max-pods` pods
+/// (kubelet's own word for it).
+pub const OUT_OF_PODS: &str = "OutOfpods";
 
 impl std::fmt::Debug for PodSupervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,6 +70,7 @@ impl PodSupervisor {
             cfg,
             workers: Mutex::default(),
             terminating: Mutex::default(),
+            rejected: Mutex::default(),
         });
         let mut by_pod: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
         for c in existing {
@@ -197,7 +205,8 @@ impl PodSupervisor {
         Ok(())
     }
 
-    /// Adds or updates one pod. A changed spec replaces the pod's containers.
+    /// Adds or updates one pod. A changed spec replaces the pod's containers. A new pod beyond
+    /// `max_pods` admitted ones is not started: it fails with [`OUT_OF_PODS`], as on kubelet.
     pub fn upsert(&self, spec: pb::PodSpec) -> Result<()> {
         Self::validate(&spec)?;
         {
@@ -211,6 +220,20 @@ impl PodSupervisor {
                 }
                 return Ok(());
             }
+            if self.rejected().contains(&spec.uid) {
+                return Ok(());
+            }
+            let max = self.cfg.max_pods;
+            // Finished pods (restartPolicy Never/OnFailure) hold no containers: not counted.
+            let used = workers
+                .keys()
+                .filter(|uid| !self.board.get(uid).is_some_and(|s| is_terminal(&s)))
+                .count();
+            if max > 0 && used >= max {
+                drop(workers);
+                self.reject(&spec, used, max);
+                return Ok(());
+            }
         }
         tracing::info!(pod = %format!("{}/{}", spec.namespace, spec.name), uid = %spec.uid, "pod assigned");
         self.spawn_worker(spec, Vec::new());
@@ -218,11 +241,33 @@ impl PodSupervisor {
         Ok(())
     }
 
+    /// Refuses `spec` for good: the operator sees it Failed with [`OUT_OF_PODS`].
+    fn reject(&self, spec: &pb::PodSpec, used: usize, max: usize) {
+        tracing::warn!(pod = %format!("{}/{}", spec.namespace, spec.name), uid = %spec.uid, used, max, "pod rejected: this edge already runs --max-pods pods");
+        self.rejected().insert(spec.uid.clone());
+        self.board.publish(pb::PodStatus {
+            uid: spec.uid.clone(),
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+            phase: pb::PodPhase::Failed as i32,
+            reason: OUT_OF_PODS.into(),
+            message: format!(
+                "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {max}"
+            ),
+            ..Default::default()
+        });
+    }
+
+    fn rejected(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.rejected.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Makes the assigned set exactly `pods`: new ones start, changed ones are replaced,
     /// everything else is terminated (with its own grace period).
     pub fn apply_pod_set(self: &Arc<Self>, pods: Vec<pb::PodSpec>) {
         let wanted: std::collections::HashSet<String> =
             pods.iter().map(|p| p.uid.clone()).collect();
+        self.rejected().retain(|uid| wanted.contains(uid));
         for spec in pods {
             if let Err(e) = self.upsert(spec) {
                 tracing::warn!(error = %e, "ignoring invalid pod in the desired set");
@@ -250,6 +295,7 @@ impl PodSupervisor {
                 });
             }
             None => {
+                self.rejected().remove(uid);
                 if self.terminating_set().contains(uid) {
                     // Already terminating: Gone is published when that ends.
                     return;
@@ -321,4 +367,12 @@ impl PodSupervisor {
             ))
         })
     }
+}
+
+/// Whether the pod finished for good (its containers are not coming back).
+fn is_terminal(status: &pb::PodStatus) -> bool {
+    matches!(
+        status.phase(),
+        pb::PodPhase::Succeeded | pb::PodPhase::Failed
+    )
 }

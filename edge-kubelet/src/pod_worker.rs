@@ -32,6 +32,9 @@ pub struct PodWorkerConfig {
     pub poll_interval: Duration,
     /// Images the provider allows (`--allowed-images`); others fail with `ImageNotAllowed`.
     pub allowed_images: crate::image_policy::ImagePolicy,
+    /// Pods admitted at once (`--max-pods`); the supervisor fails more with `OutOfpods`.
+    /// 0: no limit.
+    pub max_pods: usize,
 }
 
 impl Default for PodWorkerConfig {
@@ -40,6 +43,7 @@ impl Default for PodWorkerConfig {
             backoff: BackoffPolicy::default(),
             poll_interval: Duration::from_secs(10),
             allowed_images: Default::default(),
+            max_pods: 0,
         }
     }
 }

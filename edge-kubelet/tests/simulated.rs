@@ -119,3 +119,54 @@ async fn simulated_pods_crash_fail_to_pull_and_go_away_like_real_ones() {
     assert!(gone);
     assert_eq!(sup.assigned(), vec!["nopull".to_string()]);
 }
+
+#[tokio::test]
+async fn pods_beyond_max_pods_fail_with_out_of_pods_and_stay_refused() {
+    let rt = SimulatedRuntime::new("edge-sim-full", SimulatedTimings::default());
+    let cfg = PodWorkerConfig {
+        max_pods: 2,
+        ..fast()
+    };
+    let sup = PodSupervisor::start(Arc::new(rt), None, cfg).await.unwrap();
+    sup.apply_pod_set(vec![
+        pod("a", "sim/app:1", &[]),
+        pod("b", "sim/app:1", &[]),
+        pod("c", "sim/app:1", &[]),
+    ]);
+    wait_for("a and b Running", || {
+        ["a", "b"].iter().all(|u| {
+            sup.board()
+                .get(u)
+                .is_some_and(|s| s.phase() == pb::PodPhase::Running)
+        })
+    })
+    .await;
+    let c = sup.board().get("c").expect("c has a status");
+    assert_eq!(c.phase(), pb::PodPhase::Failed);
+    assert_eq!(c.reason, edge_kubelet::pod_supervisor::OUT_OF_PODS);
+    assert!(c.message.contains("used: 2, capacity: 2"), "{}", c.message);
+    assert_eq!(sup.assigned().len(), 2, "c must not run");
+
+    // Room frees up: the refusal of c is final (a reconnect's PodSet sends it again), but a
+    // new pod is admitted.
+    sup.delete("a", None);
+    wait_for("a gone", || sup.board().get("a").is_none()).await;
+    sup.apply_pod_set(vec![
+        pod("b", "sim/app:1", &[]),
+        pod("c", "sim/app:1", &[]),
+        pod("d", "sim/app:1", &[]),
+    ]);
+    wait_for("d Running", || {
+        sup.board()
+            .get("d")
+            .is_some_and(|s| s.phase() == pb::PodPhase::Running)
+    })
+    .await;
+    assert_eq!(
+        sup.board().get("c").map(|s| s.reason),
+        Some(edge_kubelet::pod_supervisor::OUT_OF_PODS.to_string())
+    );
+    let mut assigned = sup.assigned();
+    assigned.sort();
+    assert_eq!(assigned, vec!["b".to_string(), "d".to_string()]);
+}
