@@ -149,7 +149,18 @@ async fn joining_credentials_and_revocation() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;
     let client = env.client();
     let run = std::process::id();
-    let mut operator = OperatorProcess::start(&env, &["--heartbeat-interval", "1s"]).await?;
+    // Expired tokens are deleted 15 s after expiry (default 24 h): long enough for the
+    // "expired" refusal below, short enough to see the cleanup.
+    let mut operator = OperatorProcess::start(
+        &env,
+        &[
+            "--heartbeat-interval",
+            "1s",
+            "--expired-token-retention",
+            "15s",
+        ],
+    )
+    .await?;
     let url = operator.edge_url();
     let token = operator.join_token.clone();
     let ca_hash = operator.ca_hash.clone();
@@ -495,6 +506,31 @@ async fn joining_credentials_and_revocation() -> anyhow::Result<()> {
         code == 200 && operator.child.check_running().is_ok(),
         "the operator did not survive"
     );
+
+    // --- The expired token's Secret is cleaned up (15 s after expiry here); valid ones stay.
+    let secrets = Api::<Secret>::namespaced(client.clone(), NS);
+    let short_secret = format!(
+        "decloud-join-{}",
+        short.split('.').next().unwrap_or_default()
+    );
+    eventually(Duration::from_secs(40), || async {
+        ensure!(
+            secrets.get_opt(&short_secret).await?.is_none(),
+            "{short_secret} still there"
+        );
+        Ok(())
+    })
+    .await?;
+    let list = Command::new(binary("decloud-operator")?)
+        .env("KUBECONFIG", env.kubeconfig())
+        .args(["token", "list"])
+        .output()?;
+    let list = String::from_utf8_lossy(&list.stdout);
+    ensure!(
+        list.contains("valid") && !list.contains("expired"),
+        "after cleanup:\n{list}"
+    );
+    println!("expired token {short_secret} deleted by the operator; valid tokens kept");
     drop(edge);
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! credential as `authorization: Bearer …` and [`CredentialAuthenticator`] checks it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use decloud_crds::{Provider, ProviderPhase};
@@ -88,6 +89,9 @@ pub struct TokenInfo {
     pub expires: Option<DateTime<Utc>>,
     /// SHA-256 of the token.
     hash: String,
+    /// Made by `token create` (only a hash stored), not the chart's plain-token Secret, which
+    /// Helm owns and the operator never deletes.
+    created_by_operator: bool,
 }
 
 fn text(secret: &Secret, key: &str) -> Option<String> {
@@ -100,8 +104,9 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 impl TokenInfo {
     fn from_secret(secret: &Secret) -> Option<Self> {
         let name = secret.metadata.name.clone()?;
-        let hash = text(secret, "token-sha256")
-            .or_else(|| text(secret, "token").map(|t| sha256_hex(&t)))?;
+        let plain = text(secret, "token");
+        let created_by_operator = plain.is_none();
+        let hash = text(secret, "token-sha256").or_else(|| plain.map(|t| sha256_hex(&t)))?;
         let expires = text(secret, "expiration")
             .and_then(|e| DateTime::parse_from_rfc3339(&e).ok())
             .map(|t| t.with_timezone(&Utc));
@@ -111,12 +116,59 @@ impl TokenInfo {
             secret: name,
             expires,
             hash,
+            created_by_operator,
         })
     }
 
     /// Whether the token has expired at `now`.
     pub fn expired(&self, now: DateTime<Utc>) -> bool {
         self.expires.is_some_and(|e| e <= now)
+    }
+
+    /// Whether its Secret is due for deletion: made by `token create` and expired for longer
+    /// than `retention` (until then a late edge is told "expired", not "unknown").
+    pub fn due_for_cleanup(&self, now: DateTime<Utc>, retention: Duration) -> bool {
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        self.created_by_operator
+            && self
+                .expires
+                .and_then(|e| e.checked_add_signed(retention))
+                .is_some_and(|due| due <= now)
+    }
+}
+
+/// Deletes the Secrets of join tokens expired for longer than `retention`, as kubeadm's token
+/// cleaner does, every `retention / 4` (between 1 s and 10 min). Runs on the leader until
+/// the process ends; failures are logged and retried on the next pass.
+pub async fn clean_expired_tokens(client: kube::Client, namespace: String, retention: Duration) {
+    let period = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let tokens = match list_tokens(&client, &namespace).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list join tokens for cleanup");
+                continue;
+            }
+        };
+        let now = Utc::now();
+        for t in tokens.iter().filter(|t| t.due_for_cleanup(now, retention)) {
+            match api.delete(&t.secret, &Default::default()).await {
+                Ok(_) => tracing::info!(
+                    token_id = %t.id,
+                    secret = %t.secret,
+                    expired = %t.expires.map(crate::status::rfc3339).unwrap_or_default(),
+                    "deleted an expired join token"
+                ),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(token_id = %t.id, error = %e, "cannot delete an expired join token");
+                }
+            }
+        }
     }
 }
 
@@ -380,6 +432,23 @@ mod tests {
         .unwrap();
         assert!(old.expired(Utc::now()));
         assert!(TokenInfo::from_secret(&secret(&[])).is_none());
+
+        // Cleanup: only tokens `token create` made, only once expired longer than retention.
+        let day = Duration::from_secs(86_400);
+        let expired_at = |at: &str, plain: bool| {
+            let mut data = vec![("token-sha256", "ab"), ("expiration", at)];
+            if plain {
+                data.push(("token", "plain"));
+            }
+            TokenInfo::from_secret(&secret(&data)).unwrap()
+        };
+        let now: DateTime<Utc> = "2026-11-22T12:00:00Z".parse().unwrap();
+        assert!(expired_at("2026-11-20T12:00:00Z", false).due_for_cleanup(now, day));
+        assert!(expired_at("2026-11-21T12:00:00Z", false).due_for_cleanup(now, day));
+        assert!(!expired_at("2026-11-21T12:00:01Z", false).due_for_cleanup(now, day));
+        assert!(!expired_at("2026-11-23T12:00:00Z", false).due_for_cleanup(now, Duration::ZERO));
+        assert!(!expired_at("2020-01-01T00:00:00Z", true).due_for_cleanup(now, day));
+        assert!(!chart.due_for_cleanup(now, Duration::ZERO));
     }
 
     #[test]

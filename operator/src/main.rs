@@ -135,6 +135,11 @@ struct RunArgs {
     /// How often changed Workload usage totals (CPU-seconds, memory-GiB-hours) are written.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     usage_interval: Duration,
+    /// How long the Secret of an expired join token is kept before the operator deletes it
+    /// (meanwhile an edge using it is told it expired rather than that it is unknown).
+    /// Tokens from the chart's Secret are never deleted.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    expired_token_retention: Duration,
     /// The operator's own namespace: its TLS Secret and the join tokens live there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -426,6 +431,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.usage_interval,
         ));
         loops.spawn(provider::run(controller, ctx.clone(), queues.reconcile_rx));
+        loops.spawn(join::clean_expired_tokens(
+            client.clone(),
+            args.namespace.clone(),
+            args.expired_token_retention,
+        ));
         let gateway_config = decloud_operator::gateway::GatewayConfig {
             listen: args.gateway_listen,
             base_domain: args.base_domain.clone(),
