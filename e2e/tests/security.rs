@@ -740,3 +740,74 @@ async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
     sweeper.sweep();
     Ok(())
 }
+
+/// An address that keeps failing to authenticate is refused up front, without any API call,
+/// until it earns budget back; a good token from it works again afterwards.
+#[tokio::test]
+async fn refused_authentication_is_throttled_per_address() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let client = env.client();
+    let operator = OperatorProcess::start(
+        &env,
+        &["--failed-auth-burst", "5", "--failed-auth-per-minute", "12"],
+    )
+    .await?;
+    let ch = channel(&operator, &operator_ca(&client).await?).await?;
+    let (token, _) = decloud_e2e::cluster::create_join_token(env.kubeconfig(), "1h")?;
+
+    // A burst of 5 refusals is told why; the 6th spends the address's budget.
+    for i in 1..=6 {
+        let e = register(&ch, "abcdef.wrongwrongwrongwrongwrongwrong", "sec-guess")
+            .await
+            .expect_err("a wrong token was accepted");
+        ensure!(
+            e.code() == tonic::Code::Unauthenticated,
+            "guess {i}: {:?} {}",
+            e.code(),
+            e.message()
+        );
+    }
+    // Now this address is refused before anything is checked: even a good token, and a
+    // Session with a forged credential.
+    let e = register(&ch, &token, "sec-late")
+        .await
+        .expect_err("a throttled address was served");
+    ensure!(
+        e.code() == tonic::Code::ResourceExhausted && e.message().contains("too many refused"),
+        "{:?} {}",
+        e.code(),
+        e.message()
+    );
+    println!("throttled: {}", e.message());
+    let forged = format!("sec-late.{}", "0".repeat(64));
+    let e = open_session(&ch, Some(&forged), "sec-late")
+        .await
+        .err()
+        .context("a throttled address opened a session")?;
+    ensure!(e.code() == tonic::Code::ResourceExhausted, "{e:?}");
+    let throttled = operator
+        .metric("decloud_operator_auth_throttled_total", "")
+        .await?
+        .unwrap_or(0.0);
+    ensure!(throttled >= 2.0, "auth_throttled {throttled}");
+
+    // 12 per minute: one refusal earned back every 5 s, and a good token joins again.
+    let t0 = Instant::now();
+    let credential = eventually(Duration::from_secs(20), || async {
+        Ok(register(&ch, &token, "sec-late").await?)
+    })
+    .await?;
+    println!(
+        "the good token joined {:.1} s later",
+        t0.elapsed().as_secs_f64()
+    );
+    ensure!(credential.starts_with("sec-late."), "{credential}");
+    ensure!(
+        Api::<Provider>::all(client.clone())
+            .get_opt("sec-late")
+            .await?
+            .is_some(),
+        "no Provider after the join"
+    );
+    Ok(())
+}

@@ -22,6 +22,11 @@ pub struct Config {
     pub status_report_interval: Duration,
     /// The operator's own namespace: join tokens and its TLS Secret live there.
     pub namespace: String,
+    /// Refused authentications (join token or credential) one source address may have in a
+    /// burst before it is refused up front; 0: no limit.
+    pub failed_auth_burst: u32,
+    /// Refused authentications per minute an address earns back.
+    pub failed_auth_per_minute: u32,
 }
 
 impl Config {
@@ -41,6 +46,8 @@ impl Default for Config {
             node_lease_renew: Duration::from_secs(10),
             status_report_interval: Duration::from_secs(300),
             namespace: "default".into(),
+            failed_auth_burst: 20,
+            failed_auth_per_minute: 10,
         }
     }
 }

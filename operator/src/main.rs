@@ -140,6 +140,15 @@ struct RunArgs {
     /// Tokens from the chart's Secret are never deleted.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     expired_token_retention: Duration,
+    /// Refused authentications (bad join token or credential) one source address may have
+    /// in a burst; beyond it the address is refused up front, without any API call, until it
+    /// earns budget back. 0 turns this off (e.g. when every edge reaches the operator through
+    /// one source-NATed address).
+    #[arg(long, default_value_t = 20)]
+    failed_auth_burst: u32,
+    /// Refused authentications per minute an address earns back.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    failed_auth_per_minute: u32,
     /// The operator's own namespace: its TLS Secret and the join tokens live there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -341,6 +350,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         node_lease_renew: args.node_lease_renew,
         status_report_interval: args.status_report_interval,
         namespace: args.namespace.clone(),
+        failed_auth_burst: args.failed_auth_burst,
+        failed_auth_per_minute: args.failed_auth_per_minute,
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub bridge_latency: Histogram,
     /// Pod reports dropped because they named pods of another node.
     pub unauthorized_reports: Counter,
+    /// Edge RPCs refused up front: their address had too many refused authentications.
+    pub auth_throttled: Counter,
     tunnels: Family<OutcomeLabels, Counter>,
     /// Seconds from asking an edge for a tunnel to the tunnel carrying bytes.
     pub tunnel_open_latency: Histogram,
@@ -77,6 +79,7 @@ impl Metrics {
             errors: Family::default(),
             bridge_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             unauthorized_reports: Counter::default(),
+            auth_throttled: Counter::default(),
             tunnels: Family::default(),
             tunnel_open_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             log_requests: Family::default(),
@@ -123,6 +126,12 @@ impl Metrics {
             "unauthorized_reports",
             "Pod reports dropped because the pod is not bound to the reporting edge",
             m.unauthorized_reports.clone(),
+        );
+        r.register(
+            "auth_throttled",
+            "Edge RPCs refused up front because their source address had too many refused \
+             authentications (join tokens or credentials)",
+            m.auth_throttled.clone(),
         );
         r.register(
             "gateway_tunnels",

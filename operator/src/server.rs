@@ -3,7 +3,7 @@
 //! The edge's first message must be a Hello; the operator answers Welcome, then the edge's full
 //! `PodSet`, then upserts and deletes as pods change. Heartbeats end in memory.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -79,22 +79,54 @@ impl EdgeAuthenticator for TrustingAuthenticator {
 pub struct EdgeService<A> {
     ctx: Arc<Context>,
     auth: A,
+    throttle: Arc<FailedAuthThrottle>,
 }
 
 impl<A: EdgeAuthenticator> EdgeService<A> {
     /// A service answering edges with `ctx`, authorising them with `auth`.
     pub fn new(ctx: Arc<Context>, auth: A) -> Self {
-        Self { ctx, auth }
+        let throttle = Arc::new(FailedAuthThrottle::new(
+            ctx.config.failed_auth_burst,
+            ctx.config.failed_auth_per_minute,
+        ));
+        Self {
+            ctx,
+            auth,
+            throttle,
+        }
     }
 
     /// The provider the caller of any edge RPC (Session, Tunnel) is, from its request
     /// `metadata`; `claimed` as in [`EdgeAuthenticator::authenticate`]. Use before anything else.
+    /// `peer` (the source address) is throttled once it has had too many refusals.
     pub async fn identify(
         &self,
+        peer: Option<IpAddr>,
         metadata: &MetadataMap,
         claimed: Option<&str>,
     ) -> Result<String, Status> {
-        self.auth.authenticate(metadata, claimed).await
+        self.admit(peer)?;
+        let result = self.auth.authenticate(metadata, claimed).await;
+        if let Err(status) = &result {
+            self.refused(peer, status);
+        }
+        result
+    }
+
+    fn admit(&self, peer: Option<IpAddr>) -> Result<(), Status> {
+        self.throttle.admit(peer).inspect_err(|_| {
+            self.ctx.metrics.auth_throttled.inc();
+        })
+    }
+
+    /// Counts a refusal against `peer` if `status` says the caller failed to prove who it is.
+    fn refused(&self, peer: Option<IpAddr>, status: &Status) {
+        if matches!(
+            status.code(),
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+        ) {
+            self.throttle.refused(peer);
+        }
     }
 }
 
@@ -322,12 +354,16 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
         if !ctx.readiness.leader.load(Ordering::Relaxed) {
             return Err(standby());
         }
+        let peer = request.remote_addr().map(|a| a.ip());
+        self.admit(peer)?;
         let req = request.into_inner();
         let name = req.provider_name.clone();
         if !valid_provider_name(&name) {
             return Err(invalid_name(&name));
         }
-        crate::join::check_token(&ctx.client, &ctx.config.namespace, &req.join_token).await?;
+        crate::join::check_token(&ctx.client, &ctx.config.namespace, &req.join_token)
+            .await
+            .inspect_err(|status| self.refused(peer, status))?;
         let credential = if req.credential.is_empty() {
             crate::join::new_credential(&name)
         } else if crate::join::credential_provider(&req.credential) == Some(name.as_str()) {
@@ -356,6 +392,8 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
         if !ctx.readiness.leader.load(Ordering::Relaxed) {
             return Err(standby());
         }
+        let peer = request.remote_addr().map(|a| a.ip());
+        self.admit(peer)?;
         let metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -377,7 +415,7 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
         if !valid_provider_name(&name) {
             return Err(invalid_name(&name));
         }
-        let name = self.identify(&metadata, Some(&name)).await?;
+        let name = self.identify(peer, &metadata, Some(&name)).await?;
         ensure_provider(ctx, &hello).await?;
         match tokio::time::timeout(CACHE_TIMEOUT, ctx.pods.wait_until_ready()).await {
             Ok(Ok(())) => {}
@@ -424,7 +462,8 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
         request: Request<Streaming<pb::TunnelFrame>>,
     ) -> Result<Response<Self::TunnelStream>, Status> {
         // Only the provider a tunnel was asked of may open it (checked against this identity).
-        let provider = self.identify(request.metadata(), None).await?;
+        let peer = request.remote_addr().map(|a| a.ip());
+        let provider = self.identify(peer, request.metadata(), None).await?;
         crate::tunnels::accept(&self.ctx, &provider, request.into_inner()).await
     }
 }
@@ -557,5 +596,7 @@ pub async fn serve<A: EdgeAuthenticator>(
 }
 
 mod counting;
+mod throttle;
+pub use throttle::FailedAuthThrottle;
 #[cfg(test)]
 pub(crate) mod tests;
