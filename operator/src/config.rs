@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::liveness::{DisruptionPolicy, LivenessTimings};
+
 /// Run-time settings, built once from the command line.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -22,12 +24,28 @@ pub struct Config {
     pub status_report_interval: Duration,
     /// The operator's own namespace: join tokens and its TLS Secret live there.
     pub namespace: String,
+    /// When many edges falling silent at once is held as a disruption instead of failed over.
+    pub disruption: DisruptionPolicy,
 }
 
 impl Config {
     /// How long an edge may stay silent before it is NotReady.
     pub fn unreachable_after(&self) -> Duration {
         self.heartbeat_interval * self.missed_heartbeats.max(1)
+    }
+
+    /// How often liveness is swept: several times per heartbeat interval.
+    pub fn sweep_period(&self) -> Duration {
+        (self.heartbeat_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    /// What liveness is judged by.
+    pub fn liveness_timings(&self) -> LivenessTimings {
+        LivenessTimings {
+            heartbeat_interval: self.heartbeat_interval,
+            unreachable_after: self.unreachable_after(),
+            sweep_period: self.sweep_period(),
+        }
     }
 }
 
@@ -41,6 +59,7 @@ impl Default for Config {
             node_lease_renew: Duration::from_secs(10),
             status_report_interval: Duration::from_secs(300),
             namespace: "default".into(),
+            disruption: DisruptionPolicy::default(),
         }
     }
 }
