@@ -207,6 +207,26 @@ impl EdgeProcess {
         labels: &[&str],
         connect: &[String],
     ) -> anyhow::Result<Self> {
+        Self::spawn(env, name, labels, connect, "docker")
+    }
+
+    /// Starts edge-kubelet `name` against `operator` with the SIMULATED runtime (no container
+    /// ever runs): a real edge process and session for tests of liveness, not of pods.
+    pub fn start_simulated(
+        env: &TestEnv,
+        operator: &OperatorProcess,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(env, name, &[], &operator.edge_args(), "simulated")
+    }
+
+    fn spawn(
+        env: &TestEnv,
+        name: &str,
+        labels: &[&str],
+        connect: &[String],
+        runtime: &str,
+    ) -> anyhow::Result<Self> {
         let state_dir = env.dir().join(format!("edge-{name}"));
         std::fs::create_dir_all(&state_dir)?;
         let mut cmd = Command::new(binary("edge-kubelet")?);
@@ -224,7 +244,7 @@ impl EdgeProcess {
             "--heartbeat-interval",
             "1s",
             "--runtime",
-            "docker",
+            runtime,
         ]);
         for l in labels {
             cmd.args(["--label", l]);

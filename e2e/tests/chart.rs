@@ -61,6 +61,32 @@ async fn chart_lints_and_renders_manifests_the_apiserver_accepts() -> anyhow::Re
         stderr.contains("edge") && stderr.contains("type"),
         "unclear error: {stderr}"
     );
+    // The disruption guard's share is in (0, 1], whether a number (values file) or a string
+    // (`--set` leaves decimals as strings).
+    for bad in ["1.5", "0", "abc"] {
+        let out = Command::new(&helm)
+            .args(["template", "x"])
+            .arg(&chart)
+            .args(["--set", &format!("heartbeat.unhealthyThreshold={bad}")])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("unhealthyThreshold"),
+            "heartbeat.unhealthyThreshold={bad}: {stderr}"
+        );
+    }
+    let rendered = run(Command::new(&helm)
+        .args(["template", "x"])
+        .arg(&chart)
+        .args(["--set", "heartbeat.unhealthyThreshold=0.6"])
+        .args(["--set", "heartbeat.largeClusterSize=200"]))?;
+    for arg in [
+        "--unhealthy-threshold=0.6",
+        "--large-cluster-size=200",
+        "--disruption-hold=20s",
+    ] {
+        assert!(rendered.contains(arg), "{arg} not rendered:\n{rendered}");
+    }
 
     let env = TestEnv::start().await?;
     env.kubectl(&["create", "namespace", "decloud-system"])?;

@@ -14,6 +14,7 @@ use decloud_e2e::{TestEnv, eventually};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
+use nix::sys::signal::Signal;
 
 const NS: &str = "default";
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -663,5 +664,197 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
         "SIGTERM: successor leads {:.2}s later (Lease released)",
         took.as_secs_f64()
     );
+    Ok(())
+}
+
+/// SIGSTOPs edges (their sessions stay open, they just fall silent, as behind a cut link) and
+/// SIGCONTs them when dropped, so a failing test never leaves a frozen process behind.
+struct Frozen<'a>(Vec<&'a EdgeProcess>);
+
+impl<'a> Frozen<'a> {
+    fn stop(edges: impl IntoIterator<Item = &'a EdgeProcess>) -> Self {
+        let edges: Vec<&EdgeProcess> = edges.into_iter().collect();
+        for e in &edges {
+            e.child.signal(Signal::SIGSTOP);
+        }
+        Self(edges)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        for e in &self.0 {
+            e.child.signal(Signal::SIGCONT);
+        }
+    }
+}
+
+async fn phase(client: &Client, name: &str) -> anyhow::Result<ProviderPhase> {
+    Ok(provider(client, name)
+        .await?
+        .status
+        .context("no provider status")?
+        .phase)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mass_silence_is_held_as_a_disruption_but_a_single_silent_edge_is_not() -> anyhow::Result<()>
+{
+    const DISRUPTION: &str = "decloud_operator_liveness_disruption";
+    const DISRUPTIONS: &str = "decloud_operator_liveness_disruptions_total";
+    let env = TestEnv::start().await?;
+    let client = env.client();
+    let run = std::process::id();
+    let names: Vec<String> = (0..4).map(|i| format!("dis-{run}-{i}")).collect();
+    let hold = Duration::from_secs(12);
+    let window = HEARTBEAT * MISSED;
+    let missed = MISSED.to_string();
+    // Held when more than half of at least 3 ready edges fall silent at once.
+    let operator = OperatorProcess::start(
+        &env,
+        &[
+            "--heartbeat-interval",
+            "1s",
+            "--missed-heartbeats",
+            missed.as_str(),
+            "--large-cluster-size",
+            "3",
+            "--unhealthy-threshold",
+            "0.5",
+            "--disruption-hold",
+            "12s",
+            "--identity",
+            "e2e-disruption",
+        ],
+    )
+    .await?;
+    let edges = names
+        .iter()
+        .map(|n| EdgeProcess::start_simulated(&env, &operator, n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let all_ready = || async {
+        for n in &names {
+            check_ready(&client, n).await?;
+        }
+        anyhow::Ok(())
+    };
+    eventually(Duration::from_secs(60), all_ready)
+        .await
+        .with_context(|| {
+            format!(
+                "edges did not become Ready; operator log:\n{}",
+                operator.child.log_tail(40)
+            )
+        })?;
+
+    // --- One silent edge of four (25 %) is no disruption: NotReady within the window.
+    {
+        let stopped = Instant::now();
+        let _frozen = Frozen::stop([&edges[0]]);
+        eventually(window + Duration::from_secs(5), || {
+            check_unreachable(&client, &names[0])
+        })
+        .await
+        .context("a single silent edge must turn NotReady at once")?;
+        let took = stopped.elapsed();
+        println!(
+            "1 of 4 edges SIGSTOPped: NotReady after {:.2}s (window {}s)",
+            took.as_secs_f64(),
+            window.as_secs()
+        );
+        ensure!(
+            took <= window + Duration::from_secs(4),
+            "NotReady only after {took:?}"
+        );
+        ensure!(
+            operator.metric(DISRUPTION, "").await? == Some(0.0),
+            "a single edge was held as a disruption"
+        );
+        ensure!(operator.metric(DISRUPTIONS, "").await? == Some(0.0));
+        for n in &names[1..] {
+            check_ready(&client, n).await?;
+        }
+    }
+    eventually(Duration::from_secs(30), || check_ready(&client, &names[0]))
+        .await
+        .context("edge 0 did not come back after SIGCONT")?;
+
+    // --- Three of four (75 % > 50 %) fall silent at once: the operator suspects itself and
+    // holds their verdicts. The hold starts once they are silent past the window (at least 2 s
+    // after the stop: the last heartbeat read may be 1 s older) and lasts 12 s, so for 12 s
+    // after the stop none may turn NotReady.
+    let stopped = Instant::now();
+    let frozen = Frozen::stop(&edges[..3]);
+    let mut gauge_seen = false;
+    while stopped.elapsed() < hold {
+        for n in &names[..3] {
+            let p = phase(&client, n).await?;
+            ensure!(
+                p == ProviderPhase::Ready,
+                "{n} turned {p:?} {:.1}s after the stop, during the hold",
+                stopped.elapsed().as_secs_f64()
+            );
+        }
+        gauge_seen |= operator.metric(DISRUPTION, "").await? == Some(1.0);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(
+        gauge_seen,
+        "{DISRUPTION} never showed 1 while 3 of 4 edges were silent; operator log:\n{}",
+        operator.child.log_tail(20)
+    );
+    check_ready(&client, &names[3])
+        .await
+        .context("the edge that kept beating")?;
+    println!(
+        "3 of 4 edges SIGSTOPped: all still Ready {}s later, {DISRUPTION} 1",
+        hold.as_secs()
+    );
+
+    // --- The silence outlasts the hold: an outage after all, so they are marked.
+    let deadline = window + hold + Duration::from_secs(6);
+    eventually(deadline.saturating_sub(stopped.elapsed()), || async {
+        for n in &names[..3] {
+            check_unreachable(&client, n).await?;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "not NotReady {}s after the stop; operator log:\n{}",
+            deadline.as_secs(),
+            operator.child.log_tail(20)
+        )
+    })?;
+    println!(
+        "after the hold: NotReady {:.2}s after the stop (window {}s + hold {}s)",
+        stopped.elapsed().as_secs_f64(),
+        window.as_secs(),
+        hold.as_secs()
+    );
+    check_ready(&client, &names[3]).await?;
+    ensure!(operator.metric(DISRUPTION, "").await? == Some(0.0));
+    ensure!(operator.metric(DISRUPTIONS, "").await? == Some(1.0));
+    // Read the log itself: its level names carry colour codes.
+    let log = std::fs::read_to_string(operator.child.log_path())?;
+    for needle in [
+        "3 of 4 ready edges went silent at once",
+        "disruption outlasted the hold",
+    ] {
+        ensure!(
+            log.lines()
+                .any(|l| l.contains("WARN") && l.contains(needle)),
+            "no warning {needle:?} in the operator log"
+        );
+    }
+
+    // --- Resumed: all four Ready again, and no disruption.
+    drop(frozen);
+    eventually(Duration::from_secs(30), all_ready)
+        .await
+        .context("edges did not come back after SIGCONT")?;
+    ensure!(operator.metric(DISRUPTION, "").await? == Some(0.0));
+    println!("resumed: all 4 Ready, {DISRUPTION} 0");
     Ok(())
 }

@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::liveness::{DisruptionPolicy, LivenessTimings};
+
 /// Run-time settings, built once from the command line.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -27,12 +29,28 @@ pub struct Config {
     pub failed_auth_burst: u32,
     /// Refused authentications per minute an address earns back.
     pub failed_auth_per_minute: u32,
+    /// When many edges falling silent at once is held as a disruption instead of failed over.
+    pub disruption: DisruptionPolicy,
 }
 
 impl Config {
     /// How long an edge may stay silent before it is NotReady.
     pub fn unreachable_after(&self) -> Duration {
         self.heartbeat_interval * self.missed_heartbeats.max(1)
+    }
+
+    /// How often liveness is swept: several times per heartbeat interval.
+    pub fn sweep_period(&self) -> Duration {
+        (self.heartbeat_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    /// What liveness is judged by.
+    pub fn liveness_timings(&self) -> LivenessTimings {
+        LivenessTimings {
+            heartbeat_interval: self.heartbeat_interval,
+            unreachable_after: self.unreachable_after(),
+            sweep_period: self.sweep_period(),
+        }
     }
 }
 
@@ -48,6 +66,7 @@ impl Default for Config {
             namespace: "default".into(),
             failed_auth_burst: 20,
             failed_auth_per_minute: 10,
+            disruption: DisruptionPolicy::default(),
         }
     }
 }

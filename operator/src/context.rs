@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::bridge::StatusReport;
 use crate::config::Config;
 use crate::http::Readiness;
+use crate::liveness::LivenessTracker;
 use crate::logs::PendingLogs;
 use crate::metrics::Metrics;
 use crate::registry::ProviderRegistry;
@@ -78,7 +79,10 @@ impl Context {
         let (status_tx, status_rx) = mpsc::unbounded_channel();
         let recorder = Recorder::new(client.clone(), crate::FIELD_MANAGER.into());
         let ctx = Arc::new(Self {
-            registry: ProviderRegistry::new(config.unreachable_after(), metrics.clone()),
+            registry: ProviderRegistry::new(
+                LivenessTracker::new(config.liveness_timings(), config.disruption),
+                metrics.clone(),
+            ),
             client,
             config,
             metrics,

@@ -12,6 +12,7 @@ use decloud_operator::context::{Caches, Context};
 use decloud_operator::http::Readiness;
 use decloud_operator::join::{self, CredentialAuthenticator};
 use decloud_operator::leader::LeaderConfig;
+use decloud_operator::liveness::DisruptionPolicy;
 use decloud_operator::metrics::Metrics;
 use decloud_operator::server::EdgeService;
 use decloud_operator::tls;
@@ -102,6 +103,25 @@ struct RunArgs {
     /// Heartbeats an edge may miss before its Provider is NotReady and its Node unreachable.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     missed_heartbeats: u32,
+    /// Share of the ready edges that must fall silent together (within one heartbeat interval)
+    /// for the operator to suspect itself or its network rather than the edges: in (0, 1].
+    /// Such mass silence is held as a disruption (no edge marked NotReady, nothing failed over)
+    /// for up to --disruption-hold, so that a stalled or cut-off operator does not blame and
+    /// fail over thousands of healthy edges at once. Exactly this share is not yet a
+    /// disruption; 1 turns the guard off. Like kube-controller-manager's
+    /// --unhealthy-zone-threshold.
+    #[arg(long, default_value_t = 0.55, value_parser = parse_unhealthy_threshold)]
+    unhealthy_threshold: f64,
+    /// With fewer ready edges than this, silence is never held as a disruption: in a small
+    /// fleet a few edges are a large share, and each loss must be failed over within seconds.
+    /// Like kube-controller-manager's --large-cluster-size-threshold.
+    #[arg(long, default_value_t = 50)]
+    large_cluster_size: usize,
+    /// How long a disruption may hold NotReady verdicts; if the silence lasts longer it is an
+    /// outage after all, and the silent edges are marked NotReady (and failed over) this much
+    /// later than a single edge would be.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    disruption_hold: Duration,
     /// How often node Leases in kube-node-lease are renewed for ready edges.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     node_lease_renew: Duration,
@@ -184,6 +204,21 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("duration {s:?} must be positive"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `--unhealthy-threshold`: a share in (0, 1].
+fn parse_unhealthy_threshold(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid share {s:?}: expected a number in (0, 1], e.g. 0.55"))?;
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(format!(
+            "{s} is not in (0, 1]: it is the share of ready edges that must fall silent together \
+             (0.55 = 55 %; 1 turns the guard off)"
+        ));
+    }
+    Ok(v)
 }
 
 #[tokio::main]
@@ -352,6 +387,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         failed_auth_burst: args.failed_auth_burst,
         failed_auth_per_minute: args.failed_auth_per_minute,
+        disruption: DisruptionPolicy {
+            unhealthy_threshold: args.unhealthy_threshold,
+            large_cluster_size: args.large_cluster_size,
+            hold: args.disruption_hold,
+        },
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
@@ -491,14 +531,98 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Turns missed heartbeats into Provider reconciles, checking several times per interval.
 async fn sweep_liveness(ctx: Arc<Context>) {
-    let period = (ctx.config.heartbeat_interval / 4)
-        .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut tick = tokio::time::interval(period);
+    let mut tick = tokio::time::interval(ctx.config.sweep_period());
+    // After a stall, the next sweep must come a full period after the one that noticed it
+    // (which judges nobody), so heartbeats buffered meanwhile are read first; the default
+    // (`Burst`) would fire the missed ticks back to back.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         for (provider, transition) in ctx.registry.sweep() {
             info!(%provider, ?transition, "edge liveness changed");
             ctx.reconcile_provider(&provider);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let argv = ["decloud-operator", "run"].iter().chain(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(*args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn disruption_flags_default_like_kube_controller_manager() {
+        let args = run_args(&[]).unwrap();
+        assert_eq!(args.unhealthy_threshold, 0.55);
+        assert_eq!(args.large_cluster_size, 50);
+        assert_eq!(args.disruption_hold, Duration::from_secs(20));
+        let defaults = DisruptionPolicy::default();
+        assert_eq!(
+            (
+                defaults.unhealthy_threshold,
+                defaults.large_cluster_size,
+                defaults.hold
+            ),
+            (
+                args.unhealthy_threshold,
+                args.large_cluster_size,
+                args.disruption_hold
+            ),
+            "the CLI and the library agree on the defaults"
+        );
+        let args = run_args(&[
+            "--unhealthy-threshold",
+            "0.5",
+            "--large-cluster-size",
+            "3",
+            "--disruption-hold",
+            "12s",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                args.unhealthy_threshold,
+                args.large_cluster_size,
+                args.disruption_hold
+            ),
+            (0.5, 3, Duration::from_secs(12))
+        );
+        assert_eq!(
+            run_args(&["--unhealthy-threshold", "1"])
+                .unwrap()
+                .unhealthy_threshold,
+            1.0
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_threshold_outside_zero_to_one_is_refused() {
+        for bad in ["0", "-0.1", "1.01", "55", "NaN", "inf", "half"] {
+            let flag = format!("--unhealthy-threshold={bad}");
+            let err = run_args(&[flag.as_str()])
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"))
+                .to_string();
+            assert!(
+                err.contains("--unhealthy-threshold") && err.contains("(0, 1]"),
+                "{bad:?}: {err}"
+            );
+        }
+        assert!(run_args(&["--disruption-hold", "0s"]).is_err());
+        assert!(run_args(&["--large-cluster-size", "-1"]).is_err());
     }
 }

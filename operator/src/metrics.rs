@@ -65,6 +65,12 @@ pub struct Metrics {
     pub edge_bytes_received: Counter,
     /// Bytes written to edge connections.
     pub edge_bytes_sent: Counter,
+    /// Liveness sweeps that came so late that this process must have stalled.
+    pub liveness_stalls: Counter,
+    /// 1 while a disruption holds liveness verdicts, 0 otherwise.
+    pub liveness_disruption: Gauge,
+    /// Disruptions begun (mass silence held instead of failed over).
+    pub liveness_disruptions: Counter,
 }
 
 impl Metrics {
@@ -85,6 +91,9 @@ impl Metrics {
             log_requests: Family::default(),
             edge_bytes_received: Counter::default(),
             edge_bytes_sent: Counter::default(),
+            liveness_stalls: Counter::default(),
+            liveness_disruption: Gauge::default(),
+            liveness_disruptions: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("decloud_operator");
         r.register(
@@ -157,6 +166,22 @@ impl Metrics {
             "edge_sent_bytes",
             "Bytes written to edge connections (TLS records: sessions, tunnels, logs)",
             m.edge_bytes_sent.clone(),
+        );
+        r.register(
+            "liveness_stalls",
+            "Liveness sweeps skipped because the operator itself stalled (the gap since the \
+             previous sweep exceeded half the heartbeat window)",
+            m.liveness_stalls.clone(),
+        );
+        r.register(
+            "liveness_disruption",
+            "1 while mass edge silence is held as a disruption (no edge marked NotReady), else 0",
+            m.liveness_disruption.clone(),
+        );
+        r.register(
+            "liveness_disruptions",
+            "Disruptions begun: more than --unhealthy-threshold of the ready edges silent at once",
+            m.liveness_disruptions.clone(),
         );
         m
     }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::liveness::{LivenessTracker, Transition};
+use crate::liveness::{LivenessTracker, SweepEvent, Transition};
 use crate::metrics::Metrics;
 
 /// Messages queued towards one edge before it counts as too slow and is disconnected.
@@ -186,13 +186,13 @@ pub struct ProviderRegistry {
 }
 
 impl ProviderRegistry {
-    /// An empty registry; edges silent for `unreachable_after` become NotReady.
-    pub fn new(unreachable_after: Duration, metrics: Arc<Metrics>) -> Self {
+    /// An empty registry judging edges' liveness with `liveness`.
+    pub fn new(liveness: LivenessTracker, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 sessions: HashMap::new(),
                 hellos: HashMap::new(),
-                liveness: LivenessTracker::new(unreachable_after),
+                liveness,
                 revoked: HashSet::new(),
                 next_id: 1,
             }),
@@ -297,9 +297,73 @@ impl ProviderRegistry {
         inner.liveness.heartbeat(provider, Instant::now())
     }
 
-    /// Edges that just became unreachable.
+    /// Edges that just became unreachable. Counts and logs operator stalls and disruptions
+    /// (mass silence held instead of failed over) on the way.
     pub fn sweep(&self) -> Vec<(String, Transition)> {
-        self.lock().liveness.sweep(Instant::now())
+        self.sweep_at(Instant::now())
+    }
+
+    fn sweep_at(&self, now: Instant) -> Vec<(String, Transition)> {
+        let (sweep, disrupted, policy) = {
+            let mut inner = self.lock();
+            let sweep = inner.liveness.sweep(now);
+            (
+                sweep,
+                inner.liveness.is_disrupted(),
+                inner.liveness.disruption_policy(),
+            )
+        };
+        self.metrics.liveness_disruption.set(i64::from(disrupted));
+        match sweep.event {
+            Some(SweepEvent::Stalled { gap }) => {
+                self.metrics.liveness_stalls.inc();
+                tracing::warn!(
+                    gap_ms = gap.as_millis() as u64,
+                    "the operator stalled ({gap:?} since the previous liveness sweep): judging \
+                     no edge until the heartbeats received meanwhile are read"
+                );
+            }
+            Some(SweepEvent::DisruptionBegan { silent, ready }) => {
+                self.metrics.liveness_disruptions.inc();
+                tracing::warn!(
+                    silent,
+                    ready,
+                    hold_ms = policy.hold.as_millis() as u64,
+                    "{silent} of {ready} ready edges went silent at once: suspecting the \
+                     operator or its network rather than the edges; holding NotReady verdicts \
+                     for up to {:?}",
+                    policy.hold
+                );
+            }
+            Some(SweepEvent::DisruptionEnded {
+                held,
+                marked,
+                ready,
+            }) => {
+                tracing::info!(
+                    held_ms = held.as_millis() as u64,
+                    marked,
+                    ready,
+                    "disruption over after {held:?}: edges resumed; marking the {marked} of \
+                     {ready} ready edges still silent past the window NotReady as usual"
+                );
+            }
+            Some(SweepEvent::DisruptionHoldExpired {
+                held,
+                marked,
+                ready,
+            }) => {
+                tracing::warn!(
+                    held_ms = held.as_millis() as u64,
+                    marked,
+                    ready,
+                    "disruption outlasted the hold ({held:?}): marking the {marked} of {ready} \
+                     ready edges still silent NotReady"
+                );
+            }
+            None => {}
+        }
+        sweep.transitions
     }
 
     /// Runs `f` on `provider`'s live session, if any, under the registry lock. `f` must not
@@ -369,6 +433,7 @@ impl ProviderRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::liveness::{DisruptionPolicy, LivenessTimings};
 
     fn spec(uid: &str, hash: &str) -> pb::PodSpec {
         pb::PodSpec {
@@ -396,8 +461,62 @@ mod tests {
         out
     }
 
+    const TIMINGS: LivenessTimings = LivenessTimings {
+        heartbeat_interval: Duration::from_secs(1),
+        unreachable_after: Duration::from_secs(3),
+        sweep_period: Duration::from_millis(250),
+    };
+
     fn registry() -> ProviderRegistry {
-        ProviderRegistry::new(Duration::from_secs(3), Arc::new(Metrics::default()))
+        ProviderRegistry::new(
+            LivenessTracker::new(TIMINGS, DisruptionPolicy::default()),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[test]
+    fn sweeps_count_stalls_and_disruptions() {
+        let metrics = Arc::new(Metrics::default());
+        // One ready edge is enough to count as a large fleet here, so its silence is held.
+        let policy = DisruptionPolicy {
+            unhealthy_threshold: 0.5,
+            large_cluster_size: 1,
+            hold: Duration::from_secs(10),
+        };
+        let r = ProviderRegistry::new(LivenessTracker::new(TIMINGS, policy), metrics.clone());
+        let (tx, _rx) = mpsc::channel(8);
+        r.connect(
+            "a",
+            HelloInfo::default(),
+            tx,
+            pb::Welcome::default(),
+            |_| {},
+        );
+        let t = Instant::now();
+        let at = |secs: f64| t + Duration::from_secs_f64(secs);
+        for s in [1.0, 2.0, 2.9] {
+            assert!(r.sweep_at(at(s)).is_empty());
+        }
+        assert!(r.sweep_at(at(3.5)).is_empty(), "held");
+        assert_eq!(
+            (
+                metrics.liveness_disruption.get(),
+                metrics.liveness_disruptions.get()
+            ),
+            (1, 1)
+        );
+        assert!(r.sweep_at(at(10.0)).is_empty(), "a stall");
+        assert_eq!(metrics.liveness_stalls.get(), 1);
+        for s in [11.0, 12.0, 13.0] {
+            assert!(r.sweep_at(at(s)).is_empty(), "still held at {s}");
+        }
+        assert_eq!(
+            r.sweep_at(at(14.0)),
+            vec![("a".to_string(), Transition::BecameUnreachable)],
+            "held 10.5 s > 10 s"
+        );
+        assert_eq!(metrics.liveness_disruption.get(), 0);
+        assert_eq!(metrics.liveness_disruptions.get(), 1);
     }
 
     #[test]
