@@ -75,6 +75,30 @@ async fn check_ready(client: &Client, name: &str) -> anyhow::Result<()> {
 }
 
 /// Provider NotReady (HeartbeatsMissed) and Node Ready=Unknown with both unreachable taints.
+/// Every provider in `names` Ready (see [`check_ready`]).
+async fn check_all_ready(client: &Client, names: &[impl AsRef<str>]) -> anyhow::Result<()> {
+    for n in names {
+        check_ready(client, n.as_ref()).await?;
+    }
+    Ok(())
+}
+
+/// Waits (60 s at most) until every provider in `names` is Ready; shows the operator's log if not.
+async fn wait_ready(
+    client: &Client,
+    operator: &OperatorProcess,
+    names: &[impl AsRef<str>],
+) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(60), || check_all_ready(client, names))
+        .await
+        .with_context(|| {
+            format!(
+                "edges did not become Ready; operator log:\n{}",
+                operator.child.log_tail(40)
+            )
+        })
+}
+
 async fn check_unreachable(client: &Client, name: &str) -> anyhow::Result<()> {
     let p = provider(client, name).await?;
     let status = p.status.context("no provider status")?;
@@ -227,17 +251,7 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     let _edge_b = EdgeProcess::start(&env, &operator, &b, &[region])?;
 
     // --- Two edges register and appear Ready as nodes and providers.
-    eventually(Duration::from_secs(60), || async {
-        check_ready(&client, &a).await?;
-        check_ready(&client, &b).await
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "edges did not become Ready; operator log:\n{}",
-            operator.child.log_tail(40)
-        )
-    })?;
+    wait_ready(&client, &operator, &[&a, &b]).await?;
     println!("{}", env.kubectl(&["get", "nodes", "-o", "wide"])?);
     println!("{}", env.kubectl(&["get", "prov"])?);
     let nodes = env.kubectl(&["get", "nodes"])?;
@@ -732,20 +746,7 @@ async fn mass_silence_is_held_as_a_disruption_but_a_single_silent_edge_is_not() 
         .iter()
         .map(|n| EdgeProcess::start_simulated(&env, &operator, n))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let all_ready = || async {
-        for n in &names {
-            check_ready(&client, n).await?;
-        }
-        anyhow::Ok(())
-    };
-    eventually(Duration::from_secs(60), all_ready)
-        .await
-        .with_context(|| {
-            format!(
-                "edges did not become Ready; operator log:\n{}",
-                operator.child.log_tail(40)
-            )
-        })?;
+    wait_ready(&client, &operator, &names).await?;
 
     // --- One silent edge of four (25 %) is no disruption: NotReady within the window.
     {
@@ -851,7 +852,7 @@ async fn mass_silence_is_held_as_a_disruption_but_a_single_silent_edge_is_not() 
 
     // --- Resumed: all four Ready again, and no disruption.
     drop(frozen);
-    eventually(Duration::from_secs(30), all_ready)
+    eventually(Duration::from_secs(30), || check_all_ready(&client, &names))
         .await
         .context("edges did not come back after SIGCONT")?;
     ensure!(operator.metric(DISRUPTION, "").await? == Some(0.0));
