@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 mod common;
+pub mod contracts;
+pub mod pods;
 mod provider;
 pub mod quantity;
 mod workload;

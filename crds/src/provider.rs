@@ -110,7 +110,35 @@ pub struct ProviderStatus {
     /// Resources consumed by pods on this provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// What the machine is, as its edge reported it (the virtual Node's `nodeInfo` and its
+    /// `kubernetes.io/os` / `kubernetes.io/arch` labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
     /// `Ready` and friends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// A provider machine's platform, as kubelet reports a node's `nodeInfo`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Platform {
+    /// Operating system, as `kubernetes.io/os` names it (`linux`).
+    #[schemars(length(max = 63))]
+    pub os: String,
+    /// CPU architecture, as `kubernetes.io/arch` names it (`amd64`, `arm64`).
+    #[schemars(length(max = 63))]
+    pub architecture: String,
+    /// Kernel version (`uname -r`).
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub kernel_version: String,
+    /// Operating system image, e.g. `Debian GNU/Linux 12 (bookworm)`.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub os_image: String,
+    /// Container runtime and version, e.g. `docker://20.10.24`.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub container_runtime_version: String,
 }

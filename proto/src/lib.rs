@@ -1,6 +1,9 @@
 //! The DeCloud edge protocol (`decloud.edge.v1`), generated at build time from
-//! `proto/decloud/edge/v1/edge.proto`.
+//! `proto/decloud/edge/v1/edge.proto`, and the wire contracts both sides share: message and
+//! frame limits, flow-control windows, metadata keys and the CA pin format.
 #![forbid(unsafe_code)]
+
+mod pin;
 
 /// Package `decloud.edge.v1`.
 pub mod v1 {
@@ -8,7 +11,26 @@ pub mod v1 {
     tonic::include_proto!("decloud.edge.v1");
 }
 
+pub use pin::{CaPin, PinError};
 pub use v1::*;
 
 /// Largest message either side accepts on any RPC (hostile input is cut off here).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest data payload of one tunnel frame, either way.
+pub const MAX_TUNNEL_FRAME: usize = 64 * 1024;
+
+/// Largest log chunk an edge sends in one `LogChunk`.
+pub const MAX_LOG_CHUNK: usize = 64 * 1024;
+
+/// HTTP/2 flow-control window per stream (each tunnel is one stream), on both sides.
+pub const TUNNEL_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// HTTP/2 flow-control window per edge connection (shared by its tunnels and session).
+pub const TUNNEL_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// gRPC metadata key carrying the provider's bearer credential.
+pub const CREDENTIAL_METADATA: &str = "authorization";
+
+/// gRPC metadata key naming the provider a Session or Tunnel is for.
+pub const PROVIDER_METADATA: &str = "decloud-provider";

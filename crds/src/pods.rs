@@ -1,0 +1,92 @@
+//! Facts about a `core/v1` Pod that several parts need: whether it still holds resources and
+//! what it requests. One implementation, with every sum checked.
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+use crate::quantity::{cpu_millis, memory_bytes};
+
+/// Whether the pod has finished (phase `Succeeded` or `Failed`) and so holds nothing on its node.
+pub fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// What a pod requests, summed over its containers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodRequests {
+    /// CPU in millicores.
+    pub cpu_millis: i64,
+    /// Memory in bytes.
+    pub memory_bytes: i64,
+}
+
+/// What `container` requests. As Kubernetes does, a resource without a request but with a limit
+/// requests the limit; an unparsable quantity counts as 0 (admission refuses such pods).
+pub fn container_requests(container: &Container) -> PodRequests {
+    let res = container.resources.as_ref();
+    let pick = |key: &str| {
+        res.and_then(|r| r.requests.as_ref().and_then(|m| m.get(key)))
+            .or_else(|| res.and_then(|r| r.limits.as_ref().and_then(|m| m.get(key))))
+    };
+    PodRequests {
+        cpu_millis: pick("cpu").and_then(|q| cpu_millis(&q.0)).unwrap_or(0),
+        memory_bytes: pick("memory").and_then(|q| memory_bytes(&q.0)).unwrap_or(0),
+    }
+}
+
+/// What `pod` requests, summed over its containers; saturates instead of wrapping.
+pub fn pod_requests(pod: &Pod) -> PodRequests {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(container_requests)
+        .fold(PodRequests::default(), |acc, r| PodRequests {
+            cpu_millis: acc.cpu_millis.saturating_add(r.cpu_millis),
+            memory_bytes: acc.memory_bytes.saturating_add(r.memory_bytes),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn requests_sum_containers_and_limits_stand_in() {
+        let p = pod(json!({"spec": {"containers": [
+            {"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "1Mi"}}},
+            {"name": "b", "resources": {"limits": {"cpu": "1", "memory": "1Ki"}}},
+            {"name": "c"}
+        ]}}));
+        assert_eq!(
+            pod_requests(&p),
+            PodRequests {
+                cpu_millis: 1100,
+                memory_bytes: 1024 * 1024 + 1024
+            }
+        );
+    }
+
+    #[test]
+    fn sums_saturate() {
+        let big = json!({"requests": {"memory": "8Ei"}});
+        let p = pod(json!({"spec": {"containers": [
+            {"name": "a", "resources": big}, {"name": "b", "resources": big}
+        ]}}));
+        assert_eq!(pod_requests(&p).memory_bytes, i64::MAX);
+    }
+
+    #[test]
+    fn terminal_phases() {
+        assert!(is_terminal(&pod(json!({"status": {"phase": "Failed"}}))));
+        assert!(is_terminal(&pod(json!({"status": {"phase": "Succeeded"}}))));
+        assert!(!is_terminal(&pod(json!({"status": {"phase": "Running"}}))));
+        assert!(!is_terminal(&pod(json!({}))));
+    }
+}
