@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn sums_saturate() {
-        let big = json!({"requests": {"memory": "8Ei"}});
+        let big = json!({"requests": {"memory": "4Ei"}});
         let p = pod(json!({"spec": {"containers": [
             {"name": "a", "resources": big}, {"name": "b", "resources": big}
         ]}}));
