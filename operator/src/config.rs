@@ -3,49 +3,49 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::liveness::{DisruptionPolicy, LivenessTimings};
+use crate::edge::liveness::{DisruptionPolicy, LivenessTimings};
 
 /// Run-time settings, built once from the command line.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub(crate) struct Config {
     /// How often edges send a heartbeat (told to them in `Welcome`).
-    pub heartbeat_interval: Duration,
+    pub(crate) heartbeat_interval: Duration,
     /// Heartbeats an edge may miss before it is NotReady.
-    pub missed_heartbeats: u32,
+    pub(crate) missed_heartbeats: u32,
     /// Port of the operator's kubelet API, published as every virtual node's kubelet endpoint.
-    pub kubelet_port: u16,
+    pub(crate) kubelet_port: u16,
     /// Address published on virtual nodes and as pods' hostIP: the operator's own, never a
     /// provider's.
-    pub node_address: IpAddr,
+    pub(crate) node_address: IpAddr,
     /// How often node Leases in `kube-node-lease` are renewed.
-    pub node_lease_renew: Duration,
+    pub(crate) node_lease_renew: Duration,
     /// How stale a ready Provider's `status.lastHeartbeatTime` (and its Node's) may get: the
     /// only periodic status write per edge. Liveness itself lives in memory and in the Lease.
-    pub status_report_interval: Duration,
+    pub(crate) status_report_interval: Duration,
     /// The operator's own namespace: join tokens and its TLS Secret live there.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Refused authentications (join token or credential) one source address may have in a
     /// burst before it is refused up front; 0: no limit.
-    pub failed_auth_burst: u32,
+    pub(crate) failed_auth_burst: u32,
     /// Refused authentications per minute an address earns back.
-    pub failed_auth_per_minute: u32,
+    pub(crate) failed_auth_per_minute: u32,
     /// When many edges falling silent at once is held as a disruption instead of failed over.
-    pub disruption: DisruptionPolicy,
+    pub(crate) disruption: DisruptionPolicy,
 }
 
 impl Config {
     /// How long an edge may stay silent before it is NotReady.
-    pub fn unreachable_after(&self) -> Duration {
+    pub(crate) fn unreachable_after(&self) -> Duration {
         self.heartbeat_interval * self.missed_heartbeats.max(1)
     }
 
     /// How often liveness is swept: several times per heartbeat interval.
-    pub fn sweep_period(&self) -> Duration {
+    pub(crate) fn sweep_period(&self) -> Duration {
         (self.heartbeat_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
     /// What liveness is judged by.
-    pub fn liveness_timings(&self) -> LivenessTimings {
+    pub(crate) fn liveness_timings(&self) -> LivenessTimings {
         LivenessTimings {
             heartbeat_interval: self.heartbeat_interval,
             unreachable_after: self.unreachable_after(),

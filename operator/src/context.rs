@@ -3,72 +3,73 @@
 use std::sync::Arc;
 
 use decloud_crds::Provider;
+use decloud_crds::contracts::OPERATOR_FIELD_MANAGER;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 
-use crate::bridge::StatusReport;
 use crate::config::Config;
-use crate::http::Readiness;
-use crate::liveness::LivenessTracker;
-use crate::logs::PendingLogs;
+use crate::edge::ProviderRegistry;
+use crate::edge::liveness::LivenessTracker;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::registry::ProviderRegistry;
-use crate::tunnels::PendingTunnels;
+use crate::pods::StatusReport;
+use crate::relay::{PendingLogs, PendingTunnels};
+use crate::usage::UsageLedger;
 
 /// Shared state of the operator.
-pub struct Context {
+pub(crate) struct Context {
     /// Kubernetes client.
-    pub client: Client,
+    pub(crate) client: Client,
     /// Settings.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Live edge sessions and liveness.
-    pub registry: ProviderRegistry,
+    pub(crate) registry: ProviderRegistry,
     /// Metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Every pod in the cluster (the bridge only acts on those bound to virtual nodes).
-    pub pods: Store<Pod>,
+    pub(crate) pods: Store<Pod>,
     /// Every Provider.
-    pub providers: Store<Provider>,
+    pub(crate) providers: Store<Provider>,
     /// Every virtual node (`type=virtual-kubelet`).
-    pub nodes: Store<Node>,
+    pub(crate) nodes: Store<Node>,
     /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    pub(crate) recorder: Recorder,
     /// What `/readyz` reports.
-    pub readiness: Arc<Readiness>,
+    pub(crate) readiness: Arc<Readiness>,
     /// Gateway tunnels asked of edges and not yet opened.
-    pub tunnels: PendingTunnels,
+    pub(crate) tunnels: PendingTunnels,
     /// `kubectl logs` requests relayed to edges.
-    pub logs: PendingLogs,
+    pub(crate) logs: PendingLogs,
     /// Usage the edges report, per pod, provider and workload.
-    pub usage: crate::usage::UsageLedger,
+    pub(crate) usage: UsageLedger,
     reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
     status_tx: mpsc::UnboundedSender<StatusReport>,
 }
 
 /// The receiving ends of the context's internal queues.
-pub struct ContextQueues {
+pub(crate) struct ContextQueues {
     /// Providers to reconcile now (fed to the Provider controller).
-    pub reconcile_rx: mpsc::UnboundedReceiver<ObjectRef<Provider>>,
+    pub(crate) reconcile_rx: mpsc::UnboundedReceiver<ObjectRef<Provider>>,
     /// Pod reports to write as pod status (fed to the bridge's status writer).
-    pub status_rx: mpsc::UnboundedReceiver<StatusReport>,
+    pub(crate) status_rx: mpsc::UnboundedReceiver<StatusReport>,
 }
 
 /// The caches a [`Context`] reads from.
-pub struct Caches {
+pub(crate) struct Caches {
     /// Pods.
-    pub pods: Store<Pod>,
+    pub(crate) pods: Store<Pod>,
     /// Providers.
-    pub providers: Store<Provider>,
+    pub(crate) providers: Store<Provider>,
     /// Virtual nodes.
-    pub nodes: Store<Node>,
+    pub(crate) nodes: Store<Node>,
 }
 
 impl Context {
     /// Builds the context and the queues its consumers read.
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         config: Config,
         metrics: Arc<Metrics>,
@@ -77,7 +78,7 @@ impl Context {
     ) -> (Arc<Self>, ContextQueues) {
         let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = mpsc::unbounded_channel();
-        let recorder = Recorder::new(client.clone(), crate::FIELD_MANAGER.into());
+        let recorder = Recorder::new(client.clone(), OPERATOR_FIELD_MANAGER.into());
         let ctx = Arc::new(Self {
             registry: ProviderRegistry::new(
                 LivenessTracker::new(config.liveness_timings(), config.disruption),
@@ -93,7 +94,7 @@ impl Context {
             readiness,
             tunnels: PendingTunnels::default(),
             logs: PendingLogs::default(),
-            usage: crate::usage::UsageLedger::default(),
+            usage: UsageLedger::default(),
             reconcile_tx,
             status_tx,
         });
@@ -107,12 +108,12 @@ impl Context {
     }
 
     /// Asks the Provider controller to reconcile `provider` soon. Must not block.
-    pub fn reconcile_provider(&self, provider: &str) {
+    pub(crate) fn reconcile_provider(&self, provider: &str) {
         let _ = self.reconcile_tx.send(ObjectRef::new(provider));
     }
 
     /// Queues an edge's pod report for the status writer. Must not block.
-    pub fn report_status(&self, report: StatusReport) {
+    pub(crate) fn report_status(&self, report: StatusReport) {
         let _ = self.status_tx.send(report);
     }
 }

@@ -38,6 +38,9 @@ pub enum Error {
     /// The operator's CA or serving certificate could not be made or loaded.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A setting or command-line value is unusable, or a command cannot be carried out.
+    #[error("{0}")]
+    Config(String),
     /// This replica lost the leader Lease; it must stop so that two replicas never both act.
     #[error("lost leadership of Lease {0}")]
     LostLeadership(String),
@@ -63,6 +66,7 @@ impl Error {
             Error::Grpc(_) => "grpc",
             Error::LostLeadership(_) => "lost_leadership",
             Error::Tls(_) => "tls",
+            Error::Config(_) => "config",
         }
     }
 }

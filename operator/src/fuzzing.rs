@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Pod;
 use pb::edge_message::Kind;
 use prost::Message;
 
-use crate::bridge::{Disposition, disposition};
-use crate::registry::HelloInfo;
+use crate::edge::HelloInfo;
+use crate::pods::{Disposition, disposition};
 
 fn sample_pod() -> Pod {
     serde_json::from_value(serde_json::json!({
@@ -32,17 +32,16 @@ pub fn edge_message(data: &[u8]) {
     };
     match msg.kind {
         Some(Kind::Hello(h)) => {
-            let _ = crate::server::valid_provider_name(&h.provider_name);
+            let _ = crate::provider::valid_provider_name(&h.provider_name);
             let _ = HelloInfo::from_hello(&h);
             let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
             for report in &h.pods {
-                let _ =
-                    crate::status::pod_status(&sample_pod(), report, "docker", "127.0.0.1", now);
+                let _ = crate::pods::pod_status(&sample_pod(), report, "docker", "127.0.0.1", now);
             }
         }
         Some(Kind::PodStatus(report)) => {
             let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-            let _ = crate::status::pod_status(&sample_pod(), &report, "docker", "127.0.0.1", now);
+            let _ = crate::pods::pod_status(&sample_pod(), &report, "docker", "127.0.0.1", now);
         }
         Some(Kind::Heartbeat(_) | Kind::PodGone(_) | Kind::LogChunk(_)) | None => {}
     }
@@ -59,7 +58,7 @@ pub fn pod_spec(data: &[u8]) {
         let bytes = spec.encode_to_vec();
         let back = pb::PodSpec::decode(bytes.as_slice()).expect("own encoding decodes");
         assert_eq!(back, spec);
-        let _ = crate::translate::spec_hash(&spec);
+        let _ = crate::pods::spec_hash(&spec);
     }
 }
 

@@ -15,27 +15,27 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::http::Readiness;
+use crate::health::Readiness;
 use crate::{Error, Result};
 
 /// Settings of the election.
 #[derive(Clone, Debug)]
-pub struct LeaderConfig {
+pub(crate) struct LeaderConfig {
     /// Lease name.
-    pub name: String,
+    pub(crate) name: String,
     /// Lease namespace.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// This replica's identity (holderIdentity).
-    pub identity: String,
+    pub(crate) identity: String,
     /// How long a Lease is valid without renewal.
-    pub lease_duration: Duration,
+    pub(crate) lease_duration: Duration,
     /// How often the holder renews, and standbys retry.
-    pub retry_period: Duration,
+    pub(crate) retry_period: Duration,
 }
 
 /// What one election round decided.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Round {
+pub(crate) enum Round {
     /// We hold the Lease.
     Leader,
     /// Someone else holds a live Lease.
@@ -47,7 +47,7 @@ fn now_micro() -> String {
 }
 
 /// Whether a Lease held by someone else has expired at `now`.
-pub fn expired(lease: &Lease, now: chrono::DateTime<Utc>) -> bool {
+pub(crate) fn expired(lease: &Lease, now: chrono::DateTime<Utc>) -> bool {
     let Some(spec) = &lease.spec else {
         return true;
     };
@@ -60,7 +60,7 @@ pub fn expired(lease: &Lease, now: chrono::DateTime<Utc>) -> bool {
 }
 
 /// One try to acquire or renew the Lease.
-pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<Round> {
+pub(crate) async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<Round> {
     let secs = cfg.lease_duration.as_secs().max(1) as i32;
     let existing = api.get_opt(&cfg.name).await?;
     let Some(mut lease) = existing else {
@@ -106,7 +106,7 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<Round> 
 
 /// Gives the Lease up if this replica holds it, so a successor (a rolling update's new pod)
 /// takes over at once instead of after the Lease expires. Best effort, bounded to 2 s.
-pub async fn release(client: &Client, cfg: &LeaderConfig) {
+pub(crate) async fn release(client: &Client, cfg: &LeaderConfig) {
     let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
     let attempt = async {
         let Some(mut lease) = api.get_opt(&cfg.name).await? else {
@@ -134,7 +134,7 @@ pub async fn release(client: &Client, cfg: &LeaderConfig) {
 /// Waits until this replica leads, then keeps renewing; returns only when leadership is lost.
 ///
 /// `readiness.leader` is true exactly while we hold the Lease.
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     cfg: LeaderConfig,
     readiness: Arc<Readiness>,

@@ -11,71 +11,71 @@ use prometheus_client::registry::Registry;
 
 /// Labels of reconcile counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ControllerLabels {
+pub(crate) struct ControllerLabels {
     /// Which controller.
-    pub controller: String,
+    pub(crate) controller: String,
 }
 
 /// Labels of error counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
+pub(crate) struct ErrorLabels {
     /// Which controller or loop.
-    pub controller: String,
+    pub(crate) controller: String,
     /// `Error::metric_label()`.
-    pub error: String,
+    pub(crate) error: String,
 }
 
 /// Labels of closed-session counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CloseLabels {
+pub(crate) struct CloseLabels {
     /// Why the session ended.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// Labels of gateway tunnel and log request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub(crate) struct OutcomeLabels {
     /// `ok` or the error's metric label.
-    pub outcome: String,
+    pub(crate) outcome: String,
 }
 
 /// Every metric the operator exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Edge sessions open right now.
-    pub connected_edges: Gauge,
+    pub(crate) connected_edges: Gauge,
     /// Edge sessions ever opened.
-    pub sessions_opened: Counter,
+    pub(crate) sessions_opened: Counter,
     closed: Family<CloseLabels, Counter>,
     /// Heartbeats received.
-    pub heartbeats: Counter,
+    pub(crate) heartbeats: Counter,
     reconciles: Family<ControllerLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     /// Seconds from an edge's pod report to the pod status written.
-    pub bridge_latency: Histogram,
+    pub(crate) bridge_latency: Histogram,
     /// Pod reports dropped because they named pods of another node.
-    pub unauthorized_reports: Counter,
+    pub(crate) unauthorized_reports: Counter,
     /// Edge RPCs refused up front: their address had too many refused authentications.
-    pub auth_throttled: Counter,
+    pub(crate) auth_throttled: Counter,
     tunnels: Family<OutcomeLabels, Counter>,
     /// Seconds from asking an edge for a tunnel to the tunnel carrying bytes.
-    pub tunnel_open_latency: Histogram,
+    pub(crate) tunnel_open_latency: Histogram,
     log_requests: Family<OutcomeLabels, Counter>,
     /// Bytes read from edge connections (TLS records: sessions, tunnels, logs).
-    pub edge_bytes_received: Counter,
+    pub(crate) edge_bytes_received: Counter,
     /// Bytes written to edge connections.
-    pub edge_bytes_sent: Counter,
+    pub(crate) edge_bytes_sent: Counter,
     /// Liveness sweeps that came so late that this process must have stalled.
-    pub liveness_stalls: Counter,
+    pub(crate) liveness_stalls: Counter,
     /// 1 while a disruption holds liveness verdicts, 0 otherwise.
-    pub liveness_disruption: Gauge,
+    pub(crate) liveness_disruption: Gauge,
     /// Disruptions begun (mass silence held instead of failed over).
-    pub liveness_disruptions: Counter,
+    pub(crate) liveness_disruptions: Counter,
 }
 
 impl Metrics {
     /// Creates the metrics and registers them in `registry` under the `decloud_operator` prefix.
-    pub fn new(registry: &mut Registry) -> Self {
+    pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self {
             connected_edges: Gauge::default(),
             sessions_opened: Counter::default(),
@@ -187,7 +187,7 @@ impl Metrics {
     }
 
     /// Counts one tunnel dial ending with `outcome`.
-    pub fn tunnel_dialed(&self, outcome: &str) {
+    pub(crate) fn tunnel_dialed(&self, outcome: &str) {
         self.tunnels
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
@@ -196,7 +196,7 @@ impl Metrics {
     }
 
     /// Counts one log request ending with `outcome`.
-    pub fn log_requested(&self, outcome: &str) {
+    pub(crate) fn log_requested(&self, outcome: &str) {
         self.log_requests
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
@@ -205,7 +205,7 @@ impl Metrics {
     }
 
     /// Counts one closed session.
-    pub fn sessions_closed(&self, reason: &str) {
+    pub(crate) fn sessions_closed(&self, reason: &str) {
         self.closed
             .get_or_create(&CloseLabels {
                 reason: reason.to_string(),
@@ -214,7 +214,7 @@ impl Metrics {
     }
 
     /// Counts one reconcile of `controller`.
-    pub fn reconciled(&self, controller: &str) {
+    pub(crate) fn reconciled(&self, controller: &str) {
         self.reconciles
             .get_or_create(&ControllerLabels {
                 controller: controller.to_string(),
@@ -223,7 +223,7 @@ impl Metrics {
     }
 
     /// Counts one failure of `controller`.
-    pub fn failed(&self, controller: &str, error: &crate::Error) {
+    pub(crate) fn failed(&self, controller: &str, error: &crate::Error) {
         self.errors
             .get_or_create(&ErrorLabels {
                 controller: controller.to_string(),
@@ -233,7 +233,7 @@ impl Metrics {
     }
 
     /// Records one bridge round trip.
-    pub fn bridged(&self, elapsed: Duration) {
+    pub(crate) fn bridged(&self, elapsed: Duration) {
         self.bridge_latency.observe(elapsed.as_secs_f64());
     }
 }

@@ -18,50 +18,46 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
+use decloud_crds::contracts::{OPERATOR_FIELD_MANAGER, SANS_ANNOTATION};
+use decloud_proto::CaPin;
 
 /// Name of the Secret holding the CA and the serving certificate.
-pub const TLS_SECRET: &str = "decloud-operator-tls";
-/// Annotation on [`TLS_SECRET`] listing the serving certificate's names, comma-separated.
-pub const SANS_ANNOTATION: &str = "decloud.dev/serving-sans";
+pub(crate) const TLS_SECRET: &str = "decloud-operator-tls";
 const CA_CN: &str = "decloud-operator CA";
 
 /// The operator's TLS material (PEM).
 #[derive(Clone, Debug)]
-pub struct OperatorTls {
+pub(crate) struct OperatorTls {
     /// The CA certificate edges pin.
-    pub ca_pem: String,
+    pub(crate) ca_pem: String,
     /// The serving certificate.
-    pub cert_pem: String,
+    pub(crate) cert_pem: String,
     /// The serving certificate's private key.
-    pub key_pem: String,
+    pub(crate) key_pem: String,
 }
 
 impl OperatorTls {
     /// The pin edges check: `sha256:<hex of the CA certificate's DER>`.
-    pub fn ca_hash(&self) -> Result<String> {
+    pub(crate) fn ca_hash(&self) -> Result<String> {
         ca_hash(&self.ca_pem)
     }
 
     /// The edge gRPC server's TLS settings. The chain sent is the serving certificate and the
     /// CA, so a joining edge can check the CA against its pin before it trusts anything.
-    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+    pub(crate) fn server_config(&self) -> tonic::transport::ServerTlsConfig {
         let chain = format!("{}{}", self.cert_pem, self.ca_pem);
         tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(chain, &self.key_pem))
     }
 }
 
-/// `sha256:<hex>` of the DER of the first certificate in `pem`.
-pub fn ca_hash(pem: &str) -> Result<String> {
+/// The CA pin (`sha256:<hex>`) of the first certificate in `pem`.
+pub(crate) fn ca_hash(pem: &str) -> Result<String> {
     let der = CertificateDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| Error::Tls(format!("the CA certificate is not PEM: {e}")))?;
-    Ok(format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(der.as_ref()))
-    ))
+    Ok(CaPin::of_der(der.as_ref()).to_string())
 }
 
 fn tls_err(e: rcgen::Error) -> Error {
@@ -80,7 +76,7 @@ fn ca_params() -> CertificateParams {
 }
 
 /// A new CA: (certificate PEM, key PEM).
-pub fn new_ca() -> Result<(String, String)> {
+pub(crate) fn new_ca() -> Result<(String, String)> {
     let key = KeyPair::generate().map_err(tls_err)?;
     let cert = ca_params().self_signed(&key).map_err(tls_err)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -88,7 +84,10 @@ pub fn new_ca() -> Result<(String, String)> {
 
 /// A serving certificate for `sans` (DNS names or IP addresses) signed by the CA whose key is
 /// `ca_key_pem`: (certificate PEM, key PEM).
-pub fn issue_serving_cert(ca_key_pem: &str, sans: &BTreeSet<String>) -> Result<(String, String)> {
+pub(crate) fn issue_serving_cert(
+    ca_key_pem: &str,
+    sans: &BTreeSet<String>,
+) -> Result<(String, String)> {
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(tls_err)?;
     let issuer = Issuer::new(ca_params(), ca_key);
     let mut params = CertificateParams::default();
@@ -160,7 +159,7 @@ fn build_secret(
             )])),
             labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/managed-by".to_string(),
-                crate::FIELD_MANAGER.to_string(),
+                OPERATOR_FIELD_MANAGER.to_string(),
             )])),
             ..ObjectMeta::default()
         },
@@ -174,14 +173,14 @@ fn build_secret(
 /// serving certificate on first use and re-issuing the serving certificate (same CA) when it
 /// does not cover `sans`. Safe to run from several processes at once (creates and replaces are
 /// conditional; the loser re-reads).
-pub async fn load_or_create(
+pub(crate) async fn load_or_create(
     client: &kube::Client,
     namespace: &str,
     sans: &BTreeSet<String>,
 ) -> Result<OperatorTls> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let pp = PostParams {
-        field_manager: Some(crate::FIELD_MANAGER.into()),
+        field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
         ..PostParams::default()
     };
     for _ in 0..5 {

@@ -11,15 +11,15 @@ use serde_json::Value;
 use super::*;
 use crate::Config;
 use crate::context::Caches;
-use crate::http::Readiness;
+use crate::edge::HelloInfo;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::registry::HelloInfo;
 
 fn provider(status: Option<Value>) -> Provider {
     let mut v = json!({
         "apiVersion": "decloud.dev/v1alpha1",
         "kind": "Provider",
-        "metadata": {"name": "alice", "uid": "u-alice", "generation": 1, "finalizers": [FINALIZER],
+        "metadata": {"name": "alice", "uid": "u-alice", "generation": 1, "finalizers": [PROVIDER_FINALIZER],
             "labels": {"topology.kubernetes.io/region": "eu-west"}},
         "spec": {"offered": {"cpu": "2", "memory": "4Gi"}},
     });
@@ -44,6 +44,7 @@ fn hello() -> HelloInfo {
         },
         runtime: "docker".into(),
         running: HashSet::new(),
+        platform: None,
     }
 }
 
@@ -65,7 +66,6 @@ fn at(secs: i64) -> DateTime<Utc> {
 
 fn view(ready: Option<bool>, heartbeat_secs: Option<i64>) -> ProviderView {
     ProviderView {
-        connected: ready == Some(true),
         ready,
         hello: ready.map(|_| hello()),
         last_heartbeat: heartbeat_secs.map(|s| SystemTime::from(at(s))),
@@ -363,7 +363,7 @@ async fn cleanup_revokes_the_session_and_removes_node_and_lease() {
         ]
     );
     assert!(ctx.registry.is_revoked("alice"));
-    assert!(!ctx.registry.view("alice").connected);
+    assert!(ctx.registry.with_session("alice", |_| ()).is_none());
     // The edge got Welcome, then the revocation as its stream's final status.
     let mut last = None;
     while let Ok(m) = rx.try_recv() {

@@ -1,0 +1,299 @@
+//! Join tokens: kubeadm-style `<id>.<secret>`, stored as Secrets labelled
+//! [`JOIN_TOKEN_LABEL`] in the operator's namespace holding only their SHA-256 and expiry (the
+//! chart's optional Secret holds the plain token under `token`, hashed on read). A join token
+//! lets a new edge call `Register` once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use decloud_crds::contracts::{JOIN_TOKEN_LABEL, OPERATOR_FIELD_MANAGER};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use rand::Rng;
+use tonic::Status;
+
+use super::credentials::{same, sha256_hex};
+use crate::time::rfc3339;
+
+/// Prefix of the Secrets `decloud-operator token create` makes.
+pub(crate) const TOKEN_SECRET_PREFIX: &str = "decloud-join-";
+
+fn random_string(len: usize, alphabet: &[u8]) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+const LOWER_ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A new join token `<6 chars id>.<32 chars secret>`.
+pub(crate) fn new_token() -> String {
+    format!(
+        "{}.{}",
+        random_string(6, LOWER_ALNUM),
+        random_string(32, LOWER_ALNUM)
+    )
+}
+
+/// What `token list` shows about one join token.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenInfo {
+    /// The token's id (its part before the dot), or the Secret's name for chart tokens.
+    pub(crate) id: String,
+    /// The Secret holding it.
+    pub(crate) secret: String,
+    /// When it stops working (None: never).
+    pub(crate) expires: Option<DateTime<Utc>>,
+    /// SHA-256 of the token.
+    hash: String,
+    /// Made by `token create` (only a hash stored), not the chart's plain-token Secret, which
+    /// Helm owns and the operator never deletes.
+    created_by_operator: bool,
+}
+
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    let v = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(v.0.clone())
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+impl TokenInfo {
+    fn from_secret(secret: &Secret) -> Option<Self> {
+        let name = secret.metadata.name.clone()?;
+        let plain = text(secret, "token");
+        let created_by_operator = plain.is_none();
+        let hash = text(secret, "token-sha256").or_else(|| plain.map(|t| sha256_hex(&t)))?;
+        let expires = text(secret, "expiration")
+            .and_then(|e| DateTime::parse_from_rfc3339(&e).ok())
+            .map(|t| t.with_timezone(&Utc));
+        let id = text(secret, "token-id").unwrap_or_else(|| name.clone());
+        Some(Self {
+            id,
+            secret: name,
+            expires,
+            hash,
+            created_by_operator,
+        })
+    }
+
+    /// Whether the token has expired at `now`.
+    pub(crate) fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
+
+    /// Whether its Secret is due for deletion: made by `token create` and expired for longer
+    /// than `retention` (until then a late edge is told "expired", not "unknown").
+    pub(crate) fn due_for_cleanup(&self, now: DateTime<Utc>, retention: Duration) -> bool {
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        self.created_by_operator
+            && self
+                .expires
+                .and_then(|e| e.checked_add_signed(retention))
+                .is_some_and(|due| due <= now)
+    }
+}
+
+/// Deletes the Secrets of join tokens expired for longer than `retention`, as kubeadm's token
+/// cleaner does, every `retention / 4` (between 1 s and 10 min). Runs on the leader until
+/// the process ends; failures are logged and retried on the next pass.
+pub(crate) async fn clean_expired_tokens(
+    client: kube::Client,
+    namespace: String,
+    retention: Duration,
+) {
+    let period = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let tokens = match list_tokens(&client, &namespace).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list join tokens for cleanup");
+                continue;
+            }
+        };
+        let now = Utc::now();
+        for t in tokens.iter().filter(|t| t.due_for_cleanup(now, retention)) {
+            match api.delete(&t.secret, &Default::default()).await {
+                Ok(_) => tracing::info!(
+                    token_id = %t.id,
+                    secret = %t.secret,
+                    expired = %t.expires.map(rfc3339).unwrap_or_default(),
+                    "deleted an expired join token"
+                ),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(token_id = %t.id, error = %e, "cannot delete an expired join token");
+                }
+            }
+        }
+    }
+}
+
+/// Every join token in `namespace`.
+pub(crate) async fn list_tokens(
+    client: &kube::Client,
+    namespace: &str,
+) -> kube::Result<Vec<TokenInfo>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let list = api
+        .list(&ListParams::default().labels(&format!("{JOIN_TOKEN_LABEL}=true")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(TokenInfo::from_secret)
+        .collect())
+}
+
+/// Stores a new join token valid until `expires` in `namespace`; returns the token.
+pub(crate) async fn create_token(
+    client: &kube::Client,
+    namespace: &str,
+    expires: DateTime<Utc>,
+) -> kube::Result<String> {
+    let token = new_token();
+    let id = token.split('.').next().unwrap_or_default().to_string();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(format!("{TOKEN_SECRET_PREFIX}{id}")),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([(
+                JOIN_TOKEN_LABEL.to_string(),
+                "true".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([
+            ("token-id".to_string(), ByteString(id.into_bytes())),
+            (
+                "token-sha256".to_string(),
+                ByteString(sha256_hex(&token).into_bytes()),
+            ),
+            (
+                "expiration".to_string(),
+                ByteString(rfc3339(expires).into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let pp = PostParams {
+        field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    api.create(&pp, &secret).await?;
+    Ok(token)
+}
+
+/// Deletes the join token `id` (its id, whole token, or Secret name). False if none matched.
+pub(crate) async fn revoke_token(
+    client: &kube::Client,
+    namespace: &str,
+    id: &str,
+) -> kube::Result<bool> {
+    let id = id.split('.').next().unwrap_or(id);
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut any = false;
+    for t in list_tokens(client, namespace).await? {
+        if t.id == id || t.secret == id {
+            api.delete(&t.secret, &Default::default()).await?;
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
+/// Checks a join token against those stored in `namespace`.
+pub(crate) async fn check_token(
+    client: &kube::Client,
+    namespace: &str,
+    token: &str,
+) -> Result<(), Status> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Status::unauthenticated(
+            "no join token given: an edge joins with `edge-kubelet join --token …`; an \
+             administrator creates one with `decloud-operator token create`",
+        ));
+    }
+    let tokens = list_tokens(client, namespace).await.map_err(|e| {
+        Status::unavailable(format!("the operator cannot read its join tokens: {e}"))
+    })?;
+    let hash = sha256_hex(token);
+    match tokens.iter().find(|t| same(&t.hash, &hash)) {
+        None => Err(Status::unauthenticated(
+            "invalid join token (unknown, mistyped or revoked); ask the cluster administrator \
+             for a new one (`decloud-operator token create`)",
+        )),
+        Some(t) if t.expired(Utc::now()) => Err(Status::unauthenticated(format!(
+            "the join token expired at {}; ask the cluster administrator for a new one \
+             (`decloud-operator token create`)",
+            t.expires.map(rfc3339).unwrap_or_default()
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_their_shape() {
+        let t = new_token();
+        let (id, secret) = t.split_once('.').unwrap();
+        assert_eq!((id.len(), secret.len()), (6, 32));
+        assert_ne!(new_token(), t);
+    }
+
+    #[test]
+    fn chart_tokens_are_hashed_on_read_and_expiry_counts() {
+        let secret = |data: &[(&str, &str)]| Secret {
+            metadata: ObjectMeta {
+                name: Some("s".into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let chart = TokenInfo::from_secret(&secret(&[("token", "plain\n")])).unwrap();
+        assert_eq!(chart.hash, sha256_hex("plain"));
+        assert!(!chart.expired(Utc::now()));
+        let old = TokenInfo::from_secret(&secret(&[
+            ("token-sha256", "ab"),
+            ("expiration", "2020-01-01T00:00:00Z"),
+        ]))
+        .unwrap();
+        assert!(old.expired(Utc::now()));
+        assert!(TokenInfo::from_secret(&secret(&[])).is_none());
+
+        // Cleanup: only tokens `token create` made, only once expired longer than retention.
+        let day = Duration::from_secs(86_400);
+        let expired_at = |at: &str, plain: bool| {
+            let mut data = vec![("token-sha256", "ab"), ("expiration", at)];
+            if plain {
+                data.push(("token", "plain"));
+            }
+            TokenInfo::from_secret(&secret(&data)).unwrap()
+        };
+        let now: DateTime<Utc> = "2026-11-22T12:00:00Z".parse().unwrap();
+        assert!(expired_at("2026-11-20T12:00:00Z", false).due_for_cleanup(now, day));
+        assert!(expired_at("2026-11-21T12:00:00Z", false).due_for_cleanup(now, day));
+        assert!(!expired_at("2026-11-21T12:00:01Z", false).due_for_cleanup(now, day));
+        assert!(!expired_at("2026-11-23T12:00:00Z", false).due_for_cleanup(now, Duration::ZERO));
+        assert!(!expired_at("2020-01-01T00:00:00Z", true).due_for_cleanup(now, day));
+        assert!(!chart.due_for_cleanup(now, Duration::ZERO));
+    }
+}

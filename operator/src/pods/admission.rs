@@ -1,0 +1,359 @@
+//! Admission of pods bound to virtual nodes: what a volunteer edge must never grant, and what
+//! an edge cannot run.
+//!
+//! A pod that asks for any of it is failed (reason [`REASON`] or [`UNSUPPORTED_REASON`]) with
+//! an Event and never reaches the edge: the edge runs containers of strangers, so host access
+//! is out.
+
+use chrono::Utc;
+use decloud_crds::contracts::{OPERATOR_FIELD_MANAGER, provider_of_node};
+use decloud_proto as pb;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::{status, translate};
+use crate::Error;
+use crate::context::Context;
+
+/// Reason of a pod refused because the edge cannot run what it asks.
+pub(crate) const UNSUPPORTED_REASON: &str = "Unsupported";
+
+/// Pod status reason of a pod failed for asking what an edge must not grant.
+pub(crate) const REASON: &str = "Forbidden";
+
+/// Resource names a container may request; anything else is a device (GPU, FPGA, …).
+const PLAIN_RESOURCES: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
+
+/// Every reason why `pod` must not run on an edge; empty when it may.
+pub(crate) fn forbidden_reasons(pod: &Pod) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(spec) = &pod.spec else {
+        return out;
+    };
+    if spec.host_network == Some(true) {
+        out.push("hostNetwork is not allowed".to_string());
+    }
+    if spec.host_pid == Some(true) {
+        out.push("hostPID is not allowed".to_string());
+    }
+    if spec.host_ipc == Some(true) {
+        out.push("hostIPC is not allowed".to_string());
+    }
+    for volume in spec.volumes.iter().flatten() {
+        if volume.host_path.is_some() {
+            out.push(format!(
+                "volume {:?}: hostPath volumes are not allowed",
+                volume.name
+            ));
+        }
+    }
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter());
+    for c in containers {
+        container_reasons(c, &mut out);
+    }
+    for c in spec.ephemeral_containers.iter().flatten() {
+        out.push(format!(
+            "container {:?}: ephemeral containers are not allowed",
+            c.name
+        ));
+    }
+    out
+}
+
+fn container_reasons(c: &Container, out: &mut Vec<String>) {
+    let name = &c.name;
+    if let Some(sc) = &c.security_context {
+        if sc.privileged == Some(true) {
+            out.push(format!(
+                "container {name:?}: privileged mode is not allowed"
+            ));
+        }
+        if let Some(add) = sc.capabilities.as_ref().and_then(|caps| caps.add.as_ref())
+            && !add.is_empty()
+        {
+            out.push(format!(
+                "container {name:?}: adding capabilities ({}) is not allowed",
+                add.join(", ")
+            ));
+        }
+        if sc.proc_mount.as_deref() == Some("Unmasked") {
+            out.push(format!(
+                "container {name:?}: an unmasked /proc is not allowed"
+            ));
+        }
+    }
+    for port in c.ports.iter().flatten() {
+        if port.host_port.is_some_and(|p| p != 0) {
+            out.push(format!(
+                "container {name:?}: hostPort {} is not allowed",
+                port.host_port.unwrap_or_default()
+            ));
+        }
+    }
+    if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
+        out.push(format!("container {name:?}: devices are not allowed"));
+    }
+    if let Some(res) = &c.resources {
+        let names = res
+            .requests
+            .iter()
+            .flatten()
+            .chain(res.limits.iter().flatten())
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !PLAIN_RESOURCES.contains(k) && !k.starts_with("hugepages-"));
+        let mut devices: Vec<&str> = names.collect();
+        devices.sort_unstable();
+        devices.dedup();
+        if !devices.is_empty() {
+            out.push(format!(
+                "container {name:?}: devices ({}) are not allowed",
+                devices.join(", ")
+            ));
+        }
+    }
+}
+
+/// The virtual node a pod is bound to, if any.
+pub(crate) fn virtual_node(pod: &Pod) -> Option<&str> {
+    let node = pod.spec.as_ref()?.node_name.as_deref()?;
+    provider_of_node(node).map(|_| node)
+}
+
+/// What the bridge does with a pod bound to a virtual node.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Disposition {
+    /// Deliver this spec to the edge.
+    Run(pb::PodSpec),
+    /// Never deliver it: fail it with `reason` and `message`.
+    Refuse {
+        /// `Forbidden` or `Unsupported`.
+        reason: &'static str,
+        /// What is wrong, for people.
+        message: String,
+    },
+}
+
+/// Decides what to do with `pod`.
+pub(crate) fn disposition(pod: &Pod) -> Disposition {
+    let reasons = forbidden_reasons(pod);
+    if !reasons.is_empty() {
+        return Disposition::Refuse {
+            reason: REASON,
+            message: format!(
+                "this pod asks for what a volunteer edge must not grant: {}",
+                reasons.join("; ")
+            ),
+        };
+    }
+    match translate::pod_spec(pod) {
+        Ok(spec) => Disposition::Run(spec),
+        Err(e) => Disposition::Refuse {
+            reason: UNSUPPORTED_REASON,
+            message: format!("this pod cannot run on an edge: {e}"),
+        },
+    }
+}
+
+pub(crate) fn already_refused(pod: &Pod, reason: &str) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.phase.as_deref() == Some("Failed") && s.reason.as_deref() == Some(reason)
+    })
+}
+
+/// Fails `pod` with `reason` and publishes a Warning Event; it never reaches an edge.
+pub(crate) async fn refuse(ctx: &Context, pod: &Pod, reason: &'static str, message: String) {
+    let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    warn!(pod = %key, reason, %message, "refusing pod");
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.name_any(), "namespace": pod.namespace()},
+        "status": status::refused_status(pod, reason, &message, Utc::now()),
+    });
+    let pp = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
+    if let Err(e) = api
+        .patch_status(&pod.name_any(), &pp, &Patch::Apply(&body))
+        .await
+    {
+        let e = Error::from(e);
+        warn!(pod = %key, error = %e, "failing refused pod");
+        ctx.metrics.failed("bridge", &e);
+        return;
+    }
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(message),
+        action: "Admit".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &pod.object_ref(&())).await {
+        warn!(pod = %key, error = %e, "publishing event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
+    }
+
+    fn plain_container(extra: serde_json::Value) -> serde_json::Value {
+        let mut c = json!({"name": "c", "image": "busybox"});
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c
+    }
+
+    #[test]
+    fn table() {
+        let cases: Vec<(&str, serde_json::Value, Option<&str>)> = vec![
+            (
+                "plain",
+                json!({"containers": [plain_container(json!({}))]}),
+                None,
+            ),
+            (
+                "resources",
+                json!({"containers": [plain_container(json!({"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}))]}),
+                None,
+            ),
+            (
+                "privileged",
+                json!({"containers": [plain_container(json!({"securityContext": {"privileged": true}}))]}),
+                Some("privileged mode"),
+            ),
+            (
+                "not privileged",
+                json!({"containers": [plain_container(json!({"securityContext": {"privileged": false}}))]}),
+                None,
+            ),
+            (
+                "hostNetwork",
+                json!({"hostNetwork": true, "containers": [plain_container(json!({}))]}),
+                Some("hostNetwork"),
+            ),
+            (
+                "hostPID",
+                json!({"hostPID": true, "containers": [plain_container(json!({}))]}),
+                Some("hostPID"),
+            ),
+            (
+                "hostIPC",
+                json!({"hostIPC": true, "containers": [plain_container(json!({}))]}),
+                Some("hostIPC"),
+            ),
+            (
+                "hostPath",
+                json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}], "containers": [plain_container(json!({}))]}),
+                Some("hostPath"),
+            ),
+            (
+                "emptyDir is fine",
+                json!({"volumes": [{"name": "tmp", "emptyDir": {}}], "containers": [plain_container(json!({}))]}),
+                None,
+            ),
+            (
+                "hostPort",
+                json!({"containers": [plain_container(json!({"ports": [{"containerPort": 80, "hostPort": 80}]}))]}),
+                Some("hostPort 80"),
+            ),
+            (
+                "containerPort only",
+                json!({"containers": [plain_container(json!({"ports": [{"containerPort": 80}]}))]}),
+                None,
+            ),
+            (
+                "capabilities",
+                json!({"containers": [plain_container(json!({"securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}))]}),
+                Some("NET_ADMIN"),
+            ),
+            (
+                "dropping capabilities is fine",
+                json!({"containers": [plain_container(json!({"securityContext": {"capabilities": {"drop": ["ALL"]}}}))]}),
+                None,
+            ),
+            (
+                "gpu",
+                json!({"containers": [plain_container(json!({"resources": {"limits": {"nvidia.com/gpu": "1"}}}))]}),
+                Some("nvidia.com/gpu"),
+            ),
+            (
+                "volumeDevices",
+                json!({"containers": [plain_container(json!({"volumeDevices": [{"name": "d", "devicePath": "/dev/xvda"}]}))]}),
+                Some("devices are not allowed"),
+            ),
+            (
+                "privileged init container",
+                json!({"initContainers": [plain_container(json!({"securityContext": {"privileged": true}}))], "containers": [plain_container(json!({}))]}),
+                Some("privileged"),
+            ),
+        ];
+        for (name, spec, want) in cases {
+            let reasons = forbidden_reasons(&pod(spec));
+            match want {
+                None => assert!(reasons.is_empty(), "{name}: {reasons:?}"),
+                Some(needle) => assert!(
+                    reasons.iter().any(|r| r.contains(needle)),
+                    "{name}: {reasons:?} lacks {needle:?}"
+                ),
+            }
+        }
+    }
+
+    fn bound_pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": "default", "uid": "u"}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn dispositions() {
+        let plain =
+            bound_pod(json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1"}]}));
+        assert!(matches!(disposition(&plain), Disposition::Run(_)));
+        assert_eq!(virtual_node(&plain), Some("edge-a"));
+        let privileged = bound_pod(
+            json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1", "securityContext": {"privileged": true}}]}),
+        );
+        match disposition(&privileged) {
+            Disposition::Refuse { reason, message } => {
+                assert_eq!(reason, "Forbidden");
+                assert!(message.contains("privileged"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let secret_env = bound_pod(
+            json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1",
+            "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
+        );
+        assert!(matches!(
+            disposition(&secret_env),
+            Disposition::Refuse {
+                reason: "Unsupported",
+                ..
+            }
+        ));
+        let elsewhere = bound_pod(
+            json!({"nodeName": "worker-1", "containers": [{"name": "c", "image": "b:1"}]}),
+        );
+        assert_eq!(virtual_node(&elsewhere), None);
+        let bare =
+            bound_pod(json!({"nodeName": "edge-", "containers": [{"name": "c", "image": "b:1"}]}));
+        assert_eq!(virtual_node(&bare), None);
+    }
+}

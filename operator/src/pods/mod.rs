@@ -1,0 +1,19 @@
+//! The pod side of virtual-kubelet: admission (what an edge must never run), translation to
+//! the edge's spec, relaying pods to their edges, pod status from the edges' reports, and
+//! deletion (which no real kubelet finalizes here).
+
+mod admission;
+mod deletion;
+mod relay;
+mod report;
+mod status;
+mod translate;
+mod writer;
+
+pub(crate) use admission::{Disposition, disposition};
+pub(crate) use deletion::{finish_deletion, on_pod_gone};
+pub(crate) use relay::{authorized, run_pod_watcher, send_pod_set};
+pub(crate) use report::StatusReport;
+pub(crate) use status::pod_status;
+pub(crate) use translate::spec_hash;
+pub(crate) use writer::write_statuses;

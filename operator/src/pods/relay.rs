@@ -1,0 +1,164 @@
+//! The pod side of virtual-kubelet: pods bound to virtual nodes go to their edges.
+//!
+//! Push-first: the pod watch feeds every change to the live session of the pod's node, and the
+//! edge pushes status changes. A re-list of pods (watch restart) resends every edge its full set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use decloud_crds::contracts::{node_name, provider_of_node};
+use decloud_crds::pods::is_terminal;
+use decloud_proto as pb;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher::{self, Event};
+use tracing::{debug, warn};
+
+use super::admission::{Disposition, already_refused, disposition, refuse, virtual_node};
+use super::deletion::{deletion_grace, spawn_finish};
+use crate::context::Context;
+use crate::edge::EdgeSession;
+
+/// Sends `provider`'s edge its full desired set (on connect and after a pod re-list).
+///
+/// Runs under the registry lock, so it must not block. Returns the pods being deleted that
+/// this edge never ran: nothing needs stopping, the caller finishes their deletion.
+pub(crate) fn send_pod_set(
+    ctx: &Context,
+    provider: &str,
+    session: &mut EdgeSession,
+) -> Vec<Arc<Pod>> {
+    let node = node_name(provider);
+    let pods = ctx.pods.state_filter(|p| {
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
+    });
+    let mut specs = Vec::new();
+    let mut deletes = Vec::new();
+    let mut finish = Vec::new();
+    for pod in pods {
+        let Disposition::Run(spec) = disposition(&pod) else {
+            continue;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            if session.knows(&spec.uid) {
+                // Keep it in the set so it is not killed outright, and stop it gracefully.
+                deletes.push((spec.uid.clone(), deletion_grace(&pod)));
+                specs.push(spec);
+            } else {
+                finish.push(pod);
+            }
+        } else {
+            specs.push(spec);
+        }
+    }
+    session.send_pod_set(specs);
+    for (uid, grace) in deletes {
+        session.delete(&uid, grace);
+    }
+    finish
+}
+
+/// Consumes the operator's Pod watch (its owner: the shared store is filled as this polls),
+/// and relays changes to edges. Runs until the watch ends.
+pub(crate) async fn run_pod_watcher(
+    ctx: Arc<Context>,
+    stream: impl Stream<Item = watcher::Result<Event<Pod>>> + Send,
+) {
+    let mut stream = std::pin::pin!(stream);
+    // Per pod: whether it counted towards its provider's allocation last time.
+    let mut counted: HashMap<String, bool> = HashMap::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Apply(pod) | Event::InitApply(pod)) => on_pod(&ctx, &pod, &mut counted),
+            Ok(Event::Delete(pod)) => on_pod_deleted(&ctx, &pod, &mut counted),
+            Ok(Event::InitDone) => {
+                ctx.readiness.synced.store(true, Ordering::Relaxed);
+                resync_all(&ctx);
+            }
+            Ok(Event::Init) => {}
+            Err(e) => warn!(error = %e, "pod watch"),
+        }
+    }
+}
+
+fn on_pod(ctx: &Arc<Context>, pod: &Pod, counted: &mut HashMap<String, bool>) {
+    let Some(node) = virtual_node(pod) else {
+        return;
+    };
+    let provider = provider_of_node(node).unwrap_or_default().to_string();
+    let uid = pod.uid().unwrap_or_default();
+    let counts = !is_terminal(pod) && pod.metadata.deletion_timestamp.is_none();
+    if counted.insert(uid.clone(), counts) != Some(counts) {
+        ctx.reconcile_provider(&provider);
+    }
+    match disposition(pod) {
+        Disposition::Refuse { reason, message } => {
+            if pod.metadata.deletion_timestamp.is_some() {
+                spawn_finish(ctx, pod);
+            } else if !already_refused(pod, reason) {
+                let (ctx, pod) = (ctx.clone(), pod.clone());
+                tokio::spawn(async move { refuse(&ctx, &pod, reason, message).await });
+            }
+        }
+        Disposition::Run(spec) => {
+            if pod.metadata.deletion_timestamp.is_some() {
+                let grace = deletion_grace(pod);
+                let known = ctx.registry.with_session(&provider, |s| {
+                    let known = s.knows(&uid);
+                    if known {
+                        s.delete(&uid, grace);
+                    }
+                    known
+                });
+                let provider_gone = ctx.readiness.synced.load(Ordering::Relaxed)
+                    && ctx.providers.get(&ObjectRef::new(&provider)).is_none();
+                match known {
+                    // The edge stops it and answers PodGone.
+                    Some(true) => {}
+                    // Connected, and it never ran there: nothing to stop.
+                    Some(false) => spawn_finish(ctx, pod),
+                    // Gone for good: no edge will ever confirm.
+                    None if provider_gone => spawn_finish(ctx, pod),
+                    // Wait for the edge to come back.
+                    None => debug!(pod = %pod.name_any(), "deletion waits for its edge"),
+                }
+            } else {
+                ctx.registry.with_session(&provider, |s| s.upsert(spec));
+            }
+        }
+    }
+}
+
+fn on_pod_deleted(ctx: &Context, pod: &Pod, counted: &mut HashMap<String, bool>) {
+    let Some(node) = virtual_node(pod) else {
+        return;
+    };
+    let provider = provider_of_node(node).unwrap_or_default();
+    let uid = pod.uid().unwrap_or_default();
+    counted.remove(&uid);
+    ctx.usage.pod_removed(&uid);
+    ctx.registry.with_session(provider, |s| s.pod_removed(&uid));
+    ctx.reconcile_provider(provider);
+}
+
+fn resync_all(ctx: &Arc<Context>) {
+    let mut finish = Vec::new();
+    ctx.registry.for_each_session(|provider, session| {
+        finish.extend(send_pod_set(ctx, provider, session));
+    });
+    for pod in finish {
+        spawn_finish(ctx, &pod);
+    }
+}
+
+/// Whether `provider` may report on the pod `report` names: it must be bound to its node.
+pub(crate) fn authorized(ctx: &Context, provider: &str, report: &pb::PodStatus) -> bool {
+    let key = ObjectRef::new(&report.name).within(&report.namespace);
+    ctx.pods.get(&key).is_some_and(|pod| {
+        pod.uid().as_deref() == Some(report.uid.as_str())
+            && virtual_node(&pod) == Some(node_name(provider).as_str())
+    })
+}

@@ -1,0 +1,409 @@
+//! Kubernetes Pod → the edge protocol's `PodSpec`.
+//!
+//! Only what an edge runs is carried: containers, their environment, ports, resources and
+//! readiness probes. Volumes other than hostPath (which [`super::admission`] rejects) are not
+//! mounted on edges yet and are ignored, so that pods with the usual service-account volume run.
+
+use std::collections::BTreeMap;
+
+use decloud_proto as pb;
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+use decloud_crds::quantity;
+
+/// Kubernetes' default grace period when a pod does not say.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// The edge's view of `pod`, with `spec_hash` set from its content.
+pub(crate) fn pod_spec(pod: &Pod) -> Result<pb::PodSpec> {
+    let meta = &pod.metadata;
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| Error::Unsupported("pod has no spec".into()))?;
+    if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Err(Error::Unsupported(
+            "init containers are not supported on edges".into(),
+        ));
+    }
+    let restart_policy = match spec.restart_policy.as_deref() {
+        None | Some("Always") => pb::RestartPolicy::Always,
+        Some("OnFailure") => pb::RestartPolicy::OnFailure,
+        Some("Never") => pb::RestartPolicy::Never,
+        Some(other) => {
+            return Err(Error::Unsupported(format!("restartPolicy {other:?}")));
+        }
+    };
+    let grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_SECONDS)
+        .clamp(0, i64::from(u32::MAX)) as u32;
+    let fields = FieldValues {
+        name: meta.name.clone().unwrap_or_default(),
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        node_name: spec.node_name.clone().unwrap_or_default(),
+        service_account: spec.service_account_name.clone().unwrap_or_default(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        annotations: meta.annotations.clone().unwrap_or_default(),
+    };
+    let containers = spec
+        .containers
+        .iter()
+        .map(|c| container(c, &fields))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = pb::PodSpec {
+        uid: fields.uid.clone(),
+        namespace: fields.namespace.clone(),
+        name: fields.name.clone(),
+        restart_policy: restart_policy as i32,
+        termination_grace_period_seconds: grace,
+        containers,
+        spec_hash: String::new(),
+    };
+    out.spec_hash = spec_hash(&out);
+    Ok(out)
+}
+
+/// A short content hash of `spec` (its `spec_hash` field excluded).
+pub(crate) fn spec_hash(spec: &pb::PodSpec) -> String {
+    let mut unhashed = spec.clone();
+    unhashed.spec_hash.clear();
+    let digest = Sha256::digest(unhashed.encode_to_vec());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Pod fields an env var may refer to with `valueFrom.fieldRef`.
+struct FieldValues {
+    name: String,
+    namespace: String,
+    uid: String,
+    node_name: String,
+    service_account: String,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+}
+
+impl FieldValues {
+    fn resolve(&self, path: &str) -> Option<String> {
+        let bracketed = |prefix: &str| {
+            path.strip_prefix(prefix)?
+                .strip_suffix("']")
+                .map(str::to_string)
+        };
+        match path {
+            "metadata.name" => Some(self.name.clone()),
+            "metadata.namespace" => Some(self.namespace.clone()),
+            "metadata.uid" => Some(self.uid.clone()),
+            "spec.nodeName" => Some(self.node_name.clone()),
+            "spec.serviceAccountName" => Some(self.service_account.clone()),
+            _ => {
+                if let Some(key) = bracketed("metadata.labels['") {
+                    Some(self.labels.get(&key).cloned().unwrap_or_default())
+                } else {
+                    bracketed("metadata.annotations['")
+                        .map(|key| self.annotations.get(&key).cloned().unwrap_or_default())
+                }
+            }
+        }
+    }
+}
+
+fn container(c: &Container, fields: &FieldValues) -> Result<pb::ContainerSpec> {
+    let image = c
+        .image
+        .clone()
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| Error::Unsupported(format!("container {:?} has no image", c.name)))?;
+    let pull_policy = match c.image_pull_policy.as_deref() {
+        Some("Always") => pb::PullPolicy::Always,
+        Some("Never") => pb::PullPolicy::Never,
+        Some("IfNotPresent") => pb::PullPolicy::IfNotPresent,
+        // The API server defaults this; mirror its rule for objects that skipped defaulting.
+        _ if image_tag_is_latest(&image) => pb::PullPolicy::Always,
+        _ => pb::PullPolicy::IfNotPresent,
+    };
+    let env = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| env_var(&c.name, e, fields))
+        .collect::<Result<Vec<_>>>()?;
+    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
+        return Err(Error::Unsupported(format!(
+            "container {:?}: envFrom (ConfigMaps/Secrets) is not supported on edges",
+            c.name
+        )));
+    }
+    let ports = c
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| pb::ContainerPort {
+            name: p.name.clone().unwrap_or_default(),
+            container_port: p.container_port.clamp(0, 65535) as u32,
+            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+        })
+        .collect::<Vec<_>>();
+    let resources = resources(c)?;
+    let readiness_probe = c
+        .readiness_probe
+        .as_ref()
+        .map(|p| probe(&c.name, p, &ports))
+        .transpose()?;
+    Ok(pb::ContainerSpec {
+        name: c.name.clone(),
+        image,
+        pull_policy: pull_policy as i32,
+        command: c.command.clone().unwrap_or_default(),
+        args: c.args.clone().unwrap_or_default(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        env,
+        ports,
+        resources: Some(resources),
+        readiness_probe,
+    })
+}
+
+fn image_tag_is_latest(image: &str) -> bool {
+    if image.contains('@') {
+        return false;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, tag)) => tag == "latest",
+        None => true,
+    }
+}
+
+fn env_var(container: &str, e: &EnvVar, fields: &FieldValues) -> Result<pb::EnvVar> {
+    let value = match (&e.value, &e.value_from) {
+        (_, None) => e.value.clone().unwrap_or_default(),
+        (_, Some(from)) => {
+            let path = from.field_ref.as_ref().map(|f| f.field_path.as_str());
+            path.and_then(|p| fields.resolve(p)).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "container {container:?}: env {:?} takes its value from a source edges do not \
+                     support (only literal values and metadata/spec field references)",
+                    e.name
+                ))
+            })?
+        }
+    };
+    Ok(pb::EnvVar {
+        name: e.name.clone(),
+        value,
+    })
+}
+
+fn resources(c: &Container) -> Result<pb::ResourceSpec> {
+    let Some(res) = &c.resources else {
+        return Ok(pb::ResourceSpec::default());
+    };
+    let get =
+        |list: &Option<
+            BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+        >,
+         key: &str| { list.as_ref().and_then(|l| l.get(key)).map(|q| q.0.clone()) };
+    let millis = |q: Option<String>| q.map(|q| quantity::to_millis(&q)).transpose();
+    let bytes = |q: Option<String>| q.map(|q| quantity::to_units(&q)).transpose();
+    let cpu_limit = millis(get(&res.limits, "cpu"))?;
+    let mem_limit = bytes(get(&res.limits, "memory"))?;
+    // As in Kubernetes, a missing request defaults to the limit.
+    let cpu_request = millis(get(&res.requests, "cpu"))?.or(cpu_limit);
+    let mem_request = bytes(get(&res.requests, "memory"))?.or(mem_limit);
+    Ok(pb::ResourceSpec {
+        cpu_request_millis: cpu_request.unwrap_or(0),
+        cpu_limit_millis: cpu_limit.unwrap_or(0),
+        memory_request_bytes: mem_request.unwrap_or(0),
+        memory_limit_bytes: mem_limit.unwrap_or(0),
+    })
+}
+
+fn probe(container: &str, p: &Probe, ports: &[pb::ContainerPort]) -> Result<pb::Probe> {
+    let port = |port: &IntOrString| -> Result<u32> {
+        match port {
+            IntOrString::Int(n) => Ok((*n).clamp(0, 65535) as u32),
+            IntOrString::String(name) => ports
+                .iter()
+                .find(|p| &p.name == name)
+                .map(|p| p.container_port)
+                .ok_or_else(|| {
+                    Error::Unsupported(format!(
+                        "container {container:?}: probe port {name:?} names no container port"
+                    ))
+                }),
+        }
+    };
+    use pb::probe::Handler;
+    let handler = if let Some(h) = &p.http_get {
+        Handler::HttpGet(pb::HttpGetAction {
+            path: h.path.clone().unwrap_or_else(|| "/".into()),
+            port: port(&h.port)?,
+        })
+    } else if let Some(t) = &p.tcp_socket {
+        Handler::TcpSocket(pb::TcpSocketAction {
+            port: port(&t.port)?,
+        })
+    } else if let Some(e) = &p.exec {
+        Handler::Exec(pb::ExecAction {
+            command: e.command.clone().unwrap_or_default(),
+        })
+    } else {
+        return Err(Error::Unsupported(format!(
+            "container {container:?}: readiness probe needs httpGet, tcpSocket or exec"
+        )));
+    };
+    let secs = |v: Option<i32>, default: u32| v.map_or(default, |v| v.max(0) as u32);
+    Ok(pb::Probe {
+        handler: Some(handler),
+        initial_delay_seconds: secs(p.initial_delay_seconds, 0),
+        period_seconds: secs(p.period_seconds, 10),
+        timeout_seconds: secs(p.timeout_seconds, 1),
+        success_threshold: secs(p.success_threshold, 1),
+        failure_threshold: secs(p.failure_threshold, 3),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u-1", "labels": {"app": "hello"}},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn translates_a_full_pod() {
+        let p = pod(json!({
+            "nodeName": "edge-alice",
+            "restartPolicy": "OnFailure",
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "web",
+                "image": "decloud-test/busybox:1",
+                "command": ["/bin/httpd"],
+                "args": ["-f", "-p", "8080"],
+                "workingDir": "/www",
+                "env": [
+                    {"name": "A", "value": "1"},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                ],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "0.5", "memory": "128Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 2},
+            }],
+        }));
+        let s = pod_spec(&p).unwrap();
+        assert_eq!(
+            (s.uid.as_str(), s.namespace.as_str(), s.name.as_str()),
+            ("u-1", "default", "web")
+        );
+        assert_eq!(s.restart_policy, pb::RestartPolicy::OnFailure as i32);
+        assert_eq!(s.termination_grace_period_seconds, 5);
+        let c = &s.containers[0];
+        assert_eq!(c.pull_policy, pb::PullPolicy::IfNotPresent as i32);
+        assert_eq!(c.command, vec!["/bin/httpd"]);
+        assert_eq!(c.working_dir, "/www");
+        let env: Vec<_> = c
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(env, vec![("A", "1"), ("POD", "web"), ("APP", "hello")]);
+        assert_eq!(c.ports[0].container_port, 8080);
+        assert_eq!(c.ports[0].protocol, "TCP");
+        assert_eq!(
+            c.resources,
+            Some(pb::ResourceSpec {
+                cpu_request_millis: 100,
+                cpu_limit_millis: 500,
+                memory_request_bytes: 32 << 20,
+                memory_limit_bytes: 128 << 20,
+            })
+        );
+        let probe = c.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            probe.handler,
+            Some(pb::probe::Handler::HttpGet(pb::HttpGetAction {
+                path: "/".into(),
+                port: 8080
+            }))
+        );
+        assert_eq!(
+            (
+                probe.period_seconds,
+                probe.timeout_seconds,
+                probe.failure_threshold
+            ),
+            (2, 1, 3)
+        );
+        assert_eq!(s.spec_hash, spec_hash(&s));
+        assert_eq!(s.spec_hash.len(), 16);
+    }
+
+    #[test]
+    fn defaults_and_hash_stability() {
+        let p = pod(json!({"containers": [{"name": "c", "image": "busybox"}]}));
+        let s = pod_spec(&p).unwrap();
+        assert_eq!(s.restart_policy, pb::RestartPolicy::Always as i32);
+        assert_eq!(s.termination_grace_period_seconds, 30);
+        // No tag means :latest, which Kubernetes pulls always.
+        assert_eq!(s.containers[0].pull_policy, pb::PullPolicy::Always as i32);
+        assert_eq!(s.containers[0].resources, Some(pb::ResourceSpec::default()));
+        assert_eq!(pod_spec(&p).unwrap().spec_hash, s.spec_hash);
+        let changed = pod(json!({"containers": [{"name": "c", "image": "busybox:2"}]}));
+        assert_ne!(pod_spec(&changed).unwrap().spec_hash, s.spec_hash);
+    }
+
+    #[test]
+    fn limit_only_sets_request() {
+        let p = pod(json!({"containers": [{"name": "c", "image": "b:1",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}));
+        let r = pod_spec(&p).unwrap().containers[0].resources.unwrap();
+        assert_eq!(
+            (r.cpu_request_millis, r.memory_request_bytes),
+            (1000, 1 << 30)
+        );
+        let r = decloud_crds::pods::pod_requests(&p);
+        assert_eq!((r.cpu_millis, r.memory_bytes), (1000, 1 << 30));
+    }
+
+    #[test]
+    fn unsupported_inputs_are_errors() {
+        let cases = [
+            json!({"containers": [{"name": "c", "image": "b:1", "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
+            json!({"containers": [{"name": "c", "image": "b:1", "resources": {"requests": {"cpu": "lots"}}}]}),
+            json!({"containers": [{"name": "c", "image": "b:1", "readinessProbe": {"httpGet": {"port": "nope"}}}]}),
+            json!({"initContainers": [{"name": "i", "image": "b:1"}], "containers": [{"name": "c", "image": "b:1"}]}),
+            json!({"containers": [{"name": "c"}]}),
+        ];
+        for spec in cases {
+            assert!(pod_spec(&pod(spec.clone())).is_err(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn latest_detection() {
+        for (image, latest) in [
+            ("busybox", true),
+            ("busybox:latest", true),
+            ("busybox:1", false),
+            ("localhost:5000/busybox", true),
+            ("localhost:5000/busybox:1", false),
+            ("busybox@sha256:abc", false),
+        ] {
+            assert_eq!(image_tag_is_latest(image), latest, "{image}");
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The node side of virtual-kubelet: the virtual Node of each Provider.
+//!
+//! The Node is a pure function of the Provider (labels, spec, status) and its readiness, so
+//! applying it twice changes nothing. Its Lease is renewed in [`super::lease`].
+
+use chrono::Utc;
+use decloud_crds::contracts::{
+    EDGE_TAINT, NODE_LEASE_NAMESPACE, OPERATOR_FIELD_MANAGER, PROVIDER_LABEL, UNREACHABLE_TAINT,
+    node_name,
+};
+use decloud_crds::{Provider, ProviderStatus, ResourceOffer};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::Result;
+use crate::config::Config;
+use crate::context::Context;
+use crate::time::rfc3339;
+
+/// Node labels a provider may not set through its own labels (they belong to the operator or
+/// to Kubernetes).
+pub(crate) fn reserved_label(key: &str) -> bool {
+    let prefix = key.split_once('/').map(|(p, _)| p).unwrap_or("");
+    key == "type"
+        || prefix == "decloud.dev"
+        || prefix.ends_with(".decloud.dev")
+        || prefix == "kubernetes.io"
+        || prefix == "k8s.io"
+        || prefix == "node.kubernetes.io"
+        || prefix == "node-role.kubernetes.io"
+}
+
+/// The labels of the virtual node of `provider`.
+pub(crate) fn node_labels(provider: &Provider) -> serde_json::Map<String, Value> {
+    let name = provider.name_any();
+    let mut labels = serde_json::Map::new();
+    for (k, v) in provider.labels() {
+        if !reserved_label(k) {
+            labels.insert(k.clone(), json!(v));
+        }
+    }
+    labels.insert("type".into(), json!("virtual-kubelet"));
+    labels.insert("kubernetes.io/role".into(), json!("edge"));
+    let platform = provider.status.as_ref().and_then(|s| s.platform.as_ref());
+    let os = platform.map_or("linux", |p| p.os.as_str());
+    labels.insert("kubernetes.io/os".into(), json!(os));
+    if let Some(arch) = platform
+        .map(|p| p.architecture.as_str())
+        .filter(|a| !a.is_empty())
+    {
+        labels.insert("kubernetes.io/arch".into(), json!(arch));
+    }
+    labels.insert("kubernetes.io/hostname".into(), json!(node_name(&name)));
+    labels.insert(PROVIDER_LABEL.into(), json!(name));
+    labels
+}
+
+fn resource_list(r: Option<&ResourceOffer>) -> Value {
+    let r = r.cloned().unwrap_or_default();
+    json!({
+        "cpu": r.cpu.unwrap_or_else(|| "0".into()),
+        "memory": r.memory.unwrap_or_else(|| "0".into()),
+        "pods": r.pods.unwrap_or(0).to_string(),
+    })
+}
+
+/// The Node's metadata and spec, for server-side apply.
+pub(crate) fn desired_node(provider: &Provider, ready: bool) -> Value {
+    let node = node_name(&provider.name_any());
+    let mut taints = vec![json!({"key": EDGE_TAINT, "value": "true", "effect": "NoSchedule"})];
+    if !ready {
+        taints.push(json!({"key": UNREACHABLE_TAINT, "effect": "NoSchedule"}));
+        taints.push(json!({"key": UNREACHABLE_TAINT, "effect": "NoExecute"}));
+    }
+    let owner = provider
+        .controller_owner_ref(&())
+        .map(|o| serde_json::to_value(o).unwrap_or_default());
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node,
+            "labels": node_labels(provider),
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        },
+        "spec": {
+            "taints": taints,
+            "unschedulable": provider.spec.cordoned,
+        },
+    })
+}
+
+/// The Node's status, for server-side apply on `nodes/status`.
+///
+/// The Ready condition keeps its `lastTransitionTime` from `existing` while its status is
+/// unchanged; `lastHeartbeatTime` follows the Provider's (which is written periodically).
+pub(crate) fn desired_node_status(
+    provider: &Provider,
+    status: &ProviderStatus,
+    ready: bool,
+    existing: Option<&Node>,
+    config: &Config,
+    now: chrono::DateTime<Utc>,
+) -> Value {
+    let node = node_name(&provider.name_any());
+    let (cond_status, reason, message) = if ready {
+        (
+            "True",
+            "EdgeReady",
+            "edge-kubelet is connected and heartbeating",
+        )
+    } else {
+        (
+            "Unknown",
+            "NodeStatusUnknown",
+            "edge-kubelet stopped posting heartbeats",
+        )
+    };
+    let old = existing
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+    let to_string = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+        rfc3339(chrono::DateTime::<Utc>::from(std::time::SystemTime::from(
+            t.0,
+        )))
+    };
+    let transition = match old {
+        Some(c) if c.status == cond_status => c.last_transition_time.as_ref().map(to_string),
+        _ => None,
+    }
+    .unwrap_or_else(|| rfc3339(now));
+    let heartbeat = status
+        .last_heartbeat_time
+        .clone()
+        .unwrap_or_else(|| transition.clone());
+    let agent = status.agent_version.clone().unwrap_or_default();
+    let platform = status.platform.clone().unwrap_or_default();
+    let or = |s: &str, default: &str| {
+        if s.is_empty() {
+            default.to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node},
+        "status": {
+            "capacity": resource_list(status.capacity.as_ref()),
+            "allocatable": resource_list(status.allocatable.as_ref()),
+            "conditions": [{
+                "type": "Ready",
+                "status": cond_status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": heartbeat,
+                "lastTransitionTime": transition,
+            }],
+            // The operator's own address: a provider's real address is never published.
+            "addresses": [
+                {"type": "InternalIP", "address": config.node_address.to_string()},
+                {"type": "Hostname", "address": node},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": config.kubelet_port}},
+            "nodeInfo": {
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "kernelVersion": platform.kernel_version,
+                "osImage": or(&platform.os_image, "DeCloud edge"),
+                "containerRuntimeVersion": platform.container_runtime_version,
+                "kubeletVersion": format!("edge-kubelet/{agent}"),
+                "kubeProxyVersion": "",
+                "operatingSystem": or(&platform.os, "linux"),
+                "architecture": platform.architecture,
+            },
+        },
+    })
+}
+
+/// Applies the virtual Node of `provider` (metadata/spec, then status), skipping writes the
+/// Node already reflects.
+pub(crate) async fn apply_node(
+    ctx: &Context,
+    provider: &Provider,
+    status: &ProviderStatus,
+    ready: bool,
+) -> Result<()> {
+    let name = node_name(&provider.name_any());
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let pp = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
+    let existing = ctx
+        .nodes
+        .get(&kube::runtime::reflector::ObjectRef::new(&name));
+    let body = desired_node(provider, ready);
+    if existing.as_deref().is_none_or(|n| !node_matches(n, &body)) {
+        api.patch(&name, &pp, &Patch::Apply(&body)).await?;
+    }
+    let status_body = desired_node_status(
+        provider,
+        status,
+        ready,
+        existing.as_deref(),
+        &ctx.config,
+        Utc::now(),
+    );
+    if existing
+        .as_deref()
+        .is_none_or(|n| !node_status_matches(n, &status_body))
+    {
+        api.patch_status(&name, &pp, &Patch::Apply(&status_body))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether every field of `want` (a JSON subset) is already in `have`.
+fn json_contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| h.get(k).is_some_and(|hv| json_contains(hv, wv)) || is_empty(wv)),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| json_contains(hv, wv))
+        }
+        _ => have == want,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Bool(b) => !b,
+        _ => false,
+    }
+}
+
+fn node_matches(node: &Node, want: &Value) -> bool {
+    let have = serde_json::to_value(node).unwrap_or_default();
+    json_contains(&have["metadata"], &want["metadata"])
+        && json_contains(&have["spec"], &want["spec"])
+}
+
+fn node_status_matches(node: &Node, want: &Value) -> bool {
+    let have = serde_json::to_value(node).unwrap_or_default();
+    json_contains(&have["status"], &want["status"])
+}
+
+/// Deletes the virtual Node of `provider` and its Lease; absent ones are fine.
+pub(crate) async fn delete_node(ctx: &Context, provider: &str) -> Result<()> {
+    let name = node_name(provider);
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    ignore_not_found(
+        nodes
+            .delete(&name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), NODE_LEASE_NAMESPACE);
+    ignore_not_found(
+        leases
+            .delete(&name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    Ok(())
+}
+
+/// `Ok` for a 404.
+pub(crate) fn ignore_not_found(r: kube::Result<()>) -> Result<()> {
+    match r {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> Provider {
+        serde_json::from_value(json!({
+            "apiVersion": "decloud.dev/v1alpha1",
+            "kind": "Provider",
+            "metadata": {"name": "alice", "uid": "u-p", "labels": {
+                "topology.kubernetes.io/region": "eu-west",
+                "type": "evil",
+                "decloud.dev/provider": "bob",
+                "node-role.kubernetes.io/control-plane": "",
+            }},
+            "spec": {},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn labels_and_taints() {
+        let ready = desired_node(&provider(), true);
+        let labels = &ready["metadata"]["labels"];
+        assert_eq!(labels["type"], "virtual-kubelet");
+        assert_eq!(labels["kubernetes.io/role"], "edge");
+        assert_eq!(labels["decloud.dev/provider"], "alice");
+        assert_eq!(labels["topology.kubernetes.io/region"], "eu-west");
+        assert!(
+            labels
+                .get("node-role.kubernetes.io/control-plane")
+                .is_none()
+        );
+        assert_eq!(ready["metadata"]["ownerReferences"][0]["uid"], "u-p");
+        assert_eq!(ready["spec"]["taints"].as_array().unwrap().len(), 1);
+        let unready = desired_node(&provider(), false);
+        let taints: Vec<_> = unready["spec"]["taints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}:{}",
+                    t["key"].as_str().unwrap(),
+                    t["effect"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            taints,
+            vec![
+                "decloud.dev/edge:NoSchedule",
+                "node.kubernetes.io/unreachable:NoSchedule",
+                "node.kubernetes.io/unreachable:NoExecute"
+            ]
+        );
+    }
+
+    #[test]
+    fn status_never_publishes_the_provider_address() {
+        let status = ProviderStatus {
+            capacity: Some(ResourceOffer {
+                cpu: Some("8".into()),
+                memory: Some("16Gi".into()),
+                pods: Some(110),
+            }),
+            allocatable: Some(ResourceOffer {
+                cpu: Some("2".into()),
+                memory: Some("4Gi".into()),
+                pods: Some(10),
+            }),
+            agent_version: Some("0.1.0".into()),
+            ..Default::default()
+        };
+        let config = Config {
+            kubelet_port: 10250,
+            ..Default::default()
+        };
+        let now = Utc::now();
+        let s = desired_node_status(&provider(), &status, true, None, &config, now);
+        assert_eq!(s["status"]["addresses"][0]["address"], "127.0.0.1");
+        assert_eq!(
+            s["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
+            10250
+        );
+        assert_eq!(s["status"]["allocatable"]["pods"], "10");
+        assert_eq!(s["status"]["capacity"]["memory"], "16Gi");
+        assert_eq!(s["status"]["conditions"][0]["status"], "True");
+        let down = desired_node_status(&provider(), &status, false, None, &config, now);
+        assert_eq!(down["status"]["conditions"][0]["status"], "Unknown");
+    }
+
+    #[test]
+    fn json_subset() {
+        let have = json!({"a": 1, "b": {"c": [1, 2], "d": "x"}, "e": true});
+        assert!(json_contains(&have, &json!({"b": {"c": [1, 2]}})));
+        assert!(json_contains(&have, &json!({"z": []})));
+        assert!(!json_contains(&have, &json!({"b": {"c": [1]}})));
+        assert!(!json_contains(&have, &json!({"a": 2})));
+    }
+}
