@@ -15,6 +15,19 @@ pub fn provider_of_node(node: &str) -> Option<&str> {
     node.strip_prefix(NODE_PREFIX).filter(|p| !p.is_empty())
 }
 
+/// Whether `name` can be a provider (and so `edge-<name>` a node and Lease name): 1-200
+/// lowercase letters, digits, `-` or `.`, starting and ending with a letter or digit.
+pub fn valid_provider_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !name.is_empty()
+        && name.len() <= 200
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
 /// Namespace of the virtual nodes' Leases (as for every kubelet).
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 

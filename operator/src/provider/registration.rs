@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+pub(crate) use decloud_crds::contracts::valid_provider_name;
 use decloud_crds::contracts::{CREDENTIAL_ANNOTATION, OPERATOR_FIELD_MANAGER, PROVIDER_FINALIZER};
 use decloud_crds::quantity::{format_bytes, format_millis};
 use decloud_crds::{Provider, ProviderPhase, ProviderSpec, ResourceOffer};
@@ -16,18 +17,6 @@ use tracing::info;
 use super::node::reserved_label;
 use crate::context::Context;
 use crate::edge::auth::{credential_hash, is_revoked, same};
-
-/// Whether `name` can be a provider (and so `edge-<name>` a node and Lease name).
-pub(crate) fn valid_provider_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !name.is_empty()
-        && name.len() <= 200
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-}
 
 /// The refusal of a name that cannot be a provider.
 pub(crate) fn invalid_name(name: &str) -> Status {

@@ -20,7 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::pending::{PendingRequests, Unclaimed};
+use super::pending::Unclaimed;
 use crate::context::Context;
 
 /// Chunks (≤ 64 KiB each) buffered per request for a slow HTTP client before the request is
@@ -29,11 +29,6 @@ const LOG_QUEUE: usize = 256;
 /// How long to wait for the edge's first chunk, so that an immediate refusal (no such
 /// container, no previous instance) becomes an HTTP error instead of an empty stream.
 const FIRST_CHUNK_WAIT: Duration = Duration::from_secs(1);
-
-type ChunkSender = mpsc::Sender<io::Result<Bytes>>;
-
-/// Log requests in flight, by request id: where each one's chunks go.
-pub(crate) type PendingLogs = PendingRequests<ChunkSender>;
 
 /// Routes one `LogChunk` from `provider`'s session to its HTTP stream. Must not block: a client
 /// too slow to keep up is cut off (and the edge told to stop) rather than stall the session.

@@ -8,5 +8,6 @@ mod pending;
 mod tunnels;
 
 pub(crate) use endpoints::{GatewayConfig, run as run_endpoints};
-pub(crate) use logs::{PendingLogs, on_chunk as on_log_chunk};
-pub(crate) use tunnels::{PendingTunnels, TunnelResponse, accept as accept_tunnel};
+pub(crate) use logs::on_chunk as on_log_chunk;
+pub(crate) use pending::{PendingLogs, PendingTunnels};
+pub(crate) use tunnels::{TunnelResponse, accept as accept_tunnel};

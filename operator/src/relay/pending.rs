@@ -3,9 +3,22 @@
 //! another edge's request id is refused, and the request keeps waiting for the right one.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
+use decloud_gateway::{DialError, TunnelIo};
 use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a tunnel dial ends with: the byte stream, or why there is none.
+pub(crate) type Opened = Result<Box<dyn TunnelIo>, DialError>;
+
+/// Tunnels asked of edges and not yet opened, by tunnel id: where each edge's answer goes.
+pub(crate) type PendingTunnels = PendingRequests<oneshot::Sender<Opened>>;
+
+/// Log requests in flight, by request id: where each one's chunks go.
+pub(crate) type PendingLogs = PendingRequests<mpsc::Sender<io::Result<Bytes>>>;
 
 /// Why an answer was not taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

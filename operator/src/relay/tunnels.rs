@@ -27,7 +27,7 @@ use tokio_util::io::StreamReader;
 use tokio_util::sync::PollSender;
 use tonic::{Response, Status, Streaming};
 
-use super::pending::{PendingRequests, Unclaimed};
+use super::pending::{Opened, Unclaimed};
 use crate::context::Context;
 
 /// How long an edge has to open a tunnel it was asked for.
@@ -37,14 +37,6 @@ const FRAME_QUEUE: usize = 32;
 
 /// The operator → edge half of a `Tunnel` RPC.
 pub(crate) type TunnelResponse = ReceiverStream<Result<pb::TunnelFrame, Status>>;
-
-type Opened = Result<Box<dyn TunnelIo>, DialError>;
-
-/// Where an edge's answer to `OpenTunnel` goes.
-pub(crate) type TunnelWaiter = oneshot::Sender<Opened>;
-
-/// Tunnels asked of edges and not yet opened, by tunnel id.
-pub(crate) type PendingTunnels = PendingRequests<TunnelWaiter>;
 
 /// Forgets a pending tunnel when its dial ends, whichever way.
 struct ForgetOnDrop {

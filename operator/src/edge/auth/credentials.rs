@@ -2,7 +2,7 @@
 //! Provider keeps only its SHA-256 in the annotation [`CREDENTIAL_ANNOTATION`]. Every later RPC
 //! carries the credential as `authorization: Bearer …` and [`CredentialAuthenticator`] checks it.
 
-use decloud_crds::contracts::{CREDENTIAL_ANNOTATION, REVOKED_ANNOTATION};
+use decloud_crds::contracts::{CREDENTIAL_ANNOTATION, REVOKED_ANNOTATION, valid_provider_name};
 use decloud_crds::{Provider, ProviderPhase};
 use decloud_proto::CREDENTIAL_METADATA;
 use kube::api::Api;
@@ -11,8 +11,7 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use super::EdgeAuthenticator;
-use crate::provider::valid_provider_name;
+use super::authenticator::EdgeAuthenticator;
 
 /// SHA-256 of `s`, hex.
 pub(crate) fn sha256_hex(s: &str) -> String {
