@@ -166,7 +166,7 @@ fn spawn_edge(operator: &str, name: &str, state_dir: &Path, log: &Path) -> EdgeP
     // As if joined: the fake operator is plaintext (no CA) and takes any credential.
     std::fs::create_dir_all(state_dir).unwrap();
     std::fs::write(
-        state_dir.join(edge_kubelet::credentials::CREDENTIAL_FILE),
+        state_dir.join(edge_kubelet::CREDENTIAL_FILE),
         format!("{name}.{}", "0".repeat(64)),
     )
     .unwrap();

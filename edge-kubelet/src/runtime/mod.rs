@@ -1,0 +1,18 @@
+//! The container runtime seen by the pod side of the edge: one trait, two implementations.
+//!
+//! [`DockerRuntime`] runs real containers with the local Docker engine; [`SimulatedRuntime`]
+//! keeps fake containers in memory for scale benchmarks. [`types`] holds the plain data both
+//! sides exchange and [`probe`] the network probe checks, so neither depends on the trait.
+
+mod container_runtime;
+mod docker;
+mod probe;
+mod simulated;
+mod types;
+
+pub use container_runtime::ContainerRuntime;
+pub use docker::DockerRuntime;
+pub use simulated::{SimulatedRuntime, SimulatedTimings};
+pub use types::{
+    ContainerInfo, ContainerUsage, CreateRequest, LogOptions, PodNetwork, ProbeTarget, RuntimeEvent,
+};
