@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::capacity;
 use crate::cli::{JoinArgs, RunArgs, RuntimeKind};
 use crate::error::{Error, Result};
 use crate::join::{self, EdgeCredential, JoinRequest};
@@ -15,6 +14,7 @@ use crate::metrics::{self, Metrics};
 use crate::pod::{ImagePolicy, PodSupervisor, PodWorkerConfig};
 use crate::runtime::{ContainerRuntime, DockerRuntime, SimulatedRuntime, SimulatedTimings};
 use crate::session::{self, SessionConfig};
+use crate::{capacity, platform};
 
 /// Runs the edge described by `args` until `shutdown` is cancelled. On shutdown the pods'
 /// containers keep running; the next start re-adopts them.
@@ -32,6 +32,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
     let state_dir = args.state_dir();
     let state_file = StateFile::new(&state_dir, &node);
     tracing::info!(%node, state_file = %state_file.path().display(), runtime = runtime.name(), "starting edge-kubelet");
+    let runtime_version = runtime.version().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot tell the container runtime's version");
+        format!("{}://", runtime.name())
+    });
     let worker_config = PodWorkerConfig {
         allowed_images: ImagePolicy::new(args.allowed_images.iter().cloned()),
         max_pods: usize::try_from(args.max_pods).unwrap_or(usize::MAX),
@@ -60,6 +64,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         heartbeat_interval: args.heartbeat_interval,
         max_backoff: args.max_reconnect_backoff,
         credential,
+        platform: platform::detect(runtime_version),
     };
     let report = EdgeReport {
         pid: std::process::id(),

@@ -21,6 +21,7 @@ mod error;
 mod join;
 mod local;
 mod metrics;
+mod platform;
 mod pod;
 mod runtime;
 mod session;

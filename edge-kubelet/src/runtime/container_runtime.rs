@@ -28,6 +28,10 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Short name reported to the operator (`docker`, `simulated`).
     fn name(&self) -> &'static str;
 
+    /// The runtime's name and version as kubelet reports `containerRuntimeVersion`
+    /// (`docker://24.0.7`).
+    async fn version(&self) -> Result<String>;
+
     /// Gets the engine ready (for Docker: checks the connection, creates the bridge network).
     /// May be called more than once.
     async fn prepare(&self) -> Result<()>;

@@ -348,6 +348,11 @@ impl ContainerRuntime for DockerRuntime {
         "docker"
     }
 
+    async fn version(&self) -> Result<String> {
+        let v = self.docker.version().await.map_err(map_err)?;
+        Ok(format!("docker://{}", v.version.unwrap_or_default()))
+    }
+
     async fn prepare(&self) -> Result<()> {
         self.docker.ping().await.map_err(map_err)?;
         let _guard = NETWORK_LOCK.lock().await;

@@ -126,6 +126,10 @@ impl ContainerRuntime for SimulatedRuntime {
         "simulated"
     }
 
+    async fn version(&self) -> Result<String> {
+        Ok(format!("simulated://{}", crate::AGENT_VERSION))
+    }
+
     async fn prepare(&self) -> Result<()> {
         Ok(())
     }

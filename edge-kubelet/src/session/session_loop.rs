@@ -48,6 +48,8 @@ pub(crate) struct SessionConfig {
     pub(crate) max_backoff: Duration,
     /// This edge's credential and the operator CA it trusts.
     pub(crate) credential: EdgeCredential,
+    /// What this machine is, reported in `Hello`.
+    pub(crate) platform: pb::Platform,
 }
 
 /// Runs sessions until `shutdown` is cancelled.
@@ -127,7 +129,7 @@ async fn session_inner(
         runtime: pods.runtime_name().to_string(),
         owner: cfg.owner.clone(),
         pods: pods.board().all(),
-        platform: None,
+        platform: Some(cfg.platform.clone()),
     };
     tx.send(msg(Out::Hello(hello)))
         .await
