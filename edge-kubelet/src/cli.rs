@@ -226,8 +226,11 @@ fn parse_memory(s: &str) -> Result<i64, String> {
     crate::capacity::parse_memory_bytes(s).map_err(|e| e.to_string())
 }
 
-/// Parses a positive duration: `1s`, `500ms`, `2m`, `1m30s` (humantime), or a bare number of
-/// seconds.
+/// The longest duration flag accepted: a heartbeat or back-off of more than a day is a typo.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a positive duration of at most a day: `1s`, `500ms`, `2m`, `1m30s` (humantime), or a
+/// bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = |why: String| format!("duration {s:?} (expected e.g. 1s, 500ms, 2m): {why}");
     let s = s.trim();
@@ -238,6 +241,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     if d.is_zero() {
         return Err(bad("not positive".into()));
+    }
+    if d > MAX_DURATION {
+        return Err(bad("longer than a day".into()));
     }
     Ok(d)
 }
