@@ -23,8 +23,7 @@ pub(crate) use dial::{connect, endpoint};
 use crate::backoff::ReconnectBackoff;
 use crate::error::{Error, Result};
 
-/// Where and as whom to join.
-#[derive(Debug, Clone)]
+/// Where and as whom to join. No `Debug`: it carries the join token.
 pub(crate) struct JoinRequest<'a> {
     /// Operator URL.
     pub(crate) operator: &'a str,

@@ -1,11 +1,6 @@
-//! Joining a cluster and talking to the operator securely.
-//!
-//! `edge-kubelet join` dials the operator over TLS trusting nothing but the pinned CA hash
-//! (kubeadm-style `sha256:<hex of the CA certificate's DER>`): the server must present its CA in
-//! the chain, the CA must hash to the pin, and the serving certificate must chain to it for the
-//! dialled name. It then calls `Register` with the join token and stores the per-provider
-//! credential and the CA in the state directory (mode 0600). From then on every connection
-//! trusts only that CA and every RPC carries `authorization: Bearer <credential>`.
+//! `Register`: the one call that turns a join token into this provider's credential. The
+//! credential asked for is stored before it is sent, so a retried join whose answer was lost
+//! asks for the same one and is recognised.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -175,4 +175,14 @@ mod tests {
         assert!(!glob(p.as_bytes(), s.as_bytes()));
         assert!(glob(b"a*c", b"abbbc") && !glob(b"a*c", b"abbb") && glob(b"*", b""));
     }
+
+    #[test]
+    fn only_the_star_is_special_and_it_crosses_slashes() {
+        assert!(glob(b"ghcr.io/*", b"ghcr.io/acme/web:1"));
+        assert!(glob(b"a**b", b"a/x/b"));
+        assert!(glob(b"a[b]", b"a[b]") && !glob(b"a[b]", b"ab"));
+        assert!(glob(b"a?", b"a?") && !glob(b"a?", b"ab"));
+        assert!(glob(b"a{b,c}", b"a{b,c}") && !glob(b"a{b,c}", b"ab"));
+        assert!(glob(br"a\*", br"a\xyz"));
+    }
 }
