@@ -2,55 +2,32 @@
 
 use decloud_proto as pb;
 
-use crate::{Error, Result};
+use decloud_crds::quantity;
 
-/// Parses a Kubernetes CPU quantity (`2`, `1.5`, `500m`) into millicores.
-pub fn parse_cpu_millis(s: &str) -> Result<i64> {
+use crate::error::{Error, Result};
+
+/// Parses a CPU quantity (`2`, `1.5`, `500m`) into millicores, rounded up. Only plain cores
+/// or millicores: a suffix such as `k` on a CPU flag is a typo, not a thousand cores.
+pub(crate) fn parse_cpu_millis(s: &str) -> Result<i64> {
     let bad = || Error::InvalidInput(format!("CPU quantity {s:?} (expected e.g. 2, 1.5 or 500m)"));
-    let s = s.trim();
-    if let Some(m) = s.strip_suffix('m') {
-        return m.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(bad);
-    }
-    let v: f64 = s.parse().map_err(|_| bad())?;
-    if !v.is_finite() || v < 0.0 {
+    let number = s.trim().strip_suffix('m').unwrap_or(s.trim());
+    if !number.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(bad());
     }
-    Ok((v * 1000.0).round() as i64)
+    quantity::to_millis(s).map_err(|_| bad())
 }
 
-/// Parses a Kubernetes memory quantity (`4Gi`, `512Mi`, `1G`, `1000`) into bytes.
-pub fn parse_memory_bytes(s: &str) -> Result<i64> {
-    let bad = || {
+/// Parses a Kubernetes memory quantity (`4Gi`, `512Mi`, `1G`, `1000`) into bytes, rounded up.
+pub(crate) fn parse_memory_bytes(s: &str) -> Result<i64> {
+    quantity::to_units(s).map_err(|_| {
         Error::InvalidInput(format!(
             "memory quantity {s:?} (expected e.g. 4Gi or 512Mi)"
         ))
-    };
-    let s = s.trim();
-    const UNITS: [(&str, i64); 10] = [
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("Pi", 1 << 50),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-        ("P", 1_000_000_000_000_000),
-    ];
-    let (num, mult) = UNITS
-        .iter()
-        .find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m)))
-        .unwrap_or((s, 1));
-    let v: f64 = num.parse().map_err(|_| bad())?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(bad());
-    }
-    Ok((v * mult as f64).round() as i64)
+    })
 }
 
 /// The machine's CPUs and memory.
-pub fn detect() -> pb::Resources {
+pub(crate) fn detect() -> pb::Resources {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut sys = sysinfo::System::new();
     sys.refresh_memory();
@@ -62,7 +39,7 @@ pub fn detect() -> pb::Resources {
 }
 
 /// Capacity capped by the provider's own limits (`None`: offer all of it).
-pub fn offered(
+pub(crate) fn offered(
     capacity: &pb::Resources,
     cpu_millis: Option<i64>,
     memory_bytes: Option<i64>,

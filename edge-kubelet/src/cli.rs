@@ -172,7 +172,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The node name this edge uses in container labels (`edge-<name>`).
     pub fn node_name(&self) -> String {
-        format!("edge-{}", self.name)
+        decloud_crds::contracts::node_name(&self.name)
     }
 
     /// The node's labels as a map.
@@ -226,26 +226,26 @@ fn parse_memory(s: &str) -> Result<i64, String> {
     crate::capacity::parse_memory_bytes(s).map_err(|e| e.to_string())
 }
 
-/// Parses `1s`, `500ms`, `2m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("duration {s:?} (expected e.g. 1s, 500ms, 2m)");
+/// The longest duration flag accepted: a heartbeat or back-off of more than a day is a typo.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a positive duration of at most a day: `1s`, `500ms`, `2m`, `1m30s` (humantime), or a
+/// bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = |why: String| format!("duration {s:?} (expected e.g. 1s, 500ms, 2m): {why}");
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(bad("not positive".into())),
+        Err(_) => humantime::parse_duration(s).map_err(|e| bad(e.to_string()))?,
     };
-    let v: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err(bad());
+    if d.is_zero() {
+        return Err(bad("not positive".into()));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if d > MAX_DURATION {
+        return Err(bad("longer than a day".into()));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => edge_kubelet::run(args, shutdown).await?,
         Command::Status(args) => {
             if args.json {
-                let r = edge_kubelet::report::read(&args.state_dir())?;
+                let r = edge_kubelet::read_report(&args.state_dir())?;
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print!("{}", edge_kubelet::status(&args.state_dir())?);

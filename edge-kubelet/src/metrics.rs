@@ -15,12 +15,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
-use crate::status_board::StatusBoard;
+use crate::error::Error;
+use crate::pod::StatusBoard;
 
 /// The edge's metrics.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     connected: Gauge,
     connected_flag: AtomicBool,
@@ -57,30 +57,30 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Whether the session with the operator is up.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.connected_flag.load(Ordering::Relaxed)
     }
 
     /// Records whether the session with the operator is up.
-    pub fn set_connected(&self, up: bool) {
+    pub(crate) fn set_connected(&self, up: bool) {
         self.connected.set(i64::from(up));
         self.connected_flag.store(up, Ordering::Relaxed);
     }
 
     /// One heartbeat sent.
-    pub fn heartbeat(&self) {
+    pub(crate) fn heartbeat(&self) {
         self.heartbeats.inc();
     }
 
     /// Counts an error under its [`Error::metric_label`].
-    pub fn error(&self, e: &Error) {
+    pub(crate) fn error(&self, e: &Error) {
         self.errors
             .get_or_create(&vec![("error".to_string(), e.metric_label().to_string())])
             .inc();
     }
 
     /// Renders the Prometheus text format.
-    pub fn render(&self, board: &StatusBoard) -> String {
+    pub(crate) fn render(&self, board: &StatusBoard) -> String {
         self.pods.set(board.all().len() as i64);
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -96,7 +96,7 @@ struct AppState {
 }
 
 /// Serves `/healthz` (process alive), `/readyz` (session up) and `/metrics` until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     board: Arc<StatusBoard>,

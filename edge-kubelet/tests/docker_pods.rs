@@ -8,10 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use decloud_proto as pb;
-use edge_kubelet::runtime::docker::DockerRuntime;
-use edge_kubelet::state_file::StateFile;
-use edge_kubelet::status_board::PodUpdate;
-use edge_kubelet::{PodSupervisor, PodWorkerConfig};
+use edge_kubelet::{DockerRuntime, PodSupervisor, PodUpdate, PodWorkerConfig, StateFile};
 use pb::container_state::State;
 
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -166,7 +166,7 @@ fn spawn_edge(operator: &str, name: &str, state_dir: &Path, log: &Path) -> EdgeP
     // As if joined: the fake operator is plaintext (no CA) and takes any credential.
     std::fs::create_dir_all(state_dir).unwrap();
     std::fs::write(
-        state_dir.join(edge_kubelet::credentials::CREDENTIAL_FILE),
+        state_dir.join(edge_kubelet::CREDENTIAL_FILE),
         format!("{name}.{}", "0".repeat(64)),
     )
     .unwrap();
@@ -233,6 +233,21 @@ async fn edge_session_survives_sigkill_readopts_and_reconciles() {
         .await;
     assert_eq!(hello.provider_name, name);
     assert_eq!(hello.runtime, "docker");
+    let platform = hello.platform.clone().expect("Hello carries the platform");
+    assert_eq!(platform.os, std::env::consts::OS);
+    assert!(
+        [
+            "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64"
+        ]
+        .contains(&platform.architecture.as_str()),
+        "GOARCH naming: {platform:?}"
+    );
+    assert!(!platform.kernel_version.is_empty(), "{platform:?}");
+    let engine = platform
+        .container_runtime_version
+        .strip_prefix("docker://")
+        .unwrap_or_default();
+    assert!(!engine.is_empty(), "{platform:?}");
     assert_eq!(hello.labels.get("test").map(String::as_str), Some("yes"));
     let (cap, offered) = (hello.capacity.unwrap(), hello.offered.unwrap());
     assert!(cap.cpu_millis >= 1000 && cap.memory_bytes > 0);

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use decloud_proto as pb;
-use edge_kubelet::lifecycle::BackoffPolicy;
-use edge_kubelet::runtime::simulated::{SimulatedRuntime, SimulatedTimings};
-use edge_kubelet::{PodSupervisor, PodWorkerConfig};
+use edge_kubelet::{
+    BackoffPolicy, OUT_OF_PODS, PodSupervisor, PodUpdate, PodWorkerConfig, SimulatedRuntime,
+    SimulatedTimings,
+};
 
 fn pod(uid: &str, image: &str, env: &[(&str, &str)]) -> pb::PodSpec {
     pb::PodSpec {
@@ -114,7 +115,7 @@ async fn simulated_pods_crash_fail_to_pull_and_go_away_like_real_ones() {
     wait_for("gone", || sup.board().get("crash").is_none()).await;
     let mut gone = false;
     while let Ok(u) = updates.try_recv() {
-        gone |= u == edge_kubelet::status_board::PodUpdate::Gone("crash".into());
+        gone |= u == PodUpdate::Gone("crash".into());
     }
     assert!(gone);
     assert_eq!(sup.assigned(), vec!["nopull".to_string()]);
@@ -143,7 +144,7 @@ async fn pods_beyond_max_pods_fail_with_out_of_pods_and_stay_refused() {
     .await;
     let c = sup.board().get("c").expect("c has a status");
     assert_eq!(c.phase(), pb::PodPhase::Failed);
-    assert_eq!(c.reason, edge_kubelet::pod_supervisor::OUT_OF_PODS);
+    assert_eq!(c.reason, OUT_OF_PODS);
     assert!(c.message.contains("used: 2, capacity: 2"), "{}", c.message);
     assert_eq!(sup.assigned().len(), 2, "c must not run");
 
@@ -164,7 +165,7 @@ async fn pods_beyond_max_pods_fail_with_out_of_pods_and_stay_refused() {
     .await;
     assert_eq!(
         sup.board().get("c").map(|s| s.reason),
-        Some(edge_kubelet::pod_supervisor::OUT_OF_PODS.to_string())
+        Some(OUT_OF_PODS.to_string())
     );
     let mut assigned = sup.assigned();
     assigned.sort();

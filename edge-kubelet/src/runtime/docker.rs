@@ -37,14 +37,17 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use decloud_proto as pb;
 
-use super::{
-    ContainerInfo, ContainerRuntime, CreateRequest, LogOptions, PodNetwork, RuntimeEvent, labels,
+use decloud_crds::contracts::container_labels as labels;
+
+use super::container_runtime::ContainerRuntime;
+use super::types::{
+    ContainerInfo, ContainerUsage, CreateRequest, LogOptions, PodNetwork, RuntimeEvent,
 };
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Capabilities a pod's containers keep; everything else is dropped. Enough for common images
 /// that start as root and drop to a user (nginx, httpd), bind low ports, and chown their files.
-pub const ALLOWED_CAPABILITIES: &[&str] = &[
+pub(crate) const ALLOWED_CAPABILITIES: &[&str] = &[
     "CHOWN",
     "DAC_OVERRIDE",
     "FOWNER",
@@ -55,11 +58,11 @@ pub const ALLOWED_CAPABILITIES: &[&str] = &[
 ];
 
 /// Maximum number of processes in one container (fork bombs stop here).
-pub const PIDS_LIMIT: i64 = 256;
+pub(crate) const PIDS_LIMIT: i64 = 256;
 /// Memory limit of a container whose pod sets none (bytes): no container is ever unbounded.
-pub const DEFAULT_MEMORY_LIMIT: i64 = 512 << 20;
+pub(crate) const DEFAULT_MEMORY_LIMIT: i64 = 512 << 20;
 /// CPU limit of a container whose pod sets none (millicores).
-pub const DEFAULT_CPU_LIMIT_MILLIS: i64 = 1000;
+pub(crate) const DEFAULT_CPU_LIMIT_MILLIS: i64 = 1000;
 
 /// The Docker engine, as one edge uses it.
 #[derive(Clone)]
@@ -345,6 +348,11 @@ impl ContainerRuntime for DockerRuntime {
         "docker"
     }
 
+    async fn version(&self) -> Result<String> {
+        let v = self.docker.version().await.map_err(map_err)?;
+        Ok(format!("docker://{}", v.version.unwrap_or_default()))
+    }
+
     async fn prepare(&self) -> Result<()> {
         self.docker.ping().await.map_err(map_err)?;
         let _guard = NETWORK_LOCK.lock().await;
@@ -449,7 +457,7 @@ impl ContainerRuntime for DockerRuntime {
         Ok(self.info_from(r))
     }
 
-    async fn usage(&self, id: &str) -> Result<Option<crate::usage::ContainerUsage>> {
+    async fn usage(&self, id: &str) -> Result<Option<ContainerUsage>> {
         let opts = StatsOptionsBuilder::default()
             .stream(false)
             .one_shot(true)
@@ -463,7 +471,7 @@ impl ContainerRuntime for DockerRuntime {
             .and_then(|c| c.cpu_usage)
             .and_then(|u| u.total_usage);
         let memory = stats.memory_stats.and_then(|m| m.usage);
-        Ok(cpu_ns.map(|ns| crate::usage::ContainerUsage {
+        Ok(cpu_ns.map(|ns| ContainerUsage {
             cpu_seconds: ns as f64 / 1e9,
             memory_bytes: memory.unwrap_or_default(),
         }))

@@ -7,23 +7,25 @@
 //! own [`SimulatedRuntime`], fit in one process.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
 use decloud_proto as pb;
 
-use super::{
-    ContainerInfo, ContainerRuntime, CreateRequest, LogOptions, PodNetwork, ProbeTarget,
-    RuntimeEvent,
+use super::container_runtime::ContainerRuntime;
+use super::types::{
+    ContainerInfo, ContainerUsage, CreateRequest, LogOptions, PodNetwork, ProbeTarget, RuntimeEvent,
 };
-use crate::{Error, Result};
+use crate::clock::now_millis;
+use crate::error::{Error, Result};
 
 /// Delays the simulated engine takes for each operation.
 #[derive(Debug, Clone, Copy)]
@@ -79,10 +81,6 @@ impl std::fmt::Debug for SimulatedRuntime {
     }
 }
 
-fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 impl SimulatedRuntime {
     /// A fresh simulated engine for node `node`.
     pub fn new(node: &str, timings: SimulatedTimings) -> Self {
@@ -94,10 +92,8 @@ impl SimulatedRuntime {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
-        // A panic while holding the lock cannot leave the maps half-updated in a way that
-        // matters for a simulation; keep going.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock()
     }
 
     fn exit(&self, id: &str, code: i32) {
@@ -128,6 +124,10 @@ impl SimulatedRuntime {
 impl ContainerRuntime for SimulatedRuntime {
     fn name(&self) -> &'static str {
         "simulated"
+    }
+
+    async fn version(&self) -> Result<String> {
+        Ok(format!("simulated://{}", crate::AGENT_VERSION))
     }
 
     async fn prepare(&self) -> Result<()> {
@@ -255,13 +255,13 @@ impl ContainerRuntime for SimulatedRuntime {
     }
 
     /// SIMULATED counters: 1 % of a core and 8 MiB while running.
-    async fn usage(&self, id: &str) -> Result<Option<crate::usage::ContainerUsage>> {
+    async fn usage(&self, id: &str) -> Result<Option<ContainerUsage>> {
         let c = self.lock();
         let Some(c) = c.containers.get(id).filter(|c| c.info.running) else {
             return Ok(None);
         };
         let secs = (now_millis() - c.info.started_unix_millis).max(0) as f64 / 1000.0;
-        Ok(Some(crate::usage::ContainerUsage {
+        Ok(Some(ContainerUsage {
             cpu_seconds: secs * 0.01,
             memory_bytes: 8 << 20,
         }))

@@ -10,7 +10,7 @@ use std::time::Duration;
 use decloud_proto as pb;
 
 /// Fails loudly when there is no Docker engine: these tests never skip silently.
-pub fn require_docker() {
+pub(crate) fn require_docker() {
     static CHECK: OnceLock<Result<String, String>> = OnceLock::new();
     let r = CHECK.get_or_init(|| {
         let out = Command::new("docker")
@@ -32,7 +32,7 @@ pub fn require_docker() {
 }
 
 /// Builds (once) the busybox test image with e2e/images/busybox-image.sh and returns its tag.
-pub fn test_image() -> String {
+pub(crate) fn test_image() -> String {
     require_docker();
     static TAG: OnceLock<String> = OnceLock::new();
     TAG.get_or_init(|| {
@@ -55,7 +55,7 @@ pub fn test_image() -> String {
 }
 
 /// A node name no other test (or test run) uses.
-pub fn unique_node(test: &str) -> String {
+pub(crate) fn unique_node(test: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -71,7 +71,7 @@ pub fn unique_node(test: &str) -> String {
 }
 
 /// Docker CLI, returning trimmed stdout (empty on failure).
-pub fn docker(args: &[&str]) -> String {
+pub(crate) fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -80,7 +80,7 @@ pub fn docker(args: &[&str]) -> String {
 }
 
 /// Ids of all containers (running or not) labelled with `label=value`.
-pub fn containers_with_label(label: &str, value: &str) -> Vec<String> {
+pub(crate) fn containers_with_label(label: &str, value: &str) -> Vec<String> {
     docker(&[
         "ps",
         "-aq",
@@ -95,9 +95,9 @@ pub fn containers_with_label(label: &str, value: &str) -> Vec<String> {
 
 /// On drop, force-removes every container labelled with this node: no test leaves any behind,
 /// whether it passed or not.
-pub struct ContainerSweeper {
+pub(crate) struct ContainerSweeper {
     /// Node label value (`edge-<name>`).
-    pub node: String,
+    pub(crate) node: String,
 }
 
 impl Drop for ContainerSweeper {
@@ -112,7 +112,7 @@ impl Drop for ContainerSweeper {
 }
 
 /// Polls `f` until it returns `Some`, for at most `patience`; panics with `what` otherwise.
-pub async fn eventually<T>(
+pub(crate) async fn eventually<T>(
     what: &str,
     patience: Duration,
     mut f: impl AsyncFnMut() -> Option<T>,
@@ -130,7 +130,7 @@ pub async fn eventually<T>(
 }
 
 /// A one-container pod.
-pub fn pod(uid: &str, name: &str, image: &str, command: &[&str]) -> pb::PodSpec {
+pub(crate) fn pod(uid: &str, name: &str, image: &str, command: &[&str]) -> pb::PodSpec {
     pb::PodSpec {
         uid: uid.to_string(),
         namespace: "default".to_string(),
@@ -148,7 +148,7 @@ pub fn pod(uid: &str, name: &str, image: &str, command: &[&str]) -> pb::PodSpec 
 }
 
 /// A pod serving /www on port 8080 with busybox httpd, with an httpGet readiness probe.
-pub fn httpd_pod(uid: &str, name: &str, image: &str) -> pb::PodSpec {
+pub(crate) fn httpd_pod(uid: &str, name: &str, image: &str) -> pb::PodSpec {
     let mut p = pod(
         uid,
         name,
@@ -183,13 +183,13 @@ pub fn httpd_pod(uid: &str, name: &str, image: &str) -> pb::PodSpec {
 }
 
 /// The running container id inside a reported status (`docker://<id>` → `<id>`).
-pub fn container_id(s: &pb::PodStatus) -> Option<String> {
+pub(crate) fn container_id(s: &pb::PodStatus) -> Option<String> {
     let c = s.containers.first()?;
     c.container_id.split("://").nth(1).map(str::to_string)
 }
 
 /// GET / on `ip:port` over plain TCP; returns the whole response.
-pub async fn http_get(ip: &str, port: u16) -> std::io::Result<String> {
+pub(crate) async fn http_get(ip: &str, port: u16) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(
         Duration::from_secs(2),

@@ -1,9 +1,9 @@
 //! The latest status of every pod on this edge, and the stream of changes the session pushes.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -21,7 +21,7 @@ pub enum PodUpdate {
 /// How often a pod whose only change is its usage meter is sent again. Usage grows with every
 /// sample (each 10 s poll); sending it at that rate would be most of an idle edge's traffic, while
 /// the operator writes usage totals only every `--usage-interval` (30 s by default) anyway.
-pub const USAGE_REPORT_PERIOD: Duration = Duration::from_secs(30);
+pub(crate) const USAGE_REPORT_PERIOD: Duration = Duration::from_secs(30);
 
 /// One pod's latest status, and when it was last broadcast.
 #[derive(Debug)]
@@ -48,14 +48,14 @@ impl Default for StatusBoard {
 }
 
 impl StatusBoard {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.statuses.lock().unwrap_or_else(|p| p.into_inner())
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.statuses.lock()
     }
 
     /// Records `status`; broadcasts it if it differs from the last one, except that a change of
     /// usage alone is broadcast at most once per [`USAGE_REPORT_PERIOD`] (it is kept, and rides
     /// along with the next broadcast either way).
-    pub fn publish(&self, status: pb::PodStatus) {
+    pub(crate) fn publish(&self, status: pb::PodStatus) {
         let mut map = self.map();
         let now = Instant::now();
         if let Some(old) = map.get_mut(&status.uid) {
@@ -83,7 +83,7 @@ impl StatusBoard {
     }
 
     /// Forgets pod `uid` and announces that it is gone.
-    pub fn gone(&self, uid: &str) {
+    pub(crate) fn gone(&self, uid: &str) {
         self.map().remove(uid);
         let _ = self.updates.send(PodUpdate::Gone(uid.to_string()));
     }

@@ -1,20 +1,22 @@
 //! The pod side of the edge: one [`PodWorker`] per assigned pod, the assigned set persisted,
 //! engine events routed to the right worker.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 
 use decloud_proto as pb;
 
-use crate::pod_worker::{PodCommand, PodWorker, PodWorkerConfig};
+use super::lifecycle::is_terminal;
+use super::status_board::StatusBoard;
+use super::worker::{PodCommand, PodWorker, PodWorkerConfig};
+use crate::error::{Error, Result};
+use crate::local::StateFile;
 use crate::runtime::{ContainerInfo, ContainerRuntime, RuntimeEvent};
-use crate::state_file::StateFile;
-use crate::status_board::StatusBoard;
-use crate::{Error, Result};
 
 struct WorkerHandle {
     spec: pb::PodSpec,
@@ -29,10 +31,10 @@ pub struct PodSupervisor {
     cfg: PodWorkerConfig,
     workers: Mutex<HashMap<String, WorkerHandle>>,
     /// Pods being terminated; a repeated delete just waits for the same `Gone`.
-    terminating: Mutex<std::collections::HashSet<String>>,
+    terminating: Mutex<HashSet<String>>,
     /// Pods refused at admission (`OutOfpods`): like kubelet's, the refusal is final, so the
     /// same pod sent again (a reconnect's `PodSet`) is not admitted later.
-    rejected: Mutex<std::collections::HashSet<String>>,
+    rejected: Mutex<HashSet<String>>,
 }
 
 /// Pod-level reason of a pod refused because the edge already runs `--max-pods` pods
@@ -110,18 +112,18 @@ impl PodSupervisor {
     }
 
     /// The runtime's short name.
-    pub fn runtime_name(&self) -> &'static str {
+    pub(crate) fn runtime_name(&self) -> &'static str {
         self.runtime.name()
     }
 
     /// The runtime itself (for logs and, later, tunnels).
-    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+    pub(crate) fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
         &self.runtime
     }
 
     /// The address of pod `uid` on this edge's container network, if it is assigned here and
     /// has one.
-    pub fn pod_ip(&self, uid: &str) -> Option<String> {
+    pub(crate) fn pod_ip(&self, uid: &str) -> Option<String> {
         if !self.workers().contains_key(uid) {
             return None;
         }
@@ -138,12 +140,12 @@ impl PodSupervisor {
         v
     }
 
-    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkerHandle>> {
-        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    fn workers(&self) -> MutexGuard<'_, HashMap<String, WorkerHandle>> {
+        self.workers.lock()
     }
 
-    fn terminating_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-        self.terminating.lock().unwrap_or_else(|p| p.into_inner())
+    fn terminating_set(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.terminating.lock()
     }
 
     fn route(&self, ev: RuntimeEvent) {
@@ -193,7 +195,7 @@ impl PodSupervisor {
                 spec.uid
             )));
         }
-        let mut names = std::collections::HashSet::new();
+        let mut names = HashSet::new();
         for c in &spec.containers {
             if c.name.is_empty() || c.image.is_empty() || !names.insert(&c.name) {
                 return Err(Error::InvalidInput(format!(
@@ -258,15 +260,14 @@ impl PodSupervisor {
         });
     }
 
-    fn rejected(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-        self.rejected.lock().unwrap_or_else(|e| e.into_inner())
+    fn rejected(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.rejected.lock()
     }
 
     /// Makes the assigned set exactly `pods`: new ones start, changed ones are replaced,
     /// everything else is terminated (with its own grace period).
     pub fn apply_pod_set(self: &Arc<Self>, pods: Vec<pb::PodSpec>) {
-        let wanted: std::collections::HashSet<String> =
-            pods.iter().map(|p| p.uid.clone()).collect();
+        let wanted: HashSet<String> = pods.iter().map(|p| p.uid.clone()).collect();
         self.rejected().retain(|uid| wanted.contains(uid));
         for spec in pods {
             if let Err(e) = self.upsert(spec) {
@@ -282,7 +283,7 @@ impl PodSupervisor {
     }
 
     /// Terminates pod `uid` (grace: `None` for the pod's own). Returns at once; when every
-    /// container is removed, [`crate::status_board::PodUpdate::Gone`] is published.
+    /// container is removed, [`super::status_board::PodUpdate::Gone`] is published.
     pub fn delete(self: &Arc<Self>, uid: &str, grace: Option<Duration>) {
         let handle = self.workers().remove(uid);
         self.persist();
@@ -332,7 +333,7 @@ impl PodSupervisor {
     }
 
     /// The container id that serves logs of `container` in pod `pod_uid`.
-    pub async fn log_target(
+    pub(crate) async fn log_target(
         &self,
         pod_uid: &str,
         container: &str,
@@ -367,12 +368,4 @@ impl PodSupervisor {
             ))
         })
     }
-}
-
-/// Whether the pod finished for good (its containers are not coming back).
-fn is_terminal(status: &pb::PodStatus) -> bool {
-    matches!(
-        status.phase(),
-        pb::PodPhase::Succeeded | pb::PodPhase::Failed
-    )
 }

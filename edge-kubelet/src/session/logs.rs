@@ -8,11 +8,8 @@ use tokio::sync::mpsc;
 use decloud_proto as pb;
 use pb::edge_message::Kind as Out;
 
-use crate::pod_supervisor::PodSupervisor;
+use crate::pod::PodSupervisor;
 use crate::runtime::LogOptions;
-
-/// Largest `LogChunk.data` sent (well below the message limit).
-const MAX_CHUNK: usize = 64 * 1024;
 
 fn chunk(request_id: u64, data: Vec<u8>, eof: bool, error: String) -> pb::EdgeMessage {
     pb::EdgeMessage {
@@ -26,7 +23,7 @@ fn chunk(request_id: u64, data: Vec<u8>, eof: bool, error: String) -> pb::EdgeMe
 }
 
 /// Streams the logs asked for, ending with an `eof` chunk (with `error` set on failure).
-pub async fn serve(
+pub(crate) async fn serve(
     req: pb::LogRequest,
     pods: Arc<PodSupervisor>,
     tx: mpsc::Sender<pb::EdgeMessage>,
@@ -52,7 +49,7 @@ pub async fn serve(
     while let Some(item) = stream.next().await {
         match item {
             Ok(bytes) => {
-                for part in bytes.chunks(MAX_CHUNK) {
+                for part in bytes.chunks(pb::MAX_LOG_CHUNK) {
                     if tx
                         .send(chunk(id, part.to_vec(), false, String::new()))
                         .await

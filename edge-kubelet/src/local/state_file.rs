@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use decloud_proto as pb;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 const FILE_NAME: &str = "assigned-pods.json";
 const VERSION: u32 = 1;
@@ -50,7 +50,7 @@ impl StateFile {
     }
 
     /// Where the file lives.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -62,7 +62,7 @@ impl StateFile {
     }
 
     /// The saved assigned set; empty when there is no file yet.
-    pub fn load(&self) -> Result<Vec<pb::PodSpec>> {
+    pub(crate) fn load(&self) -> Result<Vec<pb::PodSpec>> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -82,14 +82,14 @@ impl StateFile {
             .pods
             .iter()
             .map(|p| {
-                let bytes = hex_decode(&p.spec).ok_or_else(|| self.err("spec is not hex"))?;
+                let bytes = hex::decode(&p.spec).map_err(|_| self.err("spec is not hex"))?;
                 pb::PodSpec::decode(bytes.as_slice()).map_err(|e| self.err(e))
             })
             .collect()
     }
 
     /// Replaces the saved set with `pods`.
-    pub fn save<'a>(&self, pods: impl IntoIterator<Item = &'a pb::PodSpec>) -> Result<()> {
+    pub(crate) fn save<'a>(&self, pods: impl IntoIterator<Item = &'a pb::PodSpec>) -> Result<()> {
         let mut stored: Vec<StoredPod> = pods
             .into_iter()
             .map(|p| StoredPod {
@@ -97,7 +97,7 @@ impl StateFile {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
                 spec_hash: p.spec_hash.clone(),
-                spec: hex_encode(&p.encode_to_vec()),
+                spec: hex::encode(p.encode_to_vec()),
             })
             .collect();
         stored.sort_by(|a, b| a.uid.cmp(&b.uid));
@@ -114,20 +114,6 @@ impl StateFile {
         std::fs::write(&tmp, json).map_err(|e| self.err(e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))
     }
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -174,13 +160,5 @@ mod tests {
         assert_eq!(err.metric_label(), "state_file");
         std::fs::write(dir.path().join(FILE_NAME), "{not json").unwrap();
         assert!(StateFile::new(dir.path(), "edge-a").load().is_err());
-    }
-
-    #[test]
-    fn hex() {
-        assert_eq!(hex_encode(&[0, 1, 0xab]), "0001ab");
-        assert_eq!(hex_decode("0001ab"), Some(vec![0, 1, 0xab]));
-        assert_eq!(hex_decode("0"), None);
-        assert_eq!(hex_decode("zz"), None);
     }
 }

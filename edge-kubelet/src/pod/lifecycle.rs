@@ -23,22 +23,22 @@ use decloud_proto as pb;
 
 /// How a container ended, as reported in `ContainerStatus.state` / `last_state`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TerminatedInfo {
+pub(crate) struct TerminatedInfo {
     /// Process exit code.
-    pub exit_code: i32,
+    pub(crate) exit_code: i32,
     /// `Completed`, `Error` or `OOMKilled`.
-    pub reason: String,
+    pub(crate) reason: String,
     /// The engine's message, if any.
-    pub message: String,
+    pub(crate) message: String,
     /// When the process started (Unix ms).
-    pub started_unix_millis: i64,
+    pub(crate) started_unix_millis: i64,
     /// When it ended (Unix ms).
-    pub finished_unix_millis: i64,
+    pub(crate) finished_unix_millis: i64,
 }
 
 impl TerminatedInfo {
     /// Builds the Kubernetes reason from the exit code and the OOM flag.
-    pub fn new(
+    pub(crate) fn new(
         exit_code: i32,
         oom_killed: bool,
         message: String,
@@ -76,7 +76,7 @@ impl TerminatedInfo {
 
 /// Where one container of a pod is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContainerLifecycle {
+pub(crate) enum ContainerLifecycle {
     /// Making the image available (local lookup or pull). Reports waiting `ContainerCreating`.
     Pulling,
     /// The last pull failed. Reports waiting `ErrImagePull` (or `ErrImageNeverPull`) with the
@@ -124,7 +124,7 @@ pub enum ContainerLifecycle {
 
 /// Something that happened to a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContainerEvent {
+pub(crate) enum ContainerEvent {
     /// The image is present.
     ImageReady,
     /// The pull failed (or the image is missing under `Never`).
@@ -152,7 +152,7 @@ pub enum ContainerEvent {
 
 /// What the pod worker must do after a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Nothing.
     None,
     /// Make the image available, then feed back `ImageReady` or `ImagePullFailed`.
@@ -167,7 +167,7 @@ pub enum Action {
 
 /// Kubernetes restart policy, as the edge applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
+pub(crate) enum RestartPolicy {
     /// Restart whenever the container exits.
     Always,
     /// Restart only on a non-zero exit.
@@ -221,7 +221,7 @@ impl Default for BackoffPolicy {
 
 impl BackoffPolicy {
     /// Delay before retry number `attempts` (1-based).
-    pub fn delay(&self, attempts: u32) -> Duration {
+    pub(crate) fn delay(&self, attempts: u32) -> Duration {
         let shift = attempts.saturating_sub(1).min(20);
         self.initial.saturating_mul(1u32 << shift).min(self.max)
     }
@@ -232,7 +232,7 @@ impl BackoffPolicy {
 /// Events that make no sense in a state (a stale timer, an exit while pulling) leave the state
 /// unchanged with [`Action::None`]: the worker feeds results of operations it started earlier,
 /// and those may race with a newer state.
-pub fn transition(
+pub(crate) fn transition(
     state: &ContainerLifecycle,
     event: &ContainerEvent,
     restart: RestartPolicy,
@@ -299,7 +299,7 @@ pub fn transition(
 /// `Pulling` after a back-off remembers how many pulls failed, `Creating` after a crash
 /// remembers how many runs crashed.
 #[derive(Debug, Clone, Default)]
-pub struct FailureMemory {
+pub(crate) struct FailureMemory {
     pulls: u32,
     creates: u32,
     crashes: u32,
@@ -307,7 +307,7 @@ pub struct FailureMemory {
 
 impl FailureMemory {
     /// Applies [`transition`] and adjusts the attempt counters of the resulting state.
-    pub fn step(
+    pub(crate) fn step(
         &mut self,
         state: &ContainerLifecycle,
         event: &ContainerEvent,
@@ -349,7 +349,7 @@ impl FailureMemory {
 
 impl ContainerLifecycle {
     /// The Kubernetes container state this lifecycle state reports.
-    pub fn to_proto(&self) -> pb::ContainerState {
+    pub(crate) fn to_proto(&self) -> pb::ContainerState {
         use pb::container_state::State;
         let waiting = |reason: &str, message: &str| pb::ContainerState {
             state: Some(State::Waiting(pb::Waiting {
@@ -390,7 +390,7 @@ impl ContainerLifecycle {
     }
 
     /// The `last_state` this state implies on its own (a crash loop carries its last exit).
-    pub fn implied_last_state(&self) -> Option<pb::ContainerState> {
+    pub(crate) fn implied_last_state(&self) -> Option<pb::ContainerState> {
         match self {
             ContainerLifecycle::CrashLoopBackOff { last, .. } => Some(last.to_proto()),
             _ => None,
@@ -398,7 +398,7 @@ impl ContainerLifecycle {
     }
 
     /// True while the process runs.
-    pub fn is_running(&self) -> bool {
+    pub(crate) fn is_running(&self) -> bool {
         matches!(self, ContainerLifecycle::Running { .. })
     }
 
@@ -415,7 +415,7 @@ impl ContainerLifecycle {
     }
 
     /// Pod-level reason for a pending pod stuck in this state, if worth reporting.
-    pub fn pending_reason(&self) -> Option<(&str, &str)> {
+    pub(crate) fn pending_reason(&self) -> Option<(&str, &str)> {
         match self {
             ContainerLifecycle::ErrImagePull {
                 reason, message, ..
@@ -434,7 +434,7 @@ impl ContainerLifecycle {
 /// The pod phase, derived from its containers like the kubelet does: Pending until every
 /// container has run at least once (or some container still waits for its first start), then
 /// Running while any runs or will restart, then Succeeded (all exited 0) or Failed.
-pub fn pod_phase<'a>(
+pub(crate) fn pod_phase<'a>(
     containers: impl IntoIterator<Item = (&'a ContainerLifecycle, u32)>,
 ) -> pb::PodPhase {
     let mut any = false;
@@ -461,6 +461,14 @@ pub fn pod_phase<'a>(
     } else {
         pb::PodPhase::Running
     }
+}
+
+/// Whether the pod finished for good (its containers are not coming back).
+pub(crate) fn is_terminal(status: &pb::PodStatus) -> bool {
+    matches!(
+        status.phase(),
+        pb::PodPhase::Succeeded | pb::PodPhase::Failed
+    )
 }
 
 #[cfg(test)]

@@ -5,42 +5,55 @@
 //! as written and in Docker's normalised form (`busybox` is `docker.io/library/busybox:latest`),
 //! so `docker.io/library/*` admits `busybox`. No pattern: every image is allowed.
 
-use crate::{Error, Result};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::error::{Error, Result};
 
 /// The waiting reason of a container whose image the provider refuses.
-pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
+pub(crate) const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
 
 /// The provider's image allow-list.
 #[derive(Clone, Debug, Default)]
 pub struct ImagePolicy {
     patterns: Vec<String>,
+    globs: GlobSet,
 }
 
 impl ImagePolicy {
     /// A policy admitting images matching any of `patterns` (all images if empty).
-    pub fn new(patterns: impl IntoIterator<Item = String>) -> Self {
-        Self {
-            patterns: patterns
-                .into_iter()
-                .map(|p| p.trim().to_string())
-                .filter(|p| !p.is_empty())
-                .collect(),
+    pub(crate) fn new(patterns: impl IntoIterator<Item = String>) -> Self {
+        let patterns: Vec<String> = patterns
+            .into_iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        let mut set = GlobSetBuilder::new();
+        for p in &patterns {
+            match glob_of(p) {
+                Ok(g) => {
+                    set.add(g);
+                }
+                // Cannot happen with escaped input; a pattern that fails admits nothing.
+                Err(e) => tracing::warn!(pattern = %p, error = %e, "ignoring image pattern"),
+            }
         }
+        let globs = set.build().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "image patterns unusable; admitting no image");
+            GlobSet::empty()
+        });
+        Self { patterns, globs }
     }
 
     /// Whether `image` may run here.
-    pub fn allows(&self, image: &str) -> bool {
+    pub(crate) fn allows(&self, image: &str) -> bool {
         if self.patterns.is_empty() {
             return true;
         }
-        let normal = normalise(image);
-        self.patterns
-            .iter()
-            .any(|p| matches(p, image) || matches(p, &normal))
+        self.globs.is_match(image) || self.globs.is_match(normalise(image))
     }
 
     /// `Ok` if `image` may run, else an [`Error::ImagePull`] with reason [`IMAGE_NOT_ALLOWED`].
-    pub fn check(&self, image: &str) -> Result<()> {
+    pub(crate) fn check(&self, image: &str) -> Result<()> {
         if self.allows(image) {
             return Ok(());
         }
@@ -55,7 +68,7 @@ impl ImagePolicy {
 }
 
 /// Docker's full reference: registry, repository and tag (or digest).
-pub fn normalise(image: &str) -> String {
+pub(crate) fn normalise(image: &str) -> String {
     let (name, suffix) = match image.rsplit_once('@') {
         Some((n, digest)) => (n.to_string(), format!("@{digest}")),
         None => match image.rsplit_once(':') {
@@ -76,33 +89,24 @@ pub fn normalise(image: &str) -> String {
     format!("{full}{suffix}")
 }
 
-fn matches(pattern: &str, image: &str) -> bool {
-    if !pattern.contains('*') && (pattern.ends_with('/') || pattern.ends_with(':')) {
-        return image.starts_with(pattern);
-    }
-    glob(pattern.as_bytes(), image.as_bytes())
-}
-
-/// `*`-only glob, iterative (no exponential back-tracking on hostile patterns).
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == s[si] {
-            pi += 1;
-            si += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
+/// The glob of one `--allowed-images` pattern: only `*` is special (and matches `/` too); a
+/// pattern ending in `/` or `:` without `*` is a prefix.
+fn glob_of(pattern: &str) -> std::result::Result<globset::Glob, globset::Error> {
+    let mut glob = String::with_capacity(pattern.len() + 1);
+    for (i, part) in pattern.split('*').enumerate() {
+        // `**` is one `*` here, as in any other position.
+        if i > 0 && !glob.ends_with('*') {
+            glob.push('*');
         }
+        glob.push_str(&globset::escape(part));
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    if !pattern.contains('*') && (pattern.ends_with('/') || pattern.ends_with(':')) {
+        glob.push('*');
+    }
+    GlobBuilder::new(&glob)
+        .literal_separator(false)
+        .backslash_escape(false)
+        .build()
 }
 
 #[cfg(test)]
@@ -156,11 +160,29 @@ mod tests {
         ));
     }
 
+    fn glob(pattern: &[u8], s: &[u8]) -> bool {
+        let pattern = std::str::from_utf8(pattern).unwrap();
+        glob_of(pattern)
+            .unwrap()
+            .compile_matcher()
+            .is_match(std::str::from_utf8(s).unwrap())
+    }
+
     #[test]
     fn glob_is_linear_on_hostile_input() {
         let p = "*a*a*a*a*a*a*a*a*a*b";
         let s = "a".repeat(5000);
         assert!(!glob(p.as_bytes(), s.as_bytes()));
         assert!(glob(b"a*c", b"abbbc") && !glob(b"a*c", b"abbb") && glob(b"*", b""));
+    }
+
+    #[test]
+    fn only_the_star_is_special_and_it_crosses_slashes() {
+        assert!(glob(b"ghcr.io/*", b"ghcr.io/acme/web:1"));
+        assert!(glob(b"a**b", b"a/x/b"));
+        assert!(glob(b"a[b]", b"a[b]") && !glob(b"a[b]", b"ab"));
+        assert!(glob(b"a?", b"a?") && !glob(b"a?", b"ab"));
+        assert!(glob(b"a{b,c}", b"a{b,c}") && !glob(b"a{b,c}", b"ab"));
+        assert!(glob(br"a\*", br"a\xyz"));
     }
 }

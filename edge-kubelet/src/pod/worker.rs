@@ -1,5 +1,5 @@
 //! One task per pod: drives the pod's containers through the lifecycle state machine
-//! ([`crate::lifecycle`]) and publishes the pod's status whenever it changes.
+//! ([`super::lifecycle`]) and publishes the pod's status whenever it changes.
 //!
 //! Engine calls that may take long (pulls, create+start) run as child tasks and report back
 //! through a channel tagged with a generation number, so the worker never blocks on them and
@@ -14,14 +14,17 @@ use tokio::time::Instant;
 
 use decloud_proto as pb;
 
-use crate::lifecycle::{
+use super::image_policy::ImagePolicy;
+use super::lifecycle::{
     Action, BackoffPolicy, ContainerEvent, ContainerLifecycle, FailureMemory, RestartPolicy,
     TerminatedInfo, pod_phase,
 };
-use crate::probe::{ReadinessChange, readiness_loop};
+use super::readiness::{ReadinessChange, readiness_loop};
+use super::status_board::StatusBoard;
+use super::usage::UsageMeter;
+use crate::clock::now_millis;
+use crate::error::{Error, Result};
 use crate::runtime::{ContainerInfo, ContainerRuntime, CreateRequest, PodNetwork, RuntimeEvent};
-use crate::status_board::StatusBoard;
-use crate::{Error, Result};
 
 /// Tunables of pod workers.
 #[derive(Debug, Clone)]
@@ -31,7 +34,7 @@ pub struct PodWorkerConfig {
     /// Fallback re-inspection of running containers, in case an engine event was missed.
     pub poll_interval: Duration,
     /// Images the provider allows (`--allowed-images`); others fail with `ImageNotAllowed`.
-    pub allowed_images: crate::image_policy::ImagePolicy,
+    pub allowed_images: ImagePolicy,
     /// Pods admitted at once (`--max-pods`); the supervisor fails more with `OutOfpods`.
     /// 0: no limit.
     pub max_pods: usize,
@@ -122,10 +125,6 @@ impl Slot {
     }
 }
 
-fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 fn terminated_from(info: &ContainerInfo) -> TerminatedInfo {
     TerminatedInfo::new(
         info.exit_code,
@@ -152,7 +151,7 @@ pub(crate) struct PodWorker {
     creates: JoinSet<()>,
     probe_tx: mpsc::UnboundedSender<ReadinessChange>,
     probe_rx: mpsc::UnboundedReceiver<ReadinessChange>,
-    usage: crate::usage::UsageMeter,
+    usage: UsageMeter,
 }
 
 impl PodWorker {
@@ -180,7 +179,7 @@ impl PodWorker {
             creates: JoinSet::new(),
             probe_tx,
             probe_rx,
-            usage: crate::usage::UsageMeter::default(),
+            usage: UsageMeter::default(),
         }
     }
 

@@ -8,18 +8,11 @@ use std::{collections::HashMap, time::Instant};
 
 use decloud_proto as pb;
 
-/// One container instance's counters at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct ContainerUsage {
-    /// CPU time the instance used since it started, in seconds.
-    pub cpu_seconds: f64,
-    /// Memory the instance holds now, in bytes.
-    pub memory_bytes: u64,
-}
+use crate::runtime::ContainerUsage;
 
 /// Accumulated usage of one pod.
 #[derive(Debug, Default)]
-pub struct UsageMeter {
+pub(crate) struct UsageMeter {
     /// Latest cumulative CPU of each sampled instance.
     cpu_by_instance: HashMap<String, f64>,
     /// CPU of instances that are gone.
@@ -32,7 +25,7 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 impl UsageMeter {
     /// Records a sample of every current instance (id → counters) taken at `now`.
-    pub fn record(&mut self, now: Instant, samples: &[(String, ContainerUsage)]) {
+    pub(crate) fn record(&mut self, now: Instant, samples: &[(String, ContainerUsage)]) {
         let current: HashMap<&str, &ContainerUsage> =
             samples.iter().map(|(id, u)| (id.as_str(), u)).collect();
         let gone: Vec<String> = self
@@ -58,7 +51,7 @@ impl UsageMeter {
     }
 
     /// What the pod used so far.
-    pub fn usage(&self) -> pb::Usage {
+    pub(crate) fn usage(&self) -> pb::Usage {
         pb::Usage {
             cpu_seconds: self.retired_cpu + self.cpu_by_instance.values().sum::<f64>(),
             memory_gib_hours: self.memory_gib_hours,

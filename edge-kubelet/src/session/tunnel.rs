@@ -19,21 +19,19 @@ use tonic::{Status, Streaming};
 use decloud_proto as pb;
 use pb::tunnel_frame::Kind as Frame;
 
-use crate::pod_supervisor::PodSupervisor;
+use crate::pod::PodSupervisor;
 
-/// Largest payload of one data frame.
-pub const MAX_FRAME: usize = 64 * 1024;
 /// Frames queued towards the operator per tunnel.
 const FRAME_QUEUE: usize = 32;
 /// How long connecting to a container port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The edge → operator frames of one tunnel.
-pub type TunnelRequest = ReceiverStream<pb::TunnelFrame>;
+pub(crate) type TunnelRequest = ReceiverStream<pb::TunnelFrame>;
 
 /// Opens a `Tunnel` RPC to the operator on the session's connection, with the session's
 /// identity; returns the operator → edge frames.
-pub type TunnelOpener = Arc<
+pub(crate) type TunnelOpener = Arc<
     dyn Fn(TunnelRequest) -> BoxFuture<'static, Result<Streaming<pb::TunnelFrame>, Status>>
         + Send
         + Sync,
@@ -44,7 +42,7 @@ fn frame(kind: Frame) -> pb::TunnelFrame {
 }
 
 /// Handles an `OpenTunnel` request in the background. Only pods this edge runs are reachable.
-pub fn open(req: pb::OpenTunnel, pods: &Arc<PodSupervisor>, opener: &TunnelOpener) {
+pub(crate) fn open(req: pb::OpenTunnel, pods: &Arc<PodSupervisor>, opener: &TunnelOpener) {
     let target = pods.pod_ip(&req.pod_uid);
     let opener = opener.clone();
     tokio::spawn(async move {
@@ -109,7 +107,7 @@ async fn splice(
 ) -> Result<(), String> {
     let (mut from_container, mut to_container) = conn.into_split();
     let up = async {
-        let mut buf = vec![0u8; MAX_FRAME];
+        let mut buf = vec![0u8; pb::MAX_TUNNEL_FRAME];
         loop {
             match from_container.read(&mut buf).await {
                 Ok(0) => {
@@ -121,7 +119,7 @@ async fn splice(
                 Ok(n) => {
                     // A full read hands its buffer over as is; short reads are copied out.
                     let data = if n == buf.len() {
-                        std::mem::replace(&mut buf, vec![0u8; MAX_FRAME])
+                        std::mem::replace(&mut buf, vec![0u8; pb::MAX_TUNNEL_FRAME])
                     } else {
                         buf[..n].to_vec()
                     };

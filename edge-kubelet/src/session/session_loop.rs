@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,68 +19,41 @@ use pb::edge_client::EdgeClient;
 use pb::edge_message::Kind as Out;
 use pb::operator_message::Kind as In;
 
+use super::{logs, tunnel};
+use crate::backoff::ReconnectBackoff;
+use crate::clock::now_millis;
+use crate::error::{Error, Result};
+use crate::join::{self, EdgeCredential};
 use crate::metrics::Metrics;
-use crate::pod_supervisor::PodSupervisor;
-use crate::status_board::PodUpdate;
-use crate::{Error, Result, credentials, logs, tunnel};
+use crate::pod::{PodSupervisor, PodUpdate};
 
 /// Who this edge is and how it talks to the operator.
 #[derive(Debug, Clone)]
-pub struct SessionConfig {
+pub(crate) struct SessionConfig {
     /// Operator URL (`http://host:port`).
-    pub operator: String,
+    pub(crate) operator: String,
     /// Provider name.
-    pub provider_name: String,
+    pub(crate) provider_name: String,
     /// Provider owner (may be empty).
-    pub owner: String,
+    pub(crate) owner: String,
     /// Labels copied onto the node.
-    pub labels: HashMap<String, String>,
+    pub(crate) labels: HashMap<String, String>,
     /// Detected capacity.
-    pub capacity: pb::Resources,
+    pub(crate) capacity: pb::Resources,
     /// Offered resources (capacity capped by the provider's flags).
-    pub offered: pb::Resources,
+    pub(crate) offered: pb::Resources,
     /// Heartbeat interval until the operator's `Welcome` says otherwise.
-    pub heartbeat_interval: Duration,
+    pub(crate) heartbeat_interval: Duration,
     /// Upper bound of the reconnect back-off.
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
     /// This edge's credential and the operator CA it trusts.
-    pub credential: crate::credentials::EdgeCredential,
-}
-
-/// Reconnect back-off: doubles from 100 ms up to `max`, each wait jittered to 50–100 %.
-#[derive(Debug, Clone)]
-pub struct ReconnectBackoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl ReconnectBackoff {
-    const INITIAL: Duration = Duration::from_millis(100);
-
-    /// A fresh back-off capped at `max`.
-    pub fn new(max: Duration) -> Self {
-        ReconnectBackoff {
-            next: Self::INITIAL.min(max),
-            max,
-        }
-    }
-
-    /// The next wait (jittered), advancing the back-off.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let factor: f64 = rand::rng().random_range(0.5..=1.0);
-        base.mul_f64(factor)
-    }
-
-    /// After a session that got as far as `Welcome`: start again from the bottom.
-    pub fn reset(&mut self) {
-        self.next = Self::INITIAL.min(self.max);
-    }
+    pub(crate) credential: EdgeCredential,
+    /// What this machine is, reported in `Hello`.
+    pub(crate) platform: pb::Platform,
 }
 
 /// Runs sessions until `shutdown` is cancelled.
-pub async fn run(
+pub(crate) async fn run(
     cfg: SessionConfig,
     pods: Arc<PodSupervisor>,
     metrics: Arc<Metrics>,
@@ -117,10 +89,6 @@ pub async fn run(
     }
 }
 
-fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// One session, from dial to disconnect. Ok(welcomed) on a clean end by the operator.
 async fn session_once(
     cfg: &SessionConfig,
@@ -138,11 +106,11 @@ async fn session_inner(
     metrics: &Arc<Metrics>,
     welcomed: &mut bool,
 ) -> Result<()> {
-    let endpoint = credentials::endpoint(&cfg.operator, cfg.credential.ca_pem.as_deref())?
+    let endpoint = join::endpoint(&cfg.operator, cfg.credential.ca_pem.as_deref())?
         // Tunnels carry bulk data over this connection: h2's 64 KiB default windows are small.
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024);
-    let channel = credentials::connect(endpoint).await?;
+        .initial_stream_window_size(pb::TUNNEL_STREAM_WINDOW)
+        .initial_connection_window_size(pb::TUNNEL_CONNECTION_WINDOW);
+    let channel = join::connect(endpoint).await?;
     let mut client = EdgeClient::new(channel)
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
@@ -161,6 +129,7 @@ async fn session_inner(
         runtime: pods.runtime_name().to_string(),
         owner: cfg.owner.clone(),
         pods: pods.board().all(),
+        platform: Some(cfg.platform.clone()),
     };
     tx.send(msg(Out::Hello(hello)))
         .await
@@ -250,7 +219,7 @@ fn tunnel_opener(
         let mut client = client.clone();
         let mut request = tonic::Request::new(frames);
         if let Some(p) = provider.clone() {
-            request.metadata_mut().insert("decloud-provider", p);
+            request.metadata_mut().insert(pb::PROVIDER_METADATA, p);
         }
         let request = credential.authorize(request);
         Box::pin(async move {
@@ -303,29 +272,5 @@ fn handle(
         Some(In::OpenTunnel(t)) => tunnel::open(t, pods, tunnels),
         Some(In::Welcome(_)) => tracing::warn!("unexpected second Welcome; ignored"),
         None => tracing::warn!("empty operator message; ignored"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_jitters_caps_and_resets() {
-        let mut b = ReconnectBackoff::new(Duration::from_secs(5));
-        let mut last_base = Duration::ZERO;
-        for i in 0..10 {
-            let base = (ReconnectBackoff::INITIAL * 2u32.pow(i)).min(Duration::from_secs(5));
-            let d = b.next_delay();
-            assert!(
-                d >= base / 2 && d <= base,
-                "{i}: {d:?} not in [{:?}, {base:?}]",
-                base / 2
-            );
-            last_base = base;
-        }
-        assert_eq!(last_base, Duration::from_secs(5));
-        b.reset();
-        assert!(b.next_delay() <= ReconnectBackoff::INITIAL);
     }
 }

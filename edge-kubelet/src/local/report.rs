@@ -4,23 +4,21 @@
 //! The running agent rewrites `status.json` in its state folder every few seconds (atomically,
 //! mode 0600); `edge-kubelet status` reads it, so no port needs to be opened for it.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use decloud_proto as pb;
 
-use crate::{Error, Result, metrics::Metrics, status_board::StatusBoard};
+use crate::clock::now_unix_secs;
+use crate::error::{Error, Result};
 
 /// File name of the report in the state folder.
-pub const FILE: &str = "status.json";
+pub(crate) const FILE: &str = "status.json";
 /// How often the running agent rewrites it.
-pub const PERIOD: Duration = Duration::from_secs(2);
+pub(crate) const PERIOD: Duration = Duration::from_secs(2);
 
 /// What `edge-kubelet status` shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -84,12 +82,12 @@ impl PodLine {
     }
 }
 
-/// Rewrites the report every [`PERIOD`] until `shutdown`; `base` carries the fixed fields.
-pub async fn keep_writing(
+/// Rewrites the report every [`PERIOD`] until `shutdown`; `base` carries the fixed fields and
+/// `now` says whether the session is up and what the pods' statuses are.
+pub(crate) async fn keep_writing(
     state_dir: PathBuf,
     base: EdgeReport,
-    board: Arc<StatusBoard>,
-    metrics: Arc<Metrics>,
+    now: impl Fn() -> (bool, Vec<pb::PodStatus>),
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(PERIOD);
@@ -98,10 +96,11 @@ pub async fn keep_writing(
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
+        let (connected, pods) = now();
         let report = EdgeReport {
-            connected: metrics.is_connected(),
-            written_unix: now_unix(),
-            pods: board.all().iter().map(PodLine::from_status).collect(),
+            connected,
+            written_unix: now_unix_secs(),
+            pods: pods.iter().map(PodLine::from_status).collect(),
             ..base.clone()
         };
         if let Err(e) = write(&state_dir, &report) {
@@ -111,18 +110,11 @@ pub async fn keep_writing(
     // The agent is stopping: say so, so `status` does not show a stale "connected".
     let report = EdgeReport {
         connected: false,
-        written_unix: now_unix(),
-        pods: board.all().iter().map(PodLine::from_status).collect(),
+        written_unix: now_unix_secs(),
+        pods: now().1.iter().map(PodLine::from_status).collect(),
         ..base
     };
     let _ = write(&state_dir, &report);
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 fn write(state_dir: &Path, report: &EdgeReport) -> std::io::Result<()> {
@@ -154,8 +146,15 @@ pub fn read(state_dir: &Path) -> Result<EdgeReport> {
         .map_err(|e| Error::InvalidInput(format!("{} is not a status report: {e}", path.display())))
 }
 
+/// `edge-kubelet status`: the report of the agent using `state_dir`, rendered.
+pub(crate) fn status_text(state_dir: &Path) -> Result<String> {
+    let r = read(state_dir)?;
+    let alive = Path::new(&format!("/proc/{}", r.pid)).exists();
+    Ok(render(&r, now_unix_secs(), alive))
+}
+
 /// The report as a person reads it. `alive` says whether process `pid` still runs.
-pub fn render(r: &EdgeReport, now_unix: i64, alive: bool) -> String {
+pub(crate) fn render(r: &EdgeReport, now_unix: i64, alive: bool) -> String {
     let age = now_unix - r.written_unix;
     let state = match (alive, r.connected) {
         (false, _) => "agent not running".to_string(),

@@ -1,0 +1,11 @@
+//! Wall-clock time as the edge protocol carries it.
+
+/// Now, in Unix milliseconds.
+pub(crate) fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Now, in Unix seconds.
+pub(crate) fn now_unix_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}

@@ -1,0 +1,10 @@
+//! What the edge keeps on its own disk: the assigned pod set (`state_file`), so a restart
+//! without the operator changes nothing, and the status report `edge-kubelet status` reads
+//! (`report`).
+
+mod report;
+mod state_file;
+
+pub use report::{EdgeReport, PodLine, read as read_report};
+pub(crate) use report::{keep_writing, status_text};
+pub use state_file::StateFile;

@@ -1,0 +1,22 @@
+//! The pod side of the edge: the [`PodSupervisor`] runs one worker per assigned pod, each
+//! driving its containers through the lifecycle state machine on a
+//! [`crate::runtime::ContainerRuntime`] and publishing status on the [`StatusBoard`].
+//!
+//! - `supervisor`: admission (`--max-pods`), the assigned set, engine events to workers;
+//! - `worker`: one task per pod, carrying out what `lifecycle` decides;
+//! - `lifecycle`: the pure per-container state machine and the pod phase;
+//! - `readiness`: when to probe; `image_policy`: `--allowed-images`; `usage`: the meters.
+
+mod image_policy;
+mod lifecycle;
+mod readiness;
+mod status_board;
+mod supervisor;
+mod usage;
+mod worker;
+
+pub use image_policy::ImagePolicy;
+pub use lifecycle::BackoffPolicy;
+pub use status_board::{PodUpdate, StatusBoard};
+pub use supervisor::{OUT_OF_PODS, PodSupervisor};
+pub use worker::PodWorkerConfig;

@@ -1,0 +1,93 @@
+//! The [`ContainerRuntime`] trait: the container engine as the pod side of the edge uses it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use decloud_proto as pb;
+use pb::probe::Handler;
+
+use super::probe;
+use super::types::{
+    ContainerInfo, ContainerUsage, CreateRequest, LogOptions, ProbeTarget, RuntimeEvent,
+};
+use crate::error::Result;
+
+/// A container engine as the pod workers use it.
+///
+/// Contracts, for every implementation:
+/// - Only containers labelled `decloud.dev/managed-by=edge-kubelet` and this edge's
+///   `decloud.dev/node` are ever listed, stopped or removed.
+/// - Every method may be called more than once and concurrently; stop and remove are
+///   idempotent (a container that is already gone is not an error).
+/// - Methods may wait on the engine but never block a thread.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Short name reported to the operator (`docker`, `simulated`).
+    fn name(&self) -> &'static str;
+
+    /// The runtime's name and version as kubelet reports `containerRuntimeVersion`
+    /// (`docker://24.0.7`).
+    async fn version(&self) -> Result<String>;
+
+    /// Gets the engine ready (for Docker: checks the connection, creates the bridge network).
+    /// May be called more than once.
+    async fn prepare(&self) -> Result<()>;
+
+    /// Makes `image` available under `policy`. Fails with [`crate::error::Error::ImagePull`] carrying
+    /// the engine's message.
+    async fn ensure_image(&self, image: &str, policy: pb::PullPolicy) -> Result<()>;
+
+    /// Creates (does not start) a container and returns its id.
+    async fn create_container(&self, req: CreateRequest<'_>) -> Result<String>;
+
+    /// Starts a created container.
+    async fn start_container(&self, id: &str) -> Result<()>;
+
+    /// Current facts about one container; [`crate::error::Error::NotFound`] if it is gone.
+    async fn inspect_container(&self, id: &str) -> Result<ContainerInfo>;
+
+    /// All of this edge's containers, running or not.
+    async fn list_containers(&self) -> Result<Vec<ContainerInfo>>;
+
+    /// Stops a container: SIGTERM, then SIGKILL after `grace`. Idempotent.
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<()>;
+
+    /// Removes a stopped container. Idempotent.
+    async fn remove_container(&self, id: &str) -> Result<()>;
+
+    /// Changes of this edge's containers as they happen. The stream never ends on its own:
+    /// implementations reconnect and emit [`RuntimeEvent::Resync`] when they may have missed
+    /// something.
+    fn events(&self) -> BoxStream<'static, RuntimeEvent>;
+
+    /// Runs `cmd` inside a running container and returns its exit code.
+    async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<i64>;
+
+    /// The container's output (stdout and stderr interleaved).
+    fn logs(&self, id: &str, opts: LogOptions) -> BoxStream<'static, Result<Bytes>>;
+
+    /// CPU and memory counters of a running container, for usage accounting; `None` when the
+    /// engine cannot tell. The default tells nothing.
+    async fn usage(&self, _id: &str) -> Result<Option<ContainerUsage>> {
+        Ok(None)
+    }
+
+    /// Runs one readiness probe; true when it passed. The default aims network probes at the
+    /// pod IP from the edge host and runs `exec` probes through [`ContainerRuntime::exec`].
+    async fn probe(&self, target: ProbeTarget<'_>, probe: &pb::Probe) -> bool {
+        let timeout = probe::attempt_timeout(probe);
+        match &probe.handler {
+            Some(Handler::HttpGet(h)) => probe::http_get(target.pod_ip, h, timeout).await,
+            Some(Handler::TcpSocket(t)) => probe::tcp_connect(target.pod_ip, t, timeout).await,
+            Some(Handler::Exec(e)) => self
+                .exec(target.container_id, &e.command, timeout)
+                .await
+                .is_ok_and(|code| code == 0),
+            // A probe without a handler cannot fail.
+            None => true,
+        }
+    }
+}

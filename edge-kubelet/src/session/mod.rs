@@ -1,0 +1,9 @@
+//! The node side of the edge: the long-lived `Session` stream to the operator
+//! (`session_loop`), and what the operator asks for over it: container logs (`logs`) and
+//! tunnels to container ports (`tunnel`).
+
+mod logs;
+mod session_loop;
+mod tunnel;
+
+pub(crate) use session_loop::{SessionConfig, run};
