@@ -229,7 +229,7 @@ async fn workload_controller_places_rolls_fails_over_and_cleans_up() -> anyhow::
     assert!(
         wl.finalizers()
             .iter()
-            .any(|f| f == decloud_workload::FINALIZER)
+            .any(|f| f == decloud_crds::contracts::WORKLOAD_FINALIZER)
     );
 
     // Idempotent: a reconcile with nothing to do writes nothing (no changing status values).

@@ -49,11 +49,19 @@ mod tests {
     fn pins_round_trip_and_refuse_garbage() {
         let pin = CaPin::of_der(b"cert");
         let text = pin.to_string();
-        assert!(text.starts_with("sha256:") && text.len() == 7 + 64, "{text}");
+        assert!(
+            text.starts_with("sha256:") && text.len() == 7 + 64,
+            "{text}"
+        );
         assert_eq!(CaPin::parse(&text).unwrap(), pin);
         assert_eq!(CaPin::parse(&format!(" {text}\n")).unwrap(), pin);
         let hex = "ab".repeat(32);
-        for bad in [hex.clone(), "sha256:abc".into(), format!("sha1:{hex}"), format!("sha256:{hex}00")] {
+        for bad in [
+            hex.clone(),
+            "sha256:abc".into(),
+            format!("sha1:{hex}"),
+            format!("sha256:{hex}00"),
+        ] {
             assert!(CaPin::parse(&bad).is_err(), "{bad}");
         }
     }

@@ -5,15 +5,15 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use decloud_crds::Workload;
+use decloud_crds::{
+    Workload,
+    contracts::{WORKLOAD_LABEL, provider_of_node},
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
     runtime::{WatchStreamExt, reflector, watcher},
 };
-
-/// Label on every replica naming its Workload.
-pub const WORKLOAD_LABEL: &str = "decloud.dev/workload";
 
 /// One ready replica's exposed port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,7 +145,7 @@ impl Routes {
                     namespace: ns.clone(),
                     pod: p.name_any(),
                     pod_uid: p.uid()?,
-                    provider: node.strip_prefix("edge-")?.to_string(),
+                    provider: provider_of_node(&node)?.to_string(),
                     port,
                 })
             })

@@ -6,7 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use decloud_crds::{Provider, ReplicaPlacement, Workload, WorkloadStatus, find_condition};
+use decloud_crds::{
+    Provider, ReplicaPlacement, Workload, WorkloadStatus,
+    contracts::{
+        WORKLOAD_FIELD_MANAGER, WORKLOAD_FINALIZER, WORKLOAD_LABEL, node_name, provider_of_node,
+    },
+    find_condition,
+    pods::is_terminal,
+    quantity::{cpu_millis, memory_bytes},
+};
 use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
@@ -27,19 +35,11 @@ use crate::{
     Config, Error, Result,
     failover::{Health, OutageClock, verdict},
     placement::{Allocatable, Candidate, Resources},
-    pod::{
-        Replica, WORKLOAD_LABEL, build_pod, holds_resources, node_name, pod_requests,
-        replica_requests, template_hash,
-    },
-    quantity::{cpu_millis, memory_bytes},
+    pod::{Replica, build_pod, replica_requests, requests_of, template_hash},
     rollout::{DeleteReason, Observed, PlanInput, plan},
     status::{DEGRADED, StatusInput, compute_status},
 };
 
-/// Finalizer that keeps a Workload until its pods are gone.
-pub const FINALIZER: &str = "decloud.dev/workload-cleanup";
-/// Field manager of every status write and the `reportingController` of events.
-pub const FIELD_MANAGER: &str = "decloud-workload";
 /// Pod creates one reconcile has in flight at once.
 const CREATES_IN_FLIGHT: usize = 16;
 /// How long a pod this controller created counts against its provider before the cache shows it.
@@ -92,11 +92,11 @@ impl Context {
             let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
                 continue;
             };
-            if owned || !holds_resources(&pod) {
+            if owned || is_terminal(&pod) {
                 continue;
             }
             let entry = usage.entry(node.clone()).or_default();
-            *entry = entry.plus(pod_requests(&pod));
+            *entry = entry.plus(requests_of(&pod));
         }
         let mut assumed = self.assumed.lock().unwrap_or_else(PoisonError::into_inner);
         assumed.retain(|key, a| !cached.contains(key) && a.at.elapsed() < ASSUME_FOR);
@@ -177,7 +177,7 @@ pub async fn run(client: Client, config: Config) -> Result<()> {
     info!("provider and pod caches ready; starting the Workload controller");
 
     let reporter = Reporter {
-        controller: FIELD_MANAGER.into(),
+        controller: WORKLOAD_FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
     let ctx = Arc::new(Context {
@@ -261,7 +261,7 @@ pub(crate) async fn reconcile(workload: Arc<Workload>, ctx: Arc<Context>) -> Res
     let key = format!("{ns}/{}", workload.name_any());
     let api = Api::<Workload>::namespaced(ctx.client.clone(), &ns);
     async {
-        finalizer(&api, FINALIZER, workload, |event| async {
+        finalizer(&api, WORKLOAD_FINALIZER, workload, |event| async {
             match event {
                 Finalizer::Apply(wl) => apply(&wl, &ctx).await,
                 Finalizer::Cleanup(wl) => cleanup(&wl, &ctx).await,
@@ -338,10 +338,10 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
         .collect();
 
     let mut usage = ctx.node_usage(&uid);
-    for pod in pods.iter().filter(|p| holds_resources(p)) {
+    for pod in pods.iter().filter(|p| !is_terminal(p)) {
         if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
             let entry = usage.entry(node).or_default();
-            *entry = entry.plus(pod_requests(pod));
+            *entry = entry.plus(requests_of(pod));
         }
     }
     let candidates: Vec<Candidate> = providers
@@ -356,7 +356,7 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             let node = r.node.clone().unwrap_or_default();
             let provider = by_node.get(&node).copied();
             let provider_name = provider.map_or_else(
-                || node.strip_prefix("edge-").unwrap_or(&node).to_string(),
+                || provider_of_node(&node).unwrap_or(&node).to_string(),
                 |p| p.name_any(),
             );
             let health = Health::of(provider);
@@ -613,7 +613,7 @@ async fn write_status(workload: &Workload, ctx: &Context, status: WorkloadStatus
     });
     api.patch_status(
         &workload.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(WORKLOAD_FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await?;

@@ -19,13 +19,11 @@ mod error;
 mod failover;
 mod placement;
 mod pod;
-mod quantity;
 mod rollout;
 mod status;
 
-pub use controller::{FIELD_MANAGER, FINALIZER, run};
+pub use controller::run;
 pub use error::{Error, Result};
-pub use pod::{TEMPLATE_HASH_LABEL, WORKLOAD_LABEL, template_hash};
 
 /// Settings of the Workload controller.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use decloud_crds::{LabelSelector, Spread};
-
-use crate::quantity::{format_cpu, format_memory};
+use decloud_crds::{
+    LabelSelector, Spread,
+    pods::PodRequests,
+    quantity::{format_bytes, format_millis},
+};
 
 /// CPU, memory and pod count, as integers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,12 +29,12 @@ impl Resources {
         }
     }
 
-    /// Sum of two.
+    /// Sum of two; saturates instead of wrapping.
     pub fn plus(self, other: Self) -> Self {
         Self {
-            cpu_millis: self.cpu_millis + other.cpu_millis,
-            memory_bytes: self.memory_bytes + other.memory_bytes,
-            pods: self.pods + other.pods,
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+            pods: self.pods.saturating_add(other.pods),
         }
     }
 
@@ -40,9 +42,16 @@ impl Resources {
     pub fn describe(self) -> String {
         format!(
             "cpu {}, memory {}",
-            format_cpu(self.cpu_millis),
-            format_memory(self.memory_bytes)
+            format_millis(self.cpu_millis),
+            format_bytes(self.memory_bytes)
         )
+    }
+}
+
+impl From<PodRequests> for Resources {
+    /// One pod with these requests.
+    fn from(r: PodRequests) -> Self {
+        Self::pod(r.cpu_millis, r.memory_bytes)
     }
 }
 

@@ -2,7 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use decloud_crds::{Container, PodSpec, PodTemplate, Probe, ResourceList, Workload};
+use decloud_crds::{
+    Container, PodSpec, PodTemplate, Probe, ResourceList, Workload,
+    contracts::{EDGE_TAINT, TEMPLATE_HASH_LABEL, WORKLOAD_LABEL},
+    pods::pod_requests,
+};
 use k8s_openapi::{
     api::core::v1 as core,
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
@@ -10,23 +14,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    Error, Result,
-    placement::Resources,
-    quantity::{cpu_millis, memory_bytes},
-};
-
-/// Label naming the Workload a replica belongs to.
-pub const WORKLOAD_LABEL: &str = "decloud.dev/workload";
-/// Label carrying the hash of the template a replica was made from.
-pub const TEMPLATE_HASH_LABEL: &str = "decloud.dev/template-hash";
-/// Taint key of every virtual edge node.
-pub const EDGE_TAINT_KEY: &str = "decloud.dev/edge";
-
-/// Name of the virtual node of a provider.
-pub fn node_name(provider: &str) -> String {
-    format!("edge-{provider}")
-}
+use crate::{Error, Result, placement::Resources};
 
 /// A stable hash of a pod template (16 hex digits): equal templates, equal hashes.
 pub fn template_hash(template: &PodTemplate) -> String {
@@ -37,53 +25,20 @@ pub fn template_hash(template: &PodTemplate) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// What one replica of `spec` requests. As Kubernetes does, a container without a request for
-/// a resource but with a limit for it requests the limit.
+/// What one replica of `spec` requests: the requests of the pod [`build_pod`] makes of it.
 pub fn replica_requests(spec: &PodSpec) -> Resources {
-    spec.containers.iter().fold(Resources::pod(0, 0), |acc, c| {
-        let res = c.resources.as_ref();
-        let pick = |get: fn(&ResourceList) -> Option<&String>| {
-            res.and_then(|r| r.requests.as_ref().and_then(get))
-                .or_else(|| res.and_then(|r| r.limits.as_ref().and_then(get)))
-        };
-        let cpu = pick(|l| l.cpu.as_ref())
-            .and_then(|q| cpu_millis(q))
-            .unwrap_or(0);
-        let mem = pick(|l| l.memory.as_ref())
-            .and_then(|q| memory_bytes(q))
-            .unwrap_or(0);
-        acc.plus(Resources {
-            cpu_millis: cpu,
-            memory_bytes: mem,
-            pods: 0,
-        })
+    requests_of(&core::Pod {
+        spec: Some(core::PodSpec {
+            containers: spec.containers.iter().map(container).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
     })
 }
 
-/// What a pod requests (of any origin); limits stand in for missing requests.
-pub fn pod_requests(pod: &core::Pod) -> Resources {
-    let containers = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or(&[]);
-    containers.iter().fold(Resources::pod(0, 0), |acc, c| {
-        let res = c.resources.as_ref();
-        let pick = |key: &str| {
-            res.and_then(|r| r.requests.as_ref().and_then(|m| m.get(key)))
-                .or_else(|| res.and_then(|r| r.limits.as_ref().and_then(|m| m.get(key))))
-        };
-        acc.plus(Resources {
-            cpu_millis: pick("cpu").and_then(|q| cpu_millis(&q.0)).unwrap_or(0),
-            memory_bytes: pick("memory").and_then(|q| memory_bytes(&q.0)).unwrap_or(0),
-            pods: 0,
-        })
-    })
-}
-
-/// Whether a pod still holds resources on its node (not Succeeded or Failed).
-pub fn holds_resources(pod: &core::Pod) -> bool {
-    !matches!(phase_of(pod), "Succeeded" | "Failed")
+/// What a pod (of any origin) requests; limits stand in for missing requests.
+pub fn requests_of(pod: &core::Pod) -> Resources {
+    Resources::from(pod_requests(pod))
 }
 
 fn phase_of(pod: &core::Pod) -> &str {
@@ -117,7 +72,7 @@ pub fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<core::Po
         spec: Some(core::PodSpec {
             node_name: Some(node.into()),
             tolerations: Some(vec![core::Toleration {
-                key: Some(EDGE_TAINT_KEY.into()),
+                key: Some(EDGE_TAINT.into()),
                 operator: Some("Exists".into()),
                 effect: Some("NoSchedule".into()),
                 ..Default::default()

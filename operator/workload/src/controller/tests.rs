@@ -81,7 +81,7 @@ fn workload() -> Workload {
     wl.metadata.namespace = Some("default".into());
     wl.metadata.uid = Some("wl-uid".into());
     wl.metadata.generation = Some(1);
-    wl.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    wl.metadata.finalizers = Some(vec![WORKLOAD_FINALIZER.into()]);
     wl
 }
 
@@ -118,7 +118,7 @@ fn context(client: Client, providers: Vec<Provider>) -> Arc<Context> {
         writer.apply_watcher_event(&watcher::Event::Apply(p));
     }
     Arc::new(Context {
-        recorder: Recorder::new(client.clone(), FIELD_MANAGER.into()),
+        recorder: Recorder::new(client.clone(), WORKLOAD_FIELD_MANAGER.into()),
         client,
         config: Config::default(),
         providers: writer.as_reader(),
