@@ -6,7 +6,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use decloud_crds::Workload;
 use decloud_gateway::{Routes, self_signed_tls, serve_gateway, serve_kubelet_api};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -24,6 +27,14 @@ pub struct GatewayConfig {
     pub base_domain: String,
 }
 
+/// The shared caches the gateway resolves hosts from.
+pub struct RouteCaches {
+    /// Every Workload.
+    pub workloads: reflector::Store<Workload>,
+    /// Every pod.
+    pub pods: reflector::Store<Pod>,
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -32,7 +43,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener> {
 
 /// Serves the gateway on `cfg.listen` and the kubelet API on `--node-address:--kubelet-port`
 /// (all interfaces if that address is not local) until the process ends.
-pub async fn run(ctx: Arc<Context>, cfg: GatewayConfig) -> Result<()> {
+pub async fn run(ctx: Arc<Context>, cfg: GatewayConfig, routes_from: RouteCaches) -> Result<()> {
     let gateway = bind("gateway", cfg.listen).await?;
     let addr = gateway.local_addr().map_err(|source| Error::Serve {
         what: "gateway",
@@ -65,11 +76,10 @@ pub async fn run(ctx: Arc<Context>, cfg: GatewayConfig) -> Result<()> {
     })?;
     info!(addr = ?kubelet.local_addr().ok(), "kubelet API listening (kubectl logs)");
 
-    let (routes, drive_routes) = Routes::watch(ctx.client.clone(), cfg.base_domain);
+    let routes = Routes::new(routes_from.workloads, routes_from.pods, cfg.base_domain);
     let dialer = Arc::new(TunnelBroker::new(ctx.clone()));
     let logs = Arc::new(LogRelay::new(ctx));
     tokio::join!(
-        drive_routes,
         serve_gateway(gateway, routes, dialer),
         serve_kubelet_api(kubelet, tls, logs),
     );

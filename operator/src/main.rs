@@ -17,7 +17,8 @@ use decloud_operator::metrics::Metrics;
 use decloud_operator::server::EdgeService;
 use decloud_operator::tls;
 use decloud_operator::{Config, Error, bridge, http, leader, node, provider, server};
-use k8s_openapi::api::core::v1::Node;
+use decloud_workload::{SharedWatch, Watches};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::info;
@@ -473,6 +474,30 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             return;
         }
         let mut loops = tokio::task::JoinSet::new();
+        // One watch per kind, shared by every controller in the process. Started here, under
+        // leadership, because every subscriber must be read or the watch waits for it.
+        // integrator: feed the Provider controller and the pod bridge from these too (their
+        // own watches below go then).
+        let workload_watch = SharedWatch::<Workload>::new(1024);
+        let mut provider_watch = SharedWatch::<Provider>::new(1024);
+        let mut pod_watch = SharedWatch::<Pod>::new(1024);
+        let watches = Watches {
+            workloads: workload_watch.store(),
+            workload_events: workload_watch.subscribe(),
+            providers: provider_watch.store(),
+            provider_events: provider_watch.subscribe(),
+            deleted_providers: provider_watch.deletions(),
+            pods: pod_watch.store(),
+            pod_events: pod_watch.subscribe(),
+            deleted_pods: pod_watch.deletions(),
+        };
+        let route_caches = decloud_operator::gateway::RouteCaches {
+            workloads: workload_watch.store(),
+            pods: pod_watch.store(),
+        };
+        loops.spawn(workload_watch.run(Api::all(client.clone()), watcher::Config::default()));
+        loops.spawn(provider_watch.run(Api::all(client.clone()), watcher::Config::default()));
+        loops.spawn(pod_watch.run(Api::all(client.clone()), watcher::Config::default()));
         loops.spawn(bridge::run_pod_watcher(ctx.clone(), pods_writer));
         loops.spawn(bridge::write_statuses(ctx.clone(), queues.status_rx));
         loops.spawn(node::renew_node_leases(ctx.clone()));
@@ -493,7 +518,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let gateway_ctx = ctx.clone();
         loops.spawn(async move {
-            if let Err(e) = decloud_operator::gateway::run(gateway_ctx, gateway_config).await {
+            if let Err(e) =
+                decloud_operator::gateway::run(gateway_ctx, gateway_config, route_caches).await
+            {
                 tracing::error!(error = %e, "the gateway stopped");
             }
         });
@@ -503,7 +530,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let workload_client = client.clone();
         loops.spawn(async move {
-            if let Err(e) = decloud_workload::run(workload_client, workload_config).await {
+            if let Err(e) = decloud_workload::run(workload_client, workload_config, watches).await {
                 tracing::error!(error = %e, "the Workload controller stopped");
             }
         });

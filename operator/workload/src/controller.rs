@@ -21,12 +21,11 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{Event as Finalizer, finalizer},
-        reflector::{self, ObjectRef, Store},
-        watcher,
+        reflector::{ObjectRef, Store},
     },
 };
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -38,6 +37,7 @@ use crate::{
     pod::{Replica, build_pod, replica_requests, requests_of, template_hash},
     rollout::{DeleteReason, Observed, PlanInput, plan},
     status::{DEGRADED, StatusInput, compute_status},
+    watches::{Resumed, Watches},
 };
 
 /// Pod creates one reconcile has in flight at once.
@@ -144,36 +144,34 @@ impl Context {
 
 // === run ===
 
-/// Runs the Workload controller until the process ends (or the watches fail for good).
+/// Runs the Workload controller over the process's shared watches until the process ends (or
+/// the watches end).
 ///
-/// Checks first that the CRDs are installed and says how to install them if not.
-pub async fn run(client: Client, config: Config) -> Result<()> {
-    let workloads = Api::<Workload>::all(client.clone());
-    let providers = Api::<Provider>::all(client.clone());
-    let pods = Api::<Pod>::all(client.clone());
-    workloads
+/// Checks first that the CRDs are installed and says how to install them if not, then waits
+/// until the Provider and pod caches are complete.
+pub async fn run(client: Client, config: Config, watches: Watches) -> Result<()> {
+    Api::<Workload>::all(client.clone())
         .list(&ListParams::default().limit(1))
         .await
         .map_err(|e| Error::CrdMissing("workloads.decloud.dev", e))?;
-    providers
+    Api::<Provider>::all(client.clone())
         .list(&ListParams::default().limit(1))
         .await
         .map_err(|e| Error::CrdMissing("providers.decloud.dev", e))?;
 
-    let (provider_store, writer) = reflector::store();
-    let provider_watch =
-        reflector::reflector(writer, watcher(providers.clone(), Default::default()))
-            .default_backoff()
-            .touched_objects();
-    tokio::spawn(provider_watch.for_each(|_| async {}));
-    let (pod_store, writer) = reflector::store();
-    let pod_watch = reflector::reflector(writer, watcher(pods, Default::default()))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(pod_watch.for_each(|_| async {}));
+    let Watches {
+        workloads,
+        workload_events,
+        providers,
+        provider_events,
+        pods,
+        pod_events,
+        deleted_providers,
+        deleted_pods,
+    } = watches;
     // Without a full view of providers every replica would look lost.
-    let _ = provider_store.wait_until_ready().await;
-    let _ = pod_store.wait_until_ready().await;
+    let _ = providers.wait_until_ready().await;
+    let _ = pods.wait_until_ready().await;
     info!("provider and pod caches ready; starting the Workload controller");
 
     let reporter = Reporter {
@@ -184,25 +182,25 @@ pub async fn run(client: Client, config: Config) -> Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         config,
-        providers: provider_store,
-        pods: pod_store.clone(),
+        providers,
+        pods: pods.clone(),
         outages: OutageClock::default(),
         assumed: Mutex::default(),
         placing: tokio::sync::Mutex::new(()),
     });
 
+    // Shared streams carry changes only; deletions come on their own channels.
+    let pod_triggers = futures::stream::select(Resumed::new(pod_events), deleted_pods);
+    let provider_triggers =
+        futures::stream::select(Resumed::new(provider_events), deleted_providers);
+    let workload_store = workloads.clone();
     // Bounded: each reconcile lists its Workload's pods and may create many; a few in flight keep
     // the API server responsive for everything else.
-    let controller = Controller::new(workloads, watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(8));
-    let workload_store = controller.store();
-    controller
-        .owns(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(WORKLOAD_LABEL),
-        )
-        .watches(providers, watcher::Config::default(), move |provider| {
-            workloads_affected_by(&provider, &pod_store, &workload_store)
+    Controller::for_shared_stream(Resumed::new(workload_events), workloads)
+        .with_config(kube::runtime::controller::Config::default().concurrency(8))
+        .owns_shared_stream(pod_triggers)
+        .watches_shared_stream(provider_triggers, move |provider| {
+            workloads_affected_by(&provider, &pods, &workload_store)
         })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -8,7 +8,10 @@ use decloud_crds::{
     ResourceOffer, WorkloadSpec,
 };
 use http::{Request, Response};
-use kube::{client::Body, runtime::reflector::store::Writer};
+use kube::{
+    client::Body,
+    runtime::{reflector::store::Writer, watcher},
+};
 use serde_json::{Value, json};
 
 /// Every request the mock saw: method, path, query, JSON body.
