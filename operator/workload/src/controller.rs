@@ -7,7 +7,7 @@ use std::{
 };
 
 use decloud_crds::{
-    Provider, ReplicaPlacement, Workload, WorkloadStatus,
+    Placement, Provider, ReplicaPlacement, Workload, WorkloadStatus,
     contracts::{
         WORKLOAD_FIELD_MANAGER, WORKLOAD_FINALIZER, WORKLOAD_LABEL, node_name, provider_of_node,
     },
@@ -35,7 +35,7 @@ use crate::{
     failover::{Health, OutageClock, verdict},
     placement::{Allocatable, Candidate, Resources},
     pod::{Replica, build_pod, replica_requests, requests_of, template_hash},
-    rollout::{DeleteReason, Observed, PlanInput, plan},
+    rollout::{self, DeleteReason, Deletion, Observed, PlanInput},
     status::{DEGRADED, StatusInput, compute_status},
     watches::{Resumed, Watches},
 };
@@ -306,48 +306,97 @@ async fn owned_pods(workload: &Workload, ctx: &Context) -> Result<(Api<Pod>, Vec
     Ok((api, pods))
 }
 
-/// Brings the Workload's pods one step closer to its spec and writes its status.
+/// Brings the Workload's pods one step closer to its spec and writes its status:
+/// [`observe`] → [`plan`] → [`execute`] → [`summarize`].
 async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
     let uid = workload
         .uid()
         .ok_or_else(|| Error::InvalidWorkload("no uid".into()))?;
-    let ns = workload.namespace().unwrap_or_default();
+    // Our own pods change only through this reconcile, which never runs twice at once for
+    // one Workload; others' pods are what the lock below is about.
+    let (pods_api, pods) = owned_pods(workload, ctx).await?;
+    let placing = ctx.placing.lock().await;
+    let snapshot = observe(workload, ctx, &uid, &pods, Timestamp::now());
+    let step = plan(&snapshot);
+    let outcome = execute(workload, ctx, &pods_api, &uid, &snapshot, &step).await?;
+    // Events are published after the lock is released; they need not hold up other Workloads.
+    drop(placing);
+    ctx.publish_all(workload, outcome.events).await;
+    if let Some(e) = outcome.failure {
+        return Err(e.into());
+    }
+    let status = summarize(
+        workload,
+        &ctx.config,
+        &snapshot,
+        &step,
+        &outcome.gone,
+        outcome.created,
+    );
+    write_status(workload, ctx, status).await?;
+    Ok(Action::requeue(step.plan.requeue))
+}
+
+// === observe ===
+
+/// What one reconcile knows: the Workload's spec, its pods with their providers' verdicts, and
+/// every provider as placement sees it.
+#[derive(Clone, Debug)]
+struct Snapshot {
+    /// `spec.replicas`.
+    desired: usize,
+    /// Hash of the current template.
+    hash: String,
+    /// Requests of one replica.
+    per_replica: Resources,
+    /// Failover grace, seconds.
+    grace_seconds: i64,
+    /// Placement rules.
+    placement: Placement,
+    /// The Workload's pods.
+    observed: Vec<Observed>,
+    /// Every provider, with what is bound to it.
+    candidates: Vec<Candidate>,
+    /// Each provider's virtual node, by provider name.
+    nodes: HashMap<String, String>,
+    /// When the snapshot was taken.
+    now: Timestamp,
+}
+
+/// Reads the caches into a [`Snapshot`]. `pods` are the Workload's own, fresher than the cache.
+fn observe(
+    workload: &Workload,
+    ctx: &Context,
+    uid: &str,
+    pods: &[Pod],
+    now: Timestamp,
+) -> Snapshot {
     let spec = &workload.spec;
-    let desired = usize::try_from(spec.replicas).unwrap_or(0);
-    let hash = template_hash(&spec.template);
-    let per_replica = replica_requests(&spec.template.spec);
     let grace_seconds = spec
         .failover
         .as_ref()
         .map_or(decloud_crds::default_failover_grace(), |f| f.grace_seconds)
         .max(0);
     let grace = Duration::from_secs(grace_seconds.unsigned_abs());
-    let placement = spec.placement.clone().unwrap_or_default();
-
-    // Our own pods change only through this reconcile, which never runs twice at once for
-    // one Workload; others' pods are what the lock below is about.
-    let (pods_api, pods) = owned_pods(workload, ctx).await?;
-    let placing = ctx.placing.lock().await;
-    let now = Timestamp::now();
     let providers = ctx.providers.state();
     let by_node: HashMap<String, &Provider> = providers
         .iter()
         .map(|p| (provider_node(p), p.as_ref()))
         .collect();
 
-    let mut usage = ctx.node_usage(&uid);
+    let mut usage = ctx.node_usage(uid);
     for pod in pods.iter().filter(|p| !is_terminal(p)) {
         if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
             let entry = usage.entry(node).or_default();
             *entry = entry.plus(requests_of(pod));
         }
     }
-    let candidates: Vec<Candidate> = providers
+    let candidates = providers
         .iter()
         .map(|p| candidate(p, usage.get(&provider_node(p)).copied().unwrap_or_default()))
         .collect();
 
-    let observed: Vec<Observed> = pods
+    let observed = pods
         .iter()
         .map(|pod| {
             let r = Replica::from_pod(pod);
@@ -371,20 +420,90 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
         })
         .collect();
 
-    let step = plan(&PlanInput {
-        desired,
-        hash: &hash,
-        observed: &observed,
-        candidates: &candidates,
-        per_replica,
-        spread: placement.spread,
-        selector: placement.provider_selector.as_ref(),
-    });
+    Snapshot {
+        desired: usize::try_from(spec.replicas).unwrap_or(0),
+        hash: template_hash(&spec.template),
+        per_replica: replica_requests(&spec.template.spec),
+        grace_seconds,
+        placement: spec.placement.clone().unwrap_or_default(),
+        observed,
+        candidates,
+        nodes: by_node
+            .iter()
+            .map(|(node, p)| (p.name_any(), node.clone()))
+            .collect(),
+        now,
+    }
+}
 
-    // Events are published after the lock is released; they need not hold up other Workloads.
+// === plan ===
+
+/// What one reconcile does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Step {
+    /// Deletions, creations (by provider), shortage and when to look again.
+    plan: rollout::Plan,
+    /// `(provider, node)` of each replica to create.
+    creates: Vec<(String, String)>,
+}
+
+/// Decides the step: pure, over the snapshot alone.
+fn plan(s: &Snapshot) -> Step {
+    let plan = rollout::plan(&PlanInput {
+        desired: s.desired,
+        hash: &s.hash,
+        observed: &s.observed,
+        candidates: &s.candidates,
+        per_replica: s.per_replica,
+        spread: s.placement.spread,
+        selector: s.placement.provider_selector.as_ref(),
+    });
+    let creates = plan
+        .create
+        .iter()
+        .map(|provider| {
+            let node = s
+                .nodes
+                .get(provider)
+                .cloned()
+                .unwrap_or_else(|| node_name(provider));
+            (provider.clone(), node)
+        })
+        .collect();
+    Step { plan, creates }
+}
+
+// === execute ===
+
+/// An event to publish: type, reason, note.
+type Note = (EventType, &'static str, String);
+
+/// What [`execute`] did.
+struct Outcome {
+    /// Pods deleted (or already gone).
+    gone: BTreeSet<String>,
+    /// `(pod, provider)` of each replica created.
+    created: Vec<(String, String)>,
+    /// Events to publish, one per pod touched.
+    events: Vec<Note>,
+    /// The first create that failed, if any.
+    failure: Option<kube::Error>,
+}
+
+/// Carries out `step`: deletions one by one, then creations a few at a time. A failed delete
+/// stops the step; a failed create is reported in [`Outcome::failure`] after the others.
+async fn execute(
+    workload: &Workload,
+    ctx: &Context,
+    pods_api: &Api<Pod>,
+    uid: &str,
+    s: &Snapshot,
+    step: &Step,
+) -> Result<Outcome> {
+    let ns = workload.namespace().unwrap_or_default();
     let mut events = Vec::new();
     let mut gone = BTreeSet::new();
-    for d in &step.delete {
+    for d in &step.plan.delete {
         let params = if d.force {
             DeleteParams::default().grace_period(0)
         } else {
@@ -396,67 +515,25 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             Err(e) => return Err(e.into()),
         }
         gone.insert(d.pod.clone());
-        let (type_, reason, note) = match &d.reason {
-            DeleteReason::Failover { down_for } => (
-                EventType::Warning,
-                "Failover",
-                format!(
-                    "provider {} NotReady for {}s (grace {grace_seconds}s): replacing pod {}",
-                    d.provider,
-                    down_for.as_secs(),
-                    d.pod
-                ),
-            ),
-            DeleteReason::Abandoned => (
-                EventType::Warning,
-                "ForceDeleted",
-                format!("pod {} was stopping on lost provider {}", d.pod, d.provider),
-            ),
-            DeleteReason::Finished => (
-                EventType::Normal,
-                "Replacing",
-                format!("pod {} on {} has finished; replacing it", d.pod, d.provider),
-            ),
-            DeleteReason::Surplus => (
-                EventType::Normal,
-                "ScaledDown",
-                format!("removed pod {} from provider {}", d.pod, d.provider),
-            ),
-            DeleteReason::Replaced | DeleteReason::MakeRoom => (
-                EventType::Normal,
-                "Replaced",
-                format!(
-                    "pod {} on {} replaced by the new template",
-                    d.pod, d.provider
-                ),
-            ),
-        };
-        info!(pod = %d.pod, provider = %d.provider, force = d.force, reason, "deleting pod");
-        events.push((type_, reason, note));
+        let note = deletion_note(d, s.grace_seconds);
+        info!(pod = %d.pod, provider = %d.provider, force = d.force, reason = note.1, "deleting pod");
+        events.push(note);
     }
 
     // Creates go out a few at a time: a 1,000-replica Workload is placed in seconds, not
     // one API round trip after another.
-    let by_name: HashMap<String, &String> =
-        by_node.iter().map(|(n, p)| (p.name_any(), n)).collect();
     let planned = step
-        .create
+        .creates
         .iter()
-        .map(|provider| {
-            let node = by_name
-                .get(provider)
-                .map_or_else(|| node_name(provider), |n| (*n).clone());
-            let pod = build_pod(workload, &hash, &node)?;
-            Ok((provider.clone(), node, pod))
+        .map(|(provider, node)| {
+            let pod = build_pod(workload, &s.hash, node)?;
+            Ok((provider.clone(), node.clone(), pod))
         })
         .collect::<Result<Vec<_>>>()?;
     let results: Vec<(String, String, kube::Result<Pod>)> =
-        futures::stream::iter(planned.into_iter().map(|(provider, node, pod)| {
-            let pods_api = &pods_api;
-            async move {
-                let result = pods_api.create(&PostParams::default(), &pod).await;
-                (provider, node, result)
-            }
+        futures::stream::iter(planned.into_iter().map(|(provider, node, pod)| async move {
+            let result = pods_api.create(&PostParams::default(), &pod).await;
+            (provider, node, result)
         }))
         .buffered(CREATES_IN_FLIGHT)
         .collect()
@@ -482,9 +559,9 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             &ns,
             &name,
             Assumed {
-                node: node.clone(),
-                requests: per_replica,
-                owner_uid: uid.clone(),
+                node,
+                requests: s.per_replica,
+                owner_uid: uid.to_string(),
                 at: Instant::now(),
             },
         );
@@ -496,17 +573,71 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
         ));
         created.push((name, provider));
     }
-    if let Some(e) = failure {
-        drop(placing);
-        ctx.publish_all(workload, events).await;
-        return Err(e.into());
-    }
-    drop(placing);
-    ctx.publish_all(workload, events).await;
+    Ok(Outcome {
+        gone,
+        created,
+        events,
+        failure,
+    })
+}
 
-    let mut placements: Vec<ReplicaPlacement> = observed
-        .iter()
-        .filter(|o| !o.terminating && !gone.contains(&o.pod))
+/// The event that explains a deletion.
+fn deletion_note(d: &Deletion, grace_seconds: i64) -> Note {
+    match &d.reason {
+        DeleteReason::Failover { down_for } => (
+            EventType::Warning,
+            "Failover",
+            format!(
+                "provider {} NotReady for {}s (grace {grace_seconds}s): replacing pod {}",
+                d.provider,
+                down_for.as_secs(),
+                d.pod
+            ),
+        ),
+        DeleteReason::Abandoned => (
+            EventType::Warning,
+            "ForceDeleted",
+            format!("pod {} was stopping on lost provider {}", d.pod, d.provider),
+        ),
+        DeleteReason::Finished => (
+            EventType::Normal,
+            "Replacing",
+            format!("pod {} on {} has finished; replacing it", d.pod, d.provider),
+        ),
+        DeleteReason::Surplus => (
+            EventType::Normal,
+            "ScaledDown",
+            format!("removed pod {} from provider {}", d.pod, d.provider),
+        ),
+        DeleteReason::Replaced | DeleteReason::MakeRoom => (
+            EventType::Normal,
+            "Replaced",
+            format!(
+                "pod {} on {} replaced by the new template",
+                d.pod, d.provider
+            ),
+        ),
+    }
+}
+
+// === summarize ===
+
+/// The status after the step: the replicas that remain, those just created, and the reasons
+/// for any shortage. Pure.
+fn summarize(
+    workload: &Workload,
+    config: &Config,
+    s: &Snapshot,
+    step: &Step,
+    gone: &BTreeSet<String>,
+    created: Vec<(String, String)>,
+) -> WorkloadStatus {
+    let remaining = || {
+        s.observed
+            .iter()
+            .filter(|o| !o.terminating && !gone.contains(&o.pod))
+    };
+    let mut placements: Vec<ReplicaPlacement> = remaining()
         .map(|o| ReplicaPlacement {
             pod: o.pod.clone(),
             provider: o.provider.clone(),
@@ -514,10 +645,7 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             ready: o.serving(),
         })
         .collect();
-    let mut updated = observed
-        .iter()
-        .filter(|o| !o.terminating && !gone.contains(&o.pod) && o.hash == hash)
-        .count();
+    let mut updated = remaining().filter(|o| o.hash == s.hash).count();
     for (pod, provider) in created {
         updated += 1;
         placements.push(ReplicaPlacement {
@@ -527,28 +655,28 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             ready: false,
         });
     }
-    let now_text = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let status = compute_status(StatusInput {
+    let now_text = s.now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    compute_status(StatusInput {
         generation: workload.metadata.generation,
-        desired,
-        url: ctx.config.url(workload),
+        desired: s.desired,
+        url: config.url(workload),
         placements,
         updated,
         shortage: step
+            .plan
             .shortage
             .as_ref()
-            .map(|s| s.message(step.placed, desired)),
+            .map(|sh| sh.message(step.plan.placed, s.desired)),
         unreachable: step
+            .plan
             .unreachable
             .iter()
             .map(|o| (o.pod.clone(), o.provider.clone()))
             .collect(),
-        grace_seconds,
+        grace_seconds: s.grace_seconds,
         previous: workload.status.as_ref(),
         now: &now_text,
-    });
-    write_status(workload, ctx, status).await?;
-    Ok(Action::requeue(step.requeue))
+    })
 }
 
 /// A provider as placement sees it.

@@ -239,3 +239,118 @@ async fn cleanup_force_deletes_pods_on_lost_providers_and_keeps_the_finalizer() 
         "the finalizer stays while pods remain"
     );
 }
+
+// === plan ===
+
+fn ready_candidate(name: &str) -> Candidate {
+    Candidate {
+        name: name.into(),
+        labels: Default::default(),
+        readiness: crate::placement::Readiness::Ready,
+        reliability_permille: 990,
+        allocatable: Allocatable {
+            cpu_millis: Some(2000),
+            memory_bytes: Some(4 << 30),
+            pods: Some(10),
+        },
+        used: Resources::default(),
+        replicas: 0,
+    }
+}
+
+fn replica(pod: &str, provider: &str, verdict: crate::failover::Verdict) -> Observed {
+    Observed {
+        pod: pod.into(),
+        provider: provider.into(),
+        hash: "h1".into(),
+        phase: "Running".into(),
+        ready: true,
+        terminating: false,
+        verdict,
+    }
+}
+
+fn snapshot(observed: Vec<Observed>, candidates: Vec<Candidate>) -> Snapshot {
+    Snapshot {
+        desired: 1,
+        hash: "h1".into(),
+        per_replica: Resources::pod(100, 32 << 20),
+        grace_seconds: 5,
+        placement: Placement::default(),
+        nodes: candidates
+            .iter()
+            .map(|c| (c.name.clone(), format!("edge-{}", c.name)))
+            .collect(),
+        observed,
+        candidates,
+        now: Timestamp::now(),
+    }
+}
+
+#[test]
+fn plan_table() {
+    use crate::failover::Verdict;
+    let lost = Verdict::Replace {
+        down_for: Duration::from_secs(9),
+    };
+    struct Case {
+        name: &'static str,
+        snapshot: Snapshot,
+        /// `(pod, force)` deleted.
+        deletes: Vec<(&'static str, bool)>,
+        /// `(provider, node)` created on.
+        creates: Vec<(&'static str, &'static str)>,
+    }
+    let mut renamed = snapshot(vec![], vec![ready_candidate("bob")]);
+    renamed.nodes.insert("bob".into(), "edge-bob-2".into());
+    let mut unnamed = snapshot(vec![], vec![ready_candidate("carol")]);
+    unnamed.nodes.clear();
+    let cases = vec![
+        Case {
+            name: "a settled replica is kept",
+            snapshot: snapshot(
+                vec![replica("p1", "alice", Verdict::Keep)],
+                vec![ready_candidate("alice"), ready_candidate("bob")],
+            ),
+            deletes: vec![],
+            creates: vec![],
+        },
+        Case {
+            name: "failover force-deletes the lost replica and places one elsewhere",
+            snapshot: snapshot(
+                vec![replica("p1", "dave", lost)],
+                vec![ready_candidate("alice")],
+            ),
+            deletes: vec![("p1", true)],
+            creates: vec![("alice", "edge-alice")],
+        },
+        Case {
+            name: "a create goes to the node the Provider reports",
+            snapshot: renamed,
+            deletes: vec![],
+            creates: vec![("bob", "edge-bob-2")],
+        },
+        Case {
+            name: "a provider without a known node gets the conventional one",
+            snapshot: unnamed,
+            deletes: vec![],
+            creates: vec![("carol", "edge-carol")],
+        },
+    ];
+    for case in cases {
+        let step = plan(&case.snapshot);
+        let deletes: Vec<(&str, bool)> = step
+            .plan
+            .delete
+            .iter()
+            .map(|d| (d.pod.as_str(), d.force))
+            .collect();
+        assert_eq!(deletes, case.deletes, "{}", case.name);
+        let creates: Vec<(&str, &str)> = step
+            .creates
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.as_str()))
+            .collect();
+        assert_eq!(creates, case.creates, "{}", case.name);
+    }
+}
