@@ -1,7 +1,7 @@
 //! The controller: wiring (watches, caches, context) and the reconcile of one Workload.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -33,7 +33,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     Config, Error, Result,
     failover::{Health, OutageClock, verdict},
-    placement::{Allocatable, Candidate, Resources},
+    placement::{ARCH_LABEL, Allocatable, Candidate, OS_LABEL, Resources, is_platform_key},
     pod::{Replica, build_pod, replica_requests, requests_of, template_hash},
     rollout::{self, DeleteReason, Deletion, Observed, PlanInput},
     status::{DEGRADED, StatusInput, compute_status},
@@ -353,6 +353,8 @@ struct Snapshot {
     grace_seconds: i64,
     /// Placement rules.
     placement: Placement,
+    /// The template's `nodeSelector`.
+    node_selector: BTreeMap<String, String>,
     /// The Workload's pods.
     observed: Vec<Observed>,
     /// Every provider, with what is bound to it.
@@ -426,6 +428,7 @@ fn observe(
         per_replica: replica_requests(&spec.template.spec),
         grace_seconds,
         placement: spec.placement.clone().unwrap_or_default(),
+        node_selector: spec.template.spec.node_selector.clone(),
         observed,
         candidates,
         nodes: by_node
@@ -457,6 +460,7 @@ fn plan(s: &Snapshot) -> Step {
         per_replica: s.per_replica,
         spread: s.placement.spread,
         selector: s.placement.provider_selector.as_ref(),
+        node_selector: &s.node_selector,
     });
     let creates = plan
         .create
@@ -685,7 +689,7 @@ fn candidate(provider: &Provider, used: Resources) -> Candidate {
     let alloc = status.allocatable.unwrap_or_default();
     Candidate {
         name: provider.name_any(),
-        labels: provider.labels().clone(),
+        labels: placement_labels(provider),
         readiness: Health::of(Some(provider)).readiness(provider.spec.cordoned),
         reliability_permille: status
             .reliability
@@ -701,6 +705,21 @@ fn candidate(provider: &Provider, used: Resources) -> Candidate {
         used,
         replicas: 0,
     }
+}
+
+/// A provider's labels as selectors see them: the platform keys say what its edge reported,
+/// whatever its labels claim, and are absent until it has reported.
+fn placement_labels(provider: &Provider) -> BTreeMap<String, String> {
+    let mut labels = provider.labels().clone();
+    labels.retain(|k, _| !is_platform_key(k));
+    if let Some(p) = provider.status.as_ref().and_then(|s| s.platform.as_ref()) {
+        for (key, value) in [(ARCH_LABEL, &p.architecture), (OS_LABEL, &p.os)] {
+            if !value.is_empty() {
+                labels.insert(key.to_string(), value.clone());
+            }
+        }
+    }
+    labels
 }
 
 /// Writes `status` by server-side apply, unless it is what the Workload already shows; emits a

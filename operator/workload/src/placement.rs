@@ -8,6 +8,16 @@ use decloud_crds::{
     quantity::{format_bytes, format_millis},
 };
 
+/// Label key of a node's CPU architecture; on a provider it comes from its reported platform.
+pub const ARCH_LABEL: &str = "kubernetes.io/arch";
+/// Label key of a node's operating system; on a provider it comes from its reported platform.
+pub const OS_LABEL: &str = "kubernetes.io/os";
+
+/// Whether a label key is answered by a provider's platform rather than its labels.
+pub fn is_platform_key(key: &str) -> bool {
+    key == ARCH_LABEL || key == OS_LABEL
+}
+
 /// CPU, memory and pod count, as integers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Resources {
@@ -102,7 +112,8 @@ pub enum Readiness {
 pub struct Candidate {
     /// Provider name.
     pub name: String,
-    /// Provider labels, matched against the Workload's provider selector.
+    /// Provider labels, matched against the Workload's provider and node selectors; its
+    /// [`ARCH_LABEL`] and [`OS_LABEL`] are those of its reported platform (absent if none).
     pub labels: BTreeMap<String, String>,
     /// Readiness for new work.
     pub readiness: Readiness,
@@ -127,6 +138,32 @@ pub struct PlacementRequest<'a> {
     pub spread: Spread,
     /// Provider selector, if any.
     pub selector: Option<&'a LabelSelector>,
+    /// The template's `nodeSelector`: every entry must match.
+    pub node_selector: &'a BTreeMap<String, String>,
+}
+
+impl PlacementRequest<'_> {
+    fn admits(&self, c: &Candidate) -> bool {
+        self.selector.is_none_or(|s| s.matches(&c.labels))
+            && self
+                .node_selector
+                .iter()
+                .all(|(k, v)| c.labels.get(k) == Some(v))
+    }
+
+    /// The platform asked for (`kubernetes.io/arch=arm64`, …), from either selector.
+    fn platform(&self) -> Vec<(&str, &str)> {
+        let mut wanted: Vec<(&str, &str)> = self
+            .node_selector
+            .iter()
+            .chain(self.selector.iter().flat_map(|s| s.match_labels.iter()))
+            .filter(|(k, _)| is_platform_key(k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        wanted
+    }
 }
 
 /// Why some replicas found no provider.
@@ -142,6 +179,10 @@ pub struct Shortage {
     pub full: usize,
     /// The requests of one replica.
     pub per_replica: Resources,
+    /// The platform asked for (`kubernetes.io/arch=arm64`), if any.
+    pub platform: Vec<String>,
+    /// Ready, non-cordoned providers excluded because they run (or reported) another platform.
+    pub other_platform: usize,
 }
 
 impl Shortage {
@@ -182,7 +223,15 @@ impl Shortage {
                 format!(", {}", parts.join(", "))
             }
         };
-        format!("{placed}/{desired} replicas placed: {needs}; {providers}{detail}")
+        let platform = match self.other_platform {
+            0 => String::new(),
+            n => format!(
+                "; {n} Ready provider{} not {}",
+                if n == 1 { " is" } else { "s are" },
+                self.platform.join(", ")
+            ),
+        };
+        format!("{placed}/{desired} replicas placed: {needs}; {providers}{detail}{platform}")
     }
 }
 
@@ -197,8 +246,9 @@ pub struct Placement {
 
 /// Chooses a provider for each of `request.count` new replicas.
 ///
-/// A provider qualifies when it is Ready, not cordoned, matches the selector, has room for one
-/// more replica's requests, and (spread Required) runs no replica of this Workload yet. Among
+/// A provider qualifies when it is Ready, not cordoned, matches the provider selector and the
+/// node selector (platform keys by its reported platform), has room for one more replica's
+/// requests, and (spread Required) runs no replica of this Workload yet. Among
 /// those, the best is the one with the fewest replicas of this Workload, then the most reliable,
 /// then the least allocated, then the first by name — so the result depends on nothing but the
 /// input.
@@ -206,7 +256,7 @@ pub fn place_replicas(candidates: &[Candidate], request: &PlacementRequest<'_>) 
     let mut pool: Vec<Candidate> = candidates
         .iter()
         .filter(|c| c.readiness == Readiness::Ready)
-        .filter(|c| request.selector.is_none_or(|s| s.matches(&c.labels)))
+        .filter(|c| request.admits(c))
         .cloned()
         .collect();
     let mut chosen = Vec::with_capacity(request.count);
@@ -243,6 +293,16 @@ pub fn place_replicas(candidates: &[Candidate], request: &PlacementRequest<'_>) 
                     .filter(|c| request.spread == Spread::Preferred || c.replicas == 0)
                     .filter(|c| !c.allocatable.fits(c.used, request.per_replica))
                     .count();
+                let platform = request.platform();
+                let other_platform = candidates
+                    .iter()
+                    .filter(|c| c.readiness == Readiness::Ready)
+                    .filter(|c| {
+                        platform
+                            .iter()
+                            .any(|(k, v)| c.labels.get(*k).map(String::as_str) != Some(*v))
+                    })
+                    .count();
                 return Placement {
                     chosen,
                     shortage: Some(Shortage {
@@ -251,6 +311,8 @@ pub fn place_replicas(candidates: &[Candidate], request: &PlacementRequest<'_>) 
                         busy,
                         full,
                         per_replica: request.per_replica,
+                        platform: platform.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                        other_platform,
                     }),
                 };
             }

@@ -71,6 +71,7 @@ pub fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<core::Po
         },
         spec: Some(core::PodSpec {
             node_name: Some(node.into()),
+            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
             tolerations: Some(vec![core::Toleration {
                 key: Some(EDGE_TAINT.into()),
                 operator: Some("Exists".into()),

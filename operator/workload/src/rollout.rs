@@ -2,7 +2,7 @@
 //!
 //! Pure: the controller feeds it a snapshot and carries out the result.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use decloud_crds::{LabelSelector, Spread};
 
@@ -117,6 +117,8 @@ pub struct PlanInput<'a> {
     pub spread: Spread,
     /// Provider selector.
     pub selector: Option<&'a LabelSelector>,
+    /// The template's `nodeSelector`.
+    pub node_selector: &'a BTreeMap<String, String>,
 }
 
 /// Decides one step towards `desired` replicas of the current template.
@@ -183,6 +185,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 per_replica: input.per_replica,
                 spread: input.spread,
                 selector: input.selector,
+                node_selector: input.node_selector,
             },
         );
         out.create = placement.chosen;

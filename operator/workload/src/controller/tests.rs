@@ -277,6 +277,7 @@ fn snapshot(observed: Vec<Observed>, candidates: Vec<Candidate>) -> Snapshot {
         per_replica: Resources::pod(100, 32 << 20),
         grace_seconds: 5,
         placement: Placement::default(),
+        node_selector: BTreeMap::new(),
         nodes: candidates
             .iter()
             .map(|c| (c.name.clone(), format!("edge-{}", c.name)))
@@ -305,6 +306,20 @@ fn plan_table() {
     renamed.nodes.insert("bob".into(), "edge-bob-2".into());
     let mut unnamed = snapshot(vec![], vec![ready_candidate("carol")]);
     unnamed.nodes.clear();
+    let on = |name: &str, arch: &str| {
+        let mut c = ready_candidate(name);
+        c.labels.insert(ARCH_LABEL.to_string(), arch.to_string());
+        c
+    };
+    let mut arm = snapshot(
+        vec![],
+        vec![
+            on("a-amd", "amd64"),
+            on("b-arm", "arm64"),
+            ready_candidate("c-unknown"),
+        ],
+    );
+    arm.node_selector = BTreeMap::from([(ARCH_LABEL.to_string(), "arm64".to_string())]);
     let cases = vec![
         Case {
             name: "a settled replica is kept",
@@ -331,6 +346,12 @@ fn plan_table() {
             creates: vec![("bob", "edge-bob-2")],
         },
         Case {
+            name: "an arm64 template goes to the arm64 provider only",
+            snapshot: arm,
+            deletes: vec![],
+            creates: vec![("b-arm", "edge-b-arm")],
+        },
+        Case {
             name: "a provider without a known node gets the conventional one",
             snapshot: unnamed,
             deletes: vec![],
@@ -353,4 +374,24 @@ fn plan_table() {
             .collect();
         assert_eq!(creates, case.creates, "{}", case.name);
     }
+}
+
+#[test]
+fn placement_sees_the_reported_platform_not_the_labels() {
+    let mut p = provider("alice", ProviderPhase::Ready, "0.99");
+    p.metadata.labels = Some(BTreeMap::from([
+        (ARCH_LABEL.to_string(), "arm64".to_string()),
+        ("region".to_string(), "eu".to_string()),
+    ]));
+    let labels = placement_labels(&p);
+    assert_eq!(labels.get(ARCH_LABEL), None, "no platform reported yet");
+    assert_eq!(labels["region"], "eu");
+    p.status.as_mut().expect("status").platform = Some(decloud_crds::Platform {
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        ..Default::default()
+    });
+    let labels = placement_labels(&p);
+    assert_eq!(labels[ARCH_LABEL], "amd64");
+    assert_eq!(labels[OS_LABEL], "linux");
 }

@@ -52,6 +52,7 @@ fn workload() -> Workload {
                         }),
                         ..Default::default()
                     }],
+                    ..Default::default()
                 },
             },
             placement: None,
@@ -206,4 +207,21 @@ fn reads_a_replica_back() {
     assert!(r.ready);
     assert_eq!(r.phase, "Running");
     assert!(!decloud_crds::pods::is_terminal(&pod));
+}
+
+#[test]
+fn the_node_selector_is_copied_onto_the_pod() {
+    let mut wl = workload();
+    let pod = build_pod(&wl, "abc", "edge-a").expect("pod");
+    assert_eq!(pod.spec.expect("spec").node_selector, None);
+    wl.spec.template.spec.node_selector =
+        BTreeMap::from([("kubernetes.io/arch".into(), "arm64".into())]);
+    let pod = build_pod(&wl, "abc", "edge-a").expect("pod");
+    assert_eq!(
+        pod.spec.expect("spec").node_selector,
+        Some(BTreeMap::from([(
+            "kubernetes.io/arch".into(),
+            "arm64".into()
+        )]))
+    );
 }
