@@ -9,18 +9,18 @@ use decloud_crds::{
 };
 
 /// Label key of a node's CPU architecture; on a provider it comes from its reported platform.
-pub const ARCH_LABEL: &str = "kubernetes.io/arch";
+pub(crate) const ARCH_LABEL: &str = "kubernetes.io/arch";
 /// Label key of a node's operating system; on a provider it comes from its reported platform.
-pub const OS_LABEL: &str = "kubernetes.io/os";
+pub(crate) const OS_LABEL: &str = "kubernetes.io/os";
 
 /// Whether a label key is answered by a provider's platform rather than its labels.
-pub fn is_platform_key(key: &str) -> bool {
+pub(crate) fn is_platform_key(key: &str) -> bool {
     key == ARCH_LABEL || key == OS_LABEL
 }
 
 /// CPU, memory and pod count, as integers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Resources {
+pub(crate) struct Resources {
     /// Millicores.
     pub cpu_millis: i64,
     /// Bytes.
@@ -31,7 +31,7 @@ pub struct Resources {
 
 impl Resources {
     /// What one pod with these CPU and memory requests takes.
-    pub fn pod(cpu_millis: i64, memory_bytes: i64) -> Self {
+    pub(crate) fn pod(cpu_millis: i64, memory_bytes: i64) -> Self {
         Self {
             cpu_millis,
             memory_bytes,
@@ -40,7 +40,7 @@ impl Resources {
     }
 
     /// Sum of two; saturates instead of wrapping.
-    pub fn plus(self, other: Self) -> Self {
+    pub(crate) fn plus(self, other: Self) -> Self {
         Self {
             cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
@@ -49,7 +49,7 @@ impl Resources {
     }
 
     /// Human-readable form for messages ("cpu 100m, memory 32Mi").
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         format!(
             "cpu {}, memory {}",
             format_millis(self.cpu_millis),
@@ -67,7 +67,7 @@ impl From<PodRequests> for Resources {
 
 /// What a provider may hold; `None` for a dimension it does not report (unbounded).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Allocatable {
+pub(crate) struct Allocatable {
     /// Millicores.
     pub cpu_millis: Option<i64>,
     /// Bytes.
@@ -78,7 +78,7 @@ pub struct Allocatable {
 
 impl Allocatable {
     /// Whether `used + extra` stays within every reported dimension.
-    pub fn fits(&self, used: Resources, extra: Resources) -> bool {
+    pub(crate) fn fits(&self, used: Resources, extra: Resources) -> bool {
         let total = used.plus(extra);
         self.cpu_millis.is_none_or(|c| total.cpu_millis <= c)
             && self.memory_bytes.is_none_or(|m| total.memory_bytes <= m)
@@ -98,7 +98,7 @@ impl Allocatable {
 
 /// Whether a provider may take new replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     /// Connected and accepting work.
     Ready,
     /// Connected, but its owner asked for no new work.
@@ -109,7 +109,7 @@ pub enum Readiness {
 
 /// One provider as placement sees it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     /// Provider name.
     pub name: String,
     /// Provider labels, matched against the Workload's provider and node selectors; its
@@ -129,7 +129,7 @@ pub struct Candidate {
 
 /// What to place.
 #[derive(Clone, Debug)]
-pub struct PlacementRequest<'a> {
+pub(crate) struct PlacementRequest<'a> {
     /// How many new replicas.
     pub count: usize,
     /// Requests of one replica (`pods` = 1).
@@ -168,7 +168,7 @@ impl PlacementRequest<'_> {
 
 /// Why some replicas found no provider.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Shortage {
+pub(crate) struct Shortage {
     /// Replicas left without a provider.
     pub unplaced: usize,
     /// Ready, non-cordoned providers matching the selector.
@@ -188,7 +188,7 @@ pub struct Shortage {
 impl Shortage {
     /// The `Degraded` message: "3/4 replicas placed: 1 needs a provider; 3 Ready providers
     /// match, all in use".
-    pub fn message(&self, placed: usize, desired: usize) -> String {
+    pub(crate) fn message(&self, placed: usize, desired: usize) -> String {
         let needs = if self.unplaced == 1 {
             "1 needs a provider".to_string()
         } else {
@@ -237,7 +237,7 @@ impl Shortage {
 
 /// The providers chosen, one per new replica, and what could not be placed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// Provider names, in placement order.
     pub chosen: Vec<String>,
     /// Set when fewer than `count` replicas were placed.
@@ -252,7 +252,10 @@ pub struct Placement {
 /// those, the best is the one with the fewest replicas of this Workload, then the most reliable,
 /// then the least allocated, then the first by name — so the result depends on nothing but the
 /// input.
-pub fn place_replicas(candidates: &[Candidate], request: &PlacementRequest<'_>) -> Placement {
+pub(crate) fn place_replicas(
+    candidates: &[Candidate],
+    request: &PlacementRequest<'_>,
+) -> Placement {
     let mut pool: Vec<Candidate> = candidates
         .iter()
         .filter(|c| c.readiness == Readiness::Ready)

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::{Error, Result, placement::Resources};
 
 /// A stable hash of a pod template (16 hex digits): equal templates, equal hashes.
-pub fn template_hash(template: &PodTemplate) -> String {
+pub(crate) fn template_hash(template: &PodTemplate) -> String {
     // Struct fields serialize in declaration order and maps are BTreeMaps, so the JSON is
     // canonical for a given template.
     let json = serde_json::to_vec(template).unwrap_or_default();
@@ -26,7 +26,7 @@ pub fn template_hash(template: &PodTemplate) -> String {
 }
 
 /// What one replica of `spec` requests: the requests of the pod [`build_pod`] makes of it.
-pub fn replica_requests(spec: &PodSpec) -> Resources {
+pub(crate) fn replica_requests(spec: &PodSpec) -> Resources {
     requests_of(&core::Pod {
         spec: Some(core::PodSpec {
             containers: spec.containers.iter().map(container).collect(),
@@ -37,7 +37,7 @@ pub fn replica_requests(spec: &PodSpec) -> Resources {
 }
 
 /// What a pod (of any origin) requests; limits stand in for missing requests.
-pub fn requests_of(pod: &core::Pod) -> Resources {
+pub(crate) fn requests_of(pod: &core::Pod) -> Resources {
     Resources::from(pod_requests(pod))
 }
 
@@ -49,7 +49,7 @@ fn phase_of(pod: &core::Pod) -> &str {
 }
 
 /// The pod for one new replica of `workload` on node `node`.
-pub fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<core::Pod> {
+pub(crate) fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<core::Pod> {
     let name = workload.name_any();
     let owner = workload
         .controller_owner_ref(&())
@@ -174,7 +174,7 @@ fn probe(p: &Probe) -> core::Probe {
 
 /// A replica's pod as the controller reads it back.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Replica {
+pub(crate) struct Replica {
     /// Pod name.
     pub name: String,
     /// `spec.nodeName`, if bound.
@@ -191,7 +191,7 @@ pub struct Replica {
 
 impl Replica {
     /// Reads a pod.
-    pub fn from_pod(pod: &core::Pod) -> Self {
+    pub(crate) fn from_pod(pod: &core::Pod) -> Self {
         let ready = pod
             .status
             .as_ref()
