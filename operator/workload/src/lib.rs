@@ -46,7 +46,7 @@ mod watches;
 
 pub use controller::run;
 pub use error::{Error, Result};
-pub use watches::{SharedWatch, Watches};
+pub use watches::{Resumed, SharedWatch, Watches};
 
 /// Settings of the Workload controller.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -140,10 +140,13 @@ where
 /// object it was told about has left the store before it was read (created, then deleted soon
 /// after). Its reader would never be polled again and, once the buffer filled, the whole watch
 /// would stop. This polls it again whenever it gives up that way.
-pub(crate) struct Resumed<S>(Pin<Box<S>>);
+///
+/// Wrap every `ReflectHandle` a `Controller` reads in it.
+pub struct Resumed<S>(Pin<Box<S>>);
 
 impl<S: Stream> Resumed<S> {
-    pub(crate) fn new(stream: S) -> Self {
+    /// Wraps `stream`.
+    pub fn new(stream: S) -> Self {
         Self(Box::pin(stream))
     }
 }
