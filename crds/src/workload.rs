@@ -114,6 +114,13 @@ pub struct PodSpec {
     /// The containers of the pod; they share one network namespace.
     #[schemars(length(min = 1, max = 8))]
     pub containers: Vec<Container>,
+    /// Only providers that match every entry run replicas, as with a pod's `nodeSelector`:
+    /// `kubernetes.io/arch` and `kubernetes.io/os` are matched against the platform the
+    /// provider's edge reported (a provider that has reported none matches neither), other keys
+    /// against the provider's labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub node_selector: BTreeMap<String, String>,
 }
 
 fn default_grace() -> i64 {

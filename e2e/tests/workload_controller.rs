@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use decloud_crds::{Provider, Workload, find_condition};
 use decloud_e2e::{TestEnv, eventually};
+use decloud_workload::{SharedWatch, Watches};
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
@@ -187,6 +188,27 @@ async fn scale(client: &Client, replicas: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Workload controller over its own shared watches, as the operator runs it.
+async fn run_controller(client: Client) -> decloud_workload::Result<()> {
+    let workloads = SharedWatch::<Workload>::new(1024);
+    let mut providers = SharedWatch::<Provider>::new(1024);
+    let mut pods = SharedWatch::<Pod>::new(1024);
+    let watches = Watches {
+        workloads: workloads.store(),
+        workload_events: workloads.subscribe(),
+        providers: providers.store(),
+        provider_events: providers.subscribe(),
+        deleted_providers: providers.deletions(),
+        pods: pods.store(),
+        pod_events: pods.subscribe(),
+        deleted_pods: pods.deletions(),
+    };
+    tokio::spawn(workloads.run(Api::all(client.clone()), Default::default()));
+    tokio::spawn(providers.run(Api::all(client.clone()), Default::default()));
+    tokio::spawn(pods.run(Api::all(client.clone()), Default::default()));
+    decloud_workload::run(client, Default::default(), watches).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn workload_controller_places_rolls_fails_over_and_cleans_up() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;
@@ -197,7 +219,7 @@ async fn workload_controller_places_rolls_fails_over_and_cleans_up() -> anyhow::
         up.lock().expect("up").insert(name.to_string());
     }
     spawn_fake_bridge(client.clone(), up.clone());
-    let controller = tokio::spawn(decloud_workload::run(client.clone(), Default::default()));
+    let controller = tokio::spawn(run_controller(client.clone()));
 
     // Two replicas land on the two most reliable providers and become Available.
     let wl: Workload = serde_json::from_value(json!({
@@ -229,7 +251,7 @@ async fn workload_controller_places_rolls_fails_over_and_cleans_up() -> anyhow::
     assert!(
         wl.finalizers()
             .iter()
-            .any(|f| f == decloud_workload::FINALIZER)
+            .any(|f| f == decloud_crds::contracts::WORKLOAD_FINALIZER)
     );
 
     // Idempotent: a reconcile with nothing to do writes nothing (no changing status values).

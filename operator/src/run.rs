@@ -11,7 +11,8 @@ use decloud_crds::{Provider, Workload};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use decloud_workload::{Resumed, SharedWatch};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::info;
 
@@ -95,76 +96,18 @@ async fn edge_tls(client: &kube::Client, args: &RunArgs) -> Result<Option<tls::O
     Ok(Some(tls))
 }
 
-/// One shared watch of kind `K`: the store every part reads, and the stream that drives it
-/// (to be polled by exactly one owner).
-fn shared_watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> (
-    Store<K>,
-    reflector::store::Writer<K>,
-    impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
-)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-    (store, writer, watcher(api, config).default_backoff())
-}
-
-/// Drives a shared watch no one else consumes the events of.
-async fn drive<K, S>(stream: S)
-where
-    S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
-{
-    let mut stream = std::pin::pin!(stream);
-    while let Some(event) = stream.next().await {
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "watch");
-        }
-    }
-}
-
-/// The operator's one watch per kind: Pods, Providers, Workloads and virtual Nodes.
+/// The operator's one watch per kind: Pods, Providers, Workloads and virtual Nodes. Each
+/// subscriber handed out here is read by exactly one part; the watches start (and so the
+/// subscribers must be read) only under leadership.
 struct Watches {
-    pods: Store<Pod>,
-    /// Pod events for the pod bridge, which owns (polls) the Pod watch.
-    pod_stream: std::pin::Pin<Box<dyn Stream<Item = watcher::Result<watcher::Event<Pod>>> + Send>>,
-    pod_events: ReflectHandle<Pod>,
-    providers: Store<Provider>,
-    provider_stream:
-        std::pin::Pin<Box<dyn Stream<Item = watcher::Result<watcher::Event<Provider>>> + Send>>,
-    provider_events_for_providers: ReflectHandle<Provider>,
-    provider_events_for_workloads: ReflectHandle<Provider>,
-    workloads: Store<Workload>,
-    workload_stream:
-        std::pin::Pin<Box<dyn Stream<Item = watcher::Result<watcher::Event<Workload>>> + Send>>,
-    workload_events: ReflectHandle<Workload>,
+    pods: SharedWatch<Pod>,
+    providers: SharedWatch<Provider>,
+    workloads: SharedWatch<Workload>,
     nodes: Store<Node>,
     node_stream: std::pin::Pin<Box<dyn Stream<Item = watcher::Result<Node>> + Send>>,
 }
 
 fn watches(client: &kube::Client) -> Watches {
-    let (pods, pod_writer, pod_watch) =
-        shared_watch(Api::<Pod>::all(client.clone()), watcher::Config::default());
-    let pod_events = pod_writer.subscribe().expect("a shared store");
-    let (providers, provider_writer, provider_watch) = shared_watch(
-        Api::<Provider>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let provider_events_for_providers = provider_writer.subscribe().expect("a shared store");
-    let provider_events_for_workloads = provider_writer.subscribe().expect("a shared store");
-    let (workloads, workload_writer, workload_watch) = shared_watch(
-        Api::<Workload>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let workload_events = workload_writer.subscribe().expect("a shared store");
     let (nodes, node_writer) = reflector::store();
     let node_stream = reflector::reflector(
         node_writer,
@@ -176,16 +119,9 @@ fn watches(client: &kube::Client) -> Watches {
     )
     .applied_objects();
     Watches {
-        pods,
-        pod_stream: pod_watch.reflect_shared(pod_writer).boxed(),
-        pod_events,
-        providers,
-        provider_stream: provider_watch.reflect_shared(provider_writer).boxed(),
-        provider_events_for_providers,
-        provider_events_for_workloads,
-        workloads,
-        workload_stream: workload_watch.reflect_shared(workload_writer).boxed(),
-        workload_events,
+        pods: SharedWatch::new(SUBSCRIBER_BUFFER),
+        providers: SharedWatch::new(SUBSCRIBER_BUFFER),
+        workloads: SharedWatch::new(SUBSCRIBER_BUFFER),
         nodes,
         node_stream: node_stream.boxed(),
     }
@@ -201,8 +137,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
     let readiness = Arc::new(Readiness::default());
     let w = watches(&client);
     let caches = Caches {
-        pods: w.pods.clone(),
-        providers: w.providers.clone(),
+        pods: w.pods.store(),
+        providers: w.providers.store(),
         nodes: w.nodes.clone(),
     };
     let (ctx, queues) = Context::new(
@@ -303,24 +239,42 @@ fn leader_config(args: &RunArgs) -> LeaderConfig {
 /// The leader's loops: the watches, the pod bridge and status writer, node Leases, liveness,
 /// usage, the Provider and Workload controllers, token cleanup, the gateway and kubelet API.
 /// Returns only if one of them ends.
-async fn lead(ctx: Arc<Context>, queues: ContextQueues, w: Watches, args: &RunArgs) {
+async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &RunArgs) {
     let client = ctx.client.clone();
+    // Hand out every subscriber before any watch starts (kube-runtime cannot subscribe later).
+    let watches = decloud_workload::Watches {
+        workloads: w.workloads.store(),
+        workload_events: w.workloads.subscribe(),
+        providers: w.providers.store(),
+        provider_events: w.providers.subscribe(),
+        pods: w.pods.store(),
+        pod_events: w.pods.subscribe(),
+        deleted_providers: w.providers.deletions(),
+        deleted_pods: w.pods.deletions(),
+    };
+    let controller = provider::controller(
+        w.providers.store(),
+        Resumed::new(w.providers.subscribe()),
+        w.node_stream,
+    );
+    let workloads = w.workloads.store();
+    let pod_events = w.pods.events(Api::all(client.clone()), watcher::Config::default());
+
     let mut loops = tokio::task::JoinSet::new();
-    loops.spawn(pods::run_pod_watcher(ctx.clone(), w.pod_stream));
-    loops.spawn(drive(w.provider_stream));
-    loops.spawn(drive(w.workload_stream));
+    // The pod bridge owns the Pod watch: it needs every event (deletions, re-lists).
+    loops.spawn(pods::run_pod_watcher(ctx.clone(), pod_events));
+    loops.spawn(
+        w.providers
+            .run(Api::all(client.clone()), watcher::Config::default()),
+    );
+    loops.spawn(
+        w.workloads
+            .run(Api::all(client.clone()), watcher::Config::default()),
+    );
     loops.spawn(pods::write_statuses(ctx.clone(), queues.status_rx));
     loops.spawn(provider::renew_node_leases(ctx.clone()));
     loops.spawn(sweep_liveness(ctx.clone()));
-    loops.spawn(usage::write_workload_usage(
-        ctx.clone(),
-        args.usage_interval,
-    ));
-    let controller = provider::controller(
-        w.providers.clone(),
-        w.provider_events_for_providers,
-        w.node_stream,
-    );
+    loops.spawn(usage::write_workload_usage(ctx.clone(), args.usage_interval));
     loops.spawn(provider::run(controller, ctx.clone(), queues.reconcile_rx));
     loops.spawn(crate::edge::auth::clean_expired_tokens(
         client.clone(),
@@ -332,7 +286,6 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, w: Watches, args: &RunAr
         base_domain: args.base_domain.clone(),
     };
     let gateway_ctx = ctx.clone();
-    let workloads = w.workloads.clone();
     loops.spawn(async move {
         if let Err(e) = relay::run_endpoints(gateway_ctx, gateway_config, workloads).await {
             tracing::error!(error = %e, "the gateway stopped");
@@ -342,14 +295,8 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, w: Watches, args: &RunAr
         base_domain: args.base_domain.clone(),
         url_template: args.url_template.clone(),
     };
-    // integrator: hand the shared watches to the Workload controller (decloud_workload::Watches).
-    drop((
-        w.workload_events,
-        w.provider_events_for_workloads,
-        w.pod_events,
-    ));
     loops.spawn(async move {
-        if let Err(e) = decloud_workload::run(client, workload_config).await {
+        if let Err(e) = decloud_workload::run(client, workload_config, watches).await {
             tracing::error!(error = %e, "the Workload controller stopped");
         }
     });

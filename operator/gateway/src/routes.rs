@@ -1,19 +1,16 @@
-//! Which replicas serve which host, from watch caches of Workloads and their pods.
+//! Which replicas serve which host, from the operator's shared caches of Workloads and pods.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
-use decloud_crds::Workload;
-use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, Client, ResourceExt,
-    runtime::{WatchStreamExt, reflector, watcher},
+use decloud_crds::{
+    Workload,
+    contracts::{WORKLOAD_LABEL, provider_of_node},
 };
-
-/// Label on every replica naming its Workload.
-pub const WORKLOAD_LABEL: &str = "decloud.dev/workload";
+use k8s_openapi::api::core::v1::Pod;
+use kube::{ResourceExt, runtime::reflector};
 
 /// One ready replica's exposed port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +64,8 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Routes over the given caches.
+    /// Routes over the given caches (the operator's shared watches; pods of every kind may be in
+    /// `pods`, only replicas carrying the workload label are routed to).
     pub fn new(
         workloads: reflector::Store<Workload>,
         pods: reflector::Store<Pod>,
@@ -79,41 +77,6 @@ impl Routes {
             base_domain: base_domain.into(),
             next: Arc::default(),
         }
-    }
-
-    /// Starts watch caches of all Workloads and of the pods carrying [`WORKLOAD_LABEL`]; the
-    /// returned future drives them and never ends.
-    pub fn watch(
-        client: Client,
-        base_domain: impl Into<String>,
-    ) -> (Self, impl std::future::Future<Output = ()> + Send) {
-        let (wl_store, wl_writer) = reflector::store();
-        let (pod_store, pod_writer) = reflector::store();
-        let wl_stream = reflector(
-            wl_writer,
-            watcher(
-                Api::<Workload>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .touched_objects();
-        let pod_stream = reflector(
-            pod_writer,
-            watcher(
-                Api::<Pod>::all(client),
-                watcher::Config::default().labels(WORKLOAD_LABEL),
-            ),
-        )
-        .default_backoff()
-        .touched_objects();
-        let drive = async move {
-            use futures::StreamExt;
-            let wl = wl_stream.for_each(|_| async {});
-            let pods = pod_stream.for_each(|_| async {});
-            futures::join!(wl, pods);
-        };
-        (Self::new(wl_store, pod_store, base_domain), drive)
     }
 
     /// Resolves `host` (lower-case, without port).
@@ -145,7 +108,7 @@ impl Routes {
                     namespace: ns.clone(),
                     pod: p.name_any(),
                     pod_uid: p.uid()?,
-                    provider: node.strip_prefix("edge-")?.to_string(),
+                    provider: provider_of_node(&node)?.to_string(),
                     port,
                 })
             })

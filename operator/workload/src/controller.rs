@@ -1,24 +1,31 @@
 //! The controller: wiring (watches, caches, context) and the reconcile of one Workload.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
-use decloud_crds::{Provider, ReplicaPlacement, Workload, WorkloadStatus, find_condition};
+use decloud_crds::{
+    Placement, Provider, ReplicaPlacement, Workload, WorkloadStatus,
+    contracts::{
+        WORKLOAD_FIELD_MANAGER, WORKLOAD_FINALIZER, WORKLOAD_LABEL, node_name, provider_of_node,
+    },
+    find_condition,
+    pods::is_terminal,
+    quantity::{cpu_millis, memory_bytes},
+};
 use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{Event as Finalizer, finalizer},
-        reflector::{self, ObjectRef, Store},
-        watcher,
+        reflector::{ObjectRef, Store},
     },
 };
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -26,20 +33,13 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     Config, Error, Result,
     failover::{Health, OutageClock, verdict},
-    placement::{Allocatable, Candidate, Resources},
-    pod::{
-        Replica, WORKLOAD_LABEL, build_pod, holds_resources, node_name, pod_requests,
-        replica_requests, template_hash,
-    },
-    quantity::{cpu_millis, memory_bytes},
-    rollout::{DeleteReason, Observed, PlanInput, plan},
+    placement::{ARCH_LABEL, Allocatable, Candidate, OS_LABEL, Resources, is_platform_key},
+    pod::{Replica, build_pod, replica_requests, requests_of, template_hash},
+    rollout::{self, DeleteReason, Deletion, Observed, PlanInput},
     status::{DEGRADED, StatusInput, compute_status},
+    watches::{Resumed, Watches},
 };
 
-/// Finalizer that keeps a Workload until its pods are gone.
-pub const FINALIZER: &str = "decloud.dev/workload-cleanup";
-/// Field manager of every status write and the `reportingController` of events.
-pub const FIELD_MANAGER: &str = "decloud-workload";
 /// Pod creates one reconcile has in flight at once.
 const CREATES_IN_FLIGHT: usize = 16;
 /// How long a pod this controller created counts against its provider before the cache shows it.
@@ -92,11 +92,11 @@ impl Context {
             let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
                 continue;
             };
-            if owned || !holds_resources(&pod) {
+            if owned || is_terminal(&pod) {
                 continue;
             }
             let entry = usage.entry(node.clone()).or_default();
-            *entry = entry.plus(pod_requests(&pod));
+            *entry = entry.plus(requests_of(&pod));
         }
         let mut assumed = self.assumed.lock().unwrap_or_else(PoisonError::into_inner);
         assumed.retain(|key, a| !cached.contains(key) && a.at.elapsed() < ASSUME_FOR);
@@ -144,65 +144,63 @@ impl Context {
 
 // === run ===
 
-/// Runs the Workload controller until the process ends (or the watches fail for good).
+/// Runs the Workload controller over the process's shared watches until the process ends (or
+/// the watches end).
 ///
-/// Checks first that the CRDs are installed and says how to install them if not.
-pub async fn run(client: Client, config: Config) -> Result<()> {
-    let workloads = Api::<Workload>::all(client.clone());
-    let providers = Api::<Provider>::all(client.clone());
-    let pods = Api::<Pod>::all(client.clone());
-    workloads
+/// Checks first that the CRDs are installed and says how to install them if not, then waits
+/// until the Provider and pod caches are complete.
+pub async fn run(client: Client, config: Config, watches: Watches) -> Result<()> {
+    Api::<Workload>::all(client.clone())
         .list(&ListParams::default().limit(1))
         .await
         .map_err(|e| Error::CrdMissing("workloads.decloud.dev", e))?;
-    providers
+    Api::<Provider>::all(client.clone())
         .list(&ListParams::default().limit(1))
         .await
         .map_err(|e| Error::CrdMissing("providers.decloud.dev", e))?;
 
-    let (provider_store, writer) = reflector::store();
-    let provider_watch =
-        reflector::reflector(writer, watcher(providers.clone(), Default::default()))
-            .default_backoff()
-            .touched_objects();
-    tokio::spawn(provider_watch.for_each(|_| async {}));
-    let (pod_store, writer) = reflector::store();
-    let pod_watch = reflector::reflector(writer, watcher(pods, Default::default()))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(pod_watch.for_each(|_| async {}));
+    let Watches {
+        workloads,
+        workload_events,
+        providers,
+        provider_events,
+        pods,
+        pod_events,
+        deleted_providers,
+        deleted_pods,
+    } = watches;
     // Without a full view of providers every replica would look lost.
-    let _ = provider_store.wait_until_ready().await;
-    let _ = pod_store.wait_until_ready().await;
+    let _ = providers.wait_until_ready().await;
+    let _ = pods.wait_until_ready().await;
     info!("provider and pod caches ready; starting the Workload controller");
 
     let reporter = Reporter {
-        controller: FIELD_MANAGER.into(),
+        controller: WORKLOAD_FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         config,
-        providers: provider_store,
-        pods: pod_store.clone(),
+        providers,
+        pods: pods.clone(),
         outages: OutageClock::default(),
         assumed: Mutex::default(),
         placing: tokio::sync::Mutex::new(()),
     });
 
+    // Shared streams carry changes only; deletions come on their own channels.
+    let pod_triggers = futures::stream::select(Resumed::new(pod_events), deleted_pods);
+    let provider_triggers =
+        futures::stream::select(Resumed::new(provider_events), deleted_providers);
+    let workload_store = workloads.clone();
     // Bounded: each reconcile lists its Workload's pods and may create many; a few in flight keep
     // the API server responsive for everything else.
-    let controller = Controller::new(workloads, watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(8));
-    let workload_store = controller.store();
-    controller
-        .owns(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(WORKLOAD_LABEL),
-        )
-        .watches(providers, watcher::Config::default(), move |provider| {
-            workloads_affected_by(&provider, &pod_store, &workload_store)
+    Controller::for_shared_stream(Resumed::new(workload_events), workloads)
+        .with_config(kube::runtime::controller::Config::default().concurrency(8))
+        .owns_shared_stream(pod_triggers)
+        .watches_shared_stream(provider_triggers, move |provider| {
+            workloads_affected_by(&provider, &pods, &workload_store)
         })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -261,7 +259,7 @@ pub(crate) async fn reconcile(workload: Arc<Workload>, ctx: Arc<Context>) -> Res
     let key = format!("{ns}/{}", workload.name_any());
     let api = Api::<Workload>::namespaced(ctx.client.clone(), &ns);
     async {
-        finalizer(&api, FINALIZER, workload, |event| async {
+        finalizer(&api, WORKLOAD_FINALIZER, workload, |event| async {
             match event {
                 Finalizer::Apply(wl) => apply(&wl, &ctx).await,
                 Finalizer::Cleanup(wl) => cleanup(&wl, &ctx).await,
@@ -308,55 +306,106 @@ async fn owned_pods(workload: &Workload, ctx: &Context) -> Result<(Api<Pod>, Vec
     Ok((api, pods))
 }
 
-/// Brings the Workload's pods one step closer to its spec and writes its status.
+/// Brings the Workload's pods one step closer to its spec and writes its status:
+/// [`observe`] → [`plan`] → [`execute`] → [`summarize`].
 async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
     let uid = workload
         .uid()
         .ok_or_else(|| Error::InvalidWorkload("no uid".into()))?;
-    let ns = workload.namespace().unwrap_or_default();
+    // Our own pods change only through this reconcile, which never runs twice at once for
+    // one Workload; others' pods are what the lock below is about.
+    let (pods_api, pods) = owned_pods(workload, ctx).await?;
+    let placing = ctx.placing.lock().await;
+    let snapshot = observe(workload, ctx, &uid, &pods, Timestamp::now());
+    let step = plan(&snapshot);
+    let outcome = execute(workload, ctx, &pods_api, &uid, &snapshot, &step).await?;
+    // Events are published after the lock is released; they need not hold up other Workloads.
+    drop(placing);
+    ctx.publish_all(workload, outcome.events).await;
+    if let Some(e) = outcome.failure {
+        return Err(e.into());
+    }
+    let status = summarize(
+        workload,
+        &ctx.config,
+        &snapshot,
+        &step,
+        &outcome.gone,
+        outcome.created,
+    );
+    write_status(workload, ctx, status).await?;
+    Ok(Action::requeue(step.plan.requeue))
+}
+
+// === observe ===
+
+/// What one reconcile knows: the Workload's spec, its pods with their providers' verdicts, and
+/// every provider as placement sees it.
+#[derive(Clone, Debug)]
+struct Snapshot {
+    /// `spec.replicas`.
+    desired: usize,
+    /// Hash of the current template.
+    hash: String,
+    /// Requests of one replica.
+    per_replica: Resources,
+    /// Failover grace, seconds.
+    grace_seconds: i64,
+    /// Placement rules.
+    placement: Placement,
+    /// The template's `nodeSelector`.
+    node_selector: BTreeMap<String, String>,
+    /// The Workload's pods.
+    observed: Vec<Observed>,
+    /// Every provider, with what is bound to it.
+    candidates: Vec<Candidate>,
+    /// Each provider's virtual node, by provider name.
+    nodes: HashMap<String, String>,
+    /// When the snapshot was taken.
+    now: Timestamp,
+}
+
+/// Reads the caches into a [`Snapshot`]. `pods` are the Workload's own, fresher than the cache.
+fn observe(
+    workload: &Workload,
+    ctx: &Context,
+    uid: &str,
+    pods: &[Pod],
+    now: Timestamp,
+) -> Snapshot {
     let spec = &workload.spec;
-    let desired = usize::try_from(spec.replicas).unwrap_or(0);
-    let hash = template_hash(&spec.template);
-    let per_replica = replica_requests(&spec.template.spec);
     let grace_seconds = spec
         .failover
         .as_ref()
         .map_or(decloud_crds::default_failover_grace(), |f| f.grace_seconds)
         .max(0);
     let grace = Duration::from_secs(grace_seconds.unsigned_abs());
-    let placement = spec.placement.clone().unwrap_or_default();
-
-    // Our own pods change only through this reconcile, which never runs twice at once for
-    // one Workload; others' pods are what the lock below is about.
-    let (pods_api, pods) = owned_pods(workload, ctx).await?;
-    let placing = ctx.placing.lock().await;
-    let now = Timestamp::now();
     let providers = ctx.providers.state();
     let by_node: HashMap<String, &Provider> = providers
         .iter()
         .map(|p| (provider_node(p), p.as_ref()))
         .collect();
 
-    let mut usage = ctx.node_usage(&uid);
-    for pod in pods.iter().filter(|p| holds_resources(p)) {
+    let mut usage = ctx.node_usage(uid);
+    for pod in pods.iter().filter(|p| !is_terminal(p)) {
         if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
             let entry = usage.entry(node).or_default();
-            *entry = entry.plus(pod_requests(pod));
+            *entry = entry.plus(requests_of(pod));
         }
     }
-    let candidates: Vec<Candidate> = providers
+    let candidates = providers
         .iter()
         .map(|p| candidate(p, usage.get(&provider_node(p)).copied().unwrap_or_default()))
         .collect();
 
-    let observed: Vec<Observed> = pods
+    let observed = pods
         .iter()
         .map(|pod| {
             let r = Replica::from_pod(pod);
             let node = r.node.clone().unwrap_or_default();
             let provider = by_node.get(&node).copied();
             let provider_name = provider.map_or_else(
-                || node.strip_prefix("edge-").unwrap_or(&node).to_string(),
+                || provider_of_node(&node).unwrap_or(&node).to_string(),
                 |p| p.name_any(),
             );
             let health = Health::of(provider);
@@ -373,20 +422,92 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
         })
         .collect();
 
-    let step = plan(&PlanInput {
-        desired,
-        hash: &hash,
-        observed: &observed,
-        candidates: &candidates,
-        per_replica,
-        spread: placement.spread,
-        selector: placement.provider_selector.as_ref(),
-    });
+    Snapshot {
+        desired: usize::try_from(spec.replicas).unwrap_or(0),
+        hash: template_hash(&spec.template),
+        per_replica: replica_requests(&spec.template.spec),
+        grace_seconds,
+        placement: spec.placement.clone().unwrap_or_default(),
+        node_selector: spec.template.spec.node_selector.clone(),
+        observed,
+        candidates,
+        nodes: by_node
+            .iter()
+            .map(|(node, p)| (p.name_any(), node.clone()))
+            .collect(),
+        now,
+    }
+}
 
-    // Events are published after the lock is released; they need not hold up other Workloads.
+// === plan ===
+
+/// What one reconcile does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Step {
+    /// Deletions, creations (by provider), shortage and when to look again.
+    plan: rollout::Plan,
+    /// `(provider, node)` of each replica to create.
+    creates: Vec<(String, String)>,
+}
+
+/// Decides the step: pure, over the snapshot alone.
+fn plan(s: &Snapshot) -> Step {
+    let plan = rollout::plan(&PlanInput {
+        desired: s.desired,
+        hash: &s.hash,
+        observed: &s.observed,
+        candidates: &s.candidates,
+        per_replica: s.per_replica,
+        spread: s.placement.spread,
+        selector: s.placement.provider_selector.as_ref(),
+        node_selector: &s.node_selector,
+    });
+    let creates = plan
+        .create
+        .iter()
+        .map(|provider| {
+            let node = s
+                .nodes
+                .get(provider)
+                .cloned()
+                .unwrap_or_else(|| node_name(provider));
+            (provider.clone(), node)
+        })
+        .collect();
+    Step { plan, creates }
+}
+
+// === execute ===
+
+/// An event to publish: type, reason, note.
+type Note = (EventType, &'static str, String);
+
+/// What [`execute`] did.
+struct Outcome {
+    /// Pods deleted (or already gone).
+    gone: BTreeSet<String>,
+    /// `(pod, provider)` of each replica created.
+    created: Vec<(String, String)>,
+    /// Events to publish, one per pod touched.
+    events: Vec<Note>,
+    /// The first create that failed, if any.
+    failure: Option<kube::Error>,
+}
+
+/// Carries out `step`: deletions one by one, then creations a few at a time. A failed delete
+/// stops the step; a failed create is reported in [`Outcome::failure`] after the others.
+async fn execute(
+    workload: &Workload,
+    ctx: &Context,
+    pods_api: &Api<Pod>,
+    uid: &str,
+    s: &Snapshot,
+    step: &Step,
+) -> Result<Outcome> {
+    let ns = workload.namespace().unwrap_or_default();
     let mut events = Vec::new();
     let mut gone = BTreeSet::new();
-    for d in &step.delete {
+    for d in &step.plan.delete {
         let params = if d.force {
             DeleteParams::default().grace_period(0)
         } else {
@@ -398,67 +519,25 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             Err(e) => return Err(e.into()),
         }
         gone.insert(d.pod.clone());
-        let (type_, reason, note) = match &d.reason {
-            DeleteReason::Failover { down_for } => (
-                EventType::Warning,
-                "Failover",
-                format!(
-                    "provider {} NotReady for {}s (grace {grace_seconds}s): replacing pod {}",
-                    d.provider,
-                    down_for.as_secs(),
-                    d.pod
-                ),
-            ),
-            DeleteReason::Abandoned => (
-                EventType::Warning,
-                "ForceDeleted",
-                format!("pod {} was stopping on lost provider {}", d.pod, d.provider),
-            ),
-            DeleteReason::Finished => (
-                EventType::Normal,
-                "Replacing",
-                format!("pod {} on {} has finished; replacing it", d.pod, d.provider),
-            ),
-            DeleteReason::Surplus => (
-                EventType::Normal,
-                "ScaledDown",
-                format!("removed pod {} from provider {}", d.pod, d.provider),
-            ),
-            DeleteReason::Replaced | DeleteReason::MakeRoom => (
-                EventType::Normal,
-                "Replaced",
-                format!(
-                    "pod {} on {} replaced by the new template",
-                    d.pod, d.provider
-                ),
-            ),
-        };
-        info!(pod = %d.pod, provider = %d.provider, force = d.force, reason, "deleting pod");
-        events.push((type_, reason, note));
+        let note = deletion_note(d, s.grace_seconds);
+        info!(pod = %d.pod, provider = %d.provider, force = d.force, reason = note.1, "deleting pod");
+        events.push(note);
     }
 
     // Creates go out a few at a time: a 1,000-replica Workload is placed in seconds, not
     // one API round trip after another.
-    let by_name: HashMap<String, &String> =
-        by_node.iter().map(|(n, p)| (p.name_any(), n)).collect();
     let planned = step
-        .create
+        .creates
         .iter()
-        .map(|provider| {
-            let node = by_name
-                .get(provider)
-                .map_or_else(|| node_name(provider), |n| (*n).clone());
-            let pod = build_pod(workload, &hash, &node)?;
-            Ok((provider.clone(), node, pod))
+        .map(|(provider, node)| {
+            let pod = build_pod(workload, &s.hash, node)?;
+            Ok((provider.clone(), node.clone(), pod))
         })
         .collect::<Result<Vec<_>>>()?;
     let results: Vec<(String, String, kube::Result<Pod>)> =
-        futures::stream::iter(planned.into_iter().map(|(provider, node, pod)| {
-            let pods_api = &pods_api;
-            async move {
-                let result = pods_api.create(&PostParams::default(), &pod).await;
-                (provider, node, result)
-            }
+        futures::stream::iter(planned.into_iter().map(|(provider, node, pod)| async move {
+            let result = pods_api.create(&PostParams::default(), &pod).await;
+            (provider, node, result)
         }))
         .buffered(CREATES_IN_FLIGHT)
         .collect()
@@ -484,9 +563,9 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             &ns,
             &name,
             Assumed {
-                node: node.clone(),
-                requests: per_replica,
-                owner_uid: uid.clone(),
+                node,
+                requests: s.per_replica,
+                owner_uid: uid.to_string(),
                 at: Instant::now(),
             },
         );
@@ -498,17 +577,71 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
         ));
         created.push((name, provider));
     }
-    if let Some(e) = failure {
-        drop(placing);
-        ctx.publish_all(workload, events).await;
-        return Err(e.into());
-    }
-    drop(placing);
-    ctx.publish_all(workload, events).await;
+    Ok(Outcome {
+        gone,
+        created,
+        events,
+        failure,
+    })
+}
 
-    let mut placements: Vec<ReplicaPlacement> = observed
-        .iter()
-        .filter(|o| !o.terminating && !gone.contains(&o.pod))
+/// The event that explains a deletion.
+fn deletion_note(d: &Deletion, grace_seconds: i64) -> Note {
+    match &d.reason {
+        DeleteReason::Failover { down_for } => (
+            EventType::Warning,
+            "Failover",
+            format!(
+                "provider {} NotReady for {}s (grace {grace_seconds}s): replacing pod {}",
+                d.provider,
+                down_for.as_secs(),
+                d.pod
+            ),
+        ),
+        DeleteReason::Abandoned => (
+            EventType::Warning,
+            "ForceDeleted",
+            format!("pod {} was stopping on lost provider {}", d.pod, d.provider),
+        ),
+        DeleteReason::Finished => (
+            EventType::Normal,
+            "Replacing",
+            format!("pod {} on {} has finished; replacing it", d.pod, d.provider),
+        ),
+        DeleteReason::Surplus => (
+            EventType::Normal,
+            "ScaledDown",
+            format!("removed pod {} from provider {}", d.pod, d.provider),
+        ),
+        DeleteReason::Replaced | DeleteReason::MakeRoom => (
+            EventType::Normal,
+            "Replaced",
+            format!(
+                "pod {} on {} replaced by the new template",
+                d.pod, d.provider
+            ),
+        ),
+    }
+}
+
+// === summarize ===
+
+/// The status after the step: the replicas that remain, those just created, and the reasons
+/// for any shortage. Pure.
+fn summarize(
+    workload: &Workload,
+    config: &Config,
+    s: &Snapshot,
+    step: &Step,
+    gone: &BTreeSet<String>,
+    created: Vec<(String, String)>,
+) -> WorkloadStatus {
+    let remaining = || {
+        s.observed
+            .iter()
+            .filter(|o| !o.terminating && !gone.contains(&o.pod))
+    };
+    let mut placements: Vec<ReplicaPlacement> = remaining()
         .map(|o| ReplicaPlacement {
             pod: o.pod.clone(),
             provider: o.provider.clone(),
@@ -516,10 +649,7 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             ready: o.serving(),
         })
         .collect();
-    let mut updated = observed
-        .iter()
-        .filter(|o| !o.terminating && !gone.contains(&o.pod) && o.hash == hash)
-        .count();
+    let mut updated = remaining().filter(|o| o.hash == s.hash).count();
     for (pod, provider) in created {
         updated += 1;
         placements.push(ReplicaPlacement {
@@ -529,28 +659,28 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
             ready: false,
         });
     }
-    let now_text = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let status = compute_status(StatusInput {
+    let now_text = s.now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    compute_status(StatusInput {
         generation: workload.metadata.generation,
-        desired,
-        url: ctx.config.url(workload),
+        desired: s.desired,
+        url: config.url(workload),
         placements,
         updated,
         shortage: step
+            .plan
             .shortage
             .as_ref()
-            .map(|s| s.message(step.placed, desired)),
+            .map(|sh| sh.message(step.plan.placed, s.desired)),
         unreachable: step
+            .plan
             .unreachable
             .iter()
             .map(|o| (o.pod.clone(), o.provider.clone()))
             .collect(),
-        grace_seconds,
+        grace_seconds: s.grace_seconds,
         previous: workload.status.as_ref(),
         now: &now_text,
-    });
-    write_status(workload, ctx, status).await?;
-    Ok(Action::requeue(step.requeue))
+    })
 }
 
 /// A provider as placement sees it.
@@ -559,7 +689,7 @@ fn candidate(provider: &Provider, used: Resources) -> Candidate {
     let alloc = status.allocatable.unwrap_or_default();
     Candidate {
         name: provider.name_any(),
-        labels: provider.labels().clone(),
+        labels: placement_labels(provider),
         readiness: Health::of(Some(provider)).readiness(provider.spec.cordoned),
         reliability_permille: status
             .reliability
@@ -575,6 +705,21 @@ fn candidate(provider: &Provider, used: Resources) -> Candidate {
         used,
         replicas: 0,
     }
+}
+
+/// A provider's labels as selectors see them: the platform keys say what its edge reported,
+/// whatever its labels claim, and are absent until it has reported.
+fn placement_labels(provider: &Provider) -> BTreeMap<String, String> {
+    let mut labels = provider.labels().clone();
+    labels.retain(|k, _| !is_platform_key(k));
+    if let Some(p) = provider.status.as_ref().and_then(|s| s.platform.as_ref()) {
+        for (key, value) in [(ARCH_LABEL, &p.architecture), (OS_LABEL, &p.os)] {
+            if !value.is_empty() {
+                labels.insert(key.to_string(), value.clone());
+            }
+        }
+    }
+    labels
 }
 
 /// Writes `status` by server-side apply, unless it is what the Workload already shows; emits a
@@ -613,7 +758,7 @@ async fn write_status(workload: &Workload, ctx: &Context, status: WorkloadStatus
     });
     api.patch_status(
         &workload.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(WORKLOAD_FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await?;

@@ -9,7 +9,7 @@ use crate::placement::Readiness;
 
 /// A provider's health as far as its replicas are concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     /// Connected and heartbeating.
     Ready,
     /// Not (or no longer) connected; `since` is the Ready condition's `lastTransitionTime`.
@@ -25,7 +25,7 @@ pub enum Health {
 
 impl Health {
     /// Health of `provider`; `None` means the Provider object does not exist.
-    pub fn of(provider: Option<&Provider>) -> Self {
+    pub(crate) fn of(provider: Option<&Provider>) -> Self {
         let Some(provider) = provider else {
             return Self::Gone;
         };
@@ -50,7 +50,7 @@ impl Health {
     }
 
     /// Whether new replicas may go to a provider with this health.
-    pub fn readiness(&self, cordoned: bool) -> Readiness {
+    pub(crate) fn readiness(&self, cordoned: bool) -> Readiness {
         match self {
             Self::Ready if cordoned => Readiness::Cordoned,
             Self::Ready => Readiness::Ready,
@@ -61,7 +61,7 @@ impl Health {
 
 /// What to do about a replica, given its provider's health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The provider is fine.
     Keep,
     /// The provider is unreachable, but still within the grace: look again after `remaining`.
@@ -79,7 +79,12 @@ pub enum Verdict {
 /// Decides a replica's fate. The outage is measured from the later of the provider's own
 /// transition time and the moment this controller first saw it NotReady, so neither a skewed
 /// clock on the writer's side nor a restart of this controller can shorten the grace.
-pub fn verdict(health: &Health, first_seen: Timestamp, now: Timestamp, grace: Duration) -> Verdict {
+pub(crate) fn verdict(
+    health: &Health,
+    first_seen: Timestamp,
+    now: Timestamp,
+    grace: Duration,
+) -> Verdict {
     match health {
         Health::Ready => Verdict::Keep,
         Health::Gone => Verdict::Replace {
@@ -103,14 +108,14 @@ pub fn verdict(health: &Health, first_seen: Timestamp, now: Timestamp, grace: Du
 ///
 /// Shared by every reconcile; may be called from many tasks at once.
 #[derive(Debug, Default)]
-pub struct OutageClock {
+pub(crate) struct OutageClock {
     first_seen: Mutex<HashMap<String, (Option<String>, Timestamp)>>,
 }
 
 impl OutageClock {
     /// Records `health` for `provider` and returns when the current outage was first seen
     /// (`now` for a Ready provider, which also forgets any earlier outage).
-    pub fn observe(&self, provider: &str, health: &Health, now: Timestamp) -> Timestamp {
+    pub(crate) fn observe(&self, provider: &str, health: &Health, now: Timestamp) -> Timestamp {
         let mut seen = self
             .first_seen
             .lock()

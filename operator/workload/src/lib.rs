@@ -5,11 +5,32 @@
 //! it reads `Provider` status and writes `Pod`s bound to the virtual nodes `edge-<provider>`;
 //! the operator's pod bridge carries those pods to the edges and reports their status back.
 //!
-//! The operator spawns [`run`] under its leader election:
+//! The operator spawns [`run`] under its leader election, handing it the process's one watch
+//! per kind:
 //!
 //! ```no_run
+//! # use decloud_crds::{Provider, Workload};
+//! # use k8s_openapi::api::core::v1::Pod;
+//! # use decloud_workload::{SharedWatch, Watches};
+//! # use kube::Api;
 //! # async fn spawn(client: kube::Client) {
-//! tokio::spawn(decloud_workload::run(client, decloud_workload::Config::default()));
+//! let workloads = SharedWatch::<Workload>::new(1024);
+//! let mut providers = SharedWatch::<Provider>::new(1024);
+//! let mut pods = SharedWatch::<Pod>::new(1024);
+//! let watches = Watches {
+//!     workloads: workloads.store(),
+//!     workload_events: workloads.subscribe(),
+//!     providers: providers.store(),
+//!     provider_events: providers.subscribe(),
+//!     deleted_providers: providers.deletions(),
+//!     pods: pods.store(),
+//!     pod_events: pods.subscribe(),
+//!     deleted_pods: pods.deletions(),
+//! };
+//! tokio::spawn(workloads.run(Api::all(client.clone()), Default::default()));
+//! tokio::spawn(providers.run(Api::all(client.clone()), Default::default()));
+//! tokio::spawn(pods.run(Api::all(client.clone()), Default::default()));
+//! tokio::spawn(decloud_workload::run(client, decloud_workload::Config::default(), watches));
 //! # }
 //! ```
 #![forbid(unsafe_code)]
@@ -19,13 +40,13 @@ mod error;
 mod failover;
 mod placement;
 mod pod;
-mod quantity;
 mod rollout;
 mod status;
+mod watches;
 
-pub use controller::{FIELD_MANAGER, FINALIZER, run};
+pub use controller::run;
 pub use error::{Error, Result};
-pub use pod::{TEMPLATE_HASH_LABEL, WORKLOAD_LABEL, template_hash};
+pub use watches::{Resumed, SharedWatch, Watches};
 
 /// Settings of the Workload controller.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,13 +2,25 @@
 
 use std::collections::BTreeMap;
 
-use decloud_crds::{LabelSelector, Spread};
+use decloud_crds::{
+    LabelSelector, Spread,
+    pods::PodRequests,
+    quantity::{format_bytes, format_millis},
+};
 
-use crate::quantity::{format_cpu, format_memory};
+/// Label key of a node's CPU architecture; on a provider it comes from its reported platform.
+pub(crate) const ARCH_LABEL: &str = "kubernetes.io/arch";
+/// Label key of a node's operating system; on a provider it comes from its reported platform.
+pub(crate) const OS_LABEL: &str = "kubernetes.io/os";
+
+/// Whether a label key is answered by a provider's platform rather than its labels.
+pub(crate) fn is_platform_key(key: &str) -> bool {
+    key == ARCH_LABEL || key == OS_LABEL
+}
 
 /// CPU, memory and pod count, as integers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Resources {
+pub(crate) struct Resources {
     /// Millicores.
     pub cpu_millis: i64,
     /// Bytes.
@@ -19,7 +31,7 @@ pub struct Resources {
 
 impl Resources {
     /// What one pod with these CPU and memory requests takes.
-    pub fn pod(cpu_millis: i64, memory_bytes: i64) -> Self {
+    pub(crate) fn pod(cpu_millis: i64, memory_bytes: i64) -> Self {
         Self {
             cpu_millis,
             memory_bytes,
@@ -27,28 +39,35 @@ impl Resources {
         }
     }
 
-    /// Sum of two.
-    pub fn plus(self, other: Self) -> Self {
+    /// Sum of two; saturates instead of wrapping.
+    pub(crate) fn plus(self, other: Self) -> Self {
         Self {
-            cpu_millis: self.cpu_millis + other.cpu_millis,
-            memory_bytes: self.memory_bytes + other.memory_bytes,
-            pods: self.pods + other.pods,
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+            pods: self.pods.saturating_add(other.pods),
         }
     }
 
     /// Human-readable form for messages ("cpu 100m, memory 32Mi").
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         format!(
             "cpu {}, memory {}",
-            format_cpu(self.cpu_millis),
-            format_memory(self.memory_bytes)
+            format_millis(self.cpu_millis),
+            format_bytes(self.memory_bytes)
         )
+    }
+}
+
+impl From<PodRequests> for Resources {
+    /// One pod with these requests.
+    fn from(r: PodRequests) -> Self {
+        Self::pod(r.cpu_millis, r.memory_bytes)
     }
 }
 
 /// What a provider may hold; `None` for a dimension it does not report (unbounded).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Allocatable {
+pub(crate) struct Allocatable {
     /// Millicores.
     pub cpu_millis: Option<i64>,
     /// Bytes.
@@ -59,7 +78,7 @@ pub struct Allocatable {
 
 impl Allocatable {
     /// Whether `used + extra` stays within every reported dimension.
-    pub fn fits(&self, used: Resources, extra: Resources) -> bool {
+    pub(crate) fn fits(&self, used: Resources, extra: Resources) -> bool {
         let total = used.plus(extra);
         self.cpu_millis.is_none_or(|c| total.cpu_millis <= c)
             && self.memory_bytes.is_none_or(|m| total.memory_bytes <= m)
@@ -79,7 +98,7 @@ impl Allocatable {
 
 /// Whether a provider may take new replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     /// Connected and accepting work.
     Ready,
     /// Connected, but its owner asked for no new work.
@@ -90,10 +109,11 @@ pub enum Readiness {
 
 /// One provider as placement sees it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     /// Provider name.
     pub name: String,
-    /// Provider labels, matched against the Workload's provider selector.
+    /// Provider labels, matched against the Workload's provider and node selectors; its
+    /// [`ARCH_LABEL`] and [`OS_LABEL`] are those of its reported platform (absent if none).
     pub labels: BTreeMap<String, String>,
     /// Readiness for new work.
     pub readiness: Readiness,
@@ -109,7 +129,7 @@ pub struct Candidate {
 
 /// What to place.
 #[derive(Clone, Debug)]
-pub struct PlacementRequest<'a> {
+pub(crate) struct PlacementRequest<'a> {
     /// How many new replicas.
     pub count: usize,
     /// Requests of one replica (`pods` = 1).
@@ -118,11 +138,37 @@ pub struct PlacementRequest<'a> {
     pub spread: Spread,
     /// Provider selector, if any.
     pub selector: Option<&'a LabelSelector>,
+    /// The template's `nodeSelector`: every entry must match.
+    pub node_selector: &'a BTreeMap<String, String>,
+}
+
+impl PlacementRequest<'_> {
+    fn admits(&self, c: &Candidate) -> bool {
+        self.selector.is_none_or(|s| s.matches(&c.labels))
+            && self
+                .node_selector
+                .iter()
+                .all(|(k, v)| c.labels.get(k) == Some(v))
+    }
+
+    /// The platform asked for (`kubernetes.io/arch=arm64`, …), from either selector.
+    fn platform(&self) -> Vec<(&str, &str)> {
+        let mut wanted: Vec<(&str, &str)> = self
+            .node_selector
+            .iter()
+            .chain(self.selector.iter().flat_map(|s| s.match_labels.iter()))
+            .filter(|(k, _)| is_platform_key(k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        wanted
+    }
 }
 
 /// Why some replicas found no provider.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Shortage {
+pub(crate) struct Shortage {
     /// Replicas left without a provider.
     pub unplaced: usize,
     /// Ready, non-cordoned providers matching the selector.
@@ -133,12 +179,16 @@ pub struct Shortage {
     pub full: usize,
     /// The requests of one replica.
     pub per_replica: Resources,
+    /// The platform asked for (`kubernetes.io/arch=arm64`), if any.
+    pub platform: Vec<String>,
+    /// Ready, non-cordoned providers excluded because they run (or reported) another platform.
+    pub other_platform: usize,
 }
 
 impl Shortage {
     /// The `Degraded` message: "3/4 replicas placed: 1 needs a provider; 3 Ready providers
     /// match, all in use".
-    pub fn message(&self, placed: usize, desired: usize) -> String {
+    pub(crate) fn message(&self, placed: usize, desired: usize) -> String {
         let needs = if self.unplaced == 1 {
             "1 needs a provider".to_string()
         } else {
@@ -173,13 +223,21 @@ impl Shortage {
                 format!(", {}", parts.join(", "))
             }
         };
-        format!("{placed}/{desired} replicas placed: {needs}; {providers}{detail}")
+        let platform = match self.other_platform {
+            0 => String::new(),
+            n => format!(
+                "; {n} Ready provider{} not {}",
+                if n == 1 { " is" } else { "s are" },
+                self.platform.join(", ")
+            ),
+        };
+        format!("{placed}/{desired} replicas placed: {needs}; {providers}{detail}{platform}")
     }
 }
 
 /// The providers chosen, one per new replica, and what could not be placed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// Provider names, in placement order.
     pub chosen: Vec<String>,
     /// Set when fewer than `count` replicas were placed.
@@ -188,16 +246,20 @@ pub struct Placement {
 
 /// Chooses a provider for each of `request.count` new replicas.
 ///
-/// A provider qualifies when it is Ready, not cordoned, matches the selector, has room for one
-/// more replica's requests, and (spread Required) runs no replica of this Workload yet. Among
+/// A provider qualifies when it is Ready, not cordoned, matches the provider selector and the
+/// node selector (platform keys by its reported platform), has room for one more replica's
+/// requests, and (spread Required) runs no replica of this Workload yet. Among
 /// those, the best is the one with the fewest replicas of this Workload, then the most reliable,
 /// then the least allocated, then the first by name — so the result depends on nothing but the
 /// input.
-pub fn place_replicas(candidates: &[Candidate], request: &PlacementRequest<'_>) -> Placement {
+pub(crate) fn place_replicas(
+    candidates: &[Candidate],
+    request: &PlacementRequest<'_>,
+) -> Placement {
     let mut pool: Vec<Candidate> = candidates
         .iter()
         .filter(|c| c.readiness == Readiness::Ready)
-        .filter(|c| request.selector.is_none_or(|s| s.matches(&c.labels)))
+        .filter(|c| request.admits(c))
         .cloned()
         .collect();
     let mut chosen = Vec::with_capacity(request.count);
@@ -234,6 +296,16 @@ pub fn place_replicas(candidates: &[Candidate], request: &PlacementRequest<'_>) 
                     .filter(|c| request.spread == Spread::Preferred || c.replicas == 0)
                     .filter(|c| !c.allocatable.fits(c.used, request.per_replica))
                     .count();
+                let platform = request.platform();
+                let other_platform = candidates
+                    .iter()
+                    .filter(|c| c.readiness == Readiness::Ready)
+                    .filter(|c| {
+                        platform
+                            .iter()
+                            .any(|(k, v)| c.labels.get(*k).map(String::as_str) != Some(*v))
+                    })
+                    .count();
                 return Placement {
                     chosen,
                     shortage: Some(Shortage {
@@ -242,6 +314,8 @@ pub fn place_replicas(candidates: &[Candidate], request: &PlacementRequest<'_>) 
                         busy,
                         full,
                         per_replica: request.per_replica,
+                        platform: platform.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                        other_platform,
                     }),
                 };
             }

@@ -2,7 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use decloud_crds::{Container, PodSpec, PodTemplate, Probe, ResourceList, Workload};
+use decloud_crds::{
+    Container, PodSpec, PodTemplate, Probe, ResourceList, Workload,
+    contracts::{EDGE_TAINT, TEMPLATE_HASH_LABEL, WORKLOAD_LABEL},
+    pods::pod_requests,
+};
 use k8s_openapi::{
     api::core::v1 as core,
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
@@ -10,26 +14,10 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    Error, Result,
-    placement::Resources,
-    quantity::{cpu_millis, memory_bytes},
-};
-
-/// Label naming the Workload a replica belongs to.
-pub const WORKLOAD_LABEL: &str = "decloud.dev/workload";
-/// Label carrying the hash of the template a replica was made from.
-pub const TEMPLATE_HASH_LABEL: &str = "decloud.dev/template-hash";
-/// Taint key of every virtual edge node.
-pub const EDGE_TAINT_KEY: &str = "decloud.dev/edge";
-
-/// Name of the virtual node of a provider.
-pub fn node_name(provider: &str) -> String {
-    format!("edge-{provider}")
-}
+use crate::{Error, Result, placement::Resources};
 
 /// A stable hash of a pod template (16 hex digits): equal templates, equal hashes.
-pub fn template_hash(template: &PodTemplate) -> String {
+pub(crate) fn template_hash(template: &PodTemplate) -> String {
     // Struct fields serialize in declaration order and maps are BTreeMaps, so the JSON is
     // canonical for a given template.
     let json = serde_json::to_vec(template).unwrap_or_default();
@@ -37,53 +25,20 @@ pub fn template_hash(template: &PodTemplate) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// What one replica of `spec` requests. As Kubernetes does, a container without a request for
-/// a resource but with a limit for it requests the limit.
-pub fn replica_requests(spec: &PodSpec) -> Resources {
-    spec.containers.iter().fold(Resources::pod(0, 0), |acc, c| {
-        let res = c.resources.as_ref();
-        let pick = |get: fn(&ResourceList) -> Option<&String>| {
-            res.and_then(|r| r.requests.as_ref().and_then(get))
-                .or_else(|| res.and_then(|r| r.limits.as_ref().and_then(get)))
-        };
-        let cpu = pick(|l| l.cpu.as_ref())
-            .and_then(|q| cpu_millis(q))
-            .unwrap_or(0);
-        let mem = pick(|l| l.memory.as_ref())
-            .and_then(|q| memory_bytes(q))
-            .unwrap_or(0);
-        acc.plus(Resources {
-            cpu_millis: cpu,
-            memory_bytes: mem,
-            pods: 0,
-        })
+/// What one replica of `spec` requests: the requests of the pod [`build_pod`] makes of it.
+pub(crate) fn replica_requests(spec: &PodSpec) -> Resources {
+    requests_of(&core::Pod {
+        spec: Some(core::PodSpec {
+            containers: spec.containers.iter().map(container).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
     })
 }
 
-/// What a pod requests (of any origin); limits stand in for missing requests.
-pub fn pod_requests(pod: &core::Pod) -> Resources {
-    let containers = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or(&[]);
-    containers.iter().fold(Resources::pod(0, 0), |acc, c| {
-        let res = c.resources.as_ref();
-        let pick = |key: &str| {
-            res.and_then(|r| r.requests.as_ref().and_then(|m| m.get(key)))
-                .or_else(|| res.and_then(|r| r.limits.as_ref().and_then(|m| m.get(key))))
-        };
-        acc.plus(Resources {
-            cpu_millis: pick("cpu").and_then(|q| cpu_millis(&q.0)).unwrap_or(0),
-            memory_bytes: pick("memory").and_then(|q| memory_bytes(&q.0)).unwrap_or(0),
-            pods: 0,
-        })
-    })
-}
-
-/// Whether a pod still holds resources on its node (not Succeeded or Failed).
-pub fn holds_resources(pod: &core::Pod) -> bool {
-    !matches!(phase_of(pod), "Succeeded" | "Failed")
+/// What a pod (of any origin) requests; limits stand in for missing requests.
+pub(crate) fn requests_of(pod: &core::Pod) -> Resources {
+    Resources::from(pod_requests(pod))
 }
 
 fn phase_of(pod: &core::Pod) -> &str {
@@ -94,7 +49,7 @@ fn phase_of(pod: &core::Pod) -> &str {
 }
 
 /// The pod for one new replica of `workload` on node `node`.
-pub fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<core::Pod> {
+pub(crate) fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<core::Pod> {
     let name = workload.name_any();
     let owner = workload
         .controller_owner_ref(&())
@@ -116,8 +71,9 @@ pub fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<core::Po
         },
         spec: Some(core::PodSpec {
             node_name: Some(node.into()),
+            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
             tolerations: Some(vec![core::Toleration {
-                key: Some(EDGE_TAINT_KEY.into()),
+                key: Some(EDGE_TAINT.into()),
                 operator: Some("Exists".into()),
                 effect: Some("NoSchedule".into()),
                 ..Default::default()
@@ -218,7 +174,7 @@ fn probe(p: &Probe) -> core::Probe {
 
 /// A replica's pod as the controller reads it back.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Replica {
+pub(crate) struct Replica {
     /// Pod name.
     pub name: String,
     /// `spec.nodeName`, if bound.
@@ -235,7 +191,7 @@ pub struct Replica {
 
 impl Replica {
     /// Reads a pod.
-    pub fn from_pod(pod: &core::Pod) -> Self {
+    pub(crate) fn from_pod(pod: &core::Pod) -> Self {
         let ready = pod
             .status
             .as_ref()

@@ -2,7 +2,7 @@
 //!
 //! Pure: the controller feeds it a snapshot and carries out the result.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use decloud_crds::{LabelSelector, Spread};
 
@@ -12,17 +12,17 @@ use crate::{
 };
 
 /// Look again this soon while anything is in flight.
-pub const BUSY_REQUEUE: Duration = Duration::from_secs(1);
+pub(crate) const BUSY_REQUEUE: Duration = Duration::from_secs(1);
 /// Look again this soon while short of capacity (Provider changes also trigger a look).
-pub const SHORT_REQUEUE: Duration = Duration::from_secs(10);
+pub(crate) const SHORT_REQUEUE: Duration = Duration::from_secs(10);
 /// Look again this soon when all is settled (a safety net; watches do the real work).
-pub const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+pub(crate) const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 /// Never look again sooner than this.
 const MIN_REQUEUE: Duration = Duration::from_millis(100);
 
 /// One existing replica pod with its provider's verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observed {
+pub(crate) struct Observed {
     /// Pod name.
     pub pod: String,
     /// Provider name.
@@ -45,14 +45,14 @@ impl Observed {
     }
 
     /// Ready and on a provider that is not in doubt.
-    pub fn serving(&self) -> bool {
+    pub(crate) fn serving(&self) -> bool {
         self.ready && self.verdict == Verdict::Keep
     }
 }
 
 /// Why a pod is deleted.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeleteReason {
+pub(crate) enum DeleteReason {
     /// Its provider has been lost past the grace.
     Failover {
         /// How long the provider has been unreachable.
@@ -72,7 +72,7 @@ pub enum DeleteReason {
 
 /// One pod to delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Deletion {
+pub(crate) struct Deletion {
     /// Pod name.
     pub pod: String,
     /// Provider name.
@@ -85,7 +85,7 @@ pub struct Deletion {
 
 /// What one reconcile step does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Pods to delete.
     pub delete: Vec<Deletion>,
     /// Providers to create one new replica on each.
@@ -102,7 +102,7 @@ pub struct Plan {
 
 /// Input of [`plan`].
 #[derive(Clone, Debug)]
-pub struct PlanInput<'a> {
+pub(crate) struct PlanInput<'a> {
     /// `spec.replicas`.
     pub desired: usize,
     /// Hash of the current template.
@@ -117,6 +117,8 @@ pub struct PlanInput<'a> {
     pub spread: Spread,
     /// Provider selector.
     pub selector: Option<&'a LabelSelector>,
+    /// The template's `nodeSelector`.
+    pub node_selector: &'a BTreeMap<String, String>,
 }
 
 /// Decides one step towards `desired` replicas of the current template.
@@ -125,7 +127,7 @@ pub struct PlanInput<'a> {
 /// Deployment with surge 1 and no unavailability: one extra new replica at a time, an old one
 /// removed only once the ready count stays at `desired` without it — unless there is no room
 /// for the extra replica, in which case one old replica makes room.
-pub fn plan(input: &PlanInput<'_>) -> Plan {
+pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
     let mut out = Plan::default();
     let mut wait = BUSY_REQUEUE;
     let mut terminating = 0;
@@ -183,6 +185,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 per_replica: input.per_replica,
                 spread: input.spread,
                 selector: input.selector,
+                node_selector: input.node_selector,
             },
         );
         out.create = placement.chosen;

@@ -5,7 +5,7 @@ use decloud_crds::{Condition, ReplicaPlacement, WorkloadStatus, set_condition};
 
 /// Input of [`compute_status`].
 #[derive(Clone, Debug)]
-pub struct StatusInput<'a> {
+pub(crate) struct StatusInput<'a> {
     /// `metadata.generation`.
     pub generation: Option<i64>,
     /// `spec.replicas`.
@@ -29,14 +29,14 @@ pub struct StatusInput<'a> {
 }
 
 /// Condition type: enough replicas are ready.
-pub const AVAILABLE: &str = "Available";
+pub(crate) const AVAILABLE: &str = "Available";
 /// Condition type: replicas are being created, replaced or removed.
-pub const PROGRESSING: &str = "Progressing";
+pub(crate) const PROGRESSING: &str = "Progressing";
 /// Condition type: some replicas lack a provider or sit on an unreachable one.
-pub const DEGRADED: &str = "Degraded";
+pub(crate) const DEGRADED: &str = "Degraded";
 
 /// Computes the status to write.
-pub fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
+pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
     let mut placements = input.placements;
     placements.sort_by(|a, b| a.pod.cmp(&b.pod));
     let replicas = placements.len();

@@ -8,7 +8,10 @@ use decloud_crds::{
     ResourceOffer, WorkloadSpec,
 };
 use http::{Request, Response};
-use kube::{client::Body, runtime::reflector::store::Writer};
+use kube::{
+    client::Body,
+    runtime::{reflector::store::Writer, watcher},
+};
 use serde_json::{Value, json};
 
 /// Every request the mock saw: method, path, query, JSON body.
@@ -81,7 +84,7 @@ fn workload() -> Workload {
     wl.metadata.namespace = Some("default".into());
     wl.metadata.uid = Some("wl-uid".into());
     wl.metadata.generation = Some(1);
-    wl.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    wl.metadata.finalizers = Some(vec![WORKLOAD_FINALIZER.into()]);
     wl
 }
 
@@ -118,7 +121,7 @@ fn context(client: Client, providers: Vec<Provider>) -> Arc<Context> {
         writer.apply_watcher_event(&watcher::Event::Apply(p));
     }
     Arc::new(Context {
-        recorder: Recorder::new(client.clone(), FIELD_MANAGER.into()),
+        recorder: Recorder::new(client.clone(), WORKLOAD_FIELD_MANAGER.into()),
         client,
         config: Config::default(),
         providers: writer.as_reader(),
@@ -235,4 +238,160 @@ async fn cleanup_force_deletes_pods_on_lost_providers_and_keeps_the_finalizer() 
         !log.iter().any(|(m, _, _, _)| m == "PATCH"),
         "the finalizer stays while pods remain"
     );
+}
+
+// === plan ===
+
+fn ready_candidate(name: &str) -> Candidate {
+    Candidate {
+        name: name.into(),
+        labels: Default::default(),
+        readiness: crate::placement::Readiness::Ready,
+        reliability_permille: 990,
+        allocatable: Allocatable {
+            cpu_millis: Some(2000),
+            memory_bytes: Some(4 << 30),
+            pods: Some(10),
+        },
+        used: Resources::default(),
+        replicas: 0,
+    }
+}
+
+fn replica(pod: &str, provider: &str, verdict: crate::failover::Verdict) -> Observed {
+    Observed {
+        pod: pod.into(),
+        provider: provider.into(),
+        hash: "h1".into(),
+        phase: "Running".into(),
+        ready: true,
+        terminating: false,
+        verdict,
+    }
+}
+
+fn snapshot(observed: Vec<Observed>, candidates: Vec<Candidate>) -> Snapshot {
+    Snapshot {
+        desired: 1,
+        hash: "h1".into(),
+        per_replica: Resources::pod(100, 32 << 20),
+        grace_seconds: 5,
+        placement: Placement::default(),
+        node_selector: BTreeMap::new(),
+        nodes: candidates
+            .iter()
+            .map(|c| (c.name.clone(), format!("edge-{}", c.name)))
+            .collect(),
+        observed,
+        candidates,
+        now: Timestamp::now(),
+    }
+}
+
+#[test]
+fn plan_table() {
+    use crate::failover::Verdict;
+    let lost = Verdict::Replace {
+        down_for: Duration::from_secs(9),
+    };
+    struct Case {
+        name: &'static str,
+        snapshot: Snapshot,
+        /// `(pod, force)` deleted.
+        deletes: Vec<(&'static str, bool)>,
+        /// `(provider, node)` created on.
+        creates: Vec<(&'static str, &'static str)>,
+    }
+    let mut renamed = snapshot(vec![], vec![ready_candidate("bob")]);
+    renamed.nodes.insert("bob".into(), "edge-bob-2".into());
+    let mut unnamed = snapshot(vec![], vec![ready_candidate("carol")]);
+    unnamed.nodes.clear();
+    let on = |name: &str, arch: &str| {
+        let mut c = ready_candidate(name);
+        c.labels.insert(ARCH_LABEL.to_string(), arch.to_string());
+        c
+    };
+    let mut arm = snapshot(
+        vec![],
+        vec![
+            on("a-amd", "amd64"),
+            on("b-arm", "arm64"),
+            ready_candidate("c-unknown"),
+        ],
+    );
+    arm.node_selector = BTreeMap::from([(ARCH_LABEL.to_string(), "arm64".to_string())]);
+    let cases = vec![
+        Case {
+            name: "a settled replica is kept",
+            snapshot: snapshot(
+                vec![replica("p1", "alice", Verdict::Keep)],
+                vec![ready_candidate("alice"), ready_candidate("bob")],
+            ),
+            deletes: vec![],
+            creates: vec![],
+        },
+        Case {
+            name: "failover force-deletes the lost replica and places one elsewhere",
+            snapshot: snapshot(
+                vec![replica("p1", "dave", lost)],
+                vec![ready_candidate("alice")],
+            ),
+            deletes: vec![("p1", true)],
+            creates: vec![("alice", "edge-alice")],
+        },
+        Case {
+            name: "a create goes to the node the Provider reports",
+            snapshot: renamed,
+            deletes: vec![],
+            creates: vec![("bob", "edge-bob-2")],
+        },
+        Case {
+            name: "an arm64 template goes to the arm64 provider only",
+            snapshot: arm,
+            deletes: vec![],
+            creates: vec![("b-arm", "edge-b-arm")],
+        },
+        Case {
+            name: "a provider without a known node gets the conventional one",
+            snapshot: unnamed,
+            deletes: vec![],
+            creates: vec![("carol", "edge-carol")],
+        },
+    ];
+    for case in cases {
+        let step = plan(&case.snapshot);
+        let deletes: Vec<(&str, bool)> = step
+            .plan
+            .delete
+            .iter()
+            .map(|d| (d.pod.as_str(), d.force))
+            .collect();
+        assert_eq!(deletes, case.deletes, "{}", case.name);
+        let creates: Vec<(&str, &str)> = step
+            .creates
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.as_str()))
+            .collect();
+        assert_eq!(creates, case.creates, "{}", case.name);
+    }
+}
+
+#[test]
+fn placement_sees_the_reported_platform_not_the_labels() {
+    let mut p = provider("alice", ProviderPhase::Ready, "0.99");
+    p.metadata.labels = Some(BTreeMap::from([
+        (ARCH_LABEL.to_string(), "arm64".to_string()),
+        ("region".to_string(), "eu".to_string()),
+    ]));
+    let labels = placement_labels(&p);
+    assert_eq!(labels.get(ARCH_LABEL), None, "no platform reported yet");
+    assert_eq!(labels["region"], "eu");
+    p.status.as_mut().expect("status").platform = Some(decloud_crds::Platform {
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        ..Default::default()
+    });
+    let labels = placement_labels(&p);
+    assert_eq!(labels[ARCH_LABEL], "amd64");
+    assert_eq!(labels[OS_LABEL], "linux");
 }

@@ -40,6 +40,7 @@ struct Case {
     count: usize,
     spread: Spread,
     selector: Option<LabelSelector>,
+    node_selector: BTreeMap<String, String>,
     per_replica: Resources,
     want: &'static [&'static str],
     want_unplaced: usize,
@@ -53,6 +54,7 @@ impl Default for Case {
             count: 1,
             spread: Spread::Required,
             selector: None,
+            node_selector: BTreeMap::new(),
             per_replica: small(),
             want: &[],
             want_unplaced: 0,
@@ -229,6 +231,7 @@ fn place_replicas_table() {
                 per_replica: case.per_replica,
                 spread: case.spread,
                 selector: case.selector.as_ref(),
+                node_selector: &case.node_selector,
             },
         );
         assert_eq!(got.chosen, case.want, "{}", case.name);
@@ -255,6 +258,7 @@ fn shortage_message_all_in_use() {
             per_replica: small(),
             spread: Spread::Required,
             selector: None,
+            node_selector: &BTreeMap::new(),
         },
     );
     let shortage = got.shortage.expect("shortage");
@@ -275,6 +279,7 @@ fn shortage_message_mixed_and_none() {
         per_replica: small(),
         spread: Spread::Required,
         selector: None,
+        node_selector: &BTreeMap::new(),
     };
     let shortage = place_replicas(&candidates, &request)
         .shortage
@@ -289,4 +294,76 @@ fn shortage_message_mixed_and_none() {
         shortage.message(0, 2),
         "0/2 replicas placed: 2 need a provider; no Ready provider matches"
     );
+}
+
+fn arch(value: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(ARCH_LABEL.to_string(), value.to_string())])
+}
+
+#[test]
+fn an_arm64_workload_is_never_placed_on_an_amd64_provider() {
+    let candidates = vec![
+        with("amd", |c| c.labels = arch("amd64")),
+        // No platform reported: matches no explicit request.
+        provider("unknown"),
+    ];
+    for (selector, node_selector) in [
+        (None, arch("arm64")),
+        (
+            Some(LabelSelector {
+                match_labels: arch("arm64"),
+                ..Default::default()
+            }),
+            BTreeMap::new(),
+        ),
+    ] {
+        let got = place_replicas(
+            &candidates,
+            &PlacementRequest {
+                count: 1,
+                per_replica: small(),
+                spread: Spread::Preferred,
+                selector: selector.as_ref(),
+                node_selector: &node_selector,
+            },
+        );
+        assert_eq!(got.chosen, Vec::<String>::new());
+        assert_eq!(
+            got.shortage.expect("shortage").message(0, 1),
+            "0/1 replicas placed: 1 needs a provider; no Ready provider matches; \
+             2 Ready providers are not kubernetes.io/arch=arm64"
+        );
+    }
+    let mut candidates = candidates;
+    candidates.push(with("arm", |c| c.labels = arch("arm64")));
+    let got = place_replicas(
+        &candidates,
+        &PlacementRequest {
+            count: 2,
+            per_replica: small(),
+            spread: Spread::Preferred,
+            selector: None,
+            node_selector: &arch("arm64"),
+        },
+    );
+    assert_eq!(got.chosen, ["arm", "arm"]);
+}
+
+#[test]
+fn other_node_selector_keys_match_provider_labels() {
+    let candidates = vec![
+        with("a", |c| c.labels = region("us-east")),
+        with("b", |c| c.labels = region("eu-west")),
+    ];
+    let got = place_replicas(
+        &candidates,
+        &PlacementRequest {
+            count: 1,
+            per_replica: small(),
+            spread: Spread::Required,
+            selector: None,
+            node_selector: &region("eu-west"),
+        },
+    );
+    assert_eq!(got.chosen, ["b"]);
 }

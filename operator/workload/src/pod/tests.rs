@@ -52,6 +52,7 @@ fn workload() -> Workload {
                         }),
                         ..Default::default()
                     }],
+                    ..Default::default()
                 },
             },
             placement: None,
@@ -93,7 +94,7 @@ fn builds_the_replica_pod() {
     let spec = pod.spec.as_ref().expect("spec");
     assert_eq!(spec.node_name.as_deref(), Some("edge-alice"));
     let tol = &spec.tolerations.as_ref().expect("tolerations")[0];
-    assert_eq!(tol.key.as_deref(), Some(EDGE_TAINT_KEY));
+    assert_eq!(tol.key.as_deref(), Some(EDGE_TAINT));
     assert_eq!(tol.operator.as_deref(), Some("Exists"));
     assert_eq!(tol.effect.as_deref(), Some("NoSchedule"));
     assert_eq!(spec.restart_policy.as_deref(), Some("OnFailure"));
@@ -173,7 +174,7 @@ fn requests_fall_back_to_limits() {
         }
     );
     let pod = build_pod(&wl, "abc", "edge-a").expect("pod");
-    assert_eq!(pod_requests(&pod), replica_requests(&wl.spec.template.spec));
+    assert_eq!(requests_of(&pod), replica_requests(&wl.spec.template.spec));
 }
 
 #[test]
@@ -205,5 +206,22 @@ fn reads_a_replica_back() {
     let r = Replica::from_pod(&pod);
     assert!(r.ready);
     assert_eq!(r.phase, "Running");
-    assert!(holds_resources(&pod));
+    assert!(!decloud_crds::pods::is_terminal(&pod));
+}
+
+#[test]
+fn the_node_selector_is_copied_onto_the_pod() {
+    let mut wl = workload();
+    let pod = build_pod(&wl, "abc", "edge-a").expect("pod");
+    assert_eq!(pod.spec.expect("spec").node_selector, None);
+    wl.spec.template.spec.node_selector =
+        BTreeMap::from([("kubernetes.io/arch".into(), "arm64".into())]);
+    let pod = build_pod(&wl, "abc", "edge-a").expect("pod");
+    assert_eq!(
+        pod.spec.expect("spec").node_selector,
+        Some(BTreeMap::from([(
+            "kubernetes.io/arch".into(),
+            "arm64".into()
+        )]))
+    );
 }

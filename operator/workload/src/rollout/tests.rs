@@ -50,6 +50,7 @@ fn run(desired: usize, observed: &[Observed], candidates: &[Candidate]) -> Plan 
         per_replica: Resources::pod(100, 32 << 20),
         spread: Spread::Required,
         selector: None,
+        node_selector: &BTreeMap::new(),
     })
 }
 
