@@ -185,6 +185,14 @@ pub struct RunArgs {
     /// Refused authentications per minute an address earns back.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) failed_auth_per_minute: u32,
+    /// Open edge connections one source address may hold; more are dropped at once. Size it
+    /// for the largest NAT many edges share; 0 turns the limit off.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_connections_per_address: usize,
+    /// Tunnels (gateway connections, service traffic) one edge may carry at once; beyond it a
+    /// request gets 503 and the edge's session is untouched.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub(crate) max_tunnels_per_edge: u32,
     /// The operator's own namespace: its TLS Secret and the join tokens live there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub(crate) namespace: String,

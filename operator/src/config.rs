@@ -29,6 +29,10 @@ pub(crate) struct Config {
     pub(crate) failed_auth_burst: u32,
     /// Refused authentications per minute an address earns back.
     pub(crate) failed_auth_per_minute: u32,
+    /// Open edge connections one source address may hold; 0: no limit.
+    pub(crate) max_connections_per_address: usize,
+    /// Tunnels (asked or open) one edge may carry at once.
+    pub(crate) max_tunnels_per_edge: usize,
     /// When many edges falling silent at once is held as a disruption instead of failed over.
     pub(crate) disruption: DisruptionPolicy,
 }
@@ -66,6 +70,8 @@ impl Default for Config {
             namespace: "default".into(),
             failed_auth_burst: 20,
             failed_auth_per_minute: 10,
+            max_connections_per_address: 256,
+            max_tunnels_per_edge: 256,
             disruption: DisruptionPolicy::default(),
         }
     }

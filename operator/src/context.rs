@@ -12,11 +12,13 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::edge::ProviderRegistry;
+use crate::edge::auth::TokenCache;
 use crate::edge::liveness::LivenessTracker;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::pods::StatusReport;
 use crate::relay::{PendingLogs, PendingTunnels};
+use crate::slots::Slots;
 use crate::usage::UsageLedger;
 
 /// Shared state of the operator.
@@ -41,8 +43,12 @@ pub(crate) struct Context {
     pub(crate) readiness: Arc<Readiness>,
     /// Gateway tunnels asked of edges and not yet opened.
     pub(crate) tunnels: PendingTunnels,
+    /// Tunnels each edge carries (asked or open), capped per edge.
+    pub(crate) tunnel_slots: Slots<String>,
     /// `kubectl logs` requests relayed to edges.
     pub(crate) logs: PendingLogs,
+    /// The join tokens, read from the API at a bounded rate.
+    pub(crate) tokens: TokenCache,
     /// Usage the edges report, per pod, provider and workload.
     pub(crate) usage: UsageLedger,
     reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
@@ -79,7 +85,9 @@ impl Context {
         let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = mpsc::unbounded_channel();
         let recorder = Recorder::new(client.clone(), OPERATOR_FIELD_MANAGER.into());
+        let tunnel_slots = Slots::new(config.max_tunnels_per_edge);
         let ctx = Arc::new(Self {
+            tunnel_slots,
             registry: ProviderRegistry::new(
                 LivenessTracker::new(config.liveness_timings(), config.disruption),
                 metrics.clone(),
@@ -94,6 +102,7 @@ impl Context {
             readiness,
             tunnels: PendingTunnels::default(),
             logs: PendingLogs::default(),
+            tokens: TokenCache::default(),
             usage: UsageLedger::default(),
             reconcile_tx,
             status_tx,

@@ -32,6 +32,15 @@ pub(crate) fn unreachable_client() -> kube::Client {
 
 /// A context over `pods`, with empty provider and node caches and an unreachable API.
 pub(crate) fn context(pods: Vec<k8s_openapi::api::core::v1::Pod>, leader: bool) -> Arc<Context> {
+    context_with(pods, leader, Config::default())
+}
+
+/// A context as [`context`], with `config`.
+pub(crate) fn context_with(
+    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    leader: bool,
+    config: Config,
+) -> Arc<Context> {
     let (pod_store, mut writer) = reflector::store();
     for p in pods {
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(p));
@@ -42,7 +51,7 @@ pub(crate) fn context(pods: Vec<k8s_openapi::api::core::v1::Pod>, leader: bool) 
     readiness.leader.store(leader, Ordering::Relaxed);
     Context::new(
         unreachable_client(),
-        Config::default(),
+        config,
         Arc::new(Metrics::default()),
         Caches {
             pods: pod_store,

@@ -31,6 +31,7 @@ mod pods;
 mod provider;
 mod relay;
 mod run;
+mod slots;
 mod time;
 mod tls;
 mod usage;

@@ -65,6 +65,10 @@ pub(crate) struct Metrics {
     pub(crate) edge_bytes_received: Counter,
     /// Bytes written to edge connections.
     pub(crate) edge_bytes_sent: Counter,
+    /// Edge connections dropped at once: their address held its share already.
+    pub(crate) edge_connections_refused: Counter,
+    /// Tunnels refused because the edge had its share open or its session was busy.
+    pub(crate) tunnels_refused: Counter,
     /// Liveness sweeps that came so late that this process must have stalled.
     pub(crate) liveness_stalls: Counter,
     /// 1 while a disruption holds liveness verdicts, 0 otherwise.
@@ -91,6 +95,8 @@ impl Metrics {
             log_requests: Family::default(),
             edge_bytes_received: Counter::default(),
             edge_bytes_sent: Counter::default(),
+            edge_connections_refused: Counter::default(),
+            tunnels_refused: Counter::default(),
             liveness_stalls: Counter::default(),
             liveness_disruption: Gauge::default(),
             liveness_disruptions: Counter::default(),
@@ -166,6 +172,18 @@ impl Metrics {
             "edge_sent_bytes",
             "Bytes written to edge connections (TLS records: sessions, tunnels, logs)",
             m.edge_bytes_sent.clone(),
+        );
+        r.register(
+            "edge_connections_refused",
+            "Edge connections dropped because their source address held \
+             --max-connections-per-address already",
+            m.edge_connections_refused.clone(),
+        );
+        r.register(
+            "tunnels_refused",
+            "Tunnels refused because the edge had --max-tunnels-per-edge open or its session \
+             queue was busy (the request got 503; the session stayed)",
+            m.tunnels_refused.clone(),
         );
         r.register(
             "liveness_stalls",

@@ -70,6 +70,8 @@ fn config(args: &RunArgs) -> Config {
         namespace: args.namespace.clone(),
         failed_auth_burst: args.failed_auth_burst,
         failed_auth_per_minute: args.failed_auth_per_minute,
+        max_connections_per_address: args.max_connections_per_address,
+        max_tunnels_per_edge: args.max_tunnels_per_edge as usize,
         disruption: DisruptionPolicy {
             unhealthy_threshold: args.unhealthy_threshold,
             large_cluster_size: args.large_cluster_size,

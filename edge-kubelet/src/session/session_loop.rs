@@ -115,7 +115,7 @@ async fn session_inner(
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
 
-    let tunnels = tunnel_opener(client.clone(), cfg);
+    let tunnels = tunnel::Tunnels::new(tunnel_opener(client.clone(), cfg));
 
     let (tx, rx) = mpsc::channel::<pb::EdgeMessage>(256);
     // Subscribe before taking the snapshot for Hello, so no change falls in between.
@@ -238,7 +238,7 @@ fn handle(
     pods: &Arc<PodSupervisor>,
     tx: &mpsc::Sender<pb::EdgeMessage>,
     log_tasks: &mut HashMap<u64, AbortHandle>,
-    tunnels: &tunnel::TunnelOpener,
+    tunnels: &tunnel::Tunnels,
 ) {
     match m.kind {
         Some(In::PodSet(set)) => {
@@ -269,7 +269,7 @@ fn handle(
                 h.abort();
             }
         }
-        Some(In::OpenTunnel(t)) => tunnel::open(t, pods, tunnels),
+        Some(In::OpenTunnel(t)) => tunnels.open(t, pods),
         Some(In::Welcome(_)) => tracing::warn!("unexpected second Welcome; ignored"),
         None => tracing::warn!("empty operator message; ignored"),
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -41,16 +41,58 @@ fn frame(kind: Frame) -> pb::TunnelFrame {
     pb::TunnelFrame { kind: Some(kind) }
 }
 
-/// Handles an `OpenTunnel` request in the background. Only pods this edge runs are reachable.
-pub(crate) fn open(req: pb::OpenTunnel, pods: &Arc<PodSupervisor>, opener: &TunnelOpener) {
-    let target = pods.pod_ip(&req.pod_uid);
-    let opener = opener.clone();
-    tokio::spawn(async move {
-        let id = req.tunnel_id;
-        if let Err(e) = run(req, target, opener).await {
-            tracing::debug!(tunnel = id, error = %e, "tunnel ended with an error");
+/// Tunnels this edge carries at once, whatever the operator asks: beyond it an `OpenTunnel` is
+/// answered with a refusal (the gateway tries another replica), and nothing is connected.
+pub(crate) const MAX_TUNNELS: usize = 256;
+
+/// The tunnel endpoint of one session: opens tunnels on its connection, at most
+/// [`MAX_TUNNELS`] at once.
+pub(crate) struct Tunnels {
+    opener: TunnelOpener,
+    slots: Arc<Semaphore>,
+}
+
+impl Tunnels {
+    /// Tunnels opened with `opener`.
+    pub(crate) fn new(opener: TunnelOpener) -> Self {
+        Self {
+            opener,
+            slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
         }
-    });
+    }
+
+    /// Handles an `OpenTunnel` request in the background. Only pods this edge runs are
+    /// reachable.
+    pub(crate) fn open(&self, req: pb::OpenTunnel, pods: &Arc<PodSupervisor>) {
+        let target = pods.pod_ip(&req.pod_uid);
+        let opener = self.opener.clone();
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        tokio::spawn(async move {
+            let id = req.tunnel_id;
+            let Some(_slot) = slot else {
+                tracing::warn!(tunnel = id, "refusing a tunnel: {MAX_TUNNELS} are open already");
+                refuse(id, format!("this edge carries its maximum of {MAX_TUNNELS} tunnels"), opener).await;
+                return;
+            };
+            if let Err(e) = run(req, target, opener).await {
+                tracing::debug!(tunnel = id, error = %e, "tunnel ended with an error");
+            }
+        });
+    }
+}
+
+/// Answers tunnel `id` with `TunnelOpen` and `TunnelClose{error}` at once.
+async fn refuse(id: u64, error: String, opener: TunnelOpener) {
+    let (tx, rx) = mpsc::channel(2);
+    let _ = tx
+        .send(frame(Frame::Open(pb::TunnelOpen { tunnel_id: id })))
+        .await;
+    let _ = tx
+        .send(frame(Frame::Close(pb::TunnelClose { error })))
+        .await;
+    drop(tx);
+    // Deliver the refusal; the operator ends the RPC at once.
+    let _ = opener(ReceiverStream::new(rx)).await;
 }
 
 async fn connect(target: Option<String>, port: u32) -> Result<TcpStream, String> {
@@ -70,27 +112,19 @@ async fn run(
     opener: TunnelOpener,
 ) -> Result<(), String> {
     let id = req.tunnel_id;
-    let conn = connect(target, req.port).await;
+    let conn = match connect(target, req.port).await {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::info!(tunnel = id, pod_uid = %req.pod_uid, port = req.port, %error, "tunnel refused");
+            refuse(id, error, opener).await;
+            return Ok(());
+        }
+    };
     let (tx, rx) = mpsc::channel(FRAME_QUEUE);
     let _ = tx
         .send(frame(Frame::Open(pb::TunnelOpen { tunnel_id: id })))
         .await;
-    let conn = match conn {
-        Ok(c) => {
-            let _ = tx.send(frame(Frame::Data(Vec::new()))).await;
-            c
-        }
-        Err(error) => {
-            tracing::info!(tunnel = id, pod_uid = %req.pod_uid, port = req.port, %error, "tunnel refused");
-            let _ = tx
-                .send(frame(Frame::Close(pb::TunnelClose { error })))
-                .await;
-            drop(tx);
-            // Deliver the refusal; the operator ends the RPC at once.
-            let _ = opener(ReceiverStream::new(rx)).await;
-            return Ok(());
-        }
-    };
+    let _ = tx.send(frame(Frame::Data(Vec::new()))).await;
     let inbound = opener(ReceiverStream::new(rx))
         .await
         .map_err(|s| format!("opening the Tunnel RPC: {}", s.message()))?;

@@ -1,6 +1,8 @@
-//! Byte counting on the edge connections: what every edge costs on the wire.
+//! Accounting of the edge connections: the bytes every edge costs on the wire, and how many
+//! connections one source address holds.
 
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -9,6 +11,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::slots::{Slot, Slots};
+
+/// Open edge connections per source address, capped: one address (a botnet node, or a NAT
+/// in front of many honest edges: size the cap for that) cannot hold every socket and task.
+pub(crate) type ConnectionLimits = Slots<IpAddr>;
+
+/// One open connection of an address; released when dropped.
+pub(crate) type ConnectionSlot = Slot<IpAddr>;
+
 /// A TCP connection that adds the bytes it reads and writes (TLS records included, TCP/IP
 /// headers not) to two counters.
 #[derive(Debug)]
@@ -16,15 +27,22 @@ pub(crate) struct CountingStream {
     inner: TcpStream,
     received: Counter,
     sent: Counter,
+    _slot: Option<ConnectionSlot>,
 }
 
 impl CountingStream {
-    /// Wraps `inner`, counting into `received` and `sent`.
-    pub(crate) fn new(inner: TcpStream, received: Counter, sent: Counter) -> Self {
+    /// Wraps `inner`, counting into `received` and `sent`; holds `slot` while open.
+    pub(crate) fn new(
+        inner: TcpStream,
+        received: Counter,
+        sent: Counter,
+        slot: Option<ConnectionSlot>,
+    ) -> Self {
         Self {
             inner,
             received,
             sent,
+            _slot: slot,
         }
     }
 }
@@ -109,7 +127,7 @@ mod tests {
         });
         let (conn, _) = listener.accept().await.unwrap();
         let (received, sent) = (Counter::default(), Counter::default());
-        let mut counted = CountingStream::new(conn, received.clone(), sent.clone());
+        let mut counted = CountingStream::new(conn, received.clone(), sent.clone(), None);
         let mut buf = [0u8; 15];
         counted.read_exact(&mut buf).await.unwrap();
         counted.write_all(b"ack").await.unwrap();

@@ -14,4 +14,6 @@ pub(crate) use auth::CredentialAuthenticator;
 #[cfg(test)]
 pub(crate) use auth::TrustingAuthenticator;
 pub(crate) use registry::{EdgeSession, HelloInfo, ProviderRegistry, ProviderView};
+#[cfg(test)]
+pub(crate) use registry::SESSION_QUEUE;
 pub(crate) use service::{EdgeService, bind, serve};

@@ -22,6 +22,9 @@ use crate::metrics::Metrics;
 /// Messages queued towards one edge before it counts as too slow and is disconnected.
 pub(crate) const SESSION_QUEUE: usize = 4096;
 
+/// Queue room kept for pod state: requests (tunnels, logs) are refused below it.
+const OPTIONAL_HEADROOM: usize = SESSION_QUEUE / 4;
+
 /// The sending half of a session's response stream.
 pub(crate) type SessionSender = mpsc::Sender<Result<pb::OperatorMessage, Status>>;
 
@@ -162,17 +165,32 @@ impl EdgeSession {
     }
 
     /// Asks the edge to open tunnel `tunnel_id` to `port` of pod `pod_uid`.
-    pub(crate) fn open_tunnel(&mut self, tunnel_id: u64, pod_uid: &str, port: u32) {
-        self.send(Kind::OpenTunnel(pb::OpenTunnel {
+    /// Asks the edge to open tunnel `tunnel_id` to `pod_uid`'s `port`; false if the session's
+    /// queue is too full to take it (that request fails; the session stays).
+    pub(crate) fn open_tunnel(&mut self, tunnel_id: u64, pod_uid: &str, port: u32) -> bool {
+        self.send_optional(Kind::OpenTunnel(pb::OpenTunnel {
             tunnel_id,
             pod_uid: pod_uid.to_string(),
             port,
-        }));
+        }))
     }
 
-    /// Asks the edge for a container's logs (answered with `LogChunk`s).
-    pub(crate) fn request_logs(&mut self, request: pb::LogRequest) {
-        self.send(Kind::LogRequest(request));
+    /// Asks the edge for a container's logs (answered with `LogChunk`s); false if the
+    /// session's queue is too full to take it.
+    pub(crate) fn request_logs(&mut self, request: pb::LogRequest) -> bool {
+        self.send_optional(Kind::LogRequest(request))
+    }
+
+    /// Queues a message the edge may go without (a request of a user's, not pod state): only
+    /// while the queue has room to spare for pod state, so a burst of requests can fail them
+    /// but never close the session.
+    fn send_optional(&mut self, kind: Kind) -> bool {
+        if self.tx.capacity() < OPTIONAL_HEADROOM {
+            return false;
+        }
+        self.tx
+            .try_send(Ok(pb::OperatorMessage { kind: Some(kind) }))
+            .is_ok()
     }
 
     /// Tells the edge to stop streaming log request `request_id`.

@@ -19,16 +19,19 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info};
 
-use super::auth::{self, EdgeAuthenticator, FailedAuthThrottle};
-use super::counting::CountingStream;
+use super::auth::{self, EdgeAuthenticator, FailedAuthThrottle, Lookup};
+use super::counting::{ConnectionLimits, CountingStream};
 use super::registry::{HelloInfo, SESSION_QUEUE};
 use super::session::{drive, on_pod_status};
 use crate::context::Context;
 use crate::provider::{Registration, ensure_provider, invalid_name, valid_provider_name};
 use crate::{Error, Result, pods, relay};
 
-/// How long an edge has to send its Hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an edge has to send its Hello once its credential is accepted.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 streams one edge connection may have open: its session, tunnels and log streams
+/// (the per-edge tunnel cap is far below).
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// How long a session waits for the pod cache after a (re)start before refusing.
 const CACHE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,36 +57,43 @@ impl<A: EdgeAuthenticator> EdgeService<A> {
     }
 
     /// The provider the caller of any edge RPC (Session, Tunnel) is, from its request
-    /// `metadata`; `claimed` as in [`EdgeAuthenticator::authenticate`]. Use before anything else.
-    /// `peer` (the source address) is throttled once it has had too many refusals.
+    /// `metadata` alone: use before reading anything else of the request.
+    ///
+    /// A valid credential is always accepted, whatever others sent from the same address
+    /// (`peer`): only refusals count against an address, and once it is out of budget its
+    /// credentials are checked against the Provider cache only (no API call), and refused
+    /// with `RESOURCE_EXHAUSTED`.
     pub(crate) async fn identify(
         &self,
         peer: Option<IpAddr>,
         metadata: &MetadataMap,
-        claimed: Option<&str>,
     ) -> Result<String, Status> {
-        self.admit(peer)?;
-        let result = self.auth.authenticate(metadata, claimed).await;
-        if let Err(status) = &result {
-            self.refused(peer, status);
+        let throttled = self.throttle.check(peer);
+        let lookup = if throttled.is_some() {
+            Lookup::CacheOnly
+        } else {
+            Lookup::CacheThenApi
+        };
+        match self.auth.authenticate(metadata, lookup).await {
+            Ok(name) => Ok(name),
+            Err(status) => Err(self.refused(peer, status, throttled)),
         }
-        result
     }
 
-    fn admit(&self, peer: Option<IpAddr>) -> Result<(), Status> {
-        self.throttle.admit(peer).inspect_err(|_| {
-            self.ctx.metrics.auth_throttled.inc();
-        })
-    }
-
-    /// Counts a refusal against `peer` if `status` says the caller failed to prove who it is.
-    fn refused(&self, peer: Option<IpAddr>, status: &Status) {
+    /// Counts a refusal against `peer` if `status` says the caller failed to prove who it is;
+    /// what to answer: `throttled` (the address was out of budget) or `status`.
+    fn refused(&self, peer: Option<IpAddr>, status: Status, throttled: Option<Status>) -> Status {
         if matches!(
             status.code(),
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
         ) {
             self.throttle.refused(peer);
+            if let Some(throttled) = throttled {
+                self.ctx.metrics.auth_throttled.inc();
+                return throttled;
+            }
         }
+        status
     }
 }
 
@@ -105,15 +115,18 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
             return Err(standby());
         }
         let peer = request.remote_addr().map(|a| a.ip());
-        self.admit(peer)?;
+        let throttled = self.throttle.check(peer);
         let req = request.into_inner();
         let name = req.provider_name.clone();
         if !valid_provider_name(&name) {
             return Err(invalid_name(&name));
         }
-        auth::check_token(&ctx.client, &ctx.config.namespace, &req.join_token)
+        // The token list is cached and re-read at most a few times a second, however many
+        // tokens are tried: a valid token joins even from an address out of budget.
+        ctx.tokens
+            .check(&ctx.client, &ctx.config.namespace, &req.join_token)
             .await
-            .inspect_err(|status| self.refused(peer, status))?;
+            .map_err(|status| self.refused(peer, status, throttled))?;
         let credential = if req.credential.is_empty() {
             auth::new_credential(&name)
         } else if auth::credential_provider(&req.credential) == Some(name.as_str()) {
@@ -151,13 +164,14 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
             return Err(standby());
         }
         let peer = request.remote_addr().map(|a| a.ip());
-        self.admit(peer)?;
-        let metadata = request.metadata().clone();
+        // Who is calling, from the metadata alone: nothing of the stream is read (or decoded)
+        // for a caller that cannot prove it is a provider.
+        let identified = self.identify(peer, request.metadata()).await?;
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
                 return Err(Status::deadline_exceeded(
-                    "no Hello within 10 s of opening the Session",
+                    "no Hello within 5 s of opening the Session",
                 ));
             }
             Ok(Err(status)) => return Err(status),
@@ -173,7 +187,11 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
         if !valid_provider_name(&name) {
             return Err(invalid_name(&name));
         }
-        let name = self.identify(peer, &metadata, Some(&name)).await?;
+        if name != identified {
+            return Err(Status::permission_denied(format!(
+                "this credential belongs to provider {identified:?}, not {name:?}"
+            )));
+        }
         let registration = Registration {
             name: &name,
             owner: &hello.owner,
@@ -228,7 +246,7 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
     ) -> Result<Response<Self::TunnelStream>, Status> {
         // Only the provider a tunnel was asked of may open it (checked against this identity).
         let peer = request.remote_addr().map(|a| a.ip());
-        let provider = self.identify(peer, request.metadata(), None).await?;
+        let provider = self.identify(peer, request.metadata()).await?;
         relay::accept_tunnel(&self.ctx, &provider, request.into_inner()).await
     }
 }
@@ -264,6 +282,8 @@ pub(crate) async fn serve<A: EdgeAuthenticator>(
 ) -> Result<()> {
     let received = service.ctx.metrics.edge_bytes_received.clone();
     let sent = service.ctx.metrics.edge_bytes_sent.clone();
+    let refused = service.ctx.metrics.edge_connections_refused.clone();
+    let limits = ConnectionLimits::new(service.ctx.config.max_connections_per_address);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -274,6 +294,8 @@ pub(crate) async fn serve<A: EdgeAuthenticator>(
         // Tunnels carry bulk data: h2's default 64 KiB windows would cap their throughput.
         .initial_stream_window_size(Some(TUNNEL_STREAM_WINDOW))
         .initial_connection_window_size(Some(TUNNEL_CONNECTION_WINDOW))
+        // One session and the edge's tunnels and log streams: bounded per connection.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(
             EdgeServer::new(service)
                 .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
@@ -281,13 +303,31 @@ pub(crate) async fn serve<A: EdgeAuthenticator>(
         )
         // Connections come from our own listener, so tonic's `tcp_nodelay` does not reach
         // them: without it Nagle and delayed ACKs add tens of ms to every small tunnel write.
-        .serve_with_incoming(tokio_stream::StreamExt::map(
+        .serve_with_incoming(tokio_stream::StreamExt::filter_map(
             TcpListenerStream::new(listener),
             move |conn| {
-                conn.map(|c| {
-                    let _ = c.set_nodelay(true);
-                    CountingStream::new(c, received.clone(), sent.clone())
-                })
+                let c = match conn {
+                    Ok(c) => c,
+                    Err(e) => return Some(Err(e)),
+                };
+                let slot = match c.peer_addr() {
+                    Ok(peer) => match limits.acquire(&peer.ip()) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            // Dropped at once: the address holds its share of connections.
+                            refused.inc();
+                            return None;
+                        }
+                    },
+                    Err(_) => None,
+                };
+                let _ = c.set_nodelay(true);
+                Some(Ok(CountingStream::new(
+                    c,
+                    received.clone(),
+                    sent.clone(),
+                    slot,
+                )))
             },
         ))
         .await?;

@@ -53,6 +53,13 @@ async fn session_refusals() {
             tonic::Code::InvalidArgument,
             "provider name",
         ),
+        // A Hello naming another provider than the credential's.
+        (
+            true,
+            hello("bob"),
+            tonic::Code::PermissionDenied,
+            "belongs to provider \"alice\"",
+        ),
         // The API is unreachable: the edge is told to retry, not silently dropped.
         (
             true,
@@ -63,11 +70,32 @@ async fn session_refusals() {
     ];
     for (leader, first, code, words) in cases {
         let (mut client, _ctx) = start(leader).await;
-        let outbound = tokio_stream::iter(vec![message(first.clone())]);
-        let status = client.session(outbound).await.unwrap_err();
+        let mut request =
+            tonic::Request::new(tokio_stream::iter(vec![message(first.clone())]));
+        request.metadata_mut().insert(
+            decloud_proto::PROVIDER_METADATA,
+            "alice".parse().unwrap(),
+        );
+        let status = client.session(request).await.unwrap_err();
         assert_eq!(status.code(), code, "{first:?}: {status:?}");
         assert!(status.message().contains(words), "{first:?}: {status:?}");
     }
+}
+
+#[tokio::test]
+async fn a_session_without_credentials_is_refused_before_its_hello_is_read() {
+    let (mut client, _ctx) = start(true).await;
+    // A Hello that would take the whole message limit to decode: never read.
+    let big = Kind::Hello(pb::Hello {
+        provider_name: "alice".into(),
+        agent_version: "x".repeat(3 << 20),
+        ..Default::default()
+    });
+    let status = client
+        .session(tokio_stream::iter(vec![message(big)]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 }
 
 #[tokio::test]

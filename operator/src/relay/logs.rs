@@ -180,15 +180,23 @@ async fn relay(ctx: Arc<Context>, q: LogQuery) -> Result<LogStream, LogError> {
         timestamps: q.timestamps,
         previous: q.previous,
     };
-    if ctx
+    match ctx
         .registry
         .with_session(&provider, |s| s.request_logs(request))
-        .is_none()
     {
-        return Err(LogError::Unavailable(format!(
-            "the edge of provider {provider} (running pod {}/{}) is not connected",
-            q.namespace, q.pod
-        )));
+        None => {
+            return Err(LogError::Unavailable(format!(
+                "the edge of provider {provider} (running pod {}/{}) is not connected",
+                q.namespace, q.pod
+            )));
+        }
+        Some(false) => {
+            return Err(LogError::Unavailable(format!(
+                "the edge running pod {}/{} is busy; retry",
+                q.namespace, q.pod
+            )));
+        }
+        Some(true) => {}
     }
     let first = match tokio::time::timeout(FIRST_CHUNK_WAIT, rx.recv()).await {
         Ok(Some(Err(e))) => return Err(LogError::Edge(e.to_string())),

@@ -29,6 +29,7 @@ use tonic::{Response, Status, Streaming};
 
 use super::pending::{Opened, Unclaimed};
 use crate::context::Context;
+use crate::slots::Slot;
 
 /// How long an edge has to open a tunnel it was asked for.
 pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -70,6 +71,12 @@ impl TunnelDialer for TunnelBroker {
         async move {
             let started = Instant::now();
             let provider = backend.provider.clone();
+            // Counted from the ask until the tunnel closes: one edge carries at most its share.
+            let Some(slot) = ctx.tunnel_slots.acquire(&provider) else {
+                ctx.metrics.tunnels_refused.inc();
+                ctx.metrics.tunnel_dialed("busy");
+                return Err(DialError::Busy(provider));
+            };
             let (reply, rx) = oneshot::channel();
             let id = ctx.tunnels.register(&provider, reply);
             let _forget = ForgetOnDrop {
@@ -81,8 +88,14 @@ impl TunnelDialer for TunnelBroker {
             });
             let result = match asked {
                 None => Err(DialError::NotConnected(provider.clone())),
-                Some(()) => match tokio::time::timeout(OPEN_TIMEOUT, rx).await {
-                    Ok(Ok(opened)) => opened,
+                Some(false) => {
+                    ctx.metrics.tunnels_refused.inc();
+                    Err(DialError::Busy(provider.clone()))
+                }
+                Some(true) => match tokio::time::timeout(OPEN_TIMEOUT, rx).await {
+                    Ok(Ok(opened)) => opened.map(|io| {
+                        Box::new(Slotted { io, _slot: slot }) as Box<dyn TunnelIo>
+                    }),
                     Ok(Err(_)) => Err(DialError::NotConnected(provider.clone())),
                     Err(_) => Err(DialError::Timeout(provider.clone())),
                 },
@@ -102,6 +115,40 @@ impl TunnelDialer for TunnelBroker {
             result
         }
         .boxed()
+    }
+}
+
+/// An open tunnel holding its edge's tunnel slot until it is dropped.
+struct Slotted {
+    io: Box<dyn TunnelIo>,
+    _slot: Slot<String>,
+}
+
+impl AsyncRead for Slotted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

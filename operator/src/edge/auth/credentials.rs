@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use super::authenticator::EdgeAuthenticator;
+use super::authenticator::{EdgeAuthenticator, Lookup};
 
 /// SHA-256 of `s`, hex.
 pub(crate) fn sha256_hex(s: &str) -> String {
@@ -115,18 +115,11 @@ impl EdgeAuthenticator for CredentialAuthenticator {
     async fn authenticate(
         &self,
         metadata: &MetadataMap,
-        claimed: Option<&str>,
+        lookup: Lookup,
     ) -> Result<String, Status> {
         let credential = bearer(metadata)?;
         let name = credential_provider(credential)
             .ok_or_else(|| Status::unauthenticated("malformed credential"))?;
-        if let Some(claimed) = claimed
-            && claimed != name
-        {
-            return Err(Status::permission_denied(format!(
-                "this credential belongs to provider {name:?}, not {claimed:?}"
-            )));
-        }
         // Right after an operator starts, every edge reconnects at once: answer them from the
         // cache once it has listed the Providers, not with thousands of GETs to the API server
         // (measured: some hundred of 1,000 edges then waited ~30 s). Returns at once if the
@@ -139,10 +132,15 @@ impl EdgeAuthenticator for CredentialAuthenticator {
         if let Some(p) = self.providers.get(&ObjectRef::new(name)) {
             match check_credential(&p, name, credential) {
                 Ok(()) => return Ok(name.to_string()),
-                Err(e) if is_revoked(&p) => return Err(e),
+                Err(e) if is_revoked(&p) || lookup == Lookup::CacheOnly => return Err(e),
                 // The cache may lag a fresh Register: ask the API below.
                 Err(_) => {}
             }
+        }
+        if lookup == Lookup::CacheOnly {
+            return Err(Status::unauthenticated(format!(
+                "unknown credential for provider {name:?}"
+            )));
         }
         let api: Api<Provider> = Api::all(self.client.clone());
         match api.get_opt(name).await {

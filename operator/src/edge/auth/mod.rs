@@ -6,7 +6,7 @@ mod credentials;
 mod throttle;
 mod tokens;
 
-pub(crate) use authenticator::EdgeAuthenticator;
+pub(crate) use authenticator::{EdgeAuthenticator, Lookup};
 #[cfg(test)]
 pub(crate) use authenticator::TrustingAuthenticator;
 pub(crate) use credentials::{
@@ -15,5 +15,5 @@ pub(crate) use credentials::{
 };
 pub(crate) use throttle::FailedAuthThrottle;
 pub(crate) use tokens::{
-    check_token, clean_expired_tokens, create_token, list_tokens, revoke_token,
+    TokenCache, clean_expired_tokens, create_token, list_tokens, revoke_token,
 };

@@ -211,34 +211,75 @@ pub(crate) async fn revoke_token(
     Ok(any)
 }
 
-/// Checks a join token against those stored in `namespace`.
-pub(crate) async fn check_token(
-    client: &kube::Client,
-    namespace: &str,
-    token: &str,
-) -> Result<(), Status> {
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(Status::unauthenticated(
-            "no join token given: an edge joins with `edge-kubelet join --token …`; an \
-             administrator creates one with `decloud-operator token create`",
-        ));
+/// How long a read of the token list answers checks before it is read again.
+const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a token not in the cached list may cause a re-read (a token just created).
+const TOKEN_MISS_REFRESH: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The join tokens, read from the API at most every [`TOKEN_MISS_REFRESH`] however many
+/// `Register` calls arrive: a flood of bad tokens costs the API server nothing more.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    read: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Vec<TokenInfo>>)>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache").finish_non_exhaustive()
     }
-    let tokens = list_tokens(client, namespace).await.map_err(|e| {
-        Status::unavailable(format!("the operator cannot read its join tokens: {e}"))
-    })?;
-    let hash = sha256_hex(token);
-    match tokens.iter().find(|t| same(&t.hash, &hash)) {
-        None => Err(Status::unauthenticated(
-            "invalid join token (unknown, mistyped or revoked); ask the cluster administrator \
-             for a new one (`decloud-operator token create`)",
-        )),
-        Some(t) if t.expired(Utc::now()) => Err(Status::unauthenticated(format!(
-            "the join token expired at {}; ask the cluster administrator for a new one \
-             (`decloud-operator token create`)",
-            t.expires.map(rfc3339).unwrap_or_default()
-        ))),
-        Some(_) => Ok(()),
+}
+
+impl TokenCache {
+    async fn tokens(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        max_age: std::time::Duration,
+    ) -> Result<std::sync::Arc<Vec<TokenInfo>>, Status> {
+        let mut read = self.read.lock().await;
+        if let Some((at, tokens)) = read.as_ref()
+            && at.elapsed() < max_age
+        {
+            return Ok(tokens.clone());
+        }
+        let tokens = std::sync::Arc::new(list_tokens(client, namespace).await.map_err(|e| {
+            Status::unavailable(format!("the operator cannot read its join tokens: {e}"))
+        })?);
+        *read = Some((std::time::Instant::now(), tokens.clone()));
+        Ok(tokens)
+    }
+
+    /// Checks a join token against those stored in `namespace`.
+    pub(crate) async fn check(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        token: &str,
+    ) -> Result<(), Status> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(Status::unauthenticated(
+                "no join token given: an edge joins with `edge-kubelet join --token …`; an \
+                 administrator creates one with `decloud-operator token create`",
+            ));
+        }
+        let hash = sha256_hex(token);
+        let mut tokens = self.tokens(client, namespace, TOKEN_CACHE_TTL).await?;
+        if !tokens.iter().any(|t| same(&t.hash, &hash)) {
+            tokens = self.tokens(client, namespace, TOKEN_MISS_REFRESH).await?;
+        }
+        match tokens.iter().find(|t| same(&t.hash, &hash)) {
+            None => Err(Status::unauthenticated(
+                "invalid join token (unknown, mistyped or revoked); ask the cluster administrator \
+                 for a new one (`decloud-operator token create`)",
+            )),
+            Some(t) if t.expired(Utc::now()) => Err(Status::unauthenticated(format!(
+                "the join token expired at {}; ask the cluster administrator for a new one \
+                 (`decloud-operator token create`)",
+                t.expires.map(rfc3339).unwrap_or_default()
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 }
 

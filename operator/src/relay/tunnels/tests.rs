@@ -150,3 +150,57 @@ async fn tunnels_carry_bytes_both_ways_and_fail_fast() {
     assert_eq!(res.expect_err("not awaited").code(), tonic::Code::NotFound);
     assert_eq!(ctx.tunnels.len(), 0);
 }
+
+#[tokio::test]
+async fn an_edge_carries_at_most_its_share_of_tunnels_and_a_full_queue_fails_one_request() {
+    let config = crate::Config {
+        max_tunnels_per_edge: 2,
+        ..crate::Config::default()
+    };
+    let ctx = crate::fixtures::context_with(Vec::new(), true, config);
+    let broker = TunnelBroker::new(ctx.clone());
+    let mut session = fake_session(&ctx, "alice");
+    // Two dials wait for the edge; a third is refused at once, and no OpenTunnel goes out.
+    let first = tokio::spawn(broker.dial(&backend("alice")));
+    let second = tokio::spawn(broker.dial(&backend("alice")));
+    next_open(&mut session).await;
+    next_open(&mut session).await;
+    let started = Instant::now();
+    let err = broker.dial(&backend("alice")).await.err().expect("refused");
+    assert!(matches!(err, DialError::Busy(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(session.try_recv().is_err(), "nothing asked of the edge");
+    // Another edge has its own share.
+    let mut other = fake_session(&ctx, "bob");
+    let bob = tokio::spawn(broker.dial(&backend("bob")));
+    next_open(&mut other).await;
+    // When a dial ends (here: the edge never answers), its slot is free again.
+    assert!(matches!(first.await.unwrap().err(), Some(DialError::Timeout(_))));
+    assert!(matches!(second.await.unwrap().err(), Some(DialError::Timeout(_))));
+    let _ = bob.await;
+    assert_eq!(ctx.tunnel_slots.held(&"alice".to_string()), 0);
+    let again = tokio::spawn(broker.dial(&backend("alice")));
+    next_open(&mut session).await;
+    again.abort();
+}
+
+#[tokio::test]
+async fn a_session_queue_short_of_room_fails_the_tunnel_not_the_session() {
+    let ctx = crate::fixtures::context(Vec::new(), true);
+    let broker = TunnelBroker::new(ctx.clone());
+    // A session whose edge reads nothing: its queue fills with pod state.
+    let (tx, _rx) = tokio::sync::mpsc::channel(crate::edge::SESSION_QUEUE);
+    let (_, close, _) = ctx.registry.connect(
+        "slow",
+        crate::edge::HelloInfo::default(),
+        tx.clone(),
+        pb::Welcome::default(),
+        |_| {},
+    );
+    while tx.capacity() > crate::edge::SESSION_QUEUE / 8 {
+        tx.try_send(Ok(pb::OperatorMessage::default())).unwrap();
+    }
+    let err = broker.dial(&backend("slow")).await.err().expect("refused");
+    assert!(matches!(err, DialError::Busy(_)), "{err:?}");
+    assert!(!close.is_cancelled(), "the session stays open");
+}
