@@ -558,3 +558,75 @@ pub async fn wait_providers_ready(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A one-shot HTTP/1.1 server on loopback: answers `response` and hands back the request
+    /// head it read.
+    async fn serve_once(response: &'static str) -> (u16, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request head cut short");
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(response.as_bytes()).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn the_host_header_is_sent_as_given_and_chunked_bodies_are_joined() {
+        let (port, server) = serve_once(
+            "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nX-Route: none\r\n\r\n\
+             5\r\nno ro\r\n9\r\nute here\n\r\n0\r\n\r\n",
+        )
+        .await;
+        let reply = http_get_reply(
+            port,
+            "hello.default.decloud.localhost",
+            "/x?y=1",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let head = server.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /x?y=1 http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nhost: hello.default.decloud.localhost\r\n"),
+            "{head}"
+        );
+        assert!(!head.contains("127.0.0.1"), "{head}");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        assert_eq!(reply.code, 404);
+        assert_eq!(reply.text(), "no route here\n");
+        assert!(
+            reply.head.starts_with("HTTP/1.1 404 Not Found"),
+            "{}",
+            reply.head
+        );
+        assert!(reply.head.contains("x-route: none"), "{}", reply.head);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let err = http_get_reply(port, "x", "/", Duration::from_millis(300))
+            .await
+            .err()
+            .expect("an answer from a server that never answers");
+        assert!(format!("{err:#}").contains("timed out"), "{err:#}");
+        drop(listener);
+    }
+}
