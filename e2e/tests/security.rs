@@ -613,29 +613,63 @@ async fn expired_tokens_are_cleaned_up(j: &Joining, short: &str) -> anyhow::Resu
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
-    let env = TestEnv::start().await?;
-    let client = env.client();
-    let image = busybox_image()?;
-    let run = std::process::id();
-    let operator = OperatorProcess::start(&env, &["--heartbeat-interval", "1s"]).await?;
-    let (a, b) = (format!("conf-{run}-a"), format!("conf-{run}-b"));
-    let (node_a, node_b) = (node_name(&a), node_name(&b));
-    let sweeper = ContainerSweeper::new(std::slice::from_ref(&node_a));
+/// The scenario of [`sessions_and_workloads_are_confined`]: a real edge `a` that only accepts
+/// the test image's repository, and a hand-written edge `b` with its own valid credential.
+struct Confined {
+    edge: EdgeProcess,
+    operator: OperatorProcess,
+    ch: Channel,
+    cred_b: String,
+    b: String,
+    node_a: String,
+    node_b: String,
+    image: String,
+    pods: Api<Pod>,
+    sweeper: ContainerSweeper,
+    /// The cluster, held to the end (fields drop in order: it goes last).
+    _env: TestEnv,
+}
 
-    // Edge a is real and only accepts the test image's repository.
-    let mut connect = operator.edge_args();
-    connect.extend(["--allowed-images".into(), "decloud-test/*".into()]);
-    let edge = EdgeProcess::start_with(&env, &a, &[], &connect)?;
-    // Provider b is a hand-written edge with its own valid credential.
-    let ca = operator_ca(&client).await?;
-    let ch = channel(&operator, &ca).await?;
-    let cred_b = register(&ch, &operator.join_token, &b).await?;
+impl Confined {
+    async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::start().await?;
+        let client = env.client();
+        let image = busybox_image()?;
+        let run = std::process::id();
+        let operator = OperatorProcess::start(&env, &["--heartbeat-interval", "1s"]).await?;
+        let (a, b) = (format!("conf-{run}-a"), format!("conf-{run}-b"));
+        let (node_a, node_b) = (node_name(&a), node_name(&b));
+        let sweeper = ContainerSweeper::new(std::slice::from_ref(&node_a));
+        let mut connect = operator.edge_args();
+        connect.extend(["--allowed-images".into(), "decloud-test/*".into()]);
+        let edge = EdgeProcess::start_with(&env, &a, &[], &connect)?;
+        let ca = operator_ca(&client).await?;
+        let ch = channel(&operator, &ca).await?;
+        let cred_b = register(&ch, &operator.join_token, &b).await?;
+        Ok(Self {
+            edge,
+            operator,
+            ch,
+            cred_b,
+            b,
+            node_a,
+            node_b,
+            image,
+            pods: Api::namespaced(client, NS),
+            sweeper,
+            _env: env,
+        })
+    }
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let pod = |name: &str, node: &str, image: &str, extra: &str| -> anyhow::Result<Pod> {
-        Ok(serde_json::from_value(serde_json::json!({
+    /// Creates pod `name` on `node` running `image`, with `extra` JSON fields in its container.
+    async fn create_pod(
+        &self,
+        name: &str,
+        node: &str,
+        image: &str,
+        extra: &str,
+    ) -> anyhow::Result<()> {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": NS},
             "spec": {
@@ -645,26 +679,43 @@ async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
                     r#"{{"name": "main", "image": "{image}", "command": ["sh", "-c", "sleep 3600"] {extra}}}"#
                 ))?],
             }
-        }))?)
-    };
-    let pp = PostParams::default();
-    pods.create(&pp, &pod("web", &node_a, &image, "")?).await?;
-    pods.create(&pp, &pod("miner", &node_a, "evil.example/miner:1", "")?)
+        }))?;
+        self.pods.create(&PostParams::default(), &pod).await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
+    let c = Confined::start().await?;
+    c.create_pod("web", &c.node_a, &c.image, "").await?;
+    c.create_pod("miner", &c.node_a, "evil.example/miner:1", "")
         .await?;
-    pods.create(
-        &pp,
-        &pod(
-            "root",
-            &node_a,
-            &image,
-            r#", "securityContext": {"privileged": true}"#,
-        )?,
+    c.create_pod(
+        "root",
+        &c.node_a,
+        &c.image,
+        r#", "securityContext": {"privileged": true}"#,
     )
     .await?;
 
-    // --- Workload hardening as Docker sees it.
+    let web_uid = workloads_are_hardened_as_docker_sees_it(&c).await?;
+    a_refused_image_never_runs(&c).await?;
+    a_privileged_pod_never_reaches_docker(&c).await?;
+    let sb = a_session_receives_only_its_own_pods(&c).await?;
+    its_reports_on_other_pods_are_refused(&c, &sb, &web_uid).await?;
+    // An edge asking to tunnel to another node's pod is refused (when the Tunnel RPC is served).
+    drop(sb);
+    let Confined { edge, sweeper, .. } = c;
+    drop(edge);
+    sweeper.sweep();
+    Ok(())
+}
+
+/// Workload hardening as Docker sees it (edge a's pod "web"): its uid.
+async fn workloads_are_hardened_as_docker_sees_it(c: &Confined) -> anyhow::Result<String> {
     let web = eventually(Duration::from_secs(60), || async {
-        let p = pods.get("web").await?;
+        let p = c.pods.get("web").await?;
         ensure!(
             p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"),
             "web not Running"
@@ -675,7 +726,7 @@ async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
     .with_context(|| {
         format!(
             "edge log:\n{}",
-            std::fs::read_to_string(edge.log()).unwrap_or_default()
+            std::fs::read_to_string(c.edge.log()).unwrap_or_default()
         )
     })?;
     let uid = web.uid().unwrap_or_default();
@@ -715,10 +766,13 @@ async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
         seccomp.contains('2'),
         "the default seccomp filter is not on: {seccomp}"
     );
+    Ok(uid)
+}
 
-    // --- A refused image never runs: waiting reason ImageNotAllowed.
+/// A refused image never runs: waiting reason ImageNotAllowed.
+async fn a_refused_image_never_runs(c: &Confined) -> anyhow::Result<()> {
     let reason = eventually(Duration::from_secs(30), || async {
-        let p = pods.get("miner").await?;
+        let p = c.pods.get("miner").await?;
         let w = p
             .status
             .and_then(|s| s.container_statuses)
@@ -736,10 +790,13 @@ async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
     .await?;
     println!("miner: ImageNotAllowed: {reason}");
     ensure!(reason.contains("not allowed by this provider"), "{reason}");
+    Ok(())
+}
 
-    // --- A privileged pod never reaches Docker (the API server allows privileged here).
+/// A privileged pod never reaches Docker (the API server allows privileged here).
+async fn a_privileged_pod_never_reaches_docker(c: &Confined) -> anyhow::Result<()> {
     let root = eventually(Duration::from_secs(30), || async {
-        let p = pods.get("root").await?;
+        let p = c.pods.get("root").await?;
         let s = p.status.clone().context("no status")?;
         ensure!(
             s.reason.as_deref() == Some("Forbidden"),
@@ -751,15 +808,18 @@ async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
     .await?;
     println!("privileged pod: Forbidden: {root}");
     ensure!(root.contains("privileged"), "{root}");
-    let root_uid = pods.get("root").await?.uid().unwrap_or_default();
+    let root_uid = c.pods.get("root").await?.uid().unwrap_or_default();
     ensure!(
         containers_of_pod(&root_uid)?.is_empty(),
         "a container was created for the privileged pod"
     );
+    Ok(())
+}
 
-    // --- Session b only ever receives its own pods and may not report on a's.
-    pods.create(&pp, &pod("mine", &node_b, &image, "")?).await?;
-    let mut sb = open_session(&ch, Some(&cred_b), &b).await?;
+/// Session b only ever receives its own pods: its session.
+async fn a_session_receives_only_its_own_pods(c: &Confined) -> anyhow::Result<RawSession> {
+    c.create_pod("mine", &c.node_b, &c.image, "").await?;
+    let mut sb = open_session(&c.ch, Some(&c.cred_b), &c.b).await?;
     // The PodSet is built from the operator's pod cache, which may not have seen "mine" yet;
     // then it follows as an upsert. Either way b must get "mine" and nothing of a's.
     let mut received: Vec<String> = Vec::new();
@@ -778,13 +838,24 @@ async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
         received.iter().all(|n| n == "mine"),
         "b received {received:?}"
     );
+    Ok(sb)
+}
+
+/// Session b may not report on a's pod "web" (`uid`): the reports are counted as
+/// unauthorized and never written.
+async fn its_reports_on_other_pods_are_refused(
+    c: &Confined,
+    sb: &RawSession,
+    uid: &str,
+) -> anyhow::Result<()> {
+    let operator = &c.operator;
     let before = operator
         .metric("decloud_operator_unauthorized_reports_total", "")
         .await?
         .unwrap_or(0.0);
     sb.tx
         .send(msg(Out::PodStatus(pb::PodStatus {
-            uid: uid.clone(),
+            uid: uid.to_string(),
             namespace: NS.into(),
             name: "web".into(),
             phase: pb::PodPhase::Failed as i32,
@@ -793,7 +864,9 @@ async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
         })))
         .await?;
     sb.tx
-        .send(msg(Out::PodGone(pb::PodGone { uid: uid.clone() })))
+        .send(msg(Out::PodGone(pb::PodGone {
+            uid: uid.to_string(),
+        })))
         .await?;
     eventually(Duration::from_secs(10), || async {
         let after = operator
@@ -805,17 +878,13 @@ async fn sessions_and_workloads_are_confined() -> anyhow::Result<()> {
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let web = pods.get("web").await?;
+    let web = c.pods.get("web").await?;
     let s = web.status.unwrap_or_default();
     ensure!(
         s.phase.as_deref() == Some("Running") && s.reason.as_deref() != Some("Hijacked"),
         "b's report on a's pod was written: {s:?}"
     );
     println!("b's report on a's pod was refused; web still Running");
-    // An edge asking to tunnel to another node's pod is refused (when the Tunnel RPC is served).
-    drop(sb);
-    drop(edge);
-    sweeper.sweep();
     Ok(())
 }
 
