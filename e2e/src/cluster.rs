@@ -7,8 +7,18 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{
+    client::legacy::{Client as LegacyClient, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+use decloud_crds::contracts::{WORKLOAD_LABEL, container_labels, node_name};
+use decloud_crds::{Provider, ProviderPhase};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client, api::ListParams};
 
 use crate::{ChildGuard, TestEnv, binary, eventually, free_port, repo_root};
 
@@ -227,7 +237,7 @@ impl EdgeProcess {
         connect: &[String],
         runtime: &str,
     ) -> anyhow::Result<Self> {
-        let state_dir = env.dir().join(format!("edge-{name}"));
+        let state_dir = Self::state_dir_of(env, name);
         std::fs::create_dir_all(&state_dir)?;
         let mut cmd = Command::new(binary("edge-kubelet")?);
         cmd.env(
@@ -255,6 +265,16 @@ impl EdgeProcess {
             name: name.to_string(),
             state_dir,
         })
+    }
+
+    /// The state folder edge `name` keeps in `env` (credential, CA, adopted containers).
+    pub fn state_dir_of(env: &TestEnv, name: &str) -> PathBuf {
+        env.dir().join(format!("edge-{name}"))
+    }
+
+    /// Its virtual node's name.
+    pub fn node(&self) -> String {
+        node_name(&self.name)
     }
 
     /// The edge's log file.
@@ -332,6 +352,11 @@ pub fn containers_with_label(label: &str) -> anyhow::Result<Vec<String>> {
     .collect())
 }
 
+/// Ids of the containers (running or not) an edge created for the pod with `uid`.
+pub fn containers_of_pod(uid: &str) -> anyhow::Result<Vec<String>> {
+    containers_with_label(&format!("{}={uid}", container_labels::POD_UID))
+}
+
 /// Removes, on drop, every container an edge of these nodes created (`decloud.dev/node`).
 pub struct ContainerSweeper {
     nodes: Vec<String>,
@@ -348,7 +373,7 @@ impl ContainerSweeper {
     /// Removes them now.
     pub fn sweep(&self) {
         for node in &self.nodes {
-            if let Ok(ids) = containers_with_label(&format!("decloud.dev/node={node}")) {
+            if let Ok(ids) = containers_with_label(&format!("{}={node}", container_labels::NODE)) {
                 for id in ids {
                     let _ = docker(&["rm", "-f", &id]);
                 }
@@ -363,64 +388,245 @@ impl Drop for ContainerSweeper {
     }
 }
 
-/// A minimal HTTP/1.1 GET on 127.0.0.1 (status code, body).
+/// One HTTP response: status code, head (status line and headers), body.
+pub struct HttpReply {
+    /// Status code.
+    pub code: u16,
+    /// The status line and the headers, one per line (`name: value`).
+    pub head: String,
+    /// The whole body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    /// The body as (lossy) UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// An HTTP/1.1 GET on 127.0.0.1 (status code, body).
 pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     http_get_host(port, "127.0.0.1", path).await
 }
 
-/// A minimal HTTP/1.1 GET on 127.0.0.1 with `Host: host` (e.g. through the gateway).
+/// An HTTP/1.1 GET on 127.0.0.1 with `Host: host` (e.g. through the gateway): (status code,
+/// body). Connecting may take 2 s, the answer 5 s more.
 pub async fn http_get_host(port: u16, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::time::timeout(
+    let reply = get(
+        port,
+        host,
+        path,
         Duration::from_secs(2),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .context("connect timed out")??;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(7),
     )
     .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .context("read timed out")??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((code, body))
+    let body = reply.text();
+    Ok((reply.code, body))
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+/// `GET path` on 127.0.0.1:`port` with `Host: host`, the whole exchange bounded by `timeout`.
+/// The gateway routes by that Host header, so it is sent as given, not derived from the URL.
+pub async fn http_get_reply(
+    port: u16,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<HttpReply> {
+    get(port, host, path, timeout, timeout).await
 }
+
+/// One request on a fresh connection (`Connection: close`, no pooling), as a client that
+/// happens by would send it.
+async fn get(
+    port: u16,
+    host: &str,
+    path: &str,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> anyhow::Result<HttpReply> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    let client: LegacyClient<HttpConnector, Empty<Bytes>> =
+        LegacyClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+    let request = http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+        .header(http::header::HOST, host)
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::new())?;
+    let exchange = async {
+        let (parts, body) = client.request(request).await?.into_parts();
+        let body = body.collect().await?.to_bytes().to_vec();
+        let mut head = format!("{:?} {}", parts.version, parts.status);
+        for (name, value) in &parts.headers {
+            head.push_str(&format!(
+                "\r\n{name}: {}",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+        anyhow::Ok(HttpReply {
+            code: parts.status.as_u16(),
+            head,
+            body,
+        })
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .with_context(|| format!("GET {path} (Host: {host}) on port {port} timed out"))?
+        .with_context(|| format!("GET {path} (Host: {host}) on port {port}"))
+}
+
+// === pods and providers in the API ===
 
 /// Whether `pod` has the condition `Ready=True`.
-pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+pub fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The node `pod` is bound to (empty if none).
+pub fn node_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
+}
+
+/// The Docker id of `pod`'s first container, from its status (`docker://<id>`).
+pub fn container_id(pod: &Pod) -> anyhow::Result<String> {
+    let cs = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .context("no container status")?;
+    let id = cs.container_id.clone().context("no containerID")?;
+    Ok(id
+        .strip_prefix("docker://")
+        .context("containerID is not docker://")?
+        .to_string())
+}
+
+/// The live (not terminating) replica pods of Workload `workload` in `namespace`.
+pub async fn workload_pods(
+    client: &Client,
+    namespace: &str,
+    workload: &str,
+) -> anyhow::Result<Vec<Pod>> {
+    Ok(Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={workload}")))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect())
+}
+
+/// Every provider in `names` in phase Ready.
+pub async fn check_providers_ready(
+    client: &Client,
+    names: &[impl AsRef<str>],
+) -> anyhow::Result<()> {
+    for n in names {
+        let n = n.as_ref();
+        let p = Api::<Provider>::all(client.clone()).get(n).await?;
+        let phase = p.status.map(|s| s.phase);
+        ensure!(phase == Some(ProviderPhase::Ready), "{n}: {phase:?}");
+    }
+    Ok(())
+}
+
+/// Waits (60 s at most) until every provider in `names` is in phase Ready; shows `operator`'s
+/// log if not.
+pub async fn wait_providers_ready(
+    client: &Client,
+    operator: &OperatorProcess,
+    names: &[impl AsRef<str>],
+) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(60), || {
+        check_providers_ready(client, names)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "edges not Ready; operator log:\n{}",
+            operator.child.log_tail(30)
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A one-shot HTTP/1.1 server on loopback: answers `response` and hands back the request
+    /// head it read.
+    async fn serve_once(response: &'static str) -> (u16, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request head cut short");
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(response.as_bytes()).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn the_host_header_is_sent_as_given_and_chunked_bodies_are_joined() {
+        let (port, server) = serve_once(
+            "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nX-Route: none\r\n\r\n\
+             5\r\nno ro\r\n9\r\nute here\n\r\n0\r\n\r\n",
+        )
+        .await;
+        let reply = http_get_reply(
+            port,
+            "hello.default.decloud.localhost",
+            "/x?y=1",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let head = server.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /x?y=1 http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nhost: hello.default.decloud.localhost\r\n"),
+            "{head}"
+        );
+        assert!(!head.contains("127.0.0.1"), "{head}");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        assert_eq!(reply.code, 404);
+        assert_eq!(reply.text(), "no route here\n");
+        assert!(
+            reply.head.starts_with("HTTP/1.1 404 Not Found"),
+            "{}",
+            reply.head
+        );
+        assert!(reply.head.contains("x-route: none"), "{}", reply.head);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let err = http_get_reply(port, "x", "/", Duration::from_millis(300))
+            .await
+            .err()
+            .expect("an answer from a server that never answers");
+        assert!(format!("{err:#}").contains("timed out"), "{err:#}");
+        drop(listener);
+    }
 }

@@ -12,8 +12,11 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
+use decloud_crds::contracts::{container_labels, node_name};
 use decloud_crds::{Workload, find_condition};
-use decloud_e2e::cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, docker};
+use decloud_e2e::cluster::{
+    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, docker, workload_pods,
+};
 use decloud_e2e::{TestEnv, eventually};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -67,13 +70,7 @@ fn workload(name: &str, replicas: i32) -> anyhow::Result<Workload> {
 
 /// Live (not terminating) pods of Workload `name`.
 async fn live_pods(client: &Client, name: &str) -> anyhow::Result<Vec<Pod>> {
-    Ok(Api::<Pod>::namespaced(client.clone(), NS)
-        .list(&ListParams::default().labels(&format!("decloud.dev/workload={name}")))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
+    workload_pods(client, NS, name).await
 }
 
 /// Containers our edges created: (pod uid, state) per container.
@@ -84,11 +81,18 @@ fn edge_containers(nodes: &[String]) -> anyhow::Result<Vec<(String, String)>> {
             "ps",
             "-a",
             "--filter",
-            "label=decloud.dev/managed-by=edge-kubelet",
+            &format!(
+                "label={}={}",
+                container_labels::MANAGED_BY,
+                container_labels::MANAGED_BY_VALUE
+            ),
             "--filter",
-            &format!("label=decloud.dev/node={node}"),
+            &format!("label={}={node}", container_labels::NODE),
             "--format",
-            "{{.Label \"decloud.dev/pod-uid\"}} {{.State}}",
+            &format!(
+                "{{{{.Label \"{}\"}}}} {{{{.State}}}}",
+                container_labels::POD_UID
+            ),
         ])?;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let (uid, state) = line.split_once(' ').unwrap_or((line, ""));
@@ -190,7 +194,7 @@ async fn chaos() -> anyhow::Result<()> {
     busybox_image()?;
     let run = std::process::id();
     let names: Vec<String> = (0..EDGES).map(|i| format!("chaos-{run}-{i}")).collect();
-    let nodes: Vec<String> = names.iter().map(|n| format!("edge-{n}")).collect();
+    let nodes: Vec<String> = names.iter().map(|n| node_name(n)).collect();
     let sweeper = ContainerSweeper::new(&nodes);
     let operator_args = ["--heartbeat-interval", "1s", "--missed-heartbeats", "3"];
     let mut operator = OperatorProcess::start(&env, &operator_args).await?;

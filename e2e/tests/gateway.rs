@@ -9,11 +9,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use decloud_crds::{Provider, ProviderPhase, Workload};
-use decloud_e2e::cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, docker};
+use decloud_crds::Workload;
+use decloud_crds::contracts::node_name;
+use decloud_e2e::cluster::{
+    ContainerSweeper, EdgeProcess, HttpReply, OperatorProcess, busybox_image, container_id, docker,
+    http_get_reply, node_of, pod_ready, wait_providers_ready, workload_pods,
+};
 use decloud_e2e::{TestEnv, eventually, free_port};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::{Client, ResourceExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -55,78 +59,18 @@ const HELLO_SCRIPT: &str = "echo \"replica $(hostname)\" > /www/index.html; \
     (i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done) & \
     exec httpd -f -p 8080 -h /www";
 
-/// One HTTP response: status code, head, body.
-struct Reply {
-    code: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// `GET path` with `Host: host` through the gateway on 127.0.0.1:`port` (connection: close).
-async fn get(port: u16, host: &str, path: &str) -> anyhow::Result<Reply> {
-    let exchange = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .context("gateway request timed out")??;
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .with_context(|| format!("no response head in {:?}", String::from_utf8_lossy(&buf)))?;
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    Ok(Reply {
-        code,
-        head,
-        body: buf[end + 4..].to_vec(),
-    })
-}
-
-async fn all_ready(client: &Client, names: &[String]) -> anyhow::Result<()> {
-    for n in names {
-        let p = Api::<Provider>::all(client.clone()).get(n).await?;
-        let phase = p.status.map(|s| s.phase);
-        ensure!(phase == Some(ProviderPhase::Ready), "{n}: {phase:?}");
-    }
-    Ok(())
+/// `GET path` with `Host: host` through the gateway on 127.0.0.1:`port` (10 s at most).
+async fn get(port: u16, host: &str, path: &str) -> anyhow::Result<HttpReply> {
+    http_get_reply(port, host, path, Duration::from_secs(10)).await
 }
 
 /// Ready replicas of Workload `name`.
 async fn ready_pods(client: &Client, name: &str) -> anyhow::Result<Vec<Pod>> {
-    let pods = Api::<Pod>::namespaced(client.clone(), NS)
-        .list(&ListParams::default().labels(&format!("decloud.dev/workload={name}")))
-        .await?;
-    Ok(pods
-        .items
+    Ok(workload_pods(client, NS, name)
+        .await?
         .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(decloud_e2e::cluster::pod_ready)
+        .filter(pod_ready)
         .collect())
-}
-
-fn node_of(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .unwrap_or_default()
 }
 
 /// Runs kubectl for at most `limit` (a bound for `-f`), returning stdout and stderr.
@@ -176,47 +120,98 @@ fn sha256(env: &TestEnv, bytes: &[u8]) -> anyhow::Result<String> {
         .to_string())
 }
 
+/// The scenario: the cluster, three providers, and the gateway's port.
+struct Gateway {
+    client: Client,
+    names: Vec<String>,
+    /// The gateway's port on 127.0.0.1.
+    port: u16,
+    sweeper: ContainerSweeper,
+    env: TestEnv,
+}
+
+impl Gateway {
+    async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::start().await?;
+        busybox_image()?;
+        let run = std::process::id();
+        let names: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|s| format!("gw-{run}-{s}"))
+            .collect();
+        let nodes: Vec<String> = names.iter().map(|n| node_name(n)).collect();
+        Ok(Self {
+            client: env.client(),
+            sweeper: ContainerSweeper::new(&nodes),
+            names,
+            port: free_port()?,
+            env,
+        })
+    }
+
+    /// The operator, its gateway on [`Gateway::port`] and publishing URLs there.
+    async fn start_operator(&self) -> anyhow::Result<OperatorProcess> {
+        let gateway_listen = format!("127.0.0.1:{}", self.port);
+        let url_template = format!("http://{{host}}:{}", self.port);
+        OperatorProcess::start(
+            &self.env,
+            &[
+                "--gateway-listen",
+                &gateway_listen,
+                "--url-template",
+                &url_template,
+                "--identity",
+                "e2e-gateway",
+            ],
+        )
+        .await
+    }
+}
+
+/// What the first requests saw: the replicas that answered, every response (head and body)
+/// for the leak check, and the ready pods of "hello".
+struct Served {
+    seen: BTreeSet<String>,
+    texts: Vec<String>,
+    hello_pods: Vec<Pod>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<()> {
-    let env = TestEnv::start().await?;
-    let client = env.client();
-    busybox_image()?;
-    let run = std::process::id();
-    let names: Vec<String> = ["a", "b", "c"]
-        .iter()
-        .map(|s| format!("gw-{run}-{s}"))
-        .collect();
-    let nodes: Vec<String> = names.iter().map(|n| format!("edge-{n}")).collect();
-    let sweeper = ContainerSweeper::new(&nodes);
-
-    let gw = free_port()?;
-    let gateway_listen = format!("127.0.0.1:{gw}");
-    let url_template = format!("http://{{host}}:{gw}");
-    let operator = OperatorProcess::start(
-        &env,
-        &[
-            "--gateway-listen",
-            &gateway_listen,
-            "--url-template",
-            &url_template,
-            "--identity",
-            "e2e-gateway",
-        ],
-    )
-    .await?;
+    let g = Gateway::start().await?;
+    let operator = g.start_operator().await?;
     let mut edges = Vec::new();
-    for n in &names {
-        edges.push(EdgeProcess::start(&env, &operator, n, &[])?);
+    for n in &g.names {
+        edges.push(EdgeProcess::start(&g.env, &operator, n, &[])?);
     }
-    eventually(Duration::from_secs(60), || all_ready(&client, &names))
-        .await
-        .with_context(|| {
-            format!(
-                "edges not Ready; operator log:\n{}",
-                operator.child.log_tail(30)
-            )
-        })?;
+    wait_providers_ready(&g.client, &operator, &g.names).await?;
+    apply_the_workloads(&g)?;
 
+    let mut served = both_replicas_serve_through_the_gateway(&g, &operator).await?;
+    a_10_mib_response_arrives_intact(&g, &mut served).await?;
+    raw_bytes_pass_both_ways(&g).await?;
+    errors_are_clear(&g).await?;
+    no_address_leaks(&g, &served).await?;
+    kubectl_logs_and_exec_work(&g, &served)?;
+    let (victim_node, killed) = the_url_survives_a_sigkilled_edge(&g, &mut edges, &served).await?;
+    the_lost_replica_is_replaced_and_serves(&g, &victim_node, killed).await?;
+
+    show_tunnel_metrics(&operator).await?;
+    for n in ["hello", "echo", "idle"] {
+        g.env.kubectl(&["delete", "wl", n, "--wait=false"])?;
+    }
+    drop(edges);
+    g.sweeper.sweep();
+    if operator.warnings().iter().any(|w| w.contains("panicked")) {
+        bail!("the operator panicked");
+    }
+    Ok(())
+}
+
+/// "hello" (2 replicas of [`HELLO_SCRIPT`]), "echo" (a TCP echo) and "idle" (never ready:
+/// nothing listens on the probed port).
+fn apply_the_workloads(g: &Gateway) -> anyhow::Result<()> {
+    let env = &g.env;
     let tcp_probe = |port: u16| format!("{{tcpSocket: {{port: {port}}}, periodSeconds: 1}}");
     env.kubectl_stdin(
         &["apply", "-f", "-"],
@@ -238,21 +233,27 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
             &tcp_probe(9000),
         ),
     )?;
-    // Never ready: nothing listens on the probed port.
     env.kubectl_stdin(
         &["apply", "-f", "-"],
         &workload("idle", 1, "exec sleep 3600", 8080, &tcp_probe(8080)),
     )?;
+    Ok(())
+}
 
-    // --- Both replicas serve through the gateway.
+/// Both replicas serve through the gateway: 20 requests are answered by both.
+async fn both_replicas_serve_through_the_gateway(
+    g: &Gateway,
+    operator: &OperatorProcess,
+) -> anyhow::Result<Served> {
+    let (client, gw) = (&g.client, g.port);
     let started = Instant::now();
     eventually(Duration::from_secs(90), || async {
         ensure!(
-            ready_pods(&client, "hello").await?.len() == 2,
+            ready_pods(client, "hello").await?.len() == 2,
             "hello not 2/2 ready"
         );
         ensure!(
-            ready_pods(&client, "echo").await?.len() == 1,
+            ready_pods(client, "echo").await?.len() == 1,
             "echo not ready"
         );
         let r = get(gw, HELLO_HOST, "/").await?;
@@ -280,7 +281,7 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
     }
     println!("20 requests, answered by: {seen:?}");
     ensure!(seen.len() == 2, "both replicas should serve: {seen:?}");
-    let hello_pods = ready_pods(&client, "hello").await?;
+    let hello_pods = ready_pods(client, "hello").await?;
     for p in &hello_pods {
         ensure!(
             seen.contains(&format!("replica {}", p.name_any())),
@@ -288,10 +289,17 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
             p.name_any()
         );
     }
+    Ok(Served {
+        seen,
+        texts,
+        hello_pods,
+    })
+}
 
-    // --- A 10 MiB response arrives intact.
+/// A 10 MiB response arrives intact: its sha256 is that of a replica's file.
+async fn a_10_mib_response_arrives_intact(g: &Gateway, served: &mut Served) -> anyhow::Result<()> {
     let started = Instant::now();
-    let big = get(gw, HELLO_HOST, "/big").await?;
+    let big = get(g.port, HELLO_HOST, "/big").await?;
     let elapsed = started.elapsed();
     ensure!(big.code == 200, "{}", big.head);
     ensure!(
@@ -299,18 +307,11 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
         "{} bytes",
         big.body.len()
     );
-    let got = sha256(&env, &big.body)?;
+    let got = sha256(&g.env, &big.body)?;
     let mut sums = BTreeSet::new();
-    for p in &hello_pods {
-        let id = p
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|cs| cs.first())
-            .and_then(|c| c.container_id.clone())
-            .context("no container id")?;
-        let id = id.trim_start_matches("docker://");
-        let out = docker(&["exec", id, "sha256sum", "/www/big"])?;
+    for p in &served.hello_pods {
+        let id = container_id(p)?;
+        let out = docker(&["exec", &id, "sha256sum", "/www/big"])?;
         sums.insert(
             out.split_whitespace()
                 .next()
@@ -327,9 +328,14 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
         elapsed.as_secs_f64() * 1000.0,
         10.0 / elapsed.as_secs_f64()
     );
+    served.texts.push(format!("{}\r\n\r\n{}", big.head, ""));
+    Ok(())
+}
 
-    // --- A raw byte stream past the request head: the echo container returns everything.
-    let mut s = TcpStream::connect(("127.0.0.1", gw)).await?;
+/// A raw byte stream past the request head: the echo container returns everything. A raw
+/// socket on purpose: an HTTP client sends nothing after an Upgrade it got no answer to.
+async fn raw_bytes_pass_both_ways(g: &Gateway) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).await?;
     let head = "GET /chat HTTP/1.1\r\nHost: echo.default.decloud.localhost\r\nUpgrade: raw\r\nConnection: Upgrade\r\n\r\n";
     s.write_all(head.as_bytes()).await?;
     s.write_all(b"ping-1;").await?;
@@ -356,9 +362,12 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
     );
     drop(s);
     println!("raw connection: request head and later bytes echoed both ways");
+    Ok(())
+}
 
-    // --- Clear errors: unknown host, no ready replica.
-    let r = get(gw, "nope.default.decloud.localhost", "/").await?;
+/// Clear errors: unknown host (404), no ready replica (503).
+async fn errors_are_clear(g: &Gateway) -> anyhow::Result<()> {
+    let r = get(g.port, "nope.default.decloud.localhost", "/").await?;
     ensure!(
         r.code == 404 && r.text().contains("nope.default.decloud.localhost"),
         "{} {}",
@@ -366,7 +375,7 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
         r.text()
     );
     println!("unknown host: 404 {}", r.text().trim());
-    let r = get(gw, "idle.default.decloud.localhost", "/").await?;
+    let r = get(g.port, "idle.default.decloud.localhost", "/").await?;
     ensure!(
         r.code == 503 && r.text().contains("no ready replica"),
         "{} {}",
@@ -374,16 +383,20 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
         r.text()
     );
     println!("no ready replica: 503 {}", r.text().trim());
-    texts.push(format!("{}\r\n\r\n{}", big.head, ""));
+    Ok(())
+}
 
-    // --- Status URL is the gateway's; no provider or pod address leaks anywhere.
-    let wl = Api::<Workload>::namespaced(client.clone(), NS)
+/// The status URL is the gateway's; no provider or pod address leaks in any response or in
+/// the Workload's status.
+async fn no_address_leaks(g: &Gateway, served: &Served) -> anyhow::Result<()> {
+    let wl = Api::<Workload>::namespaced(g.client.clone(), NS)
         .get("hello")
         .await?;
     let status = serde_json::to_string(&wl.status)?;
-    let want_url = format!("http://{HELLO_HOST}:{gw}");
+    let want_url = format!("http://{HELLO_HOST}:{}", g.port);
     ensure!(status.contains(&want_url), "status url: {status}");
-    let mut addresses: Vec<String> = hello_pods
+    let mut addresses: Vec<String> = served
+        .hello_pods
         .iter()
         .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
         .collect();
@@ -395,22 +408,26 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
                 .map(str::to_string),
         );
     }
-    for text in texts.iter().chain([&status]) {
+    for text in served.texts.iter().chain([&status]) {
         for a in &addresses {
             ensure!(!text.contains(a.as_str()), "address {a} leaked in {text}");
         }
     }
     println!("status.url {want_url}; no address of {addresses:?} in responses or Workload status");
+    Ok(())
+}
 
-    // --- kubectl logs, -f and exec through the real kube-apiserver and the kubelet API.
-    let pod = hello_pods[0].name_any();
+/// `kubectl logs`, `logs -f` and `exec` through the real kube-apiserver and the kubelet API.
+fn kubectl_logs_and_exec_work(g: &Gateway, served: &Served) -> anyhow::Result<()> {
+    let env = &g.env;
+    let pod = served.hello_pods[0].name_any();
     let logs = env.kubectl(&["logs", &pod])?;
     ensure!(
         logs.contains("serving") && logs.contains("tick 0"),
         "{logs}"
     );
     let (follow, stderr) = kubectl_bounded(
-        &env,
+        env,
         &["logs", "-f", "--tail=1", &pod],
         Duration::from_secs(5),
     )?;
@@ -428,18 +445,27 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
         ticks
     );
     let (out, stderr) =
-        kubectl_bounded(&env, &["exec", &pod, "--", "true"], Duration::from_secs(20))?;
+        kubectl_bounded(env, &["exec", &pod, "--", "true"], Duration::from_secs(20))?;
     ensure!(
         stderr.contains("not supported on DeCloud edges yet"),
         "kubectl exec: {out} {stderr}"
     );
     println!("kubectl exec: {}", stderr.trim());
+    Ok(())
+}
 
-    // --- SIGKILL of an edge running a replica: the URL keeps answering.
-    let victim_node = node_of(&hello_pods[0]);
+/// SIGKILL of an edge running a replica: for 20 s the URL keeps answering (at most 5 % of the
+/// requests fail), and then every request succeeds. The victim's node and when it was killed.
+async fn the_url_survives_a_sigkilled_edge(
+    g: &Gateway,
+    edges: &mut [EdgeProcess],
+    served: &Served,
+) -> anyhow::Result<(String, Instant)> {
+    let gw = g.port;
+    let victim_node = node_of(&served.hello_pods[0]);
     let victim = edges
         .iter()
-        .position(|e| format!("edge-{}", e.name) == victim_node)
+        .position(|e| e.node() == victim_node)
         .context("victim edge")?;
     edges[victim].child.kill();
     let killed = Instant::now();
@@ -456,7 +482,7 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
             Ok(r) if r.code == 200 => {
                 ok += 1;
                 let text = r.text().trim().to_string();
-                if !seen.contains(&text) && first_new.is_none() {
+                if !served.seen.contains(&text) && first_new.is_none() {
                     first_new = Some(killed.elapsed());
                 }
                 after.insert(text);
@@ -496,16 +522,30 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
         let r = get(gw, HELLO_HOST, "/").await?;
         ensure!(r.code == 200, "after failover: {} {}", r.head, r.text());
     }
-    // The lost replica is re-placed on the third edge and serves too.
+    Ok((victim_node, killed))
+}
+
+/// The lost replica is re-placed on the third edge and serves too.
+async fn the_lost_replica_is_replaced_and_serves(
+    g: &Gateway,
+    victim_node: &str,
+    killed: Instant,
+) -> anyhow::Result<()> {
     let replaced = eventually(Duration::from_secs(30), || async {
-        let pods = ready_pods(&client, "hello").await?;
+        let pods = ready_pods(&g.client, "hello").await?;
         ensure!(
             pods.len() == 2 && pods.iter().all(|p| node_of(p) != victim_node),
             "not re-placed yet"
         );
         let mut seen = BTreeSet::new();
         for _ in 0..6 {
-            seen.insert(get(gw, HELLO_HOST, "/").await?.text().trim().to_string());
+            seen.insert(
+                get(g.port, HELLO_HOST, "/")
+                    .await?
+                    .text()
+                    .trim()
+                    .to_string(),
+            );
         }
         ensure!(seen.len() == 2, "only {seen:?} answer");
         Ok(seen)
@@ -515,7 +555,11 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
         "replica re-placed and serving {:.1}s after the kill: {replaced:?}",
         killed.elapsed().as_secs_f64()
     );
+    Ok(())
+}
 
+/// Prints the gateway's tunnel counters.
+async fn show_tunnel_metrics(operator: &OperatorProcess) -> anyhow::Result<()> {
     let tunnels = operator.metrics().await?;
     for l in tunnels
         .lines()
@@ -528,14 +572,6 @@ async fn gateway_routes_through_edges_and_kubectl_logs_work() -> anyhow::Result<
         .find(|l| l.starts_with("decloud_operator_gateway_tunnel_open_seconds_sum"))
     {
         println!("  {p50}");
-    }
-    for n in ["hello", "echo", "idle"] {
-        env.kubectl(&["delete", "wl", n, "--wait=false"])?;
-    }
-    drop(edges);
-    sweeper.sweep();
-    if operator.warnings().iter().any(|w| w.contains("panicked")) {
-        bail!("the operator panicked");
     }
     Ok(())
 }

@@ -6,9 +6,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use decloud_crds::contracts::{
+    EDGE_TAINT, NODE_LEASE_NAMESPACE, PROVIDER_LABEL, UNREACHABLE_TAINT, node_name,
+};
 use decloud_crds::{Provider, ProviderPhase, find_condition};
 use decloud_e2e::cluster::{
-    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, containers_with_label, docker,
+    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, container_id, containers_of_pod,
+    docker,
 };
 use decloud_e2e::{TestEnv, eventually};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
@@ -32,7 +36,7 @@ spec:
   nodeName: {node}
   terminationGracePeriodSeconds: 2
   tolerations:
-    - {{key: decloud.dev/edge, operator: Exists, effect: NoSchedule}}
+    - {{key: {EDGE_TAINT}, operator: Exists, effect: NoSchedule}}
   containers:
     - name: main
       image: decloud-test/busybox:1
@@ -60,21 +64,17 @@ async fn check_ready(client: &Client, name: &str) -> anyhow::Result<()> {
     );
     let cond = find_condition(&status.conditions, "Ready").context("no Ready condition")?;
     ensure!(cond.status == "True", "{name}: Ready={}", cond.status);
-    let node = Api::<Node>::all(client.clone())
-        .get(&format!("edge-{name}"))
-        .await?;
+    let node_name = node_name(name);
+    let node = Api::<Node>::all(client.clone()).get(&node_name).await?;
     let (ready, taints) = node_readiness(&node);
-    ensure!(ready == "True", "node edge-{name} Ready={ready}");
+    ensure!(ready == "True", "node {node_name} Ready={ready}");
     ensure!(
-        !taints
-            .iter()
-            .any(|t| t.starts_with("node.kubernetes.io/unreachable")),
-        "node edge-{name} still tainted unreachable: {taints:?}"
+        !taints.iter().any(|t| t.starts_with(UNREACHABLE_TAINT)),
+        "node {node_name} still tainted unreachable: {taints:?}"
     );
     Ok(())
 }
 
-/// Provider NotReady (HeartbeatsMissed) and Node Ready=Unknown with both unreachable taints.
 /// Every provider in `names` Ready (see [`check_ready`]).
 async fn check_all_ready(client: &Client, names: &[impl AsRef<str>]) -> anyhow::Result<()> {
     for n in names {
@@ -99,6 +99,7 @@ async fn wait_ready(
         })
 }
 
+/// Provider NotReady (HeartbeatsMissed) and Node Ready=Unknown with both unreachable taints.
 async fn check_unreachable(client: &Client, name: &str) -> anyhow::Result<()> {
     let p = provider(client, name).await?;
     let status = p.status.context("no provider status")?;
@@ -112,18 +113,15 @@ async fn check_unreachable(client: &Client, name: &str) -> anyhow::Result<()> {
         cond.status == "False" && cond.reason == "HeartbeatsMissed",
         "{name}: {cond:?}"
     );
-    let node = Api::<Node>::all(client.clone())
-        .get(&format!("edge-{name}"))
-        .await?;
+    let node_name = node_name(name);
+    let node = Api::<Node>::all(client.clone()).get(&node_name).await?;
     let (ready, taints) = node_readiness(&node);
-    ensure!(ready == "Unknown", "node edge-{name} Ready={ready}");
-    for t in [
-        "node.kubernetes.io/unreachable:NoSchedule",
-        "node.kubernetes.io/unreachable:NoExecute",
-    ] {
+    ensure!(ready == "Unknown", "node {node_name} Ready={ready}");
+    for effect in ["NoSchedule", "NoExecute"] {
+        let t = format!("{UNREACHABLE_TAINT}:{effect}");
         ensure!(
-            taints.iter().any(|x| x == t),
-            "node edge-{name} lacks taint {t}: {taints:?}"
+            taints.contains(&t),
+            "node {node_name} lacks taint {t}: {taints:?}"
         );
     }
     Ok(())
@@ -167,20 +165,6 @@ async fn running_pod(pods: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
     Ok(pod)
 }
 
-fn container_id(pod: &Pod) -> anyhow::Result<String> {
-    let cs = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.first())
-        .context("no container status")?;
-    let id = cs.container_id.clone().context("no containerID")?;
-    Ok(id
-        .strip_prefix("docker://")
-        .context("containerID is not docker://")?
-        .to_string())
-}
-
 /// Waits for pod `name` to be Failed with reason Forbidden (message containing `needle`) and a
 /// Forbidden Event, then checks that no container was ever created for it.
 async fn expect_refused(client: &Client, name: &str, needle: &str) -> anyhow::Result<()> {
@@ -220,67 +204,133 @@ async fn expect_refused(client: &Client, name: &str, needle: &str) -> anyhow::Re
     tokio::time::sleep(Duration::from_secs(2)).await;
     let uid = failed.uid().unwrap_or_default();
     ensure!(
-        containers_with_label(&format!("decloud.dev/pod-uid={uid}"))?.is_empty(),
+        containers_of_pod(&uid)?.is_empty(),
         "a container was created for {name}"
     );
     Ok(())
 }
 
+/// The scenario of [`edges_register_run_pods_and_fail_over`]: the cluster, two providers
+/// `a` and `b`, and what every step needs to reach them. The processes are the test's locals,
+/// so they stop before the sweeper and the cluster do.
+struct Scenario {
+    client: Client,
+    pods: Api<Pod>,
+    run: u32,
+    a: String,
+    b: String,
+    node_a: String,
+    node_b: String,
+    missed: String,
+    sweeper: ContainerSweeper,
+    env: TestEnv,
+}
+
+/// The label every edge of the scenario offers.
+const REGION: &str = "topology.kubernetes.io/region=eu-west";
+
+/// The container of pod "survivor", which must outlive the edge's and the operator's restarts.
+struct Survivor {
+    id: String,
+    started_at: String,
+}
+
+impl Scenario {
+    async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::start().await?;
+        let client = env.client();
+        busybox_image()?;
+        let run = std::process::id();
+        let (a, b) = (format!("op-{run}-a"), format!("op-{run}-b"));
+        let (node_a, node_b) = (node_name(&a), node_name(&b));
+        let sweeper = ContainerSweeper::new(&[node_a.clone(), node_b.clone()]);
+        Ok(Self {
+            pods: Api::namespaced(client.clone(), NS),
+            client,
+            run,
+            a,
+            b,
+            node_a,
+            node_b,
+            missed: MISSED.to_string(),
+            sweeper,
+            env,
+        })
+    }
+
+    /// The leader's arguments (the same across its restart).
+    fn operator_args(&self) -> [&str; 6] {
+        [
+            "--heartbeat-interval",
+            "1s",
+            "--missed-heartbeats",
+            self.missed.as_str(),
+            "--identity",
+            "e2e-operator",
+        ]
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
-    let env = TestEnv::start().await?;
-    let client = env.client();
-    busybox_image()?;
-    let run = std::process::id();
-    let (a, b) = (format!("op-{run}-a"), format!("op-{run}-b"));
-    let (node_a, node_b) = (format!("edge-{a}"), format!("edge-{b}"));
-    let sweeper = ContainerSweeper::new(&[node_a.clone(), node_b.clone()]);
+    let s = Scenario::start().await?;
+    let mut operator = OperatorProcess::start(&s.env, &s.operator_args()).await?;
+    let mut edge_a = EdgeProcess::start(&s.env, &operator, &s.a, &[REGION])?;
+    let _edge_b = EdgeProcess::start(&s.env, &operator, &s.b, &[REGION])?;
 
-    let missed = MISSED.to_string();
-    let operator_args = [
-        "--heartbeat-interval",
-        "1s",
-        "--missed-heartbeats",
-        missed.as_str(),
-        "--identity",
-        "e2e-operator",
-    ];
-    let mut operator = OperatorProcess::start(&env, &operator_args).await?;
-    let region = "topology.kubernetes.io/region=eu-west";
-    let mut edge_a = EdgeProcess::start(&env, &operator, &a, &[region])?;
-    let _edge_b = EdgeProcess::start(&env, &operator, &b, &[region])?;
+    edges_register_as_ready_nodes(&s, &operator).await?;
+    steady_heartbeats_write_nothing(&s, &operator).await?;
+    a_standby_replica_refuses_edges(&s).await?;
+    let plain = a_plain_pod_runs_in_a_real_container(&s, &edge_a).await?;
+    deleting_the_pod_removes_its_container(&s, &plain).await?;
+    let survivor = sigkill_marks_the_edge_unreachable(&s, &mut edge_a).await?;
+    let edge_a = a_restarted_edge_keeps_its_containers(&s, &operator, &survivor).await?;
+    operator = a_restarted_operator_keeps_the_containers(&s, operator, &survivor).await?;
+    forbidden_pods_are_refused(&s).await?;
+    deleting_a_provider_disconnects_its_edge(&s, &operator).await?;
+    metrics_reflect_what_happened(&operator).await?;
+    clean_up(&s, &operator, edge_a).await?;
+    sigterm_hands_leadership_over(&s, operator).await
+}
 
-    // --- Two edges register and appear Ready as nodes and providers.
-    wait_ready(&client, &operator, &[&a, &b]).await?;
+/// Two edges register and appear Ready as nodes and providers, with their labels, address,
+/// kubelet endpoint and node lease.
+async fn edges_register_as_ready_nodes(
+    s: &Scenario,
+    operator: &OperatorProcess,
+) -> anyhow::Result<()> {
+    let (env, client) = (&s.env, &s.client);
+    let (a, node_a, node_b) = (&s.a, &s.node_a, &s.node_b);
+    wait_ready(client, operator, &[a, &s.b]).await?;
     println!("{}", env.kubectl(&["get", "nodes", "-o", "wide"])?);
     println!("{}", env.kubectl(&["get", "prov"])?);
     let nodes = env.kubectl(&["get", "nodes"])?;
     ensure!(
         nodes
             .lines()
-            .any(|l| l.starts_with(&node_a) && l.contains(" Ready ")),
+            .any(|l| l.starts_with(node_a.as_str()) && l.contains(" Ready ")),
         "{nodes}"
     );
     ensure!(
         nodes
             .lines()
-            .any(|l| l.starts_with(&node_b) && l.contains(" Ready ")),
+            .any(|l| l.starts_with(node_b.as_str()) && l.contains(" Ready ")),
         "{nodes}"
     );
     let provs = env.kubectl(&["get", "prov"])?;
     ensure!(
         provs
             .lines()
-            .any(|l| l.starts_with(&a) && l.contains("True")),
+            .any(|l| l.starts_with(a.as_str()) && l.contains("True")),
         "{provs}"
     );
-    let node = Api::<Node>::all(client.clone()).get(&node_a).await?;
+    let node = Api::<Node>::all(client.clone()).get(node_a).await?;
     let labels = node.labels();
     ensure!(
         labels.get("type").map(String::as_str) == Some("virtual-kubelet"),
         "{labels:?}"
     );
-    ensure!(labels.get("decloud.dev/provider") == Some(&a), "{labels:?}");
+    ensure!(labels.get(PROVIDER_LABEL) == Some(a), "{labels:?}");
     ensure!(
         labels
             .get("topology.kubernetes.io/region")
@@ -304,39 +354,36 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
             .map(|e| e.port)
             == Some(i32::from(operator.kubelet_port))
     );
-    let lease = env.kubectl(&[
+    let lease_args = [
         "get",
         "lease",
         "-n",
-        "kube-node-lease",
-        &node_a,
+        NODE_LEASE_NAMESPACE,
+        node_a.as_str(),
         "-o",
         "name",
-    ]);
+    ];
+    let lease = env.kubectl(&lease_args);
     eventually(Duration::from_secs(15), || async {
-        env.kubectl(&[
-            "get",
-            "lease",
-            "-n",
-            "kube-node-lease",
-            &node_a,
-            "-o",
-            "name",
-        ])
-        .map(|_| ())
+        env.kubectl(&lease_args).map(|_| ())
     })
     .await
-    .with_context(|| format!("no node lease: {lease:?}"))?;
+    .with_context(|| format!("no node lease: {lease:?}"))
+}
 
-    // --- Heartbeats end at the operator: a steady edge causes no Provider or Node writes.
+/// Heartbeats end at the operator: a steady edge causes no Provider or Node writes.
+async fn steady_heartbeats_write_nothing(
+    s: &Scenario,
+    operator: &OperatorProcess,
+) -> anyhow::Result<()> {
     let rv = |client: Client, a: String| async move {
         let p = Api::<Provider>::all(client.clone()).get(&a).await?;
-        let n = Api::<Node>::all(client).get(&format!("edge-{a}")).await?;
+        let n = Api::<Node>::all(client).get(&node_name(&a)).await?;
         anyhow::Ok((p.resource_version(), n.resource_version()))
     };
-    let before = rv(client.clone(), a.clone()).await?;
+    let before = rv(s.client.clone(), s.a.clone()).await?;
     tokio::time::sleep(HEARTBEAT * 5).await;
-    let after = rv(client.clone(), a.clone()).await?;
+    let after = rv(s.client.clone(), s.a.clone()).await?;
     ensure!(
         before == after,
         "writes during 5 steady heartbeats: {before:?} -> {after:?}"
@@ -347,11 +394,14 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     println!(
         "5 heartbeat intervals: no Provider/Node writes; heartbeats received so far: {beats:?}"
     );
+    Ok(())
+}
 
-    // --- A standby replica (same leader Lease) refuses edges and is not ready.
-    let standby = OperatorProcess::spawn(&env, &[])?;
-    let c = format!("op-{run}-c");
-    let edge_c = EdgeProcess::start(&env, &standby, &c, &[])?;
+/// A standby replica (same leader Lease) refuses edges and is not ready.
+async fn a_standby_replica_refuses_edges(s: &Scenario) -> anyhow::Result<()> {
+    let standby = OperatorProcess::spawn(&s.env, &[])?;
+    let c = format!("op-{}-c", s.run);
+    let edge_c = EdgeProcess::start(&s.env, &standby, &c, &[])?;
     eventually(Duration::from_secs(20), || async {
         let (code, body) = standby.readyz().await?;
         ensure!(
@@ -367,7 +417,7 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     })
     .await?;
     ensure!(
-        Api::<Provider>::all(client.clone())
+        Api::<Provider>::all(s.client.clone())
             .get_opt(&c)
             .await?
             .is_none(),
@@ -376,11 +426,18 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     drop(edge_c);
     drop(standby);
     println!("standby replica: /readyz 503, edge refused with Unavailable");
+    Ok(())
+}
 
-    // --- A plain Pod bound to edge a runs, with a correct status, in a real container.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    env.kubectl_stdin(&["apply", "-f", "-"], &pod_yaml("plain", &node_a, ""))?;
-    let pod = eventually(Duration::from_secs(60), || running_pod(&pods, "plain"))
+/// A plain Pod bound to edge a runs, with a correct status, in a real container, and its
+/// allocation shows on the provider.
+async fn a_plain_pod_runs_in_a_real_container(
+    s: &Scenario,
+    edge_a: &EdgeProcess,
+) -> anyhow::Result<Pod> {
+    let (env, pods) = (&s.env, &s.pods);
+    env.kubectl_stdin(&["apply", "-f", "-"], &pod_yaml("plain", &s.node_a, ""))?;
+    let pod = eventually(Duration::from_secs(60), || running_pod(pods, "plain"))
         .await
         .with_context(|| {
             format!(
@@ -424,9 +481,8 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     let running = docker(&["inspect", "-f", "{{.State.Running}}", &id])?;
     ensure!(running == "true", "container {id} running={running}");
     println!("{}", env.kubectl(&["get", "pod", "plain", "-o", "wide"])?);
-    // Allocation shows on the provider.
     eventually(Duration::from_secs(15), || async {
-        let p = provider(&client, &a).await?;
+        let p = provider(&s.client, &s.a).await?;
         let alloc = p.status.and_then(|s| s.allocated).context("no allocated")?;
         ensure!(
             alloc.pods == Some(1) && alloc.cpu.as_deref() == Some("100m"),
@@ -435,8 +491,12 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
+    Ok(pod)
+}
 
-    // --- Deleting the Pod removes its container and then the Pod.
+/// Deleting the Pod removes its container and then the Pod.
+async fn deleting_the_pod_removes_its_container(s: &Scenario, pod: &Pod) -> anyhow::Result<()> {
+    let pods = &s.pods;
     pods.delete("plain", &DeleteParams::default()).await?;
     eventually(Duration::from_secs(30), || async {
         match pods.get_opt("plain").await? {
@@ -446,25 +506,29 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     })
     .await?;
     eventually(Duration::from_secs(15), || async {
-        let left = containers_with_label(&format!(
-            "decloud.dev/pod-uid={}",
-            pod.uid().unwrap_or_default()
-        ))?;
+        let left = containers_of_pod(&pod.uid().unwrap_or_default())?;
         ensure!(left.is_empty(), "containers left: {left:?}");
         Ok(())
     })
-    .await?;
+    .await
+}
 
-    // --- SIGKILL of edge a: NotReady and unreachable within the configured window.
-    env.kubectl_stdin(&["apply", "-f", "-"], &pod_yaml("survivor", &node_a, ""))?;
-    let survivor = eventually(Duration::from_secs(60), || running_pod(&pods, "survivor")).await?;
-    let survivor_id = container_id(&survivor)?;
-    let started_at = docker(&["inspect", "-f", "{{.State.StartedAt}}", &survivor_id])?;
+/// With a pod "survivor" running on it, edge a is SIGKILLed: NotReady and unreachable within
+/// the configured window, while edge b stays Ready.
+async fn sigkill_marks_the_edge_unreachable(
+    s: &Scenario,
+    edge_a: &mut EdgeProcess,
+) -> anyhow::Result<Survivor> {
+    let (env, client) = (&s.env, &s.client);
+    env.kubectl_stdin(&["apply", "-f", "-"], &pod_yaml("survivor", &s.node_a, ""))?;
+    let survivor = eventually(Duration::from_secs(60), || running_pod(&s.pods, "survivor")).await?;
+    let id = container_id(&survivor)?;
+    let started_at = docker(&["inspect", "-f", "{{.State.StartedAt}}", &id])?;
     let killed = Instant::now();
     edge_a.child.kill();
     let window = HEARTBEAT * MISSED;
     eventually(window + Duration::from_secs(10), || {
-        check_unreachable(&client, &a)
+        check_unreachable(client, &s.a)
     })
     .await?;
     let detected = killed.elapsed();
@@ -479,44 +543,63 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
         detected <= window + Duration::from_secs(2),
         "detected after {detected:?}"
     );
-    check_ready(&client, &b)
+    check_ready(client, &s.b)
         .await
         .context("edge b must stay Ready")?;
     println!("{}", env.kubectl(&["get", "nodes"])?);
+    Ok(Survivor { id, started_at })
+}
 
-    // --- Restarting edge a restores Ready without restarting its containers.
+/// `pod` (the survivor) still runs in the same, never restarted container; `when` ends the
+/// failure message.
+fn check_survivor_untouched(survivor: &Survivor, pod: &Pod, when: &str) -> anyhow::Result<()> {
+    ensure!(container_id(pod)? == survivor.id, "container replaced");
+    ensure!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &survivor.id])? == survivor.started_at,
+        "container restarted{when}"
+    );
+    Ok(())
+}
+
+/// Restarting edge a restores Ready without restarting its containers: the new edge process.
+async fn a_restarted_edge_keeps_its_containers(
+    s: &Scenario,
+    operator: &OperatorProcess,
+    survivor: &Survivor,
+) -> anyhow::Result<EdgeProcess> {
     let restarted = Instant::now();
-    let edge_a = EdgeProcess::start(&env, &operator, &a, &[region])?;
-    eventually(Duration::from_secs(30), || check_ready(&client, &a)).await?;
+    let edge_a = EdgeProcess::start(&s.env, operator, &s.a, &[REGION])?;
+    eventually(Duration::from_secs(30), || check_ready(&s.client, &s.a)).await?;
     println!(
         "Ready again {:.2}s after restart",
         restarted.elapsed().as_secs_f64()
     );
-    let survivor = eventually(Duration::from_secs(30), || running_pod(&pods, "survivor")).await?;
-    ensure!(
-        container_id(&survivor)? == survivor_id,
-        "container replaced"
-    );
-    ensure!(
-        docker(&["inspect", "-f", "{{.State.StartedAt}}", &survivor_id])? == started_at,
-        "container restarted"
-    );
-    let restarts = survivor
+    let pod = eventually(Duration::from_secs(30), || running_pod(&s.pods, "survivor")).await?;
+    check_survivor_untouched(survivor, &pod, "")?;
+    let restarts = pod
         .status
         .and_then(|s| s.container_statuses)
         .map(|cs| cs[0].restart_count);
     ensure!(restarts == Some(0), "restartCount {restarts:?}");
+    Ok(edge_a)
+}
 
-    // --- The operator restarts (SIGKILL, same identity and ports): edges reconnect, their
-    // containers keep running, state is rebuilt from the API and the edges' reports.
-    operator.child.kill();
+/// The operator restarts (SIGKILL, same identity and ports): edges reconnect, their containers
+/// keep running, state is rebuilt from the API and the edges' reports. The new operator.
+async fn a_restarted_operator_keeps_the_containers(
+    s: &Scenario,
+    mut old: OperatorProcess,
+    survivor: &Survivor,
+) -> anyhow::Result<OperatorProcess> {
+    let client = &s.client;
+    old.child.kill();
     let restarted = Instant::now();
-    let mut new_operator = operator.respawn(&env, &operator_args)?;
-    new_operator.wait_ready().await?;
-    operator = new_operator;
+    let mut operator = old.respawn(&s.env, &s.operator_args())?;
+    operator.wait_ready().await?;
+    drop(old);
     eventually(Duration::from_secs(30), || async {
-        check_ready(&client, &a).await?;
-        check_ready(&client, &b).await?;
+        check_ready(client, &s.a).await?;
+        check_ready(client, &s.b).await?;
         let connected = operator
             .metric("decloud_operator_connected_edges", "")
             .await?;
@@ -534,25 +617,23 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
         "operator restart: both edges back and Ready {:.2}s after SIGKILL",
         restarted.elapsed().as_secs_f64()
     );
-    let survivor = running_pod(&pods, "survivor").await?;
-    ensure!(
-        container_id(&survivor)? == survivor_id,
-        "container replaced"
-    );
-    ensure!(
-        docker(&["inspect", "-f", "{{.State.StartedAt}}", &survivor_id])? == started_at,
-        "container restarted across the operator restart"
-    );
+    let pod = running_pod(&s.pods, "survivor").await?;
+    check_survivor_untouched(survivor, &pod, " across the operator restart")?;
+    Ok(operator)
+}
 
-    // --- Pods asking for what an edge must not grant fail with a clear reason and an Event,
-    // and no container is created. A privileged container first: an API server started
-    // without --allow-privileged refuses it itself, so then it never reaches the operator.
-    let privileged = pod_yaml("privileged", &node_b, "").replace(
+/// Pods asking for what an edge must not grant fail with a clear reason and an Event, and no
+/// container is created.
+async fn forbidden_pods_are_refused(s: &Scenario) -> anyhow::Result<()> {
+    let (env, client) = (&s.env, &s.client);
+    // A privileged container first: an API server started without --allow-privileged
+    // refuses it itself, so then it never reaches the operator.
+    let privileged = pod_yaml("privileged", &s.node_b, "").replace(
         "      resources:",
         "      securityContext: {privileged: true}\n      resources:",
     );
     match env.kubectl_stdin(&["apply", "-f", "-"], &privileged) {
-        Ok(_) => expect_refused(&client, "privileged", "privileged mode").await?,
+        Ok(_) => expect_refused(client, "privileged", "privileged mode").await?,
         Err(e) if e.to_string().contains("disallowed by cluster policy") => {
             println!(
                 "privileged pod: refused by the API server itself (no --allow-privileged): {e}"
@@ -561,7 +642,7 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
         Err(e) => return Err(e),
     }
     // Host namespaces, host paths and added capabilities, which every API server accepts.
-    let host = pod_yaml("host-access", &node_b, "")
+    let host = pod_yaml("host-access", &s.node_b, "")
         .replace(
             "  containers:",
             "  hostNetwork: true\n  volumes:\n    - {name: root, hostPath: {path: /}}\n  containers:",
@@ -571,20 +652,28 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
             "      securityContext: {capabilities: {add: [NET_ADMIN]}}\n      resources:",
         );
     env.kubectl_stdin(&["apply", "-f", "-"], &host)?;
-    expect_refused(&client, "host-access", "hostNetwork").await?;
+    expect_refused(client, "host-access", "hostNetwork").await
+}
 
-    // --- Deleting Provider b disconnects its edge and removes its Node (and its pods).
-    env.kubectl(&["delete", "prov", &b, "--wait=true", "--timeout=30s"])?;
+/// Deleting Provider b disconnects its edge and removes its Node (and its pods); the edge keeps
+/// retrying, but a revoked provider is refused: the Node does not come back.
+async fn deleting_a_provider_disconnects_its_edge(
+    s: &Scenario,
+    operator: &OperatorProcess,
+) -> anyhow::Result<()> {
+    let (client, b, node_b) = (&s.client, &s.b, &s.node_b);
+    s.env
+        .kubectl(&["delete", "prov", b, "--wait=true", "--timeout=30s"])?;
     eventually(Duration::from_secs(30), || async {
         ensure!(
             Api::<Node>::all(client.clone())
-                .get_opt(&node_b)
+                .get_opt(node_b)
                 .await?
                 .is_none(),
             "node remains"
         );
         ensure!(
-            pods.get_opt("host-access").await?.is_none(),
+            s.pods.get_opt("host-access").await?.is_none(),
             "pod of b remains"
         );
         let revoked = operator
@@ -601,24 +690,26 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    // The edge keeps retrying, but a revoked provider is refused: the Node does not come back.
     tokio::time::sleep(Duration::from_secs(3)).await;
     ensure!(
         Api::<Node>::all(client.clone())
-            .get_opt(&node_b)
+            .get_opt(node_b)
             .await?
             .is_none(),
         "node came back"
     );
     ensure!(
         Api::<Provider>::all(client.clone())
-            .get_opt(&b)
+            .get_opt(b)
             .await?
             .is_none(),
         "provider came back"
     );
+    Ok(())
+}
 
-    // Metrics reflect what happened.
+/// Metrics reflect what happened.
+async fn metrics_reflect_what_happened(operator: &OperatorProcess) -> anyhow::Result<()> {
     let text = operator.metrics().await?;
     for m in [
         "decloud_operator_heartbeats_total",
@@ -627,7 +718,17 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     ] {
         ensure!(text.contains(m), "metric {m} missing");
     }
+    Ok(())
+}
 
+/// Deletes the survivor pod, stops edge a, sweeps the containers and shows the operator's
+/// warnings.
+async fn clean_up(
+    s: &Scenario,
+    operator: &OperatorProcess,
+    edge_a: EdgeProcess,
+) -> anyhow::Result<()> {
+    let pods = &s.pods;
     pods.delete("survivor", &DeleteParams::default()).await?;
     eventually(Duration::from_secs(30), || async {
         ensure!(
@@ -638,16 +739,22 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     })
     .await?;
     drop(edge_a);
-    sweeper.sweep();
+    s.sweeper.sweep();
     let warnings = operator.warnings();
     println!("operator warnings during the suite: {}", warnings.len());
     for w in warnings.iter().take(20) {
         println!("  {w}");
     }
+    Ok(())
+}
 
-    // --- SIGTERM (a rolling update) hands leadership over at once: the leader releases its
-    // Lease, so its successor does not wait the 15 s the Lease would stay valid.
-    let successor = OperatorProcess::spawn(&env, &["--identity", "e2e-successor"])?;
+/// SIGTERM (a rolling update) hands leadership over at once: the leader releases its Lease,
+/// so its successor does not wait the 15 s the Lease would stay valid.
+async fn sigterm_hands_leadership_over(
+    s: &Scenario,
+    mut operator: OperatorProcess,
+) -> anyhow::Result<()> {
+    let mut successor = OperatorProcess::spawn(&s.env, &["--identity", "e2e-successor"])?;
     eventually(Duration::from_secs(20), || async {
         let (code, body) = successor.readyz().await?;
         ensure!(
@@ -659,7 +766,6 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     .await?;
     let terminated = Instant::now();
     operator.child.stop(Duration::from_secs(5));
-    let mut successor = successor;
     successor.wait_ready().await?;
     let took = terminated.elapsed();
     ensure!(

@@ -5,6 +5,7 @@
 use std::process::Command;
 
 use anyhow::{Context, ensure};
+use decloud_crds::contracts::{container_labels, node_name};
 use decloud_e2e::{binary, cluster::containers_with_label};
 
 #[test]
@@ -43,8 +44,8 @@ fn decloud_up_brings_up_the_demo_and_tears_it_down() -> anyhow::Result<()> {
         ensure!(stdout.contains(want), "final output lacks {want:?}");
     }
     // Torn down: no container of the demo's edges is left.
-    for node in ["edge-local-1", "edge-local-2"] {
-        let left = containers_with_label(&format!("decloud.dev/node={node}"))?;
+    for node in ["local-1", "local-2"].map(node_name) {
+        let left = containers_with_label(&format!("{}={node}", container_labels::NODE))?;
         ensure!(left.is_empty(), "{node} left containers behind: {left:?}");
     }
     Ok(())

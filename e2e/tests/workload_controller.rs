@@ -10,7 +10,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use decloud_crds::contracts::{TEMPLATE_HASH_LABEL, node_name, provider_of_node};
 use decloud_crds::{Provider, Workload, find_condition};
+use decloud_e2e::cluster::{node_of, pod_ready, workload_pods};
 use decloud_e2e::{TestEnv, eventually};
 use decloud_workload::{SharedWatch, Watches};
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
@@ -48,7 +50,7 @@ async fn set_provider_ready(
     let api = Api::<Provider>::all(client.clone());
     let status = json!({"status": {
         "phase": if ready { "Ready" } else { "NotReady" },
-        "nodeName": format!("edge-{name}"),
+        "nodeName": node_name(name),
         "allocatable": {"cpu": "2", "memory": "4Gi", "pods": 10},
         "reliability": reliability,
         "conditions": [{
@@ -73,12 +75,8 @@ fn spawn_fake_bridge(client: Client, up: Arc<Mutex<BTreeSet<String>>>) {
             let up_now = up.lock().expect("up").clone();
             if let Ok(list) = pods.list(&ListParams::default()).await {
                 for pod in list.items {
-                    let node = pod
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.clone())
-                        .unwrap_or_default();
-                    if !up_now.contains(node.trim_start_matches("edge-")) {
+                    let node = node_of(&pod);
+                    if !provider_of_node(&node).is_some_and(|p| up_now.contains(p)) {
                         continue;
                     }
                     let name = pod.name_any();
@@ -104,27 +102,18 @@ fn spawn_fake_bridge(client: Client, up: Arc<Mutex<BTreeSet<String>>>) {
 
 /// Live (not terminating) replica pods: name -> (provider, template hash, ready).
 async fn replicas(client: &Client) -> anyhow::Result<BTreeMap<String, (String, String, bool)>> {
-    let pods = Api::<Pod>::namespaced(client.clone(), NS)
-        .list(&ListParams::default().labels(&format!("decloud.dev/workload={WL}")))
-        .await?;
-    Ok(pods
-        .items
+    Ok(workload_pods(client, NS, WL)
+        .await?
         .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .map(|p| {
-            let provider = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default()
-                .trim_start_matches("edge-")
-                .to_string();
+            let node = node_of(&p);
+            let provider = provider_of_node(&node).unwrap_or(&node).to_string();
             let hash = p
                 .labels()
-                .get("decloud.dev/template-hash")
+                .get(TEMPLATE_HASH_LABEL)
                 .cloned()
                 .unwrap_or_default();
-            let ready = decloud_e2e::cluster::pod_ready(&p);
+            let ready = pod_ready(&p);
             (p.name_any(), (provider, hash, ready))
         })
         .collect())

@@ -9,10 +9,14 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use decloud_crds::{Provider, ProviderPhase, Workload, find_condition};
+use decloud_crds::contracts::{WORKLOAD_LABEL, container_labels, node_name, provider_of_node};
+use decloud_crds::{Provider, Workload, find_condition};
 use decloud_e2e::{
     TestEnv,
-    cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, docker},
+    cluster::{
+        ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, check_providers_ready,
+        docker, node_of, pod_ready, wait_providers_ready, workload_pods,
+    },
     eventually,
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -48,27 +52,17 @@ spec:
 
 /// Live (not deleting) pods of the Workload: name → (node, ready, image).
 async fn replicas(client: &Client) -> anyhow::Result<BTreeMap<String, (String, bool, String)>> {
-    let pods = Api::<Pod>::namespaced(client.clone(), "default")
-        .list(&ListParams::default().labels(&format!("decloud.dev/workload={WORKLOAD}")))
-        .await?;
-    Ok(pods
-        .items
+    Ok(workload_pods(client, "default", WORKLOAD)
+        .await?
         .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .map(|p| {
-            let node = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default();
             let image = p
                 .spec
                 .as_ref()
                 .and_then(|s| s.containers.first())
                 .and_then(|c| c.image.clone())
                 .unwrap_or_default();
-            let ready = decloud_e2e::cluster::pod_ready(&p);
-            (p.name_any(), (node, ready, image))
+            (p.name_any(), (node_of(&p), pod_ready(&p), image))
         })
         .collect())
 }
@@ -108,11 +102,11 @@ fn running_containers(nodes: &[String]) -> anyhow::Result<BTreeMap<String, Vec<S
         let ids = docker(&[
             "ps",
             "--filter",
-            &format!("label=decloud.dev/node={node}"),
+            &format!("label={}={node}", container_labels::NODE),
             "--filter",
-            "label=decloud.dev/pod-namespace=default",
+            &format!("label={}=default", container_labels::POD_NAMESPACE),
             "--format",
-            "{{.Label \"decloud.dev/pod-name\"}}",
+            &format!("{{{{.Label \"{}\"}}}}", container_labels::POD_NAME),
         ])?;
         let names: Vec<String> = ids
             .lines()
@@ -131,93 +125,141 @@ async fn patch_workload(client: &Client, patch: serde_json::Value) -> anyhow::Re
     Ok(())
 }
 
-async fn provider_ready(client: &Client, name: &str) -> anyhow::Result<()> {
-    let p = Api::<Provider>::all(client.clone()).get(name).await?;
-    let phase = p.status.map(|s| s.phase).unwrap_or_default();
-    ensure!(phase == ProviderPhase::Ready, "{name}: {phase:?}");
-    Ok(())
+/// The scenario: the cluster, the two images, four providers (three at first) and their nodes.
+struct Scenario {
+    client: Client,
+    v1: String,
+    v2: String,
+    names: Vec<String>,
+    nodes: Vec<String>,
+    _sweeper: ContainerSweeper,
+    env: TestEnv,
 }
+
+impl Scenario {
+    async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::start().await?;
+        let v1 = busybox_image()?;
+        let v2 = "decloud-test/busybox:2".to_string();
+        docker(&["tag", &v1, &v2])?;
+        let run = std::process::id();
+        let names: Vec<String> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|s| format!("wl-{run}-{s}"))
+            .collect();
+        let nodes: Vec<String> = names.iter().map(|n| node_name(n)).collect();
+        Ok(Self {
+            client: env.client(),
+            v1,
+            v2,
+            _sweeper: ContainerSweeper::new(&nodes),
+            names,
+            nodes,
+            env,
+        })
+    }
+
+    async fn start_operator(&self) -> anyhow::Result<OperatorProcess> {
+        OperatorProcess::start(
+            &self.env,
+            &[
+                "--heartbeat-interval",
+                "1s",
+                "--missed-heartbeats",
+                "3",
+                "--identity",
+                "e2e-wl",
+                "--usage-interval",
+                "2s",
+                // Provider usage rides on the periodic status refresh (default 5 min).
+                "--status-report-interval",
+                "5s",
+            ],
+        )
+        .await
+    }
+}
+
+/// The running edges, by provider name.
+type Edges = BTreeMap<String, EdgeProcess>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<()> {
-    let env = TestEnv::start().await?;
-    let client = env.client();
-    let v1 = busybox_image()?;
-    let v2 = "decloud-test/busybox:2".to_string();
-    docker(&["tag", &v1, &v2])?;
-    let run = std::process::id();
-    let names: Vec<String> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|s| format!("wl-{run}-{s}"))
-        .collect();
-    let nodes: Vec<String> = names.iter().map(|n| format!("edge-{n}")).collect();
-    let _sweeper = ContainerSweeper::new(&nodes);
-
-    let operator = OperatorProcess::start(
-        &env,
-        &[
-            "--heartbeat-interval",
-            "1s",
-            "--missed-heartbeats",
-            "3",
-            "--identity",
-            "e2e-wl",
-            "--usage-interval",
-            "2s",
-            // Provider usage rides on the periodic status refresh (default 5 min).
-            "--status-report-interval",
-            "5s",
-        ],
-    )
-    .await?;
-    let mut edges: BTreeMap<String, EdgeProcess> = BTreeMap::new();
-    for name in &names[..3] {
+    let s = Scenario::start().await?;
+    let operator = s.start_operator().await?;
+    let mut edges = Edges::new();
+    for name in &s.names[..3] {
         edges.insert(
             name.clone(),
-            EdgeProcess::start(&env, &operator, name, &[])?,
+            EdgeProcess::start(&s.env, &operator, name, &[])?,
         );
     }
-    eventually(Duration::from_secs(60), || async {
-        for name in &names[..3] {
-            provider_ready(&client, name).await?;
-        }
-        Ok(())
+    wait_providers_ready(&s.client, &operator, &s.names[..3]).await?;
+
+    two_replicas_land_on_two_providers(&s, &operator).await?;
+    scaling_to_3_uses_the_third_provider(&s).await?;
+    a_shortage_degrades_until_a_4th_provider_joins(&s, &operator, &mut edges).await?;
+    changing_the_image_rolls_every_replica(&s).await?;
+    let lost = a_sigkilled_edge_fails_over(&s, &operator, &mut edges).await?;
+    the_returning_edge_stops_its_stale_replica(&s, &operator, &mut edges, &lost).await?;
+    usage_is_summed_per_workload_and_provider(&s).await?;
+    edge_kubelet_status_shows_its_session_and_pods(&s, &edges).await?;
+    deleting_the_workload_leaves_nothing(&s).await?;
+
+    let warnings = operator.warnings();
+    println!("operator warnings during the suite: {}", warnings.len());
+    docker(&["rmi", &s.v2]).ok();
+    Ok(())
+}
+
+/// 2 replicas land on 2 distinct providers and become Available; Docker runs them on 2 edges.
+async fn two_replicas_land_on_two_providers(
+    s: &Scenario,
+    operator: &OperatorProcess,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    s.env
+        .kubectl_stdin(&["apply", "-f", "-"], &workload_yaml(2, &s.v1))?;
+    eventually(Duration::from_secs(60), || {
+        check_available(&s.client, 2, &s.v1)
     })
     .await
     .with_context(|| {
         format!(
-            "edges not Ready; operator log:\n{}",
+            "2 replicas not Available; operator log:\n{}",
             operator.child.log_tail(30)
         )
     })?;
-
-    // --- 2 replicas land on 2 distinct providers and become Available.
-    let t0 = Instant::now();
-    env.kubectl_stdin(&["apply", "-f", "-"], &workload_yaml(2, &v1))?;
-    eventually(Duration::from_secs(60), || check_available(&client, 2, &v1))
-        .await
-        .with_context(|| {
-            format!(
-                "2 replicas not Available; operator log:\n{}",
-                operator.child.log_tail(30)
-            )
-        })?;
     println!("2 replicas Available in {:.1}s", t0.elapsed().as_secs_f64());
-    let containers = running_containers(&nodes)?;
+    let containers = running_containers(&s.nodes)?;
     ensure!(
         containers.values().filter(|c| !c.is_empty()).count() == 2,
         "Docker should run the 2 replicas on 2 edges: {containers:?}"
     );
+    Ok(())
+}
 
-    // --- Scaling to 3 uses the third provider.
-    patch_workload(&client, serde_json::json!({"spec": {"replicas": 3}})).await?;
-    eventually(Duration::from_secs(60), || check_available(&client, 3, &v1)).await?;
-    println!("scaled to 3: {:?}", replicas(&client).await?);
+/// Scaling to 3 uses the third provider.
+async fn scaling_to_3_uses_the_third_provider(s: &Scenario) -> anyhow::Result<()> {
+    patch_workload(&s.client, serde_json::json!({"spec": {"replicas": 3}})).await?;
+    eventually(Duration::from_secs(60), || {
+        check_available(&s.client, 3, &s.v1)
+    })
+    .await?;
+    println!("scaled to 3: {:?}", replicas(&s.client).await?);
+    Ok(())
+}
 
-    // --- Scaling to 4 with 3 providers: Degraded with the numbers, then recovery on a 4th.
-    patch_workload(&client, serde_json::json!({"spec": {"replicas": 4}})).await?;
+/// Scaling to 4 with 3 providers: Degraded with the numbers, then recovery on a 4th.
+async fn a_shortage_degrades_until_a_4th_provider_joins(
+    s: &Scenario,
+    operator: &OperatorProcess,
+    edges: &mut Edges,
+) -> anyhow::Result<()> {
+    let (env, client) = (&s.env, &s.client);
+    patch_workload(client, serde_json::json!({"spec": {"replicas": 4}})).await?;
     let degraded = eventually(Duration::from_secs(30), || async {
-        let wl = workload(&client).await?;
+        let wl = workload(client).await?;
         let status = wl.status.context("no status")?;
         let d = find_condition(&status.conditions, "Degraded")
             .context("no Degraded")?
@@ -241,23 +283,31 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
     ])?;
     println!("{events}");
     edges.insert(
-        names[3].clone(),
-        EdgeProcess::start(&env, &operator, &names[3], &[])?,
+        s.names[3].clone(),
+        EdgeProcess::start(env, operator, &s.names[3], &[])?,
     );
-    eventually(Duration::from_secs(60), || check_available(&client, 4, &v1)).await?;
-    let wl = workload(&client).await?;
+    eventually(Duration::from_secs(60), || {
+        check_available(client, 4, &s.v1)
+    })
+    .await?;
+    let wl = workload(client).await?;
     let d = find_condition(&wl.status.unwrap_or_default().conditions, "Degraded").cloned();
     ensure!(
         d.as_ref().is_none_or(|d| !d.is_true()),
         "still Degraded: {d:?}"
     );
     println!("recovered with a 4th provider: 4/4 ready");
+    Ok(())
+}
 
-    // --- Changing the image rolls every replica.
+/// Changing the image rolls every replica; the old replicas' containers stop (after their
+/// grace period) and the rest run the new image.
+async fn changing_the_image_rolls_every_replica(s: &Scenario) -> anyhow::Result<()> {
+    let (client, v2) = (&s.client, &s.v2);
     let t0 = Instant::now();
     let mut min_ready = usize::MAX;
     patch_workload(
-        &client,
+        client,
         serde_json::json!({"spec": {"template": {"spec": {"containers": [{
             "name": "web", "image": v2, "command": ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"],
             "ports": [{"containerPort": 8080}],
@@ -268,9 +318,9 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
     .await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let reps = replicas(&client).await?;
+        let reps = replicas(client).await?;
         min_ready = min_ready.min(reps.values().filter(|(_, r, _)| *r).count());
-        if check_available(&client, 4, &v2).await.is_ok() {
+        if check_available(client, 4, v2).await.is_ok() {
             break;
         }
         if Instant::now() > deadline {
@@ -282,36 +332,53 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
         "rolled 4 replicas to {v2} in {:.1}s; fewest ready during the rollout: {min_ready}",
         t0.elapsed().as_secs_f64()
     );
-    // Old replicas' containers stop (after their grace period); the rest run the new image.
     eventually(Duration::from_secs(30), || async {
-        for (node, pods) in running_containers(&nodes)? {
+        for (node, pods) in running_containers(&s.nodes)? {
             for pod in pods {
                 let image = docker(&[
                     "ps",
                     "--filter",
-                    &format!("label=decloud.dev/node={node}"),
+                    &format!("label={}={node}", container_labels::NODE),
                     "--filter",
-                    &format!("label=decloud.dev/pod-name={pod}"),
+                    &format!("label={}={pod}", container_labels::POD_NAME),
                     "--format",
                     "{{.Image}}",
                 ])?;
-                ensure!(image == v2, "{pod} on {node} still runs {image}");
+                ensure!(image == *v2, "{pod} on {node} still runs {image}");
             }
         }
         Ok(())
     })
-    .await?;
+    .await
+}
 
-    // --- Failover: with a spare provider, SIGKILL an edge that carries a replica.
-    patch_workload(&client, serde_json::json!({"spec": {"replicas": 3}})).await?;
-    eventually(Duration::from_secs(60), || check_available(&client, 3, &v2)).await?;
-    let reps = replicas(&client).await?;
+/// The replica lost with a SIGKILLed edge.
+struct Lost {
+    pod: String,
+    node: String,
+    /// The killed edge's provider.
+    victim: String,
+}
+
+/// Failover: with a spare provider, SIGKILL an edge that carries a replica; a replacement is
+/// Running and Ready elsewhere, still one replica per provider.
+async fn a_sigkilled_edge_fails_over(
+    s: &Scenario,
+    operator: &OperatorProcess,
+    edges: &mut Edges,
+) -> anyhow::Result<Lost> {
+    let (client, v2) = (&s.client, &s.v2);
+    patch_workload(client, serde_json::json!({"spec": {"replicas": 3}})).await?;
+    eventually(Duration::from_secs(60), || check_available(client, 3, v2)).await?;
+    let reps = replicas(client).await?;
     let (lost_pod, (lost_node, _, _)) = reps.into_iter().next().context("a replica")?;
-    let victim = lost_node.trim_start_matches("edge-").to_string();
+    let victim = provider_of_node(&lost_node)
+        .context("a replica off the virtual nodes")?
+        .to_string();
     let killed_at = Instant::now();
     edges.get_mut(&victim).context("victim edge")?.child.kill();
     let replacement = eventually(Duration::from_secs(60), || async {
-        let reps = replicas(&client).await?;
+        let reps = replicas(client).await?;
         ensure!(!reps.contains_key(&lost_pod), "{lost_pod} still in the API");
         let ready: Vec<_> = reps
             .iter()
@@ -335,27 +402,47 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
         failover.as_secs_f64()
     );
     println!("after failover: {replacement:?}");
+    Ok(Lost {
+        pod: lost_pod,
+        node: lost_node,
+        victim,
+    })
+}
 
-    // --- The killed edge comes back: its stale container is stopped, no duplicate remains.
+/// The killed edge comes back: its stale container is stopped, no duplicate remains, and
+/// Docker runs exactly the pods the API has.
+async fn the_returning_edge_stops_its_stale_replica(
+    s: &Scenario,
+    operator: &OperatorProcess,
+    edges: &mut Edges,
+    lost: &Lost,
+) -> anyhow::Result<()> {
+    let client = &s.client;
     edges.insert(
-        victim.clone(),
-        EdgeProcess::start(&env, &operator, &victim, &[])?,
+        lost.victim.clone(),
+        EdgeProcess::start(&s.env, operator, &lost.victim, &[])?,
     );
-    eventually(Duration::from_secs(30), || provider_ready(&client, &victim)).await?;
+    let victim = [&lost.victim];
+    eventually(Duration::from_secs(30), || {
+        check_providers_ready(client, &victim)
+    })
+    .await?;
     eventually(Duration::from_secs(30), || async {
-        let containers = running_containers(&nodes)?;
+        let containers = running_containers(&s.nodes)?;
         ensure!(
             containers
-                .get(&lost_node)
-                .is_none_or(|c| !c.contains(&lost_pod)),
-            "stale container of {lost_pod} still runs on {lost_node}"
+                .get(&lost.node)
+                .is_none_or(|c| !c.contains(&lost.pod)),
+            "stale container of {} still runs on {}",
+            lost.pod,
+            lost.node
         );
         let total: usize = containers.values().map(Vec::len).sum();
         ensure!(
             total == 3,
             "expected exactly 3 running replica containers: {containers:?}"
         );
-        let api: BTreeSet<String> = replicas(&client).await?.into_keys().collect();
+        let api: BTreeSet<String> = replicas(client).await?.into_keys().collect();
         let docker_pods: BTreeSet<String> = containers.values().flatten().cloned().collect();
         ensure!(
             api == docker_pods,
@@ -365,11 +452,15 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
     })
     .await?;
     println!("the returning edge stopped its stale replica: 3 containers for 3 replicas");
+    Ok(())
+}
 
-    // --- Usage accounting: what the edges measured in Docker is summed per Workload and
-    // per Provider.
+/// Usage accounting: what the edges measured in Docker is summed per Workload and per
+/// Provider.
+async fn usage_is_summed_per_workload_and_provider(s: &Scenario) -> anyhow::Result<()> {
+    let client = &s.client;
     let (wl_usage, prov_usage) = eventually(Duration::from_secs(60), || async {
-        let wl = workload(&client).await?;
+        let wl = workload(client).await?;
         let u = wl
             .status
             .and_then(|s| s.usage)
@@ -379,7 +470,7 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
             "Workload usage {u:?}"
         );
         let mut prov = Vec::new();
-        for name in &names {
+        for name in &s.names {
             let p = Api::<Provider>::all(client.clone()).get(name).await?;
             if let Some(u) = p.status.and_then(|s| s.usage) {
                 prov.push((name.clone(), u));
@@ -396,15 +487,21 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
         "usage: Workload {WORKLOAD} {:.3} CPU-s, {:.6} GiB-h; providers {prov_usage:?}",
         wl_usage.cpu_seconds, wl_usage.memory_gib_hours
     );
+    Ok(())
+}
 
-    // --- `edge-kubelet status` on a provider shows its session, caps, pods and usage.
-    let (carrier_pod, (carrier_node, _, _)) = replicas(&client)
+/// `edge-kubelet status` on a provider shows its session, caps, pods and usage.
+async fn edge_kubelet_status_shows_its_session_and_pods(
+    s: &Scenario,
+    edges: &Edges,
+) -> anyhow::Result<()> {
+    let (carrier_pod, (carrier_node, _, _)) = replicas(&s.client)
         .await?
         .into_iter()
         .next()
         .context("a replica")?;
-    let carrier = edges
-        .get(carrier_node.trim_start_matches("edge-"))
+    let carrier = provider_of_node(&carrier_node)
+        .and_then(|p| edges.get(p))
         .context("carrier edge")?;
     let status = eventually(Duration::from_secs(15), || async {
         let out = std::process::Command::new(decloud_e2e::binary("edge-kubelet")?)
@@ -424,15 +521,20 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
     })
     .await?;
     println!("edge-kubelet status:\n{status}");
+    Ok(())
+}
 
-    // --- Deleting the Workload leaves no pod and no container.
-    env.kubectl(&["delete", "wl", WORKLOAD, "--wait=false"])?;
+/// Deleting the Workload leaves no pod (not even a terminating one), no container and, once
+/// its finalizer ran, no Workload.
+async fn deleting_the_workload_leaves_nothing(s: &Scenario) -> anyhow::Result<()> {
+    let client = &s.client;
+    s.env.kubectl(&["delete", "wl", WORKLOAD, "--wait=false"])?;
     eventually(Duration::from_secs(60), || async {
         let reps = Api::<Pod>::namespaced(client.clone(), "default")
-            .list(&ListParams::default().labels(&format!("decloud.dev/workload={WORKLOAD}")))
+            .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={WORKLOAD}")))
             .await?;
         ensure!(reps.items.is_empty(), "{} pods remain", reps.items.len());
-        let containers = running_containers(&nodes)?;
+        let containers = running_containers(&s.nodes)?;
         ensure!(
             containers.values().all(Vec::is_empty),
             "containers remain: {containers:?}"
@@ -445,8 +547,5 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
     })
     .await?;
     println!("deleted: no pod, no container, no Workload");
-    let warnings = operator.warnings();
-    println!("operator warnings during the suite: {}", warnings.len());
-    docker(&["rmi", &v2]).ok();
     Ok(())
 }

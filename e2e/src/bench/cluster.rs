@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use decloud_crds::contracts::{node_name, provider_of_node};
 use decloud_crds::{Provider, ProviderPhase};
 use kube::Api;
 
@@ -42,7 +43,7 @@ impl BenchCluster {
         let gateway_port = operator.gateway_port;
         let run = std::process::id();
         let names: Vec<String> = (0..edges).map(|i| format!("{tag}-{run}-{i}")).collect();
-        let nodes: Vec<String> = names.iter().map(|n| format!("edge-{n}")).collect();
+        let nodes: Vec<String> = names.iter().map(|n| node_name(n)).collect();
         let sweeper = ContainerSweeper::new(&nodes);
         let mut procs = Vec::new();
         for n in &names {
@@ -81,7 +82,7 @@ impl BenchCluster {
 
     /// Index of the provider behind node `node`.
     pub fn index_of_node(&self, node: &str) -> Option<usize> {
-        let name = node.strip_prefix("edge-")?;
+        let name = provider_of_node(node)?;
         self.names.iter().position(|n| n == name)
     }
 

@@ -10,15 +10,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use decloud_crds::contracts::{EDGE_TAINT, node_name};
 use decloud_crds::{Provider, ProviderPhase};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams},
-};
+use kube::{Api, Client, ResourceExt, api::DeleteParams};
 use serde_json::json;
 
-use crate::{ChildGuard, eventually, free_port};
+use crate::{ChildGuard, cluster::workload_pods, eventually, free_port};
 
 use super::{
     cluster::BenchCluster,
@@ -184,13 +182,7 @@ async fn settle(cluster: &BenchCluster, gateway: &Target) -> anyhow::Result<()> 
 }
 
 async fn live_pods(client: &Client) -> anyhow::Result<Vec<Pod>> {
-    Ok(Api::<Pod>::namespaced(client.clone(), NS)
-        .list(&ListParams::default().labels(&format!("decloud.dev/workload={WL}")))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
+    workload_pods(client, NS, WL).await
 }
 
 async fn current_replica(client: &Client) -> anyhow::Result<(String, String)> {
@@ -216,7 +208,7 @@ async fn one_trial(
     let client = cluster.env.client();
     let providers = Api::<Provider>::all(client.clone());
     let victim_name = cluster.names[victim].clone();
-    let victim_node = format!("edge-{victim_name}");
+    let victim_node = node_name(&victim_name);
     let mut t = Trial::default();
     let mut gateway_failed = false;
     let killed = Instant::now();
@@ -270,7 +262,7 @@ async fn stock_kubernetes(cluster: &mut BenchCluster) -> anyhow::Result<StockOut
     let victim = (0..cluster.names.len())
         .find(|&i| Some(i) != busy)
         .context("no free edge")?;
-    let node = format!("edge-{}", cluster.names[victim]);
+    let node = node_name(&cluster.names[victim]);
     let kcm_bin = cluster.env.bin_dir().join("kube-controller-manager");
     ensure!(kcm_bin.is_file(), "{} not built", kcm_bin.display());
     let mut cmd = Command::new(&kcm_bin);
@@ -305,7 +297,7 @@ async fn stock_kubernetes(cluster: &mut BenchCluster) -> anyhow::Result<StockOut
     ] {
         let yaml = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  nodeName: {node}\n  \
-             terminationGracePeriodSeconds: 1\n  tolerations:\n    - {{key: decloud.dev/edge, operator: Exists, effect: NoSchedule}}{tolerations}\n  \
+             terminationGracePeriodSeconds: 1\n  tolerations:\n    - {{key: {EDGE_TAINT}, operator: Exists, effect: NoSchedule}}{tolerations}\n  \
              containers:\n    - name: main\n      image: decloud-test/busybox:1\n      imagePullPolicy: Never\n      \
              command: [/bin/sh, -c, \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
         );

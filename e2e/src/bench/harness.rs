@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use decloud_crds::contracts::WORKLOAD_LABEL;
 use decloud_crds::{Workload, find_condition};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -132,7 +133,7 @@ pub async fn delete_workload(client: &Client, name: &str, timeout: Duration) -> 
     let pods = Api::<Pod>::namespaced(client.clone(), NS);
     eventually(timeout, || async {
         let left = pods
-            .list(&ListParams::default().labels(&format!("decloud.dev/workload={name}")))
+            .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={name}")))
             .await?;
         ensure!(left.items.is_empty(), "{} pods left", left.items.len());
         ensure!(wls.get_opt(name).await?.is_none(), "Workload still there");

@@ -1,7 +1,8 @@
-//! A small HTTP/1.1 load generator on raw tokio sockets: one connection per request
+//! A small HTTP/1.1 load generator on hyper-util's client: one connection per request
 //! (`Connection: close`, as busybox httpd answers anyway), bounded in count and time.
 
 use std::{
+    convert::Infallible,
     net::SocketAddr,
     sync::{
         Arc,
@@ -11,9 +12,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::{BodyExt, Either, Empty, StreamBody};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
 };
 
 use super::stats::Summary;
@@ -29,8 +33,25 @@ pub struct Target {
     pub host: String,
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Size of the zero-filled chunks an upload is sent in.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// A request body: none, or `n` zero bytes streamed in [`UPLOAD_CHUNK`]s.
+type UploadBody = Either<
+    Empty<Bytes>,
+    StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>,
+>;
+
+fn zeros(len: u64) -> UploadBody {
+    let chunk = Bytes::from(vec![0u8; UPLOAD_CHUNK]);
+    let mut frames = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(UPLOAD_CHUNK as u64) as usize;
+        frames.push(Ok(Frame::data(chunk.slice(..n))));
+        left -= n as u64;
+    }
+    Either::Right(StreamBody::new(futures::stream::iter(frames)))
 }
 
 /// One finished request.
@@ -38,7 +59,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 pub struct Response {
     /// HTTP status code.
     pub status: u16,
-    /// Bytes received after the header.
+    /// Body bytes received (after de-chunking).
     pub body_bytes: u64,
 }
 
@@ -66,62 +87,36 @@ impl Target {
         path: &str,
         body_len: u64,
     ) -> anyhow::Result<Response> {
-        let mut s = TcpStream::connect(self.addr).await?;
-        s.set_nodelay(true)?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: decloud-bench\r\n",
-            self.host
-        );
-        if body_len > 0 || method == "POST" {
-            head.push_str(&format!(
-                "Content-Length: {body_len}\r\nContent-Type: application/octet-stream\r\n"
-            ));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).await?;
-        if body_len > 0 {
-            let chunk = vec![0u8; 256 * 1024];
-            let mut left = body_len;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                s.write_all(&chunk[..n]).await?;
-                left -= n as u64;
-            }
-        }
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut header = Vec::new();
-        let mut status = None;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, UploadBody> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header(http::header::HOST, &self.host)
+            .header(http::header::CONNECTION, "close")
+            .header(http::header::USER_AGENT, "decloud-bench");
+        let body = if body_len > 0 || method == "POST" {
+            request = request
+                .header(http::header::CONTENT_LENGTH, body_len)
+                .header(http::header::CONTENT_TYPE, "application/octet-stream");
+            zeros(body_len)
+        } else {
+            Either::Left(Empty::new())
+        };
+        let response = client.request(request.body(body)?).await?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
         let mut body_bytes = 0u64;
-        loop {
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            if status.is_none() {
-                header.extend_from_slice(&buf[..n]);
-                // CGI answers may end their header with bare LFs.
-                let end = find(&header, b"\r\n\r\n")
-                    .map(|i| i + 4)
-                    .or_else(|| find(&header, b"\n\n").map(|i| i + 2));
-                if let Some(end) = end {
-                    let text = String::from_utf8_lossy(&header[..end]);
-                    status = text
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|c| c.parse::<u16>().ok());
-                    if status.is_none() {
-                        bail!("no HTTP status in {text:?}");
-                    }
-                    body_bytes += (header.len() - end) as u64;
-                }
-            } else {
-                body_bytes += n as u64;
+        // Counted as it arrives: bulk downloads are not kept.
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                body_bytes += data.len() as u64;
             }
         }
-        Ok(Response {
-            status: status.context("connection closed before a response")?,
-            body_bytes,
-        })
+        Ok(Response { status, body_bytes })
     }
 
     /// `count` sequential `GET path` requests: their latencies (failures are errors).

@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
+use decloud_crds::contracts::WORKLOAD_LABEL;
 use decloud_crds::{Provider, ProviderPhase, Workload};
 use kube::{Api, api::ListParams};
 use serde_json::{Value, json};
@@ -114,7 +115,7 @@ async fn one_size(
         })
         .collect();
     // Ready pods counted from a pod watch: the ground truth, independent of Workload status.
-    let timeline = PodTimeline::start(&client, "decloud.dev/workload").await?;
+    let timeline = PodTimeline::start(&client, WORKLOAD_LABEL).await?;
     let applied = Instant::now();
     for (name, n) in &wls {
         create_workload(

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use decloud_crds::contracts::WORKLOAD_LABEL;
 use serde_json::json;
 
 use super::{
@@ -30,8 +31,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
         let mut whole = Vec::new();
         for round in 0..rounds {
             let name = format!("startup-{n}-{round}");
-            let timeline =
-                PodTimeline::start(&client, &format!("decloud.dev/workload={name}")).await?;
+            let timeline = PodTimeline::start(&client, &format!("{WORKLOAD_LABEL}={name}")).await?;
             let applied = Instant::now();
             create_workload(&client, &workload(&name, n, "Preferred", sleeper(), None)?).await?;
             let deadline = applied + Duration::from_secs(120);

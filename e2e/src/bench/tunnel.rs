@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
+use decloud_crds::contracts::WORKLOAD_LABEL;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use serde_json::{Value, json};
@@ -56,7 +57,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
     })
     .await?;
     let pods = Api::<Pod>::namespaced(client.clone(), NS)
-        .list(&ListParams::default().labels(&format!("decloud.dev/workload={WL}")))
+        .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={WL}")))
         .await?;
     let ip = pods
         .items
