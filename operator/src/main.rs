@@ -149,6 +149,23 @@ struct RunArgs {
     /// Address of the public HTTP gateway (Workloads' URLs; served by the leader).
     #[arg(long, env = "DECLOUD_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     gateway_listen: SocketAddr,
+    /// How long a gateway client may take to send a request head (then 408).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    gateway_header_timeout: Duration,
+    /// Largest request head the gateway reads (larger: 431).
+    #[arg(long, default_value_t = 64 * 1024)]
+    gateway_max_header_bytes: usize,
+    /// Client connections the gateway serves at once (more: 503 with Retry-After).
+    #[arg(long, default_value_t = 10_000)]
+    gateway_max_connections: usize,
+    /// A gateway connection with no traffic either way for this long is closed.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    gateway_idle_timeout: Duration,
+    /// PEM file of the CA signing the API server's kubelet client certificate
+    /// (`--kubelet-client-certificate`); default: the cluster's client CA from
+    /// kube-system/extension-apiserver-authentication, if readable.
+    #[arg(long, env = "DECLOUD_KUBELET_CLIENT_CA")]
+    kubelet_client_ca: Option<std::path::PathBuf>,
     /// How long the leader Lease is valid without renewal.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
@@ -490,6 +507,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let gateway_config = decloud_operator::gateway::GatewayConfig {
             listen: args.gateway_listen,
             base_domain: args.base_domain.clone(),
+            limits: decloud_gateway::GatewayLimits {
+                header_timeout: args.gateway_header_timeout,
+                max_header_bytes: args.gateway_max_header_bytes,
+                max_connections: args.gateway_max_connections,
+                idle_timeout: args.gateway_idle_timeout,
+                ..Default::default()
+            },
+            kubelet_client_ca: args.kubelet_client_ca.clone(),
         };
         let gateway_ctx = ctx.clone();
         loops.spawn(async move {
