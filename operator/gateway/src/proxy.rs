@@ -6,8 +6,9 @@
 //! `X-Forwarded-Proto` and `X-Forwarded-Host` set by the gateway (whatever the client sent
 //! under those names, or as `Forwarded`, is dropped), so apps see the real client. Bodies
 //! (`Content-Length` or chunked) and responses are copied as bytes, so keep-alive, large
-//! bodies and upgraded connections (WebSocket) pass; after an `Upgrade` request the connection
-//! is raw bytes both ways. A connection stays with the replica it was given, as with any
+//! bodies and upgraded connections (WebSocket) pass; once the app answers an `Upgrade` request
+//! with 101 the connection is raw bytes both ways (an app answering otherwise gets no further
+//! request on that connection). A connection stays with the replica it was given, as with any
 //! layer-4 balancer after routing, and ends after [`GatewayLimits::idle_timeout`] without a
 //! byte either way. Beyond [`GatewayLimits::max_connections`] clients get 503 with
 //! `Retry-After`. No answer names a provider or node.
@@ -193,13 +194,22 @@ async fn handle(
         return respond(&mut write, 503, &msg, retry).await;
     };
     let (tunnel_read, mut tunnel_write) = tokio::io::split(tunnel);
+    let (first_status_tx, first_status_rx) = tokio::sync::oneshot::channel();
     let up = async {
-        let r = forward_requests(&mut client, request, &mut tunnel_write, peer, limits).await;
+        let r = forward_requests(
+            &mut client,
+            request,
+            &mut tunnel_write,
+            first_status_rx,
+            peer,
+            limits,
+        )
+        .await;
         let _ = tunnel_write.shutdown().await;
         r
     };
     let down = async {
-        let r = copy_marking(tunnel_read, &mut write, &activity).await;
+        let r = copy_responses(tunnel_read, &mut write, &activity, first_status_tx).await;
         let _ = write.shutdown().await;
         r
     };
@@ -218,17 +228,43 @@ async fn forward_requests<W: AsyncWrite + Unpin>(
     client: &mut ClientReader,
     first: Request,
     tunnel: &mut W,
+    first_status: tokio::sync::oneshot::Receiver<u16>,
+
     peer: SocketAddr,
     limits: &GatewayLimits,
 ) -> std::io::Result<()> {
     let host = first.host.clone();
     let mut request = first;
+    let mut first_status = Some(first_status);
     loop {
         tunnel.write_all(&request.forwarded).await?;
+        if !matches!(request.body, Body::Raw) {
+            first_status = None;
+        }
         match request.body {
             Body::Length(n) => client.copy_exact(n, tunnel).await?,
             Body::Chunked => client.copy_chunked(tunnel).await?,
-            Body::Raw => return client.copy_rest(tunnel).await,
+            Body::Raw => {
+                // Raw bytes follow only once the app switched protocols (101; 2xx for
+                // CONNECT) in answer to this, the connection's first request, or answered
+                // with no HTTP status line at all (not an HTTP app). An HTTP answer refusing
+                // the upgrade ends forwarding: later requests must not pass unread (with the
+                // client's own X-Forwarded-*).
+                // An upgrade later on a keep-alive connection is not followed (clients open
+                // a fresh connection for WebSocket).
+                let Some(rx) = first_status.take() else {
+                    return Ok(());
+                };
+                let switched = rx.await.unwrap_or(NOT_HTTP);
+                let connect = request.method_connect;
+                if switched == NOT_HTTP
+                    || switched == 101
+                    || (connect && (200..300).contains(&switched))
+                {
+                    return client.copy_rest(tunnel).await;
+                }
+                return Ok(());
+            }
         }
         // Between requests a client may idle (the idle timeout covers that); once it starts
         // a head it must finish it in time.
@@ -268,6 +304,8 @@ struct Request {
     /// Host, lower-cased, without port or trailing dot.
     host: String,
     body: Body,
+    /// A CONNECT request.
+    method_connect: bool,
     /// The head as forwarded: the client's headers minus the forwarding ones, plus the
     /// gateway's.
     forwarded: Vec<u8>,
@@ -361,6 +399,7 @@ impl Request {
         Ok(Self {
             host,
             body,
+            method_connect: method.eq_ignore_ascii_case("CONNECT"),
             forwarded: out,
         })
     }
@@ -432,6 +471,45 @@ where
         to.write_all(&buf[..n]).await?;
         activity.mark();
     }
+}
+
+/// What [`copy_responses`] reports when the app's first bytes are no HTTP status line.
+const NOT_HTTP: u16 = 0;
+
+/// Copies the app's responses to the client, first telling `first_status` the status code of
+/// the first response ([`NOT_HTTP`] if its first bytes are not a status line).
+async fn copy_responses<R, W>(
+    mut from: R,
+    to: &mut W,
+    activity: &Activity,
+    first_status: tokio::sync::oneshot::Sender<u16>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut head = Vec::with_capacity(64);
+    let mut chunk = [0u8; 512];
+    // "HTTP/1.1 101" is 12 bytes; read until those are in.
+    while head.len() < 12 {
+        let n = from.read(&mut chunk).await?;
+        if n == 0 {
+            let _ = first_status.send(NOT_HTTP);
+            to.write_all(&head).await?;
+            return Ok(());
+        }
+        activity.mark();
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let status = std::str::from_utf8(&head[..12])
+        .ok()
+        .filter(|s| s.starts_with("HTTP/1."))
+        .and_then(|s| s[9..12].parse().ok())
+        .unwrap_or(NOT_HTTP);
+    let _ = first_status.send(status);
+    to.write_all(&head).await?;
+    activity.mark();
+    copy_marking(from, to, activity).await
 }
 
 // === impl ClientReader ===

@@ -359,6 +359,24 @@ async fn forwarding_headers_are_the_gateways_on_every_request() {
 }
 
 #[tokio::test]
+async fn a_refused_upgrade_lets_no_unread_request_through() {
+    let gw = one_replica(GatewayLimits::default()).await;
+    let mut s = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    // The app answers 200 to an upgrade it does not speak and keeps the connection open.
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\nUpgrade: nope\r\nConnection: Upgrade\r\n\r\n\
+          GET /headers HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let resp = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(!resp.contains("6.6.6.6"), "{resp}");
+}
+
+#[tokio::test]
 async fn idle_connections_are_closed() {
     let gw = one_replica(GatewayLimits {
         idle_timeout: Duration::from_millis(500),
