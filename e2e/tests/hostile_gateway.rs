@@ -1,7 +1,7 @@
-//! Hostile callers of the operator's kubelet API (issue 14, item 2), end to end: a real
-//! kube-apiserver with a kubelet client certificate, the real `decloud-operator`, one real
-//! `edge-kubelet` on the real Docker engine, and plain HTTPS clients (curl) calling the kubelet
-//! port directly as any pod in the cluster could.
+//! Hostile callers of the operator's kubelet API and public gateway (issue 14, items 2 and 7),
+//! end to end: a real kube-apiserver with a kubelet client certificate, the real
+//! `decloud-operator`, one real `edge-kubelet` on the real Docker engine, and plain clients
+//! (curl for HTTPS, raw TCP for HTTP) calling the operator directly as anyone could.
 //!
 //! Needs `cargo build -p decloud-operator -p edge-kubelet --bins` first.
 
@@ -11,10 +11,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use decloud_crds::{Provider, ProviderPhase};
 use decloud_e2e::cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image};
-use decloud_e2e::{TestEnv, eventually};
+use decloud_e2e::{TestEnv, eventually, free_port};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const NS: &str = "default";
 const LOG_LINE: &str = "hostile-suite-log-line";
@@ -211,5 +213,140 @@ subjects: [{{kind: ServiceAccount, name: snoop, namespace: {NS}}}]
     // --- And kubectl logs through the API server still works.
     let logs = env.kubectl(&["logs", &pod])?;
     ensure!(logs.contains(LOG_LINE), "{logs}");
+    Ok(())
+}
+
+/// Sends `raw` to the gateway and reads until it closes (at most `within`); None on timeout.
+async fn exchange(port: u16, raw: &[u8], within: Duration) -> anyhow::Result<Option<String>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    // The gateway may answer (and close) before it has read everything.
+    let _ = s.write_all(raw).await;
+    let mut out = Vec::new();
+    match tokio::time::timeout(within, s.read_to_end(&mut out)).await {
+        Err(_) => Ok(None),
+        Ok(_) => Ok(Some(String::from_utf8_lossy(&out).into_owned())),
+    }
+}
+
+/// Serves `env` (the CGI environment, hence the request headers as the app sees them) on
+/// `/cgi-bin/env`.
+const WHOAMI_SCRIPT: &str = "mkdir -p /www/cgi-bin; echo hi > /www/index.html; \
+    printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > /www/cgi-bin/env; \
+    chmod +x /www/cgi-bin/env; exec httpd -f -p 8080 -h /www";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn public_gateway_limits_hold_against_the_real_operator() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    busybox_image()?;
+    let name = format!("hgw-{}", std::process::id());
+    let _sweeper = ContainerSweeper::new(&[format!("edge-{name}")]);
+    let gw = free_port()?;
+    let listen = format!("127.0.0.1:{gw}");
+    let operator = OperatorProcess::start(
+        &env,
+        &[
+            "--identity",
+            "e2e-hostile-gateway-limits",
+            "--gateway-listen",
+            &listen,
+            "--gateway-header-timeout",
+            "2s",
+            "--gateway-max-header-bytes",
+            "16384",
+            "--gateway-max-connections",
+            "4",
+        ],
+    )
+    .await?;
+    let _edge = EdgeProcess::start(&env, &operator, &name, &[])?;
+    let manifest = workload("whoami").replace(
+        &format!(
+            "[\"/bin/sh\", \"-c\", \"mkdir -p /www; echo hi > /www/index.html; echo {LOG_LINE}; exec httpd -f -p 8080 -h /www\"]"
+        ),
+        &format!("[\"/bin/sh\", \"-c\", {WHOAMI_SCRIPT:?}]"),
+    );
+    ensure!(manifest.contains("cgi-bin"), "{manifest}");
+    env.kubectl_stdin(&["apply", "-f", "-"], &manifest)?;
+    let host = "whoami.default.decloud.localhost";
+    let get = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+    };
+    eventually(Duration::from_secs(90), || async {
+        let r = exchange(gw, get("/", "").as_bytes(), Duration::from_secs(5))
+            .await?
+            .unwrap_or_default();
+        ensure!(r.starts_with("HTTP/1.1 200"), "{r}");
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("whoami not served: {}", operator.child.log_tail(20)))?;
+
+    // --- The app sees the client the gateway saw, not what the client claimed.
+    let spoofed = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nForwarded: for=6.6.6.6\r\n";
+    let r = exchange(
+        gw,
+        get("/cgi-bin/env", spoofed).as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await?
+    .context("no answer")?;
+    ensure!(
+        r.contains("HTTP_X_FORWARDED_FOR=127.0.0.1\n")
+            && r.contains("HTTP_X_FORWARDED_PROTO=http\n")
+            && r.contains(&format!("HTTP_X_FORWARDED_HOST={host}\n"))
+            && !r.contains("6.6.6.6")
+            && !r.contains("evil"),
+        "the app saw: {r}"
+    );
+    println!(
+        "the app sees X-Forwarded-For=127.0.0.1, Proto=http, Host={host}; the forged ones are gone"
+    );
+
+    // --- A head larger than the limit: 431.
+    let big = get("/", &format!("X-Big: {}\r\n", "a".repeat(64 * 1024)));
+    let r = exchange(gw, big.as_bytes(), Duration::from_secs(10))
+        .await?
+        .context("no answer")?;
+    ensure!(r.starts_with("HTTP/1.1 431"), "{r}");
+
+    // --- A slow client is cut off after the header timeout (408), not held forever.
+    let started = std::time::Instant::now();
+    let r = exchange(
+        gw,
+        b"GET / HTTP/1.1\r\nHost: whoami.def",
+        Duration::from_secs(10),
+    )
+    .await?
+    .context("a slow client was held for 10 s")?;
+    ensure!(r.starts_with("HTTP/1.1 408"), "{r}");
+    println!(
+        "431 for a 64 KiB head; a slow head cut off with 408 after {:?}",
+        started.elapsed()
+    );
+
+    // --- Beyond the connection cap: 503 with Retry-After, naming no provider or node.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(("127.0.0.1", gw)).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = exchange(gw, get("/", "").as_bytes(), Duration::from_secs(5))
+        .await?
+        .context("no answer beyond the cap")?;
+    ensure!(
+        r.starts_with("HTTP/1.1 503") && r.to_ascii_lowercase().contains("retry-after: "),
+        "{r}"
+    );
+    ensure!(!r.contains(&name), "the 503 names the provider: {r}");
+    drop(held);
+    eventually(Duration::from_secs(10), || async {
+        let r = exchange(gw, get("/", "").as_bytes(), Duration::from_secs(5))
+            .await?
+            .unwrap_or_default();
+        ensure!(r.starts_with("HTTP/1.1 200"), "{r}");
+        Ok(())
+    })
+    .await?;
+    println!("5th connection over a cap of 4: 503 with Retry-After; served again once they closed");
     Ok(())
 }
