@@ -37,6 +37,10 @@ pub use auth::{
 /// How long a client has for its TLS handshake, and then for each request head.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Kubelet API connections served at once (each `kubectl logs -f` holds one); more are closed
+/// at accept, so a flood of handshakes or reviews cannot grow without bound.
+const MAX_CONNECTIONS: usize = 4096;
+
 /// A `kubectl logs` request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogQuery {
@@ -288,6 +292,7 @@ pub async fn serve_kubelet_api(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let app = router(logs, auth);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer): (_, SocketAddr) = match listener.accept().await {
             Ok(c) => c,
@@ -296,9 +301,14 @@ pub async fn serve_kubelet_api(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "kubelet API at its connection cap; closing");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
