@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use decloud_crds::{Provider, Workload};
+use decloud_workload::{Resumed, SharedWatch};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
-use decloud_workload::{Resumed, SharedWatch};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::info;
@@ -260,7 +260,9 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
         w.node_stream,
     );
     let workloads = w.workloads.store();
-    let pod_events = w.pods.events(Api::all(client.clone()), watcher::Config::default());
+    let pod_events = w
+        .pods
+        .events(Api::all(client.clone()), watcher::Config::default());
 
     let mut loops = tokio::task::JoinSet::new();
     // The pod bridge owns the Pod watch: it needs every event (deletions, re-lists).
@@ -276,7 +278,10 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
     loops.spawn(pods::write_statuses(ctx.clone(), queues.status_rx));
     loops.spawn(provider::renew_node_leases(ctx.clone()));
     loops.spawn(sweep_liveness(ctx.clone()));
-    loops.spawn(usage::write_workload_usage(ctx.clone(), args.usage_interval));
+    loops.spawn(usage::write_workload_usage(
+        ctx.clone(),
+        args.usage_interval,
+    ));
     loops.spawn(provider::run(controller, ctx.clone(), queues.reconcile_rx));
     loops.spawn(crate::edge::auth::clean_expired_tokens(
         client.clone(),
@@ -286,6 +291,14 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
     let gateway_config = relay::GatewayConfig {
         listen: args.gateway_listen,
         base_domain: args.base_domain.clone(),
+        limits: decloud_gateway::GatewayLimits {
+            header_timeout: args.gateway_header_timeout,
+            max_header_bytes: args.gateway_max_header_bytes,
+            max_connections: args.gateway_max_connections,
+            idle_timeout: args.gateway_idle_timeout,
+            ..Default::default()
+        },
+        kubelet_client_ca: args.kubelet_client_ca.clone(),
     };
     let gateway_ctx = ctx.clone();
     loops.spawn(async move {
