@@ -31,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) failed_auth_per_minute: u32,
     /// When many edges falling silent at once is held as a disruption instead of failed over.
     pub(crate) disruption: DisruptionPolicy,
+    /// Whether pods owned by DaemonSets are relayed to edges (refused by default).
+    pub(crate) allow_daemonsets: bool,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             failed_auth_burst: 20,
             failed_auth_per_minute: 10,
             disruption: DisruptionPolicy::default(),
+            allow_daemonsets: false,
         }
     }
 }

@@ -74,6 +74,7 @@ fn config(args: &RunArgs) -> Config {
             large_cluster_size: args.large_cluster_size,
             hold: args.disruption_hold,
         },
+        allow_daemonsets: args.allow_daemonsets,
     }
 }
 
@@ -309,7 +310,7 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, w: Watches, args: &RunAr
     loops.spawn(pods::run_pod_watcher(ctx.clone(), w.pod_stream));
     loops.spawn(drive(w.provider_stream));
     loops.spawn(drive(w.workload_stream));
-    loops.spawn(pods::write_statuses(ctx.clone(), queues.status_rx));
+    loops.spawn(pods::write_statuses(ctx.clone()));
     loops.spawn(provider::renew_node_leases(ctx.clone()));
     loops.spawn(sweep_liveness(ctx.clone()));
     loops.spawn(usage::write_workload_usage(

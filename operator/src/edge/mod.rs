@@ -13,5 +13,7 @@ mod tests;
 pub(crate) use auth::CredentialAuthenticator;
 #[cfg(test)]
 pub(crate) use auth::TrustingAuthenticator;
-pub(crate) use registry::{EdgeSession, HelloInfo, ProviderRegistry, ProviderView};
+pub(crate) use registry::{
+    EdgeSession, HelloInfo, PodNetwork, ProviderRegistry, ProviderView, clamp_resources,
+};
 pub(crate) use service::{EdgeService, bind, serve};
