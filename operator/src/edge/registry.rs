@@ -22,8 +22,9 @@ use crate::metrics::Metrics;
 /// Messages queued towards one edge before it counts as too slow and is disconnected.
 pub(crate) const SESSION_QUEUE: usize = 4096;
 
-/// Queue room kept for pod state: requests (tunnels, logs) are refused below it.
-const OPTIONAL_HEADROOM: usize = SESSION_QUEUE / 4;
+/// Share of a session's queue kept for pod state (1/4): requests (tunnels, logs) are refused
+/// once less than that is free.
+const OPTIONAL_HEADROOM_DIVISOR: usize = 4;
 
 /// The sending half of a session's response stream.
 pub(crate) type SessionSender = mpsc::Sender<Result<pb::OperatorMessage, Status>>;
@@ -247,7 +248,7 @@ impl EdgeSession {
     /// while the queue has room to spare for pod state, so a burst of requests can fail them
     /// but never close the session.
     fn send_optional(&mut self, kind: Kind) -> bool {
-        if self.tx.capacity() < OPTIONAL_HEADROOM {
+        if self.tx.capacity() < self.tx.max_capacity() / OPTIONAL_HEADROOM_DIVISOR {
             return false;
         }
         self.tx
