@@ -960,7 +960,10 @@ async fn refused_authentication_is_throttled_per_address() -> anyhow::Result<()>
         let e = register(&ch, "abcdef.wrongwrongwrongwrongwrongwrong", "sec-guess")
             .await
             .expect_err("a wrong token was accepted");
-        ensure!(e.code() == tonic::Code::Unauthenticated, "still throttled: {e:?}");
+        ensure!(
+            e.code() == tonic::Code::Unauthenticated,
+            "still throttled: {e:?}"
+        );
         Ok(())
     })
     .await?;
