@@ -14,6 +14,10 @@ cargo fmt --all --check
 echo "--- cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "--- no import cycles between a crate's modules"
+python3 e2e/scripts/module-cycles.py operator/src operator/workload/src operator/gateway/src \
+  edge-kubelet/src crds/src proto/src
+
 echo "--- generated CRD YAML is current"
 cargo run -q -p decloud-crds --bin crdgen -- --check
 

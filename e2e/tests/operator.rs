@@ -279,6 +279,7 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     let _edge_b = EdgeProcess::start(&s.env, &operator, &s.b, &[REGION])?;
 
     edges_register_as_ready_nodes(&s, &operator).await?;
+    one_watch_per_kind(&s).await?;
     steady_heartbeats_write_nothing(&s, &operator).await?;
     a_standby_replica_refuses_edges(&s).await?;
     let plain = a_plain_pod_runs_in_a_real_container(&s, &edge_a).await?;
@@ -291,6 +292,33 @@ async fn edges_register_run_pods_and_fail_over() -> anyhow::Result<()> {
     metrics_reflect_what_happened(&operator).await?;
     clean_up(&s, &operator, edge_a).await?;
     sigterm_hands_leadership_over(&s, operator).await
+}
+
+/// The operator holds one watch per kind (issue 13): the API server counts exactly one
+/// long-running WATCH each of pods, providers, workloads and (virtual) nodes — before the
+/// shared watches there were 4 of pods, 3 of providers and 2 of workloads.
+async fn one_watch_per_kind(s: &Scenario) -> anyhow::Result<()> {
+    let watches = |metrics: &str, resource: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("apiserver_longrunning_requests{")
+                    && l.contains(&format!("resource=\"{resource}\""))
+                    && l.contains("verb=\"WATCH\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let metrics = s.env.kubectl(&["get", "--raw", "/metrics"])?;
+    let counts: Vec<(&str, f64)> = ["pods", "providers", "workloads", "nodes"]
+        .into_iter()
+        .map(|r| (r, watches(&metrics, r)))
+        .collect();
+    println!("watches held on the API server: {counts:?}");
+    for (resource, n) in counts {
+        ensure!(n == 1.0, "{n} watches of {resource}, expected the operator's one");
+    }
+    Ok(())
 }
 
 /// Two edges register and appear Ready as nodes and providers, with their labels, address,
