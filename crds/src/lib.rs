@@ -7,6 +7,7 @@
 
 mod common;
 pub mod contracts;
+pub mod hosts;
 pub mod pods;
 mod provider;
 pub mod quantity;
