@@ -11,13 +11,27 @@
 //!   broken by namespace, then name) owns it; the others are refused with `HostConflict`. A
 //!   Workload being deleted claims nothing, so the next one takes over at once.
 
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
+};
 
 use crate::Workload;
 
 /// On a Namespace, set by the platform team: the custom hosts (outside the base domain) its
 /// Workloads may serve, comma-separated; `*.example.net` grants every `<label>.example.net`.
 pub const ALLOWED_HOSTS_ANNOTATION: &str = "decloud.dev/allowed-hosts";
+
+/// The hosts granted to `namespace`: its [`ALLOWED_HOSTS_ANNOTATION`] in `namespaces` (a
+/// cache of Namespaces), if any.
+pub fn granted_hosts(namespaces: &Store<Namespace>, namespace: &str) -> Option<String> {
+    namespaces
+        .get(&ObjectRef::new(namespace))?
+        .annotations()
+        .get(ALLOWED_HOSTS_ANNOTATION)
+        .cloned()
+}
 
 /// Longest host name (RFC 1123).
 const MAX_HOST: usize = 253;

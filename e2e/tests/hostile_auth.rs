@@ -11,8 +11,8 @@ use decloud_e2e::cluster::{EdgeProcess, OperatorProcess, create_join_token};
 use decloud_e2e::{TestEnv, eventually};
 use decloud_proto as pb;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::Client;
+use kube::api::Api;
 use pb::edge_client::EdgeClient;
 use pb::edge_message::Kind as Out;
 use tokio::io::AsyncReadExt;
@@ -57,8 +57,13 @@ async fn session(
     ch: &Channel,
     credential: &str,
     first: Option<pb::EdgeMessage>,
-) -> Result<(mpsc::Sender<pb::EdgeMessage>, tonic::Streaming<pb::OperatorMessage>), tonic::Status>
-{
+) -> Result<
+    (
+        mpsc::Sender<pb::EdgeMessage>,
+        tonic::Streaming<pb::OperatorMessage>,
+    ),
+    tonic::Status,
+> {
     let (tx, rx) = mpsc::channel(4);
     if let Some(m) = first {
         tx.send(m).await.expect("queue");
@@ -86,7 +91,10 @@ async fn phase_becomes(client: &Client, name: &str, phase: ProviderPhase) -> any
     eventually(Duration::from_secs(30), || async {
         let p = Api::<Provider>::all(client.clone()).get(name).await?;
         let now = p.status.map(|s| s.phase);
-        ensure!(now.as_ref() == Some(&phase), "{name} is {now:?}, not {phase:?} yet");
+        ensure!(
+            now.as_ref() == Some(&phase),
+            "{name} is {now:?}, not {phase:?} yet"
+        );
         Ok(())
     })
     .await
@@ -155,10 +163,7 @@ async fn an_attacker_at_the_same_address_does_not_lock_out_honest_edges() -> any
         .context("no Welcome")??
         .context("closed")?;
     ensure!(
-        matches!(
-            first.kind,
-            Some(pb::operator_message::Kind::Welcome(_))
-        ),
+        matches!(first.kind, Some(pb::operator_message::Kind::Welcome(_))),
         "{first:?}"
     );
     // and the honest edge, killed until it is NotReady and restarted, reconnects (with its
@@ -254,7 +259,10 @@ async fn unauthenticated_callers_cost_little() -> anyhow::Result<()> {
         .metric("decloud_operator_edge_connections_refused_total", "")
         .await?
         .unwrap_or(0.0);
-    ensure!(refused_total >= 1.0, "edge_connections_refused {refused_total}");
+    ensure!(
+        refused_total >= 1.0,
+        "edge_connections_refused {refused_total}"
+    );
     drop(held);
     // Closed connections free their slots: a new client connects and is served.
     let ch2 = eventually(Duration::from_secs(10), || async {

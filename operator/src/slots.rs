@@ -76,7 +76,10 @@ mod tests {
         assert!(slots.acquire(&"b").is_some(), "another key is not affected");
         drop(first);
         assert_eq!(slots.held(&"a"), 1);
-        assert!(slots.acquire(&"a").is_some(), "a dropped slot is free again");
+        assert!(
+            slots.acquire(&"a").is_some(),
+            "a dropped slot is free again"
+        );
         let unlimited = Slots::new(0);
         let held: Vec<_> = (0..1000).filter_map(|_| unlimited.acquire(&"a")).collect();
         assert_eq!(held.len(), 1000);

@@ -70,8 +70,16 @@ impl Tunnels {
         tokio::spawn(async move {
             let id = req.tunnel_id;
             let Some(_slot) = slot else {
-                tracing::warn!(tunnel = id, "refusing a tunnel: {MAX_TUNNELS} are open already");
-                refuse(id, format!("this edge carries its maximum of {MAX_TUNNELS} tunnels"), opener).await;
+                tracing::warn!(
+                    tunnel = id,
+                    "refusing a tunnel: {MAX_TUNNELS} are open already"
+                );
+                refuse(
+                    id,
+                    format!("this edge carries its maximum of {MAX_TUNNELS} tunnels"),
+                    opener,
+                )
+                .await;
                 return;
             };
             if let Err(e) = run(req, target, opener).await {

@@ -13,7 +13,7 @@ mod tests;
 pub(crate) use auth::CredentialAuthenticator;
 #[cfg(test)]
 pub(crate) use auth::TrustingAuthenticator;
-pub(crate) use registry::{EdgeSession, HelloInfo, ProviderRegistry, ProviderView};
 #[cfg(test)]
 pub(crate) use registry::SESSION_QUEUE;
+pub(crate) use registry::{EdgeSession, HelloInfo, ProviderRegistry, ProviderView};
 pub(crate) use service::{EdgeService, bind, serve};

@@ -70,12 +70,10 @@ async fn session_refusals() {
     ];
     for (leader, first, code, words) in cases {
         let (mut client, _ctx) = start(leader).await;
-        let mut request =
-            tonic::Request::new(tokio_stream::iter(vec![message(first.clone())]));
-        request.metadata_mut().insert(
-            decloud_proto::PROVIDER_METADATA,
-            "alice".parse().unwrap(),
-        );
+        let mut request = tonic::Request::new(tokio_stream::iter(vec![message(first.clone())]));
+        request
+            .metadata_mut()
+            .insert(decloud_proto::PROVIDER_METADATA, "alice".parse().unwrap());
         let status = client.session(request).await.unwrap_err();
         assert_eq!(status.code(), code, "{first:?}: {status:?}");
         assert!(status.message().contains(words), "{first:?}: {status:?}");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use decloud_crds::Workload;
 use decloud_gateway::{Routes, self_signed_tls, serve_gateway, serve_kubelet_api};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::reflector::Store;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -38,6 +39,7 @@ pub(crate) async fn run(
     ctx: Arc<Context>,
     cfg: GatewayConfig,
     workloads: Store<Workload>,
+    namespaces: Store<Namespace>,
 ) -> Result<()> {
     let gateway = bind("gateway", cfg.listen).await?;
     let addr = gateway.local_addr().map_err(|source| Error::Serve {
@@ -71,8 +73,8 @@ pub(crate) async fn run(
     })?;
     info!(addr = ?kubelet.local_addr().ok(), "kubelet API listening (kubectl logs)");
 
-    // Routes read the operator's shared Workload and Pod caches: no watch of their own.
-    let routes = Routes::new(workloads, ctx.pods.clone(), cfg.base_domain);
+    // Routes read the operator's shared Workload, Pod and Namespace caches: no watch of their own.
+    let routes = Routes::new(workloads, ctx.pods.clone(), namespaces, cfg.base_domain);
     let dialer = Arc::new(TunnelBroker::new(ctx.clone()));
     let logs = Arc::new(LogRelay::new(ctx));
     tokio::join!(

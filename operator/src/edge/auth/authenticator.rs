@@ -12,8 +12,7 @@ pub(crate) trait EdgeAuthenticator: Send + Sync + 'static {
     /// `Unauthenticated` (no or unknown credential), `PermissionDenied` (revoked) or
     /// `Unavailable` (the answer needs the API and it cannot be reached). With
     /// [`Lookup::CacheOnly`] it makes no API call.
-    async fn authenticate(&self, metadata: &MetadataMap, lookup: Lookup)
-    -> Result<String, Status>;
+    async fn authenticate(&self, metadata: &MetadataMap, lookup: Lookup) -> Result<String, Status>;
 }
 
 /// Where a credential may be looked up.

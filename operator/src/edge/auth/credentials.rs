@@ -112,11 +112,7 @@ impl CredentialAuthenticator {
 
 #[tonic::async_trait]
 impl EdgeAuthenticator for CredentialAuthenticator {
-    async fn authenticate(
-        &self,
-        metadata: &MetadataMap,
-        lookup: Lookup,
-    ) -> Result<String, Status> {
+    async fn authenticate(&self, metadata: &MetadataMap, lookup: Lookup) -> Result<String, Status> {
         let credential = bearer(metadata)?;
         let name = credential_provider(credential)
             .ok_or_else(|| Status::unauthenticated("malformed credential"))?;

@@ -6,9 +6,9 @@ mod credentials;
 mod throttle;
 mod tokens;
 
-pub(crate) use authenticator::{EdgeAuthenticator, Lookup};
 #[cfg(test)]
 pub(crate) use authenticator::TrustingAuthenticator;
+pub(crate) use authenticator::{EdgeAuthenticator, Lookup};
 pub(crate) use credentials::{
     CredentialAuthenticator, credential_hash, credential_provider, is_revoked, new_credential,
     same, sha256_hex,

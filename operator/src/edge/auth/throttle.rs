@@ -135,7 +135,10 @@ mod tests {
             assert!(t.check(a).is_none());
             assert!(!t.refused(a));
         }
-        assert!(t.check(a).is_none(), "not blocked before the budget is spent");
+        assert!(
+            t.check(a).is_none(),
+            "not blocked before the budget is spent"
+        );
         assert!(t.refused(a), "the 4th refusal spends the budget");
         let err = t.check(a).unwrap();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
@@ -163,7 +166,10 @@ mod tests {
         let addr = |last: u16| Some(IpAddr::from([0x2001, 0xdb8, 1, 2, 0, 0, 0, last]));
         assert!(!t.refused(addr(1)));
         assert!(!t.refused(addr(2)));
-        assert!(t.refused(addr(3)), "the third address of the /64 spends the budget");
+        assert!(
+            t.refused(addr(3)),
+            "the third address of the /64 spends the budget"
+        );
         assert!(t.check(addr(4)).is_some());
         let other = Some(IpAddr::from([0x2001, 0xdb8, 1, 3, 0, 0, 0, 1]));
         assert!(t.check(other).is_none(), "another /64 is not affected");
@@ -178,6 +184,10 @@ mod tests {
         }
         let tracked = t.limiter.as_ref().unwrap().len();
         assert!(tracked <= PRUNE_ABOVE + 1, "{tracked} addresses tracked");
-        assert!(t.blocked().len() <= PRUNE_ABOVE + 1, "{} blocked", t.blocked().len());
+        assert!(
+            t.blocked().len() <= PRUNE_ABOVE + 1,
+            "{} blocked",
+            t.blocked().len()
+        );
     }
 }

@@ -175,8 +175,14 @@ async fn an_edge_carries_at_most_its_share_of_tunnels_and_a_full_queue_fails_one
     let bob = tokio::spawn(broker.dial(&backend("bob")));
     next_open(&mut other).await;
     // When a dial ends (here: the edge never answers), its slot is free again.
-    assert!(matches!(first.await.unwrap().err(), Some(DialError::Timeout(_))));
-    assert!(matches!(second.await.unwrap().err(), Some(DialError::Timeout(_))));
+    assert!(matches!(
+        first.await.unwrap().err(),
+        Some(DialError::Timeout(_))
+    ));
+    assert!(matches!(
+        second.await.unwrap().err(),
+        Some(DialError::Timeout(_))
+    ));
     let _ = bob.await;
     assert_eq!(ctx.tunnel_slots.held(&"alice".to_string()), 0);
     let again = tokio::spawn(broker.dial(&backend("alice")));
