@@ -83,7 +83,9 @@ impl OperatorProcess {
             )
             .args(["run", "--edge-listen", &format!("127.0.0.1:{edge_port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--kubelet-port", &kubelet_port.to_string()]);
+            .args(["--kubelet-port", &kubelet_port.to_string()])
+            .arg("--kubelet-client-ca")
+            .arg(env.kubelet_client_ca());
         if !extra.contains(&"--gateway-listen") {
             cmd.args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")]);
         }

@@ -118,6 +118,8 @@ impl TestEnv {
             format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"),
         )?;
 
+        kubelet_client_pki(d)?;
+
         let api_port = free_port()?;
         let mut api_cmd = Command::new(bin.join("kube-apiserver"));
         api_cmd.args([
@@ -136,8 +138,17 @@ impl TestEnv {
             "--service-account-issuer=https://kubernetes.default.svc",
             &format!("--service-account-key-file={}", sa_key.display()),
             &format!("--service-account-signing-key-file={}", sa_key.display()),
-            // The operator serves the kubelet API with its own certificate.
+            // The operator serves the kubelet API with its own certificate, and authenticates
+            // the API server by this client certificate (signed by KUBELET_CLIENT_CA).
             "--kubelet-preferred-address-types=InternalIP",
+            &format!(
+                "--kubelet-client-certificate={}",
+                d.join(KUBELET_CLIENT_CERT).display()
+            ),
+            &format!(
+                "--kubelet-client-key={}",
+                d.join(KUBELET_CLIENT_KEY).display()
+            ),
             "--v=0",
         ]);
         let mut apiserver =
@@ -206,6 +217,12 @@ impl TestEnv {
         &self.kubeconfig
     }
 
+    /// PEM of the CA that signed the API server's kubelet client certificate (the operator's
+    /// `--kubelet-client-ca`).
+    pub fn kubelet_client_ca(&self) -> PathBuf {
+        self.dir.path().join(KUBELET_CLIENT_CA)
+    }
+
     /// The kube-apiserver's secure port on 127.0.0.1.
     pub fn api_port(&self) -> u16 {
         self.api_port
@@ -268,6 +285,45 @@ impl TestEnv {
         self.etcd.check_running()?;
         self.apiserver.check_running()
     }
+}
+
+const KUBELET_CLIENT_CA: &str = "kubelet-client-ca.crt";
+const KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.crt";
+const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
+
+/// A CA and the API server's kubelet client certificate signed by it (CN
+/// `kube-apiserver-kubelet-client`, O `system:masters`, as kubeadm makes it), written to `d`.
+fn kubelet_client_pki(d: &Path) -> anyhow::Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "decloud-e2e-kubelet-client-ca");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    client
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = client.signed_by(&key, &Issuer::from_params(&ca, &ca_key))?;
+    std::fs::write(d.join(KUBELET_CLIENT_CA), ca_cert.pem())?;
+    std::fs::write(d.join(KUBELET_CLIENT_CERT), cert.pem())?;
+    std::fs::write(d.join(KUBELET_CLIENT_KEY), key.serialize_pem())?;
+    Ok(())
 }
 
 fn kubeconfig_yaml(api_port: u16) -> String {

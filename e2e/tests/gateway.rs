@@ -339,7 +339,13 @@ async fn raw_bytes_pass_both_ways(g: &Gateway) -> anyhow::Result<()> {
     let head = "GET /chat HTTP/1.1\r\nHost: echo.default.decloud.localhost\r\nUpgrade: raw\r\nConnection: Upgrade\r\n\r\n";
     s.write_all(head.as_bytes()).await?;
     s.write_all(b"ping-1;").await?;
-    let want_first = format!("{head}ping-1;");
+    // The app sees the client as the gateway tells it (X-Forwarded-*), then raw bytes.
+    let forwarded = head.replacen(
+        "\r\n\r\n",
+        "\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: echo.default.decloud.localhost\r\n\r\n",
+        1,
+    );
+    let want_first = format!("{forwarded}ping-1;");
     let mut got = Vec::new();
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -361,7 +367,9 @@ async fn raw_bytes_pass_both_ways(g: &Gateway) -> anyhow::Result<()> {
         String::from_utf8_lossy(&got)
     );
     drop(s);
-    println!("raw connection: request head and later bytes echoed both ways");
+    println!(
+        "raw connection: request head (with the gateway's X-Forwarded-*) and later bytes echoed both ways"
+    );
     Ok(())
 }
 

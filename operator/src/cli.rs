@@ -165,6 +165,23 @@ pub struct RunArgs {
     /// Address of the public HTTP gateway (Workloads' URLs; served by the leader).
     #[arg(long, env = "DECLOUD_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub(crate) gateway_listen: SocketAddr,
+    /// How long a gateway client may take to send a request head (then 408).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) gateway_header_timeout: Duration,
+    /// Largest request head the gateway reads (larger: 431).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub(crate) gateway_max_header_bytes: usize,
+    /// Client connections the gateway serves at once (more: 503 with Retry-After).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) gateway_max_connections: usize,
+    /// A gateway connection with no traffic either way for this long is closed.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub(crate) gateway_idle_timeout: Duration,
+    /// PEM file of the CA signing the API server's kubelet client certificate
+    /// (`--kubelet-client-certificate`); default: the cluster's client CA from
+    /// kube-system/extension-apiserver-authentication, if readable.
+    #[arg(long, env = "DECLOUD_KUBELET_CLIENT_CA")]
+    pub(crate) kubelet_client_ca: Option<std::path::PathBuf>,
     /// How long the leader Lease is valid without renewal.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub(crate) lease_duration: Duration,

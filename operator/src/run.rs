@@ -303,6 +303,14 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
     let gateway_config = relay::GatewayConfig {
         listen: args.gateway_listen,
         base_domain: args.base_domain.clone(),
+        limits: decloud_gateway::GatewayLimits {
+            header_timeout: args.gateway_header_timeout,
+            max_header_bytes: args.gateway_max_header_bytes,
+            max_connections: args.gateway_max_connections,
+            idle_timeout: args.gateway_idle_timeout,
+            ..Default::default()
+        },
+        kubelet_client_ca: args.kubelet_client_ca.clone(),
     };
     let gateway_ctx = ctx.clone();
     loops.spawn(async move {

@@ -24,7 +24,9 @@ impl Error {
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Why a tunnel could not be opened.
+/// Why a tunnel could not be opened. Whichever it is, the gateway tries the next replica and
+/// finally answers 503 with `Retry-After`; the message (which names the provider) is only
+/// logged, never sent to the client.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     /// The replica's edge has no live session.
@@ -36,6 +38,10 @@ pub enum DialError {
     /// The edge could not reach the container port.
     #[error("edge refused the tunnel: {0}")]
     Refused(String),
+    /// The edge's session cannot take another tunnel now (its queue towards the edge is full,
+    /// or the edge's tunnel cap is reached). This request fails with 503; the session stays.
+    #[error("provider {0} cannot take another tunnel now")]
+    Busy(String),
 }
 
 impl DialError {
@@ -45,6 +51,7 @@ impl DialError {
             Self::NotConnected(_) => "not_connected",
             Self::Timeout(_) => "timeout",
             Self::Refused(_) => "refused",
+            Self::Busy(_) => "busy",
         }
     }
 }

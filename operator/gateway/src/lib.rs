@@ -13,8 +13,11 @@ mod proxy;
 mod routes;
 
 pub use error::{DialError, Error, LogError, Result};
-pub use kubelet_api::{LogQuery, self_signed_tls, serve_kubelet_api};
-pub use proxy::serve_gateway;
+pub use kubelet_api::{
+    Access, AccessReview, KubeAccessReview, KubeletAuth, LogQuery, REVIEW_CACHE_ENTRIES,
+    REVIEW_TTL, ReviewError, User, self_signed_tls, serve_kubelet_api,
+};
+pub use proxy::{GatewayLimits, serve_gateway};
 pub use routes::{Backend, Route, Routes, workload_host};
 
 use bytes::Bytes;
@@ -39,4 +42,12 @@ pub type LogStream = BoxStream<'static, std::result::Result<Bytes, std::io::Erro
 pub trait LogSource: Send + Sync + 'static {
     /// Starts streaming the logs `query` names. Dropping the stream cancels the request.
     fn logs(&self, query: LogQuery) -> BoxFuture<'static, Result<LogStream, LogError>>;
+
+    /// The node pod `namespace/name` is bound to, for authorizing requests about it against
+    /// that node. `None` (unknown pod, or no pod cache): callers need the right on all nodes.
+    /// Must not block.
+    fn node_of(&self, namespace: &str, pod: &str) -> Option<String> {
+        let _ = (namespace, pod);
+        None
+    }
 }

@@ -4,12 +4,17 @@
 //! the leader's memory.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use decloud_crds::Workload;
-use decloud_gateway::{Routes, self_signed_tls, serve_gateway, serve_kubelet_api};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::runtime::reflector::Store;
+use decloud_gateway::{
+    GatewayLimits, KubeAccessReview, KubeletAuth, LogError, LogQuery, LogSource, LogStream, Routes,
+    self_signed_tls, serve_gateway, serve_kubelet_api,
+};
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -25,6 +30,60 @@ pub(crate) struct GatewayConfig {
     pub(crate) listen: SocketAddr,
     /// Domain of Workloads without `expose.host` (`<name>.<namespace>.<base-domain>`).
     pub(crate) base_domain: String,
+    /// Limits of the public listener.
+    pub(crate) limits: GatewayLimits,
+    /// PEM file of the CA that signs the API server's kubelet client certificate; without
+    /// it, the cluster's client CA from `kube-system/extension-apiserver-authentication`.
+    pub(crate) kubelet_client_ca: Option<PathBuf>,
+}
+/// The kubelet client CA (PEM): `file`, else the cluster's `client-ca-file` published in
+/// `kube-system/extension-apiserver-authentication` (readable with the built-in Role
+/// `extension-apiserver-authentication-reader`), else none (then only bearer tokens
+/// authenticate, and `kubectl logs` through the API server is refused).
+async fn kubelet_client_ca(ctx: &Context, file: Option<&PathBuf>) -> Result<Option<Vec<u8>>> {
+    if let Some(file) = file {
+        return std::fs::read(file)
+            .map(Some)
+            .map_err(|source| Error::Serve {
+                what: "kubelet client CA file",
+                source,
+            });
+    }
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(ctx.client.clone(), "kube-system");
+    match api.get_opt("extension-apiserver-authentication").await {
+        Ok(Some(cm)) => {
+            if let Some(pem) = cm.data.and_then(|mut d| d.remove("client-ca-file")) {
+                info!(
+                    "kubelet API trusts the cluster's client CA (extension-apiserver-authentication)"
+                );
+                return Ok(Some(pem.into_bytes()));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "cannot read kube-system/extension-apiserver-authentication"),
+    }
+    warn!(
+        "no kubelet client CA (--kubelet-client-ca): the kubelet API accepts only bearer tokens, \
+         so `kubectl logs` through the API server is refused"
+    );
+    Ok(None)
+}
+
+/// The log relay, plus the pod cache to tell which node a pod is on (for authorization).
+struct NodeAwareLogs {
+    relay: LogRelay,
+    ctx: Arc<Context>,
+}
+
+impl LogSource for NodeAwareLogs {
+    fn logs(&self, query: LogQuery) -> BoxFuture<'static, Result<LogStream, LogError>> {
+        self.relay.logs(query)
+    }
+
+    fn node_of(&self, namespace: &str, pod: &str) -> Option<String> {
+        let pod: Arc<Pod> = self.ctx.pods.get(&ObjectRef::new(pod).within(namespace))?;
+        pod.spec.as_ref()?.node_name.clone()
+    }
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener> {
@@ -67,7 +126,8 @@ pub(crate) async fn run(
         "localhost".to_string(),
         "127.0.0.1".to_string(),
     ];
-    let tls = self_signed_tls(&names).map_err(|e| Error::Serve {
+    let client_ca = kubelet_client_ca(&ctx, cfg.kubelet_client_ca.as_ref()).await?;
+    let tls = self_signed_tls(&names, client_ca.as_deref()).map_err(|e| Error::Serve {
         what: "kubelet API TLS",
         source: std::io::Error::other(e.to_string()),
     })?;
@@ -76,10 +136,14 @@ pub(crate) async fn run(
     // Routes read the operator's shared Workload, Pod and Namespace caches: no watch of their own.
     let routes = Routes::new(workloads, ctx.pods.clone(), namespaces, cfg.base_domain);
     let dialer = Arc::new(TunnelBroker::new(ctx.clone()));
-    let logs = Arc::new(LogRelay::new(ctx));
+    let auth = KubeletAuth::new(Arc::new(KubeAccessReview::new(ctx.client.clone())));
+    let logs = Arc::new(NodeAwareLogs {
+        relay: LogRelay::new(ctx.clone()),
+        ctx,
+    });
     tokio::join!(
-        serve_gateway(gateway, routes, dialer),
-        serve_kubelet_api(kubelet, tls, logs),
+        serve_gateway(gateway, routes, dialer, cfg.limits),
+        serve_kubelet_api(kubelet, tls, logs, auth),
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use futures::{FutureExt, future::BoxFuture};
@@ -43,8 +44,9 @@ impl TunnelDialer for DirectDialer {
     }
 }
 
-/// A tiny HTTP/1.1 server: answers `name` to GET / (keep-alive), `size` bytes to GET /big,
-/// and echoes raw bytes after an `Upgrade` handshake.
+/// A tiny HTTP/1.1 server: answers `name` to GET / (keep-alive), 3 MiB to GET /big, the
+/// request head it received to GET /headers, skips `Content-Length` bodies, and echoes raw
+/// bytes after an `Upgrade` handshake.
 async fn container(name: &'static str) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -66,6 +68,21 @@ async fn container(name: &'static str) -> u16 {
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     buf.drain(..end + 4);
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < length {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..length);
                     if head.to_ascii_lowercase().contains("upgrade: echo") {
                         s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n").await.ok();
                         s.write_all(&buf).await.ok();
@@ -75,6 +92,8 @@ async fn container(name: &'static str) -> u16 {
                     }
                     let body = if head.starts_with("GET /big") {
                         vec![b'x'; 3 * 1024 * 1024]
+                    } else if head.starts_with("GET /headers") {
+                        head.clone().into_bytes()
                     } else {
                         name.as_bytes().to_vec()
                     };
@@ -95,10 +114,38 @@ async fn container(name: &'static str) -> u16 {
 }
 
 async fn gateway(routes: Routes, dialer: Arc<DirectDialer>) -> u16 {
+    gateway_with(routes, dialer, GatewayLimits::default()).await
+}
+
+async fn gateway_with(routes: Routes, dialer: Arc<DirectDialer>, limits: GatewayLimits) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
-    tokio::spawn(serve_gateway(l, routes, dialer));
+    tokio::spawn(serve_gateway(l, routes, dialer, limits));
     port
+}
+
+/// One ready replica `hello-a` served by a local container, and its gateway.
+async fn one_replica(limits: GatewayLimits) -> u16 {
+    let a = container("replica-a").await;
+    let r = routes(
+        vec![workload("hello", 8080, None)],
+        vec![pod("hello-a", "hello", "p1", true)],
+    );
+    let dialer = Arc::new(DirectDialer {
+        ports: [("uid-hello-a".to_string(), a)].into(),
+        dials: AtomicUsize::new(0),
+    });
+    gateway_with(r, dialer, limits).await
+}
+
+/// Reads until the peer closes, failing if that takes longer than `within`.
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut out))
+        .await
+        .expect("the gateway closed the connection in time")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn request(port: u16, raw: &str) -> String {
@@ -171,6 +218,229 @@ async fn routes_by_host_balances_retries_and_reports_clear_errors() {
     );
     let resp = request(gw, "GET / HTTP/1.1\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+}
+
+#[tokio::test]
+async fn unreachable_replicas_answer_503_naming_no_provider() {
+    let r = routes(
+        vec![workload("hello", 8080, None)],
+        vec![pod("hello-dead", "hello", "provider-alice", true)],
+    );
+    let dialer = Arc::new(DirectDialer {
+        ports: HashMap::new(),
+        dials: AtomicUsize::new(0),
+    });
+    let gw = gateway(r, dialer).await;
+    let resp = request(
+        gw,
+        "GET / HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{resp}"
+    );
+    assert!(!resp.contains("alice") && !resp.contains("edge-"), "{resp}");
+}
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off() {
+    let gw = one_replica(GatewayLimits {
+        header_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: hello.default.decl")
+        .await
+        .expect("write");
+    let resp = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+}
+
+#[tokio::test]
+async fn huge_request_heads_get_431() {
+    let gw = one_replica(GatewayLimits {
+        max_header_bytes: 8 * 1024,
+        ..Default::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    // The gateway may answer before it has read all of it.
+    let _ = s.write_all(big.as_bytes()).await;
+    let resp = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_get_503_with_retry_after() {
+    let gw = one_replica(GatewayLimits {
+        max_connections: 2,
+        retry_after: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(("127.0.0.1", gw))
+            .await
+            .expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    let resp = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("retry-after: 3\r\n"),
+        "{resp}"
+    );
+    // A slot freed is a slot served.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let resp = request(
+        gw,
+        "GET / HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_the_gateways_on_every_request() {
+    let gw = one_replica(GatewayLimits::default()).await;
+    let mut s = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    let spoofed = "X-Forwarded-For: 6.6.6.6\r\nx-forwarded-proto: https\r\nX-Forwarded-Host: evil.example\r\nForwarded: for=6.6.6.6\r\n";
+    // A request with a body, then one reusing the connection: both heads are rewritten.
+    s.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nHost: Hello.default.decloud.localhost:8000\r\n{spoofed}Content-Length: 5\r\n\r\nhello\
+             GET /headers HTTP/1.1\r\nHost: hello.default.decloud.localhost:8000\r\n{spoofed}Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let resp = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(resp.matches("HTTP/1.1 200").count(), 2, "{resp}");
+    let seen = resp
+        .rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        !seen.contains("6.6.6.6") && !seen.contains("evil") && !seen.contains("forwarded: for"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http\r\n"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-host: hello.default.decloud.localhost:8000"),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_lets_no_unread_request_through() {
+    let gw = one_replica(GatewayLimits::default()).await;
+    let mut s = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    // The app answers 200 to an upgrade it does not speak and keeps the connection open.
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\nUpgrade: nope\r\nConnection: Upgrade\r\n\r\n\
+          GET /headers HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let resp = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(!resp.contains("6.6.6.6"), "{resp}");
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let gw = one_replica(GatewayLimits {
+        idle_timeout: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: hello.default.decloud.localhost\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n").await.expect("write");
+    let mut head = vec![0u8; 256];
+    let n = s.read(&mut head).await.expect("read");
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"));
+    // Traffic keeps it open past the timeout...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.write_all(b"ping").await.expect("write");
+        let mut echo = [0u8; 4];
+        s.read_exact(&mut echo)
+            .await
+            .expect("still open while busy");
+    }
+    // ...silence closes it.
+    let rest = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(rest, "");
+}
+
+#[test]
+fn ambiguous_framing_is_refused() {
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    for head in [
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+    ] {
+        assert!(Request::parse(head.as_bytes(), peer).is_err(), "{head}");
+    }
+    let r = Request::parse(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        peer,
+    )
+    .expect("chunked");
+    assert_eq!(r.body, Body::Chunked);
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_followed_to_the_next_request() {
+    let mut client_side = Vec::new();
+    let body = b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nGET / HTTP/1.1\r\n".to_vec();
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let mut tx = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (rx, _) = l.accept().await.expect("accept");
+    tx.write_all(&body).await.expect("write");
+    let (read, _w) = rx.into_split();
+    let mut reader = ClientReader::new(read, Activity::new(), 1024);
+    reader
+        .copy_chunked(&mut client_side)
+        .await
+        .expect("chunked");
+    assert_eq!(client_side, b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n");
+    assert_eq!(reader.buf, b"GET / HTTP/1.1\r\n");
 }
 
 #[tokio::test]
