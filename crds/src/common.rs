@@ -3,27 +3,28 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A Kubernetes resource quantity without sign ("100m", "0.5", "128Mi", "1e3").
-pub const QUANTITY_PATTERN: &str =
-    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+]?[0-9]+))?$";
-
 /// A standard Kubernetes condition, as in `metav1.Condition`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Condition type, e.g. `Ready` or `Available`.
     #[serde(rename = "type")]
+    #[schemars(length(max = 316))]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
+    #[schemars(length(max = 16))]
     pub status: String,
     /// Machine-readable reason for the last transition, in CamelCase.
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub reason: String,
     /// Human-readable details.
     #[serde(default)]
+    #[schemars(length(max = 32768))]
     pub message: String,
     /// When the status last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub last_transition_time: Option<String>,
     /// The `.metadata.generation` this condition was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,9 +63,11 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
 pub struct Usage {
     /// CPU time consumed, in core-seconds.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub cpu_seconds: f64,
     /// Memory held over time, in GiB-hours.
     #[serde(default, rename = "memoryGiBHours")]
+    #[schemars(range(min = 0))]
     pub memory_gib_hours: f64,
 }
 

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use crate::quantity::{cpu_millis, memory_bytes};
+use crate::quantity::{QuantityError, to_millis, to_units};
 
 /// Whether the pod has finished (phase `Succeeded` or `Failed`) and so holds nothing on its node.
 pub fn is_terminal(pod: &Pod) -> bool {
@@ -23,16 +23,22 @@ pub struct PodRequests {
 }
 
 /// What `container` requests. As Kubernetes does, a resource without a request but with a limit
-/// requests the limit; an unparsable quantity counts as 0 (admission refuses such pods).
+/// requests the limit; an unparsable quantity counts as 0 (admission refuses such pods), a
+/// valid one too large for `i64` as `i64::MAX`, so a huge request never looks free.
 pub fn container_requests(container: &Container) -> PodRequests {
     let res = container.resources.as_ref();
     let pick = |key: &str| {
         res.and_then(|r| r.requests.as_ref().and_then(|m| m.get(key)))
             .or_else(|| res.and_then(|r| r.limits.as_ref().and_then(|m| m.get(key))))
     };
+    let saturating = |parsed: Result<i64, QuantityError>| match parsed {
+        Ok(v) => v,
+        Err(e) if e.is_too_large() => i64::MAX,
+        Err(_) => 0,
+    };
     PodRequests {
-        cpu_millis: pick("cpu").and_then(|q| cpu_millis(&q.0)).unwrap_or(0),
-        memory_bytes: pick("memory").and_then(|q| memory_bytes(&q.0)).unwrap_or(0),
+        cpu_millis: pick("cpu").map_or(0, |q| saturating(to_millis(&q.0))),
+        memory_bytes: pick("memory").map_or(0, |q| saturating(to_units(&q.0))),
     }
 }
 
@@ -80,6 +86,15 @@ mod tests {
             {"name": "a", "resources": big}, {"name": "b", "resources": big}
         ]}}));
         assert_eq!(pod_requests(&p).memory_bytes, i64::MAX);
+        let huge = json!({"requests": {"cpu": "1e2147483647", "memory": "0e2147483647"}});
+        let p = pod(json!({"spec": {"containers": [{"name": "a", "resources": huge}]}}));
+        assert_eq!(
+            pod_requests(&p),
+            PodRequests {
+                cpu_millis: i64::MAX,
+                memory_bytes: 0
+            }
+        );
     }
 
     #[test]

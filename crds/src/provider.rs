@@ -40,23 +40,13 @@ pub struct ProviderSpec {
 /// Resources of a provider.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct ResourceOffer {
-    /// CPU cores, e.g. `2` or `1500m`.
+    /// CPU cores, e.g. `2` or `1500m`; at most 1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 32),
-        regex(
-            pattern = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+]?[0-9]+))?$"
-        )
-    )]
+    #[schemars(transform = crate::bounds::cpu_quantity)]
     pub cpu: Option<String>,
-    /// Memory, e.g. `4Gi`.
+    /// Memory, e.g. `4Gi`; at most 64Ti.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 32),
-        regex(
-            pattern = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+]?[0-9]+))?$"
-        )
-    )]
+    #[schemars(transform = crate::bounds::memory_quantity)]
     pub memory: Option<String>,
     /// Maximum number of pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,13 +77,16 @@ pub struct ProviderStatus {
     pub phase: ProviderPhase,
     /// Name of the virtual node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub node_name: Option<String>,
     /// edge-kubelet version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub agent_version: Option<String>,
     /// Last heartbeat the operator recorded (written on transitions and periodically, not per
     /// heartbeat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub last_heartbeat_time: Option<String>,
     /// Detected on the machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +99,7 @@ pub struct ProviderStatus {
     pub allocated: Option<ResourceOffer>,
     /// Uptime ratio over the last 24 h, e.g. `0.997`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub reliability: Option<String>,
     /// Resources consumed by pods on this provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +110,7 @@ pub struct ProviderStatus {
     pub platform: Option<Platform>,
     /// `Ready` and friends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub conditions: Vec<Condition>,
 }
 

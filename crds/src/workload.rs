@@ -87,11 +87,13 @@ pub struct PodTemplate {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateMetadata {
-    /// Labels for the pods.
+    /// Labels for the pods (at most 64, keys and values as Kubernetes validates them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = crate::bounds::label_map)]
     pub labels: BTreeMap<String, String>,
-    /// Annotations for the pods.
+    /// Annotations for the pods (at most 32, values at most 4096 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = crate::bounds::annotation_map)]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -168,11 +170,11 @@ pub struct Container {
     pub image_pull_policy: PullPolicy,
     /// Entrypoint; the image's when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), transform = crate::bounds::arg_list)]
     pub command: Vec<String>,
     /// Arguments to the entrypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), transform = crate::bounds::arg_list)]
     pub args: Vec<String>,
     /// Working directory inside the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,7 +182,7 @@ pub struct Container {
     pub working_dir: Option<String>,
     /// Environment variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 128), transform = crate::bounds::env_list)]
     pub env: Vec<EnvVar>,
     /// Ports the container listens on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -277,23 +279,13 @@ pub struct ResourceRequirements {
 /// CPU and memory quantities.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct ResourceList {
-    /// CPU, e.g. `100m` or `0.5`.
+    /// CPU, e.g. `100m` or `0.5`; at most 1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 32),
-        regex(
-            pattern = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+]?[0-9]+))?$"
-        )
-    )]
+    #[schemars(transform = crate::bounds::cpu_quantity)]
     pub cpu: Option<String>,
-    /// Memory, e.g. `128Mi`.
+    /// Memory, e.g. `128Mi`; at most 64Ti.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 32),
-        regex(
-            pattern = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+]?[0-9]+))?$"
-        )
-    )]
+    #[schemars(transform = crate::bounds::memory_quantity)]
     pub memory: Option<String>,
 }
 
@@ -364,7 +356,7 @@ pub struct TcpSocketAction {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct ExecAction {
     /// Command and arguments.
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 64), transform = crate::bounds::arg_list)]
     pub command: Vec<String>,
 }
 
@@ -396,9 +388,11 @@ pub enum Spread {
 pub struct LabelSelector {
     /// Labels that must match exactly.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = crate::bounds::label_map)]
     pub match_labels: BTreeMap<String, String>,
     /// Set-based requirements.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
 
@@ -411,12 +405,13 @@ pub struct LabelSelector {
 }]))]
 pub struct LabelSelectorRequirement {
     /// Label key.
-    #[schemars(length(min = 1, max = 317))]
+    #[schemars(length(min = 1, max = 317), regex(pattern = crate::bounds::LABEL_KEY_PATTERN))]
     pub key: String,
     /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
     pub operator: SelectorOperator,
     /// Values for `In` and `NotIn`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), transform = crate::bounds::label_value_list)]
     pub values: Vec<String>,
 }
 
@@ -510,12 +505,15 @@ pub struct WorkloadStatus {
     pub ready_replicas: i32,
     /// Public URL through the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub url: Option<String>,
-    /// Where each replica runs.
+    /// Where each replica runs (replicas are at most 1000; room for old and new at once).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2048))]
     pub placements: Vec<ReplicaPlacement>,
     /// `Available`, `Progressing`, `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub conditions: Vec<Condition>,
     /// Resources consumed by this Workload's replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -527,11 +525,14 @@ pub struct WorkloadStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaPlacement {
     /// Pod name.
+    #[schemars(length(max = 253))]
     pub pod: String,
     /// Provider name.
+    #[schemars(length(max = 253))]
     pub provider: String,
     /// Pod phase.
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub phase: String,
     /// Whether the replica passes its readiness checks.
     #[serde(default)]

@@ -76,7 +76,9 @@ impl OperatorProcess {
         // Made first: this also makes the CA (kept in the cluster) the operator then serves with.
         let (join_token, ca_hash) = create_join_token(env.kubeconfig(), "1h")?;
         let mut cmd = Command::new(binary("decloud-operator")?);
-        cmd.env("KUBECONFIG", env.kubeconfig())
+        // The chart's ServiceAccount and RBAC, never cluster-admin: what the chart does not
+        // grant fails the suites.
+        cmd.env("KUBECONFIG", env.operator_kubeconfig()?)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -154,6 +156,17 @@ impl OperatorProcess {
     /// `/readyz` (status code, body).
     pub async fn readyz(&self) -> anyhow::Result<(u16, String)> {
         http_get(self.metrics_port, "/readyz").await
+    }
+
+    /// Log lines where the API server refused the operator (its ServiceAccount) a permission:
+    /// what the chart's RBAC does not grant. Suites fail on any.
+    pub fn forbidden(&self) -> Vec<String> {
+        std::fs::read_to_string(self.child.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("forbidden") && l.contains("system:serviceaccount"))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Log lines at WARN or ERROR level.

@@ -16,6 +16,37 @@ use crate::{ChildGuard, eventually, free_port};
 
 const ADMIN_TOKEN: &str = "decloud-e2e-admin-token";
 
+/// The namespace the suites install the operator in (as `helm install -n`).
+pub const OPERATOR_NAMESPACE: &str = "default";
+
+/// The `helm` binary: `$DECLOUD_HELM`, else built (and cached) by `e2e/k8s/build-helm.sh`.
+pub fn helm_binary() -> anyhow::Result<PathBuf> {
+    static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    HELM.get_or_init(|| {
+        if let Ok(path) = std::env::var("DECLOUD_HELM") {
+            return Ok(PathBuf::from(path));
+        }
+        let out = Command::new("bash")
+            .arg(repo_root().join("e2e/k8s/build-helm.sh"))
+            .output()
+            .map_err(|e| format!("running e2e/k8s/build-helm.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building helm failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default(),
+        ))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
 /// The repository root (the folder holding the workspace `Cargo.toml`).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -61,6 +92,7 @@ pub fn k8s_bin_dir() -> anyhow::Result<PathBuf> {
 pub struct TestEnv {
     client: kube::Client,
     kubeconfig: PathBuf,
+    operator_kubeconfig: OnceLock<PathBuf>,
     bin: PathBuf,
     api_port: u16,
     // Fields drop in order: the apiserver stops before etcd, and the folder goes last.
@@ -178,6 +210,7 @@ impl TestEnv {
         let env = Self {
             client,
             kubeconfig,
+            operator_kubeconfig: OnceLock::new(),
             bin,
             api_port,
             apiserver,
@@ -215,6 +248,65 @@ impl TestEnv {
     /// Path of an admin kubeconfig for the test cluster.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// A kubeconfig with exactly the rights the Helm chart gives the operator: the chart's
+    /// ServiceAccount, ClusterRole(s), Role(s) and bindings, rendered with `helm template` and
+    /// applied, and a token the API server minted for that ServiceAccount. Every suite runs
+    /// the operator with it, so a permission the chart lacks fails a test.
+    pub fn operator_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = self.operator_kubeconfig.get() {
+            return Ok(path.clone());
+        }
+        let chart = repo_root().join("charts/decloud");
+        let out = Command::new(helm_binary()?)
+            .args(["template", "decloud"])
+            .arg(&chart)
+            .args([
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--show-only",
+                "templates/serviceaccount.yaml",
+                "--show-only",
+                "templates/rbac.yaml",
+            ])
+            .output()
+            .context("running helm template")?;
+        if !out.status.success() {
+            bail!(
+                "helm template failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let rendered = String::from_utf8(out.stdout)?;
+        self.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &rendered)
+            .context("applying the chart's ServiceAccount and RBAC")?;
+        let account = rendered
+            .split("\n---")
+            .find(|doc| doc.contains("kind: ServiceAccount"))
+            .and_then(|doc| {
+                doc.lines()
+                    .find_map(|l| l.trim().strip_prefix("name: ").map(str::trim))
+            })
+            .context("the chart renders no ServiceAccount")?
+            .to_string();
+        let token = self
+            .kubectl(&[
+                "create",
+                "token",
+                &account,
+                "-n",
+                OPERATOR_NAMESPACE,
+                "--duration=24h",
+            ])
+            .context("minting a token for the operator's ServiceAccount")?;
+        let path = self.dir.path().join("kubeconfig-operator");
+        std::fs::write(
+            &path,
+            kubeconfig_for(self.api_port, "decloud-operator", token.trim()),
+        )?;
+        tracing::info!(%account, "the operator runs with the chart's RBAC");
+        Ok(self.operator_kubeconfig.get_or_init(|| path).clone())
     }
 
     /// PEM of the CA that signed the API server's kubelet client certificate (the operator's
@@ -327,6 +419,10 @@ fn kubelet_client_pki(d: &Path) -> anyhow::Result<()> {
 }
 
 fn kubeconfig_yaml(api_port: u16) -> String {
+    kubeconfig_for(api_port, "admin", ADMIN_TOKEN)
+}
+
+fn kubeconfig_for(api_port: u16, user: &str, token: &str) -> String {
     // The apiserver generates a self-signed serving certificate in its --cert-dir; the test
     // client does not pin it.
     format!(
@@ -338,14 +434,14 @@ clusters:
     server: https://127.0.0.1:{api_port}
     insecure-skip-tls-verify: true
 users:
-- name: admin
+- name: {user}
   user:
-    token: {ADMIN_TOKEN}
+    token: {token}
 contexts:
 - name: decloud-e2e
   context:
     cluster: decloud-e2e
-    user: admin
+    user: {user}
     namespace: default
 current-context: decloud-e2e
 "

@@ -11,6 +11,6 @@ mod env;
 mod process;
 mod wait;
 
-pub use env::{TestEnv, k8s_bin_dir, repo_root};
+pub use env::{OPERATOR_NAMESPACE, TestEnv, helm_binary, k8s_bin_dir, repo_root};
 pub use process::{ChildGuard, binary, free_port};
 pub use wait::eventually;

@@ -7,24 +7,7 @@ use anyhow::{Context, bail};
 use decloud_e2e::{TestEnv, repo_root};
 
 fn helm() -> anyhow::Result<String> {
-    if let Ok(path) = std::env::var("DECLOUD_HELM") {
-        return Ok(path);
-    }
-    let out = Command::new("bash")
-        .arg(repo_root().join("e2e/k8s/build-helm.sh"))
-        .output()
-        .context("running e2e/k8s/build-helm.sh")?;
-    if !out.status.success() {
-        bail!(
-            "building helm failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string())
+    Ok(decloud_e2e::helm_binary()?.to_string_lossy().into_owned())
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {

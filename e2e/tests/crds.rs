@@ -130,6 +130,18 @@ async fn crds_validate_at_apply_time_against_a_real_apiserver() -> anyhow::Resul
             "spec.template.spec.containers[0].resources.limits.memory",
         ),
         (
+            "a quantity with an unbounded exponent",
+            "/spec/template/spec/containers/0/resources/requests/memory",
+            json!("0e2147483647"),
+            "spec.template.spec.containers[0].resources.requests.memory",
+        ),
+        (
+            "more than 1024 cores",
+            "/spec/template/spec/containers/0/resources/requests/cpu",
+            json!("2000"),
+            "spec.template.spec.containers[0].resources.requests.cpu",
+        ),
+        (
             "unknown restart policy",
             "/spec/template/spec/restartPolicy",
             json!("Sometimes"),

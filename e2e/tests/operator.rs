@@ -740,6 +740,11 @@ async fn clean_up(
     .await?;
     drop(edge_a);
     s.sweeper.sweep();
+    let forbidden = operator.forbidden();
+    anyhow::ensure!(
+        forbidden.is_empty(),
+        "the operator needed rights the chart's RBAC does not grant: {forbidden:#?}"
+    );
     let warnings = operator.warnings();
     println!("operator warnings during the suite: {}", warnings.len());
     for w in warnings.iter().take(20) {

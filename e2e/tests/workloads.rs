@@ -206,6 +206,11 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
     edge_kubelet_status_shows_its_session_and_pods(&s, &edges).await?;
     deleting_the_workload_leaves_nothing(&s).await?;
 
+    let forbidden = operator.forbidden();
+    anyhow::ensure!(
+        forbidden.is_empty(),
+        "the operator needed rights the chart's RBAC does not grant: {forbidden:#?}"
+    );
     let warnings = operator.warnings();
     println!("operator warnings during the suite: {}", warnings.len());
     docker(&["rmi", &s.v2]).ok();

@@ -138,6 +138,11 @@ pub struct RunArgs {
     /// later than a single edge would be.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub(crate) disruption_hold: Duration,
+    /// Relay pods owned by DaemonSets to edges. Off by default: a DaemonSet that tolerates
+    /// every taint would otherwise land on every volunteer's machine; its pods are failed
+    /// with reason DaemonSetNotAllowed instead.
+    #[arg(long, env = "DECLOUD_ALLOW_DAEMONSETS")]
+    pub(crate) allow_daemonsets: bool,
     /// How often node Leases in kube-node-lease are renewed for ready edges.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) node_lease_renew: Duration,

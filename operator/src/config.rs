@@ -35,6 +35,8 @@ pub(crate) struct Config {
     pub(crate) max_tunnels_per_edge: usize,
     /// When many edges falling silent at once is held as a disruption instead of failed over.
     pub(crate) disruption: DisruptionPolicy,
+    /// Whether pods owned by DaemonSets are relayed to edges (refused by default).
+    pub(crate) allow_daemonsets: bool,
 }
 
 impl Config {
@@ -73,6 +75,7 @@ impl Default for Config {
             max_connections_per_address: 256,
             max_tunnels_per_edge: 256,
             disruption: DisruptionPolicy::default(),
+            allow_daemonsets: false,
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::edge::auth::TokenCache;
 use crate::edge::liveness::LivenessTracker;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::pods::StatusReport;
+use crate::pods::{StatusQueue, StatusReport};
 use crate::relay::{PendingLogs, PendingTunnels};
 use crate::slots::Slots;
 use crate::usage::UsageLedger;
@@ -51,16 +51,15 @@ pub(crate) struct Context {
     pub(crate) tokens: TokenCache,
     /// Usage the edges report, per pod, provider and workload.
     pub(crate) usage: UsageLedger,
+    /// Pod reports waiting for the status writer (newest per pod, bounded).
+    pub(crate) statuses: StatusQueue,
     reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
-    status_tx: mpsc::UnboundedSender<StatusReport>,
 }
 
 /// The receiving ends of the context's internal queues.
 pub(crate) struct ContextQueues {
     /// Providers to reconcile now (fed to the Provider controller).
     pub(crate) reconcile_rx: mpsc::UnboundedReceiver<ObjectRef<Provider>>,
-    /// Pod reports to write as pod status (fed to the bridge's status writer).
-    pub(crate) status_rx: mpsc::UnboundedReceiver<StatusReport>,
 }
 
 /// The caches a [`Context`] reads from.
@@ -83,7 +82,6 @@ impl Context {
         readiness: Arc<Readiness>,
     ) -> (Arc<Self>, ContextQueues) {
         let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
-        let (status_tx, status_rx) = mpsc::unbounded_channel();
         let recorder = Recorder::new(client.clone(), OPERATOR_FIELD_MANAGER.into());
         let tunnel_slots = Slots::new(config.max_tunnels_per_edge);
         let ctx = Arc::new(Self {
@@ -104,16 +102,10 @@ impl Context {
             logs: PendingLogs::default(),
             tokens: TokenCache::default(),
             usage: UsageLedger::default(),
+            statuses: StatusQueue::default(),
             reconcile_tx,
-            status_tx,
         });
-        (
-            ctx,
-            ContextQueues {
-                reconcile_rx,
-                status_rx,
-            },
-        )
+        (ctx, ContextQueues { reconcile_rx })
     }
 
     /// Asks the Provider controller to reconcile `provider` soon. Must not block.
@@ -121,8 +113,11 @@ impl Context {
         let _ = self.reconcile_tx.send(ObjectRef::new(provider));
     }
 
-    /// Queues an edge's pod report for the status writer. Must not block.
+    /// Queues an edge's pod report for the status writer (replacing an older one about the
+    /// same pod). Must not block.
     pub(crate) fn report_status(&self, report: StatusReport) {
-        let _ = self.status_tx.send(report);
+        if !self.statuses.push(report) {
+            self.metrics.dropped_reports.inc();
+        }
     }
 }

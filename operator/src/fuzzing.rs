@@ -36,12 +36,26 @@ pub fn edge_message(data: &[u8]) {
             let _ = HelloInfo::from_hello(&h);
             let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
             for report in &h.pods {
-                let _ = crate::pods::pod_status(&sample_pod(), report, "docker", "127.0.0.1", now);
+                let _ = crate::pods::pod_status(
+                    &sample_pod(),
+                    report,
+                    "docker",
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    None,
+                    now,
+                );
             }
         }
         Some(Kind::PodStatus(report)) => {
             let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-            let _ = crate::pods::pod_status(&sample_pod(), &report, "docker", "127.0.0.1", now);
+            let _ = crate::pods::pod_status(
+                &sample_pod(),
+                &report,
+                "docker",
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                None,
+                now,
+            );
         }
         Some(Kind::Heartbeat(_) | Kind::PodGone(_) | Kind::LogChunk(_)) | None => {}
     }
@@ -54,7 +68,7 @@ pub fn pod_spec(data: &[u8]) {
     let Ok(pod) = serde_json::from_slice::<Pod>(data) else {
         return;
     };
-    if let Disposition::Run(spec) = disposition(&pod) {
+    if let Disposition::Run(spec) = disposition(&pod, false) {
         let bytes = spec.encode_to_vec();
         let back = pb::PodSpec::decode(bytes.as_slice()).expect("own encoding decodes");
         assert_eq!(back, spec);

@@ -55,6 +55,11 @@ pub(crate) struct Metrics {
     pub(crate) bridge_latency: Histogram,
     /// Pod reports dropped because they named pods of another node.
     pub(crate) unauthorized_reports: Counter,
+    /// Pod IPs an edge reported that were not published (outside its pod network, or a
+    /// special-purpose address).
+    pub(crate) refused_pod_ips: Counter,
+    /// Pod reports dropped because the status queue was full.
+    pub(crate) dropped_reports: Counter,
     /// Edge RPCs refused up front: their address had too many refused authentications.
     pub(crate) auth_throttled: Counter,
     tunnels: Family<OutcomeLabels, Counter>,
@@ -89,6 +94,8 @@ impl Metrics {
             errors: Family::default(),
             bridge_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             unauthorized_reports: Counter::default(),
+            refused_pod_ips: Counter::default(),
+            dropped_reports: Counter::default(),
             auth_throttled: Counter::default(),
             tunnels: Family::default(),
             tunnel_open_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -141,6 +148,16 @@ impl Metrics {
             "unauthorized_reports",
             "Pod reports dropped because the pod is not bound to the reporting edge",
             m.unauthorized_reports.clone(),
+        );
+        r.register(
+            "refused_pod_ips",
+            "Reported pod IPs not published: outside the edge's pod network or special-purpose",
+            m.refused_pod_ips.clone(),
+        );
+        r.register(
+            "dropped_reports",
+            "Pod reports dropped because the status queue was full",
+            m.dropped_reports.clone(),
         );
         r.register(
             "auth_throttled",

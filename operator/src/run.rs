@@ -77,6 +77,7 @@ fn config(args: &RunArgs) -> Config {
             large_cluster_size: args.large_cluster_size,
             hold: args.disruption_hold,
         },
+        allow_daemonsets: args.allow_daemonsets,
     }
 }
 
@@ -287,7 +288,7 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
         w.namespaces
             .run(Api::all(client.clone()), watcher::Config::default()),
     );
-    loops.spawn(pods::write_statuses(ctx.clone(), queues.status_rx));
+    loops.spawn(pods::write_statuses(ctx.clone()));
     loops.spawn(provider::renew_node_leases(ctx.clone()));
     loops.spawn(sweep_liveness(ctx.clone()));
     loops.spawn(usage::write_workload_usage(

@@ -2,11 +2,12 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! cargo run -p decloud-e2e --release --bin decloud-bench -- <startup|failover|scale|tunnel|footprint|all> [--quick] [--json out.json]
+//! cargo run -p decloud-e2e --release --bin decloud-bench -- <startup|failover|scale|tunnel|footprint|quantity|all> [--quick] [--json out.json]
 //! ```
 //! Each scenario starts its own etcd + kube-apiserver, the release `decloud-operator` and
-//! `edge-kubelet` binaries next to this one, and Docker containers it removes afterwards. It
-//! prints a table (figure, target, met, anchors) and optionally writes the figures as JSON.
+//! `edge-kubelet` binaries next to this one, and Docker containers it removes afterwards
+//! (`quantity` is a micro-benchmark of the quantity parser and needs none of them). It prints a
+//! table (figure, target, met, anchors) and optionally writes the figures as JSON.
 
 use std::{path::PathBuf, time::Instant};
 
@@ -63,6 +64,8 @@ enum Scenario {
     Tunnel,
     /// edge-kubelet memory and CPU, idle and with 10 pods.
     Footprint,
+    /// The quantity parser on the worst strings the CRD accepts and on attacker strings.
+    Quantity,
     /// Every scenario, one after the other.
     All,
 }
@@ -85,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let list = match args.scenario {
         Scenario::All => vec![
+            Scenario::Quantity,
             Scenario::Footprint,
             Scenario::Startup,
             Scenario::Tunnel,
@@ -107,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Scale => bench::scale::run(opts.clone()).await,
             Scenario::Tunnel => bench::tunnel::run(opts.clone()).await,
             Scenario::Footprint => bench::footprint::run(opts.clone()).await,
+            Scenario::Quantity => bench::quantity::run(opts.clone()).await,
             Scenario::All => unreachable!("expanded above"),
         };
         match outcome {

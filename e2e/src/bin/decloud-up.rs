@@ -166,6 +166,10 @@ async fn main() -> anyhow::Result<()> {
         .args(["--kubelet-port", &kubelet_port.to_string()])
         .args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")])
         .args(["--url-template", &format!("http://{{host}}:{gateway_port}")]);
+    // The local API server's kubelet client certificate is signed by this CA.
+    if let Some(env) = &env {
+        op.arg("--kubelet-client-ca").arg(env.kubelet_client_ca());
+    }
     let mut operator = ChildGuard::spawn("decloud-operator", op, &scratch.join("operator.log"))?;
     eventually(Duration::from_secs(30), || {
         let running = operator.check_running();

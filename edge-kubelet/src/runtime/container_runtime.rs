@@ -75,6 +75,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The pod network as a CIDR (`172.18.0.0/16`), announced in the Hello: the operator
+    /// accepts a reported pod IP only inside it. `None` when unknown (no pod IP is accepted).
+    async fn pod_cidr(&self) -> Option<String> {
+        None
+    }
+
     /// Runs one readiness probe; true when it passed. The default aims network probes at the
     /// pod IP from the edge host and runs `exec` probes through [`ContainerRuntime::exec`].
     async fn probe(&self, target: ProbeTarget<'_>, probe: &pb::Probe) -> bool {

@@ -353,6 +353,20 @@ impl ContainerRuntime for DockerRuntime {
         Ok(format!("docker://{}", v.version.unwrap_or_default()))
     }
 
+    async fn pod_cidr(&self) -> Option<String> {
+        let net = self
+            .docker
+            .inspect_network(&self.network, None)
+            .await
+            .ok()?;
+        let configs = net.ipam?.config?;
+        // The first IPv4 subnet: pods get their address from it.
+        configs
+            .into_iter()
+            .filter_map(|c| c.subnet)
+            .find(|s| s.contains('.'))
+    }
+
     async fn prepare(&self) -> Result<()> {
         self.docker.ping().await.map_err(map_err)?;
         let _guard = NETWORK_LOCK.lock().await;

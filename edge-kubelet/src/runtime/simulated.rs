@@ -134,6 +134,11 @@ impl ContainerRuntime for SimulatedRuntime {
         Ok(())
     }
 
+    async fn pod_cidr(&self) -> Option<String> {
+        // Where `create_container` hands out addresses (10.88.0.0 – 10.187.255.255).
+        Some("10.0.0.0/8".into())
+    }
+
     async fn ensure_image(&self, image: &str, policy: pb::PullPolicy) -> Result<()> {
         let present = self.lock().images.contains(image);
         match policy {

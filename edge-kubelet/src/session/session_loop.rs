@@ -130,6 +130,7 @@ async fn session_inner(
         owner: cfg.owner.clone(),
         pods: pods.board().all(),
         platform: Some(cfg.platform.clone()),
+        pod_cidr: pods.runtime().pod_cidr().await.unwrap_or_default(),
     };
     tx.send(msg(Out::Hello(hello)))
         .await

@@ -15,5 +15,7 @@ pub(crate) use auth::CredentialAuthenticator;
 pub(crate) use auth::TrustingAuthenticator;
 #[cfg(test)]
 pub(crate) use registry::SESSION_QUEUE;
-pub(crate) use registry::{EdgeSession, HelloInfo, ProviderRegistry, ProviderView};
+pub(crate) use registry::{
+    EdgeSession, HelloInfo, PodNetwork, ProviderRegistry, ProviderView, clamp_resources,
+};
 pub(crate) use service::{EdgeService, bind, serve};

@@ -22,8 +22,9 @@ use crate::metrics::Metrics;
 /// Messages queued towards one edge before it counts as too slow and is disconnected.
 pub(crate) const SESSION_QUEUE: usize = 4096;
 
-/// Queue room kept for pod state: requests (tunnels, logs) are refused below it.
-const OPTIONAL_HEADROOM: usize = SESSION_QUEUE / 4;
+/// Share of a session's queue kept for pod state (1/4): requests (tunnels, logs) are refused
+/// once less than that is free.
+const OPTIONAL_HEADROOM_DIVISOR: usize = 4;
 
 /// The sending half of a session's response stream.
 pub(crate) type SessionSender = mpsc::Sender<Result<pb::OperatorMessage, Status>>;
@@ -43,6 +44,67 @@ pub(crate) struct HelloInfo {
     pub(crate) running: HashSet<String>,
     /// What the machine is, checked and bounded (None if the edge did not say).
     pub(crate) platform: Option<Platform>,
+    /// The pod network the edge announced (None: it did not, or not a valid one; then no
+    /// reported pod IP is accepted).
+    pub(crate) pod_network: Option<PodNetwork>,
+}
+
+/// Most CPU an edge may claim: 1024 cores (the bound a Workload may request).
+pub(crate) const MAX_CPU_MILLIS: i64 = 1024 * 1000;
+/// Most memory an edge may claim: 64 TiB.
+pub(crate) const MAX_MEMORY_BYTES: i64 = 64 << 40;
+/// Most pods an edge may claim.
+pub(crate) const MAX_PODS: i64 = 10_000;
+
+/// `r` within sane maxima: an edge claiming a huge machine would attract every placement.
+/// Negative figures count as 0.
+pub(crate) fn clamp_resources(r: pb::Resources) -> pb::Resources {
+    pb::Resources {
+        cpu_millis: r.cpu_millis.clamp(0, MAX_CPU_MILLIS),
+        memory_bytes: r.memory_bytes.clamp(0, MAX_MEMORY_BYTES),
+        pods: r.pods.clamp(0, MAX_PODS),
+    }
+}
+
+/// An edge's pod network: an address block in CIDR form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PodNetwork {
+    base: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl PodNetwork {
+    /// Parses `a.b.c.d/n` or `x::/n`. A block wider than /8 (IPv4) or /32 (IPv6) is refused:
+    /// it would let an edge claim most of the address space.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = s.split_once('/')?;
+        let base: std::net::IpAddr = addr.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok()?;
+        let (min, max) = if base.is_ipv4() { (8, 32) } else { (32, 128) };
+        (min..=max)
+            .contains(&prefix)
+            .then_some(Self { base, prefix })
+    }
+
+    /// Whether `ip` is inside the block.
+    pub(crate) fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let masked = |a: u128, bits: u32, len: u32| {
+            if len == 0 { 0 } else { a >> (bits - len) }
+        };
+        match (self.base, ip) {
+            (V4(b), V4(i)) => {
+                let len = u32::from(self.prefix);
+                masked(u128::from(u32::from(b)), 32, len)
+                    == masked(u128::from(u32::from(i)), 32, len)
+            }
+            (V6(b), V6(i)) => {
+                let len = u32::from(self.prefix);
+                masked(u128::from(b), 128, len) == masked(u128::from(i), 128, len)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Longest platform string kept (the CRD's bound): longer ones are cut.
@@ -82,8 +144,8 @@ impl HelloInfo {
     pub(crate) fn from_hello(hello: &pb::Hello) -> Self {
         Self {
             agent_version: hello.agent_version.clone(),
-            capacity: hello.capacity.unwrap_or_default(),
-            offered: hello.offered.unwrap_or_default(),
+            capacity: clamp_resources(hello.capacity.unwrap_or_default()),
+            offered: clamp_resources(hello.offered.unwrap_or_default()),
             runtime: if hello.runtime.is_empty() {
                 "docker".into()
             } else {
@@ -91,6 +153,7 @@ impl HelloInfo {
             },
             running: hello.pods.iter().map(|p| p.uid.clone()).collect(),
             platform: hello.platform.as_ref().and_then(platform),
+            pod_network: PodNetwork::parse(&hello.pod_cidr),
         }
     }
 }
@@ -185,7 +248,7 @@ impl EdgeSession {
     /// while the queue has room to spare for pod state, so a burst of requests can fail them
     /// but never close the session.
     fn send_optional(&mut self, kind: Kind) -> bool {
-        if self.tx.capacity() < OPTIONAL_HEADROOM {
+        if self.tx.capacity() < self.tx.max_capacity() / OPTIONAL_HEADROOM_DIVISOR {
             return false;
         }
         self.tx
@@ -464,6 +527,11 @@ impl ProviderRegistry {
             .unwrap_or_else(|| "docker".into())
     }
 
+    /// The pod network `provider`'s edge announced in its Hello, if any.
+    pub(crate) fn pod_network(&self, provider: &str) -> Option<PodNetwork> {
+        self.lock().hellos.get(provider).and_then(|h| h.pod_network)
+    }
+
     /// Everything the Provider controller needs about `provider`.
     pub(crate) fn view(&self, provider: &str) -> ProviderView {
         let mut inner = self.lock();
@@ -511,6 +579,68 @@ mod tests {
         let long = claim("linux", "amd64", &"k\n".repeat(400)).unwrap();
         assert!(long.kernel_version.len() <= MAX_PLATFORM_TEXT);
         assert!(!long.kernel_version.contains('\n'));
+    }
+
+    #[test]
+    fn claimed_resources_are_clamped() {
+        let r = |cpu_millis, memory_bytes, pods| pb::Resources {
+            cpu_millis,
+            memory_bytes,
+            pods,
+        };
+        let cases = [
+            (r(4000, 8 << 30, 110), r(4000, 8 << 30, 110)),
+            (
+                r(i64::MAX, i64::MAX, i64::MAX),
+                r(MAX_CPU_MILLIS, MAX_MEMORY_BYTES, MAX_PODS),
+            ),
+            (
+                r(10_i64.pow(18), 1 << 62, 10_001),
+                r(MAX_CPU_MILLIS, MAX_MEMORY_BYTES, MAX_PODS),
+            ),
+            (r(-1, i64::MIN, -5), r(0, 0, 0)),
+        ];
+        for (claim, want) in cases {
+            assert_eq!(clamp_resources(claim), want, "{claim:?}");
+            let hello = pb::Hello {
+                capacity: Some(claim),
+                offered: Some(claim),
+                ..Default::default()
+            };
+            let info = HelloInfo::from_hello(&hello);
+            assert_eq!((info.capacity, info.offered), (want, want), "{claim:?}");
+        }
+    }
+
+    #[test]
+    fn pod_networks() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // (cidr, an address inside, one outside)
+        let cases = [
+            ("172.18.0.0/16", "172.18.3.4", "172.19.0.1"),
+            ("10.0.0.0/8", "10.200.1.1", "11.0.0.1"),
+            ("192.168.5.0/24", "192.168.5.255", "192.168.6.0"),
+            ("10.1.2.3/32", "10.1.2.3", "10.1.2.4"),
+            ("fd00:1::/64", "fd00:1::5", "fd00:2::5"),
+        ];
+        for (cidr, inside, outside) in cases {
+            let n = PodNetwork::parse(cidr).unwrap();
+            assert!(n.contains(ip(inside)), "{cidr} {inside}");
+            assert!(!n.contains(ip(outside)), "{cidr} {outside}");
+            assert!(!n.contains(ip("::1")) || cidr.contains(':'), "{cidr}");
+        }
+        for bad in [
+            "",
+            "10.0.0.0",
+            "0.0.0.0/0",
+            "10.0.0.0/7",
+            "10.0.0.0/33",
+            "x/8",
+            "::/0",
+            "fd00::/31",
+        ] {
+            assert_eq!(PodNetwork::parse(bad), None, "{bad:?}");
+        }
     }
 
     fn spec(uid: &str, hash: &str) -> pb::PodSpec {

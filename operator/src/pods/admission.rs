@@ -25,6 +25,23 @@ pub(crate) const UNSUPPORTED_REASON: &str = "Unsupported";
 /// Pod status reason of a pod failed for asking what an edge must not grant.
 pub(crate) const REASON: &str = "Forbidden";
 
+/// Reason of a DaemonSet's pod refused (unless `--allow-daemonsets`).
+pub(crate) const DAEMONSET_REASON: &str = "DaemonSetNotAllowed";
+
+/// The DaemonSet owning `pod`, if one does (`apps/v1`, kind `DaemonSet`).
+///
+/// Nobody placed such a pod on a volunteer's machine: a DaemonSet that tolerates every taint
+/// (`operator: Exists`, common for cluster agents that carry credentials) lands on every node,
+/// virtual ones included.
+pub(crate) fn daemonset_owner(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "DaemonSet" && o.api_version.split('/').next() == Some("apps"))
+        .map(|o| o.name.as_str())
+}
+
 /// Resource names a container may request; anything else is a device (GPU, FPGA, …).
 const PLAIN_RESOURCES: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
 
@@ -134,15 +151,25 @@ pub(crate) enum Disposition {
     Run(pb::PodSpec),
     /// Never deliver it: fail it with `reason` and `message`.
     Refuse {
-        /// `Forbidden` or `Unsupported`.
+        /// `Forbidden`, `Unsupported` or `DaemonSetNotAllowed`.
         reason: &'static str,
         /// What is wrong, for people.
         message: String,
     },
 }
 
-/// Decides what to do with `pod`.
-pub(crate) fn disposition(pod: &Pod) -> Disposition {
+/// Decides what to do with `pod`; `allow_daemonsets` lets DaemonSets' pods through.
+pub(crate) fn disposition(pod: &Pod, allow_daemonsets: bool) -> Disposition {
+    if let Some(ds) = daemonset_owner(pod).filter(|_| !allow_daemonsets) {
+        return Disposition::Refuse {
+            reason: DAEMONSET_REASON,
+            message: format!(
+                "this pod belongs to DaemonSet {ds:?}: DaemonSets do not run on volunteer edges \
+                 (the operator's --allow-daemonsets lets them); to run on edges, use a Workload \
+                 or a pod with spec.nodeName"
+            ),
+        };
+    }
     let reasons = forbidden_reasons(pod);
     if !reasons.is_empty() {
         return Disposition::Refuse {
@@ -322,15 +349,47 @@ mod tests {
     }
 
     #[test]
+    fn daemonset_pods_are_refused_unless_allowed() {
+        let owned = |api_version: &str, kind: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "default", "uid": "u",
+                    "ownerReferences": [{"apiVersion": api_version, "kind": kind, "name": "agent",
+                        "uid": "ds-1", "controller": true}]},
+                "spec": {"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1"}]},
+            }))
+            .unwrap()
+        };
+        // (owner apiVersion, owner kind, allow_daemonsets, refused?)
+        let cases = [
+            ("apps/v1", "DaemonSet", false, true),
+            ("apps/v1beta2", "DaemonSet", false, true),
+            ("apps/v1", "DaemonSet", true, false),
+            ("apps/v1", "ReplicaSet", false, false),
+            ("decloud.dev/v1alpha1", "Workload", false, false),
+            ("example.com/v1", "DaemonSet", false, false),
+        ];
+        for (api_version, kind, allow, refused) in cases {
+            match disposition(&owned(api_version, kind), allow) {
+                Disposition::Refuse { reason, message } => {
+                    assert!(refused, "{api_version} {kind} {allow}: {message}");
+                    assert_eq!(reason, DAEMONSET_REASON);
+                    assert!(message.contains("\"agent\""), "{message}");
+                }
+                Disposition::Run(_) => assert!(!refused, "{api_version} {kind} {allow}"),
+            }
+        }
+    }
+
+    #[test]
     fn dispositions() {
         let plain =
             bound_pod(json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1"}]}));
-        assert!(matches!(disposition(&plain), Disposition::Run(_)));
+        assert!(matches!(disposition(&plain, false), Disposition::Run(_)));
         assert_eq!(virtual_node(&plain), Some("edge-a"));
         let privileged = bound_pod(
             json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1", "securityContext": {"privileged": true}}]}),
         );
-        match disposition(&privileged) {
+        match disposition(&privileged, false) {
             Disposition::Refuse { reason, message } => {
                 assert_eq!(reason, "Forbidden");
                 assert!(message.contains("privileged"), "{message}");
@@ -342,7 +401,7 @@ mod tests {
             "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
         );
         assert!(matches!(
-            disposition(&secret_env),
+            disposition(&secret_env, false),
             Disposition::Refuse {
                 reason: "Unsupported",
                 ..

@@ -13,7 +13,7 @@ mod writer;
 pub(crate) use admission::{Disposition, disposition};
 pub(crate) use deletion::{finish_deletion, on_pod_gone};
 pub(crate) use relay::{authorized, run_pod_watcher, send_pod_set};
-pub(crate) use report::StatusReport;
+pub(crate) use report::{StatusQueue, StatusReport};
 pub(crate) use status::pod_status;
 pub(crate) use translate::spec_hash;
 pub(crate) use writer::write_statuses;

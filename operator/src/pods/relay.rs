@@ -39,7 +39,7 @@ pub(crate) fn send_pod_set(
     let mut deletes = Vec::new();
     let mut finish = Vec::new();
     for pod in pods {
-        let Disposition::Run(spec) = disposition(&pod) else {
+        let Disposition::Run(spec) = disposition(&pod, ctx.config.allow_daemonsets) else {
             continue;
         };
         if pod.metadata.deletion_timestamp.is_some() {
@@ -94,7 +94,7 @@ fn on_pod(ctx: &Arc<Context>, pod: &Pod, counted: &mut HashMap<String, bool>) {
     if counted.insert(uid.clone(), counts) != Some(counts) {
         ctx.reconcile_provider(&provider);
     }
-    match disposition(pod) {
+    match disposition(pod, ctx.config.allow_daemonsets) {
         Disposition::Refuse { reason, message } => {
             if pod.metadata.deletion_timestamp.is_some() {
                 spawn_finish(ctx, pod);

@@ -14,27 +14,19 @@ use kube::runtime::reflector::ObjectRef;
 use parking_lot::Mutex;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::report::StatusReport;
 use super::status;
 use crate::Error;
 use crate::context::Context;
 
-/// Writes queued pod reports as pod status, newest report per pod, forever.
-pub(crate) async fn write_statuses(
-    ctx: Arc<Context>,
-    mut rx: mpsc::UnboundedReceiver<StatusReport>,
-) {
+/// Writes queued pod reports ([`Context::statuses`]) as pod status, newest report per pod,
+/// forever.
+pub(crate) async fn write_statuses(ctx: Arc<Context>) {
     let written: Mutex<HashMap<String, [u8; 32]>> = Mutex::new(HashMap::new());
-    let mut pending: HashMap<String, StatusReport> = HashMap::new();
-    while let Some(first) = rx.recv().await {
-        pending.insert(first.report.uid.clone(), first);
-        while let Ok(more) = rx.try_recv() {
-            pending.insert(more.report.uid.clone(), more);
-        }
-        let batch: Vec<StatusReport> = pending.drain().map(|(_, r)| r).collect();
+    loop {
+        let batch: Vec<StatusReport> = ctx.statuses.take().await;
         futures::stream::iter(batch)
             .for_each_concurrent(16, |r| write_status(&ctx, r, &written))
             .await;
@@ -56,8 +48,21 @@ async fn write_status(ctx: &Context, r: StatusReport, written: &Mutex<HashMap<St
         return;
     }
     let runtime = ctx.registry.runtime(&r.provider);
-    let host_ip = ctx.config.node_address.to_string();
-    let status = status::pod_status(&pod, &r.report, &runtime, &host_ip, Utc::now());
+    let network = ctx.registry.pod_network(&r.provider);
+    let host_ip = ctx.config.node_address;
+    let status = status::pod_status(
+        &pod,
+        &r.report,
+        &runtime,
+        host_ip,
+        network.as_ref(),
+        Utc::now(),
+    );
+    if status.get("podIP").is_none() && !r.report.pod_ip.is_empty() {
+        ctx.metrics.refused_pod_ips.inc();
+        debug!(pod = %format!("{}/{}", r.report.namespace, r.report.name), ip = %r.report.pod_ip.escape_debug(),
+            "not publishing a pod IP outside the edge's pod network");
+    }
     let digest: [u8; 32] = Sha256::digest(status.to_string().as_bytes()).into();
     let unchanged = written.lock().get(&r.report.uid) == Some(&digest);
     if unchanged {

@@ -20,17 +20,98 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::time::rfc3339;
 
-/// Node labels a provider may not set through its own labels (they belong to the operator or
-/// to Kubernetes).
+/// Node labels a provider may not set through its own labels: they belong to the operator
+/// (`type`, `decloud.dev`, `*.decloud.dev`) or to Kubernetes (`kubernetes.io`, `k8s.io` and
+/// every subdomain of them, so `node-restriction.kubernetes.io/…`, `node-role.kubernetes.io/…`
+/// and `node.kubernetes.io/…`, which selectors and admission trust). As kubelet's
+/// NodeRestriction does for its own node, `topology.kubernetes.io/region` and `…/zone` stay
+/// open: they are how a provider says where it is.
 pub(crate) fn reserved_label(key: &str) -> bool {
+    const OPEN: [&str; 2] = [
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+    ];
     let prefix = key.split_once('/').map(|(p, _)| p).unwrap_or("");
-    key == "type"
-        || prefix == "decloud.dev"
-        || prefix.ends_with(".decloud.dev")
-        || prefix == "kubernetes.io"
-        || prefix == "k8s.io"
-        || prefix == "node.kubernetes.io"
-        || prefix == "node-role.kubernetes.io"
+    let under = |domain: &str| {
+        prefix == domain
+            || prefix
+                .strip_suffix(domain)
+                .is_some_and(|rest| rest.ends_with('.'))
+    };
+    if OPEN.contains(&key) {
+        return false;
+    }
+    key == "type" || under("decloud.dev") || under("kubernetes.io") || under("k8s.io")
+}
+
+/// Most labels kept from an edge.
+pub(crate) const MAX_EDGE_LABELS: usize = 64;
+
+/// Whether `s` is a label name or value body: at most 63 of `[A-Za-z0-9_.-]`, beginning and
+/// ending with a letter or digit.
+fn label_word(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// Whether `s` is a DNS subdomain (a label key's prefix): at most 253 characters, dot-separated
+/// parts of lowercase letters, digits and `-` that begin and end with a letter or digit.
+fn dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            let b = part.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
+}
+
+/// Why an edge-supplied label is not taken, or `None` if it is: a reserved key, or one the API
+/// server would refuse (which would fail the whole Provider write).
+pub(crate) fn refused_label(key: &str, value: &str) -> Option<&'static str> {
+    let syntax = match key.split_once('/') {
+        Some((prefix, name)) => dns_subdomain(prefix) && label_word(name),
+        None => label_word(key),
+    };
+    if !syntax {
+        Some("not a valid label key")
+    } else if !(value.is_empty() || label_word(value)) {
+        Some("not a valid label value")
+    } else if reserved_label(key) {
+        Some("reserved for Kubernetes or the operator")
+    } else {
+        None
+    }
+}
+
+/// The labels of `claimed` an edge may set, at most [`MAX_EDGE_LABELS`] (by key order); the
+/// others are dropped with a warning, never failing the write they ride on.
+pub(crate) fn edge_labels<'a>(
+    provider: &str,
+    claimed: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut sorted: Vec<(&String, &String)> = claimed.into_iter().collect();
+    sorted.sort();
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in sorted {
+        if let Some(why) = refused_label(k, v) {
+            tracing::warn!(provider, key = %k.escape_debug(), why, "dropping an edge's label");
+        } else if out.len() >= MAX_EDGE_LABELS {
+            tracing::warn!(provider, key = %k, "dropping an edge's label: too many labels");
+        } else {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// The labels of the virtual node of `provider`.
@@ -369,6 +450,64 @@ mod tests {
         assert_eq!(s["status"]["conditions"][0]["status"], "True");
         let down = desired_node_status(&provider(), &status, false, None, &config, now);
         assert_eq!(down["status"]["conditions"][0]["status"], "Unknown");
+    }
+
+    #[test]
+    fn reserved_and_invalid_labels() {
+        // (key, value, taken?)
+        let cases = [
+            ("region", "eu", true),
+            ("example.com/tier", "gold", true),
+            ("topology.kubernetes.io/region", "eu-west", true),
+            ("topology.kubernetes.io/zone", "eu-west-1a", true),
+            ("mykubernetes.io/x", "y", true),
+            ("k8s.io.example.com/x", "y", true),
+            ("decloud.dev.example.com/x", "y", true),
+            ("empty-value", "", true),
+            ("type", "x", false),
+            ("kubernetes.io/arch", "amd64", false),
+            ("kubernetes.io/hostname", "x", false),
+            ("k8s.io/x", "y", false),
+            ("node-restriction.kubernetes.io/x", "y", false),
+            ("node-role.kubernetes.io/control-plane", "", false),
+            ("node.kubernetes.io/instance-type", "x", false),
+            ("topology.kubernetes.io/other", "x", false),
+            ("kubelet.kubernetes.io/x", "y", false),
+            ("a.b.k8s.io/x", "y", false),
+            ("decloud.dev/provider", "bob", false),
+            ("policy.decloud.dev/x", "y", false),
+            ("", "x", false),
+            ("/x", "y", false),
+            ("Example.com/x", "y", false),
+            ("bad key", "x", false),
+            ("-x", "y", false),
+            ("ok", "bad value", false),
+            ("ok", "-x", false),
+            (&"k".repeat(64), "x", false),
+            ("ok", &"v".repeat(64), false),
+        ];
+        let long_prefix = format!("{}/x", vec!["a".repeat(63); 4].join("."));
+        assert!(long_prefix.len() > 253 + 2);
+        for (key, value, taken) in cases.iter().copied().chain([
+            (long_prefix.as_str(), "y", false),
+            (
+                &*format!("{}/{}", "a".repeat(63), "n".repeat(63)),
+                &*"v".repeat(63),
+                true,
+            ),
+        ]) {
+            assert_eq!(
+                refused_label(key, value).is_none(),
+                taken,
+                "{key:?}={value:?}"
+            );
+        }
+        let many: std::collections::HashMap<String, String> = (0..100)
+            .map(|i| (format!("l{i:03}"), "v".to_string()))
+            .collect();
+        let kept = edge_labels("p", &many);
+        assert_eq!(kept.len(), MAX_EDGE_LABELS);
+        assert!(kept.contains_key("l000") && !kept.contains_key("l099"));
     }
 
     #[test]

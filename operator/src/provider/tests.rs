@@ -45,6 +45,7 @@ fn hello() -> HelloInfo {
         runtime: "docker".into(),
         running: HashSet::new(),
         platform: None,
+        pod_network: None,
     }
 }
 

@@ -36,6 +36,20 @@ fn add(a: &mut Usage, b: &Usage) {
     a.memory_gib_hours += b.memory_gib_hours;
 }
 
+/// Largest cumulative figure taken from an edge: a thousand cores for a century, in seconds
+/// (or GiB-hours), far beyond any real pod, and small enough that sums stay finite.
+pub(crate) const MAX_USAGE: f64 = 1024.0 * 100.0 * 365.25 * 86_400.0;
+
+/// An edge's figure as counted: NaN, infinite, negative or implausibly large ones count as 0
+/// (so they never raise what was already counted: figures only grow, see `record`).
+fn plausible(x: f64) -> f64 {
+    if x.is_finite() && (0.0..=MAX_USAGE).contains(&x) {
+        x
+    } else {
+        0.0
+    }
+}
+
 /// Rounds to what a status shows, so tiny changes do not cause writes.
 fn rounded(u: Usage) -> Usage {
     Usage {
@@ -58,8 +72,8 @@ impl UsageLedger {
         u: &pb::Usage,
     ) {
         let usage = Usage {
-            cpu_seconds: u.cpu_seconds.max(0.0),
-            memory_gib_hours: u.memory_gib_hours.max(0.0),
+            cpu_seconds: plausible(u.cpu_seconds),
+            memory_gib_hours: plausible(u.memory_gib_hours),
         };
         let mut inner = self.lock();
         if let Some(w) = &workload {
@@ -141,6 +155,29 @@ mod tests {
         pb::Usage {
             cpu_seconds: cpu,
             memory_gib_hours: mem,
+        }
+    }
+
+    #[test]
+    fn only_finite_growing_figures_count() {
+        // (reported cpu seconds, counted afterwards); each row follows the one before.
+        let cases = [
+            (10.0, 10.0),
+            (f64::NAN, 10.0),
+            (f64::INFINITY, 10.0),
+            (f64::NEG_INFINITY, 10.0),
+            (-5.0, 10.0),
+            (f64::MAX, 10.0),
+            (MAX_USAGE * 2.0, 10.0),
+            (4.0, 10.0),
+            (12.5, 12.5),
+        ];
+        let l = UsageLedger::default();
+        for (reported, counted) in cases {
+            l.record("p", "a", None, &u(reported, reported));
+            let total = l.provider("p").unwrap();
+            assert_eq!(total.cpu_seconds, counted, "after {reported}");
+            assert_eq!(total.memory_gib_hours, counted, "after {reported}");
         }
     }
 
