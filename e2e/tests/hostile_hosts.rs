@@ -176,6 +176,12 @@ async fn a_tenant_cannot_take_another_tenants_host() -> anyhow::Result<()> {
     drop(edges);
     sweeper.sweep();
     result?;
+    // The operator runs with the chart's RBAC: reading Namespaces (host grants) must be granted.
+    let forbidden = operator.forbidden();
+    ensure!(
+        forbidden.is_empty(),
+        "refused by the chart's RBAC: {forbidden:?}"
+    );
     if operator.warnings().iter().any(|w| w.contains("panicked")) {
         bail!("the operator panicked");
     }
