@@ -39,6 +39,11 @@ pub const WORKLOAD_LABEL: &str = "decloud.dev/workload";
 pub const TEMPLATE_HASH_LABEL: &str = "decloud.dev/template-hash";
 /// On a virtual node: the Provider it stands for.
 pub const PROVIDER_LABEL: &str = "decloud.dev/provider";
+/// Kubernetes' well-known node label of the CPU architecture (`amd64`, `arm64`): on virtual
+/// nodes it comes from the edge's reported platform, never from the edge's own labels.
+pub const ARCH_LABEL: &str = "kubernetes.io/arch";
+/// Kubernetes' well-known node label of the operating system (`linux`).
+pub const OS_LABEL: &str = "kubernetes.io/os";
 /// On join-token Secrets.
 pub const JOIN_TOKEN_LABEL: &str = "decloud.dev/join-token";
 

@@ -25,7 +25,8 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::{Error, LogError, LogSource, Result};
+use crate::seams::{LogQuery, LogSource};
+use crate::{Error, LogError, Result};
 
 mod auth;
 
@@ -40,25 +41,6 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// Kubelet API connections served at once (each `kubectl logs -f` holds one); more are closed
 /// at accept, so a flood of handshakes or reviews cannot grow without bound.
 const MAX_CONNECTIONS: usize = 4096;
-
-/// A `kubectl logs` request.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LogQuery {
-    /// Pod namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub pod: String,
-    /// Container name.
-    pub container: String,
-    /// Keep streaming new lines.
-    pub follow: bool,
-    /// Only the last N lines.
-    pub tail_lines: Option<i64>,
-    /// Prefix lines with RFC 3339 timestamps.
-    pub timestamps: bool,
-    /// Logs of the previous (restarted) instance.
-    pub previous: bool,
-}
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -354,7 +336,10 @@ mod tests {
     struct Recorded(Mutex<Vec<LogQuery>>);
 
     impl LogSource for Recorded {
-        fn logs(&self, q: LogQuery) -> BoxFuture<'static, Result<crate::LogStream, LogError>> {
+        fn logs(
+            &self,
+            q: LogQuery,
+        ) -> BoxFuture<'static, Result<crate::seams::LogStream, LogError>> {
             self.0.lock().expect("lock").push(q.clone());
             async move {
                 if q.pod == "missing" {

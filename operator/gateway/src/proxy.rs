@@ -28,7 +28,8 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{Route, Routes, TunnelDialer};
+use crate::routes::{Route, Routes};
+use crate::seams::TunnelDialer;
 
 /// Splice buffer per direction: one tunnel frame's worth, so bulk data moves in big frames.
 const COPY_BUFFER: usize = 64 * 1024;

@@ -170,9 +170,16 @@ pub(crate) struct EdgeSession {
     deleting: HashSet<String>,
     /// Pods the edge ran when it connected (uids).
     running_at_hello: HashSet<String>,
+    /// What the machine is, as its Hello said (checked).
+    platform: Option<Platform>,
 }
 
 impl EdgeSession {
+    /// The edge's platform, as its Hello said (None: it did not say).
+    pub(crate) fn platform(&self) -> Option<&Platform> {
+        self.platform.as_ref()
+    }
+
     fn send(&mut self, kind: Kind) {
         let msg = pb::OperatorMessage { kind: Some(kind) };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(msg)) {
@@ -346,6 +353,7 @@ impl ProviderRegistry {
             sent: HashMap::new(),
             deleting: HashSet::new(),
             running_at_hello: hello.running.clone(),
+            platform: hello.platform.clone(),
         };
         session.send(Kind::Welcome(welcome));
         initial(&mut session);

@@ -6,7 +6,8 @@
 //! is out.
 
 use chrono::Utc;
-use decloud_crds::contracts::{OPERATOR_FIELD_MANAGER, provider_of_node};
+use decloud_crds::Platform;
+use decloud_crds::contracts::{ARCH_LABEL, OPERATOR_FIELD_MANAGER, OS_LABEL, provider_of_node};
 use decloud_proto as pb;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, Patch, PatchParams};
@@ -159,7 +160,17 @@ pub(crate) enum Disposition {
 }
 
 /// Decides what to do with `pod`; `allow_daemonsets` lets DaemonSets' pods through.
-pub(crate) fn disposition(pod: &Pod, allow_daemonsets: bool) -> Disposition {
+pub(crate) fn disposition(
+    pod: &Pod,
+    allow_daemonsets: bool,
+    platform: Option<&Platform>,
+) -> Disposition {
+    if let Some(message) = platform_mismatch(pod, platform) {
+        return Disposition::Refuse {
+            reason: NODE_AFFINITY_REASON,
+            message,
+        };
+    }
     if let Some(ds) = daemonset_owner(pod).filter(|_| !allow_daemonsets) {
         return Disposition::Refuse {
             reason: DAEMONSET_REASON,
@@ -187,6 +198,32 @@ pub(crate) fn disposition(pod: &Pod, allow_daemonsets: bool) -> Disposition {
             message: format!("this pod cannot run on an edge: {e}"),
         },
     }
+}
+
+/// Kubelet's reason for a pod whose node selector its node does not satisfy.
+pub(crate) const NODE_AFFINITY_REASON: &str = "NodeAffinity";
+
+/// Why `pod`'s `kubernetes.io/arch` / `kubernetes.io/os` node selector rules out an edge
+/// running on `platform`, as kubelet's admission refuses a pod its node cannot satisfy (a
+/// Raspberry Pi must never be sent amd64 images). An edge that reported no platform (an older
+/// agent) is not judged: the Workload controller never places explicit requests on one.
+fn platform_mismatch(pod: &Pod, platform: Option<&Platform>) -> Option<String> {
+    let platform = platform?;
+    let selector = pod.spec.as_ref()?.node_selector.as_ref()?;
+    [
+        (ARCH_LABEL, platform.architecture.as_str()),
+        (OS_LABEL, platform.os.as_str()),
+    ]
+    .into_iter()
+    .find_map(|(key, have)| {
+        let want = selector.get(key)?;
+        (have != want).then(|| {
+            format!(
+                "Predicate NodeAffinity failed: the pod's nodeSelector asks for {key}={want}, \
+                 this edge is {key}={have}"
+            )
+        })
+    })
 }
 
 pub(crate) fn already_refused(pod: &Pod, reason: &str) -> bool {
@@ -369,7 +406,7 @@ mod tests {
             ("example.com/v1", "DaemonSet", false, false),
         ];
         for (api_version, kind, allow, refused) in cases {
-            match disposition(&owned(api_version, kind), allow) {
+            match disposition(&owned(api_version, kind), allow, None) {
                 Disposition::Refuse { reason, message } => {
                     assert!(refused, "{api_version} {kind} {allow}: {message}");
                     assert_eq!(reason, DAEMONSET_REASON);
@@ -384,12 +421,12 @@ mod tests {
     fn dispositions() {
         let plain =
             bound_pod(json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1"}]}));
-        assert!(matches!(disposition(&plain, false), Disposition::Run(_)));
+        assert!(matches!(disposition(&plain, false, None), Disposition::Run(_)));
         assert_eq!(virtual_node(&plain), Some("edge-a"));
         let privileged = bound_pod(
             json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1", "securityContext": {"privileged": true}}]}),
         );
-        match disposition(&privileged, false) {
+        match disposition(&privileged, false, None) {
             Disposition::Refuse { reason, message } => {
                 assert_eq!(reason, "Forbidden");
                 assert!(message.contains("privileged"), "{message}");
@@ -401,7 +438,7 @@ mod tests {
             "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
         );
         assert!(matches!(
-            disposition(&secret_env, false),
+            disposition(&secret_env, false, None),
             Disposition::Refuse {
                 reason: "Unsupported",
                 ..
@@ -414,5 +451,40 @@ mod tests {
         let bare =
             bound_pod(json!({"nodeName": "edge-", "containers": [{"name": "c", "image": "b:1"}]}));
         assert_eq!(virtual_node(&bare), None);
+    }
+
+    #[test]
+    fn pods_asking_for_another_platform_are_refused_like_kubelet_does() {
+        let arm = Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            ..Default::default()
+        };
+        let want = |sel: serde_json::Value| {
+            bound_pod(json!({"nodeName": "edge-a", "nodeSelector": sel,
+                "containers": [{"name": "c", "image": "b:1"}]}))
+        };
+        let on = |p: &Pod, platform: Option<&Platform>| match disposition(p, false, platform) {
+            Disposition::Run(_) => None,
+            Disposition::Refuse { reason, message } => Some((reason, message)),
+        };
+        let amd = want(json!({"kubernetes.io/arch": "amd64"}));
+        let (reason, message) = on(&amd, Some(&arm)).expect("refused");
+        assert_eq!(reason, NODE_AFFINITY_REASON);
+        assert!(
+            message.contains("kubernetes.io/arch=amd64") && message.contains("arm64"),
+            "{message}"
+        );
+        assert!(on(&want(json!({"kubernetes.io/arch": "arm64"})), Some(&arm)).is_none());
+        assert!(on(&want(json!({"kubernetes.io/os": "windows"})), Some(&arm)).is_some());
+        assert!(
+            on(&want(json!({"disk": "ssd"})), Some(&arm)).is_none(),
+            "other keys: the scheduler's"
+        );
+        assert!(
+            on(&amd, None).is_none(),
+            "an edge that reported no platform is not judged"
+        );
+        assert!(on(&want(json!({})), None).is_none());
     }
 }

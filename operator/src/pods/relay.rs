@@ -32,6 +32,7 @@ pub(crate) fn send_pod_set(
     session: &mut EdgeSession,
 ) -> Vec<Arc<Pod>> {
     let node = node_name(provider);
+    let platform = session.platform().cloned();
     let pods = ctx.pods.state_filter(|p| {
         p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
     });
@@ -39,7 +40,9 @@ pub(crate) fn send_pod_set(
     let mut deletes = Vec::new();
     let mut finish = Vec::new();
     for pod in pods {
-        let Disposition::Run(spec) = disposition(&pod, ctx.config.allow_daemonsets) else {
+        let Disposition::Run(spec) =
+            disposition(&pod, ctx.config.allow_daemonsets, platform.as_ref())
+        else {
             continue;
         };
         if pod.metadata.deletion_timestamp.is_some() {
@@ -94,7 +97,15 @@ fn on_pod(ctx: &Arc<Context>, pod: &Pod, counted: &mut HashMap<String, bool>) {
     if counted.insert(uid.clone(), counts) != Some(counts) {
         ctx.reconcile_provider(&provider);
     }
-    match disposition(pod, ctx.config.allow_daemonsets) {
+    // Judged against the live session's Hello; with no session nothing is sent anyway (the
+    // next connect resends the whole set, judged then).
+    let Some(platform) = ctx
+        .registry
+        .with_session(&provider, |s| s.platform().cloned())
+    else {
+        return;
+    };
+    match disposition(pod, ctx.config.allow_daemonsets, platform.as_ref()) {
         Disposition::Refuse { reason, message } => {
             if pod.metadata.deletion_timestamp.is_some() {
                 spawn_finish(ctx, pod);

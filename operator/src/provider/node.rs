@@ -5,8 +5,8 @@
 
 use chrono::Utc;
 use decloud_crds::contracts::{
-    EDGE_TAINT, NODE_LEASE_NAMESPACE, OPERATOR_FIELD_MANAGER, PROVIDER_LABEL, UNREACHABLE_TAINT,
-    node_name,
+    ARCH_LABEL, EDGE_TAINT, NODE_LEASE_NAMESPACE, OPERATOR_FIELD_MANAGER, OS_LABEL, PROVIDER_LABEL,
+    UNREACHABLE_TAINT, node_name,
 };
 use decloud_crds::{Provider, ProviderStatus, ResourceOffer};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -127,12 +127,12 @@ pub(crate) fn node_labels(provider: &Provider) -> serde_json::Map<String, Value>
     labels.insert("kubernetes.io/role".into(), json!("edge"));
     let platform = provider.status.as_ref().and_then(|s| s.platform.as_ref());
     let os = platform.map_or("linux", |p| p.os.as_str());
-    labels.insert("kubernetes.io/os".into(), json!(os));
+    labels.insert(OS_LABEL.into(), json!(os));
     if let Some(arch) = platform
         .map(|p| p.architecture.as_str())
         .filter(|a| !a.is_empty())
     {
-        labels.insert("kubernetes.io/arch".into(), json!(arch));
+        labels.insert(ARCH_LABEL.into(), json!(arch));
     }
     labels.insert("kubernetes.io/hostname".into(), json!(node_name(&name)));
     labels.insert(PROVIDER_LABEL.into(), json!(name));

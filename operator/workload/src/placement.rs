@@ -1,5 +1,6 @@
 //! Choosing providers for new replicas: a pure function over a snapshot of the providers.
 
+pub(crate) use decloud_crds::contracts::{ARCH_LABEL, OS_LABEL};
 use std::collections::BTreeMap;
 
 use decloud_crds::{
@@ -7,11 +8,6 @@ use decloud_crds::{
     pods::PodRequests,
     quantity::{format_bytes, format_millis},
 };
-
-/// Label key of a node's CPU architecture; on a provider it comes from its reported platform.
-pub(crate) const ARCH_LABEL: &str = "kubernetes.io/arch";
-/// Label key of a node's operating system; on a provider it comes from its reported platform.
-pub(crate) const OS_LABEL: &str = "kubernetes.io/os";
 
 /// Whether a label key is answered by a provider's platform rather than its labels.
 pub(crate) fn is_platform_key(key: &str) -> bool {
