@@ -8,6 +8,7 @@
 mod bounds;
 mod common;
 pub mod contracts;
+pub mod hosts;
 pub mod pods;
 mod provider;
 pub mod quantity;

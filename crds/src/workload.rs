@@ -453,11 +453,16 @@ pub struct Expose {
     /// Container port the gateway forwards to.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// Public host name; `<name>.<namespace>.<base-domain>` when unset.
+    /// Public host name; `<name>.<namespace>.<base-domain>` when unset. Under the base domain
+    /// only `*.<namespace>.<base-domain>`; other hosts only when the platform team granted them
+    /// to the namespace (Namespace annotation `decloud.dev/allowed-hosts`). The oldest Workload
+    /// claiming a host serves it; the others report `HostConflict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(
+            pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+        )
     )]
     pub host: Option<String>,
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use decloud_crds::{Provider, Workload};
 use decloud_workload::{Resumed, SharedWatch};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -99,13 +99,15 @@ async fn edge_tls(client: &kube::Client, args: &RunArgs) -> Result<Option<tls::O
     Ok(Some(tls))
 }
 
-/// The operator's one watch per kind: Pods, Providers, Workloads and virtual Nodes. Each
+/// The operator's one watch per kind: Pods, Providers, Workloads, Namespaces (the custom hosts
+/// granted to each) and virtual Nodes. Each
 /// subscriber handed out here is read by exactly one part; the watches start (and so the
 /// subscribers must be read) only under leadership.
 struct Watches {
     pods: SharedWatch<Pod>,
     providers: SharedWatch<Provider>,
     workloads: SharedWatch<Workload>,
+    namespaces: SharedWatch<Namespace>,
     nodes: Store<Node>,
     node_stream: std::pin::Pin<Box<dyn Stream<Item = watcher::Result<Node>> + Send>>,
 }
@@ -125,6 +127,7 @@ fn watches(client: &kube::Client) -> Watches {
         pods: SharedWatch::new(SUBSCRIBER_BUFFER),
         providers: SharedWatch::new(SUBSCRIBER_BUFFER),
         workloads: SharedWatch::new(SUBSCRIBER_BUFFER),
+        namespaces: SharedWatch::new(SUBSCRIBER_BUFFER),
         nodes,
         node_stream: node_stream.boxed(),
     }
@@ -248,6 +251,10 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
     let watches = decloud_workload::Watches {
         workloads: w.workloads.store(),
         workload_events: w.workloads.subscribe(),
+        workload_claims: w.workloads.subscribe(),
+        deleted_workloads: w.workloads.deletions(),
+        namespaces: w.namespaces.store(),
+        namespace_events: w.namespaces.subscribe(),
         providers: w.providers.store(),
         provider_events: w.providers.subscribe(),
         pods: w.pods.store(),
@@ -261,6 +268,7 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
         w.node_stream,
     );
     let workloads = w.workloads.store();
+    let namespaces = w.namespaces.store();
     let pod_events = w
         .pods
         .events(Api::all(client.clone()), watcher::Config::default());
@@ -274,6 +282,10 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
     );
     loops.spawn(
         w.workloads
+            .run(Api::all(client.clone()), watcher::Config::default()),
+    );
+    loops.spawn(
+        w.namespaces
             .run(Api::all(client.clone()), watcher::Config::default()),
     );
     loops.spawn(pods::write_statuses(ctx.clone()));
@@ -303,7 +315,9 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
     };
     let gateway_ctx = ctx.clone();
     loops.spawn(async move {
-        if let Err(e) = relay::run_endpoints(gateway_ctx, gateway_config, workloads).await {
+        if let Err(e) =
+            relay::run_endpoints(gateway_ctx, gateway_config, workloads, namespaces).await
+        {
             tracing::error!(error = %e, "the gateway stopped");
         }
     });

@@ -8,9 +8,13 @@ use std::{
 use decloud_crds::{
     Workload,
     contracts::{WORKLOAD_LABEL, provider_of_node},
+    hosts::{granted_hosts, host_owner},
 };
-use k8s_openapi::api::core::v1::Pod;
-use kube::{ResourceExt, runtime::reflector};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    ResourceExt,
+    runtime::reflector::{self, ObjectRef},
+};
 
 /// One ready replica's exposed port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,25 +59,33 @@ pub fn workload_host(wl: &Workload, base_domain: &str) -> String {
 }
 
 /// Host → replicas, answered from in-memory watch caches.
+///
+/// A host resolves only to the Workload that owns it by `decloud_crds::hosts` (the one the
+/// Workload controller gives the URL): never to another claimant, also while the owner has no
+/// ready replica, and never to a Workload that may not serve the host.
 #[derive(Clone)]
 pub struct Routes {
     workloads: reflector::Store<Workload>,
     pods: reflector::Store<Pod>,
+    namespaces: reflector::Store<Namespace>,
     base_domain: String,
     next: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Routes {
     /// Routes over the given caches (the operator's shared watches; pods of every kind may be in
-    /// `pods`, only replicas carrying the workload label are routed to).
+    /// `pods`, only replicas carrying the workload label are routed to; `namespaces` say which
+    /// custom hosts each namespace was granted).
     pub fn new(
         workloads: reflector::Store<Workload>,
         pods: reflector::Store<Pod>,
+        namespaces: reflector::Store<Namespace>,
         base_domain: impl Into<String>,
     ) -> Self {
         Self {
             workloads,
             pods,
+            namespaces,
             base_domain: base_domain.into(),
             next: Arc::default(),
         }
@@ -81,10 +93,20 @@ impl Routes {
 
     /// Resolves `host` (lower-case, without port).
     pub fn resolve(&self, host: &str) -> Route {
-        let Some(wl) =
-            self.workloads.state().into_iter().find(|wl| {
-                wl.spec.expose.is_some() && workload_host(wl, &self.base_domain) == host
-            })
+        let host = host.to_ascii_lowercase();
+        let grants = |ns: &str| granted_hosts(&self.namespaces, ns);
+        let workloads = self.workloads.state();
+        let Some(owner) = host_owner(
+            workloads.iter().map(AsRef::as_ref),
+            &host,
+            &self.base_domain,
+            &grants,
+        ) else {
+            return Route::Unknown;
+        };
+        let Some(wl) = workloads
+            .into_iter()
+            .find(|wl| ObjectRef::from_obj(wl.as_ref()) == owner)
         else {
             return Route::Unknown;
         };
@@ -149,9 +171,13 @@ pub(crate) mod tests {
     use kube::runtime::watcher::Event;
 
     pub(crate) fn workload(name: &str, port: i32, host: Option<&str>) -> Workload {
+        workload_in("default", name, port, host, "2026-01-01T00:00:00Z")
+    }
+
+    fn workload_in(ns: &str, name: &str, port: i32, host: Option<&str>, created: &str) -> Workload {
         let mut wl: Workload = serde_json::from_value(serde_json::json!({
             "apiVersion": "decloud.dev/v1alpha1", "kind": "Workload",
-            "metadata": {"name": name, "namespace": "default"},
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": created},
             "spec": {"replicas": 2, "template": {"spec": {"containers": [
                 {"name": "web", "image": "x", "ports": [{"containerPort": port}]}]}},
                 "expose": {"port": port}}
@@ -164,9 +190,13 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn pod(name: &str, wl: &str, provider: &str, ready: bool) -> Pod {
+        pod_in("default", name, wl, provider, ready)
+    }
+
+    fn pod_in(ns: &str, name: &str, wl: &str, provider: &str, ready: bool) -> Pod {
         let mut p = Pod::default();
         p.metadata.name = Some(name.into());
-        p.metadata.namespace = Some("default".into());
+        p.metadata.namespace = Some(ns.into());
         p.metadata.uid = Some(format!("uid-{name}"));
         p.metadata.labels = Some([(WORKLOAD_LABEL.to_string(), wl.to_string())].into());
         p.spec = Some(PodSpec {
@@ -184,16 +214,122 @@ pub(crate) mod tests {
         p
     }
 
+    /// Namespaces `default`, `team-a` and `team-b`, each granted `shop.example.org`.
+    fn namespaces() -> Vec<Namespace> {
+        ["default", "team-a", "team-b"]
+            .into_iter()
+            .map(|name| {
+                let mut ns = Namespace::default();
+                ns.metadata.name = Some(name.into());
+                ns.metadata.annotations = Some(
+                    [(
+                        decloud_crds::hosts::ALLOWED_HOSTS_ANNOTATION.to_string(),
+                        "shop.example.org".to_string(),
+                    )]
+                    .into(),
+                );
+                ns
+            })
+            .collect()
+    }
+
     pub(crate) fn routes(wls: Vec<Workload>, pods: Vec<Pod>) -> Routes {
+        routes_with(wls, pods, namespaces())
+    }
+
+    fn routes_with(wls: Vec<Workload>, pods: Vec<Pod>, namespaces: Vec<Namespace>) -> Routes {
         let (wl_store, mut wl_writer) = reflector::store();
         let (pod_store, mut pod_writer) = reflector::store();
+        let (ns_store, mut ns_writer) = reflector::store();
         for wl in wls {
             wl_writer.apply_watcher_event(&Event::Apply(wl));
         }
         for p in pods {
             pod_writer.apply_watcher_event(&Event::Apply(p));
         }
-        Routes::new(wl_store, pod_store, "decloud.localhost")
+        for ns in namespaces {
+            ns_writer.apply_watcher_event(&Event::Apply(ns));
+        }
+        Routes::new(wl_store, pod_store, ns_store, "decloud.localhost")
+    }
+
+    #[test]
+    fn a_host_routes_only_to_its_owner_also_while_the_owner_has_no_ready_replica() {
+        let wls = || {
+            vec![
+                workload_in(
+                    "team-b",
+                    "shop",
+                    80,
+                    Some("shop.example.org"),
+                    "2026-01-02T00:00:00Z",
+                ),
+                workload_in(
+                    "team-a",
+                    "shop",
+                    80,
+                    Some("shop.example.org"),
+                    "2026-01-01T00:00:00Z",
+                ),
+            ]
+        };
+        let b_ready = pod_in("team-b", "shop-b", "shop", "p2", true);
+        let r = routes(
+            wls(),
+            vec![
+                pod_in("team-a", "shop-a", "shop", "p1", true),
+                b_ready.clone(),
+            ],
+        );
+        for _ in 0..4 {
+            let Route::Backends { workload, backends } = r.resolve("Shop.Example.org") else {
+                panic!("the owner should route");
+            };
+            assert_eq!(workload, "team-a/shop");
+            assert!(
+                backends.iter().all(|b| b.namespace == "team-a"),
+                "{backends:?}"
+            );
+        }
+        let r = routes(
+            wls(),
+            vec![pod_in("team-a", "shop-a", "shop", "p1", false), b_ready],
+        );
+        assert_eq!(
+            r.resolve("shop.example.org"),
+            Route::NoReady {
+                workload: "team-a/shop".into(),
+                desired: 2
+            },
+            "the owner has no ready replica: 503, not the other claimant's app"
+        );
+    }
+
+    #[test]
+    fn a_host_a_namespace_may_not_serve_is_not_routed() {
+        let wls = vec![
+            workload_in(
+                "team-a",
+                "x",
+                80,
+                Some("x.team-b.decloud.localhost"),
+                "2026-01-01T00:00:00Z",
+            ),
+            workload_in(
+                "team-a",
+                "shop",
+                80,
+                Some("shop.example.org"),
+                "2026-01-01T00:00:00Z",
+            ),
+        ];
+        let pods = vec![
+            pod_in("team-a", "x-1", "x", "p1", true),
+            pod_in("team-a", "shop-1", "shop", "p1", true),
+        ];
+        let r = routes_with(wls, pods, vec![]);
+        assert_eq!(r.resolve("x.team-b.decloud.localhost"), Route::Unknown);
+        assert_eq!(r.resolve("shop.example.org"), Route::Unknown, "not granted");
     }
 
     #[test]

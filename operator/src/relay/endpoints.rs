@@ -13,7 +13,7 @@ use decloud_gateway::{
     self_signed_tls, serve_gateway, serve_kubelet_api,
 };
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -98,6 +98,7 @@ pub(crate) async fn run(
     ctx: Arc<Context>,
     cfg: GatewayConfig,
     workloads: Store<Workload>,
+    namespaces: Store<Namespace>,
 ) -> Result<()> {
     let gateway = bind("gateway", cfg.listen).await?;
     let addr = gateway.local_addr().map_err(|source| Error::Serve {
@@ -132,8 +133,8 @@ pub(crate) async fn run(
     })?;
     info!(addr = ?kubelet.local_addr().ok(), "kubelet API listening (kubectl logs)");
 
-    // Routes read the operator's shared Workload and Pod caches: no watch of their own.
-    let routes = Routes::new(workloads, ctx.pods.clone(), cfg.base_domain);
+    // Routes read the operator's shared Workload, Pod and Namespace caches: no watch of their own.
+    let routes = Routes::new(workloads, ctx.pods.clone(), namespaces, cfg.base_domain);
     let dialer = Arc::new(TunnelBroker::new(ctx.clone()));
     let auth = KubeletAuth::new(Arc::new(KubeAccessReview::new(ctx.client.clone())));
     let logs = Arc::new(NodeAwareLogs {

@@ -12,11 +12,15 @@ use decloud_crds::{
         WORKLOAD_FIELD_MANAGER, WORKLOAD_FINALIZER, WORKLOAD_LABEL, node_name, provider_of_node,
     },
     find_condition,
+    hosts::{HostClaim, granted_hosts, host_claim},
     pods::is_terminal,
     quantity::{cpu_millis, memory_bytes},
 };
 use futures::StreamExt;
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Pod},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -33,10 +37,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     Config, Error, Result,
     failover::{Health, OutageClock, verdict},
+    hosts::ClaimIndex,
     placement::{ARCH_LABEL, Allocatable, Candidate, OS_LABEL, Resources, is_platform_key},
     pod::{Replica, build_pod, replica_requests, requests_of, template_hash},
     rollout::{self, DeleteReason, Deletion, Observed, PlanInput},
-    status::{DEGRADED, StatusInput, compute_status},
+    status::{DEGRADED, HOST_ACCEPTED, StatusInput, compute_status},
     watches::{Resumed, Watches},
 };
 
@@ -68,6 +73,10 @@ pub(crate) struct Context {
     providers: Store<Provider>,
     /// Every pod, from a watch: the requests already bound to each provider.
     pods: Store<Pod>,
+    /// Every Workload, from a watch: who else claims a host.
+    workloads: Store<Workload>,
+    /// Every Namespace, from a watch: the custom hosts granted to each.
+    namespaces: Store<Namespace>,
     outages: OutageClock,
     /// Pods created here that the pod cache may not show yet, by `namespace/name`.
     assumed: Mutex<HashMap<String, Assumed>>,
@@ -162,6 +171,10 @@ pub async fn run(client: Client, config: Config, watches: Watches) -> Result<()>
     let Watches {
         workloads,
         workload_events,
+        workload_claims,
+        deleted_workloads,
+        namespaces,
+        namespace_events,
         providers,
         provider_events,
         pods,
@@ -169,10 +182,13 @@ pub async fn run(client: Client, config: Config, watches: Watches) -> Result<()>
         deleted_providers,
         deleted_pods,
     } = watches;
-    // Without a full view of providers every replica would look lost.
+    // Without a full view of providers every replica would look lost; without one of Workloads
+    // and Namespaces, hosts would change hands (and Warning events fly) at every start.
     let _ = providers.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
-    info!("provider and pod caches ready; starting the Workload controller");
+    let _ = workloads.wait_until_ready().await;
+    let _ = namespaces.wait_until_ready().await;
+    info!("provider, pod, Workload and Namespace caches ready; starting the Workload controller");
 
     let reporter = Reporter {
         controller: WORKLOAD_FIELD_MANAGER.into(),
@@ -184,6 +200,8 @@ pub async fn run(client: Client, config: Config, watches: Watches) -> Result<()>
         config,
         providers,
         pods: pods.clone(),
+        workloads: workloads.clone(),
+        namespaces,
         outages: OutageClock::default(),
         assumed: Mutex::default(),
         placing: tokio::sync::Mutex::new(()),
@@ -194,6 +212,11 @@ pub async fn run(client: Client, config: Config, watches: Watches) -> Result<()>
     let provider_triggers =
         futures::stream::select(Resumed::new(provider_events), deleted_providers);
     let workload_store = workloads.clone();
+    // A change of one Workload (or its deletion) may hand its host to another claimant.
+    let claims = Arc::new(ClaimIndex::new(ctx.config.base_domain.clone()));
+    let (changed_store, gone_store, ns_store) =
+        (workloads.clone(), workloads.clone(), workloads.clone());
+    let (gone_claims, ns_claims) = (claims.clone(), claims.clone());
     // Bounded: each reconcile lists its Workload's pods and may create many; a few in flight keep
     // the API server responsive for everything else.
     Controller::for_shared_stream(Resumed::new(workload_events), workloads)
@@ -201,6 +224,15 @@ pub async fn run(client: Client, config: Config, watches: Watches) -> Result<()>
         .owns_shared_stream(pod_triggers)
         .watches_shared_stream(provider_triggers, move |provider| {
             workloads_affected_by(&provider, &pods, &workload_store)
+        })
+        .watches_shared_stream(Resumed::new(workload_claims), move |wl| {
+            claims.affected_by(&wl, false, &changed_store)
+        })
+        .watches_shared_stream(deleted_workloads, move |wl| {
+            gone_claims.affected_by(&wl, true, &gone_store)
+        })
+        .watches_shared_stream(Resumed::new(namespace_events), move |ns| {
+            ns_claims.affected_by_namespace(&ns, &ns_store)
         })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -361,6 +393,8 @@ struct Snapshot {
     candidates: Vec<Candidate>,
     /// Each provider's virtual node, by provider name.
     nodes: HashMap<String, String>,
+    /// What the Workload's claim on its public host comes to.
+    host: HostClaim,
     /// When the snapshot was taken.
     now: Timestamp,
 }
@@ -374,6 +408,12 @@ fn observe(
     now: Timestamp,
 ) -> Snapshot {
     let spec = &workload.spec;
+    let host = host_claim(
+        workload,
+        ctx.workloads.state().iter().map(AsRef::as_ref),
+        &ctx.config.base_domain,
+        &|ns: &str| granted_hosts(&ctx.namespaces, ns),
+    );
     let grace_seconds = spec
         .failover
         .as_ref()
@@ -435,6 +475,7 @@ fn observe(
             .iter()
             .map(|(node, p)| (p.name_any(), node.clone()))
             .collect(),
+        host,
         now,
     }
 }
@@ -663,7 +704,12 @@ fn summarize(
     compute_status(StatusInput {
         generation: workload.metadata.generation,
         desired: s.desired,
-        url: config.url(workload),
+        // Only the owner of a host (or a Workload exposing nothing) shows a URL.
+        url: match &s.host {
+            HostClaim::None | HostClaim::Owner(_) => Some(config.url(workload)),
+            HostClaim::Conflict { .. } | HostClaim::NotAllowed(..) => None,
+        },
+        host: s.host.clone(),
         placements,
         updated,
         shortage: step
@@ -747,6 +793,7 @@ async fn write_status(workload: &Workload, ctx: &Context, status: WorkloadStatus
         )
         .await;
     }
+    host_event(workload, ctx, previous.as_ref(), &status).await;
     let api = Api::<Workload>::namespaced(
         ctx.client.clone(),
         &workload.namespace().unwrap_or_default(),
@@ -763,6 +810,41 @@ async fn write_status(workload: &Workload, ctx: &Context, status: WorkloadStatus
     )
     .await?;
     Ok(())
+}
+
+/// Publishes an event when the Workload's hold on its host changes: a Warning when it is refused
+/// (once per transition: the same refusal is not repeated), a Normal one when it takes a host it
+/// was refused.
+async fn host_event(
+    workload: &Workload,
+    ctx: &Context,
+    previous: Option<&WorkloadStatus>,
+    status: &WorkloadStatus,
+) {
+    let was = previous.and_then(|s| find_condition(&s.conditions, HOST_ACCEPTED));
+    let Some(now) = find_condition(&status.conditions, HOST_ACCEPTED) else {
+        return;
+    };
+    if was.is_some_and(|w| w.status == now.status && w.message == now.message) {
+        return;
+    }
+    if !now.is_true() {
+        ctx.publish(
+            workload,
+            EventType::Warning,
+            &now.reason,
+            now.message.clone(),
+        )
+        .await;
+    } else if was.is_some_and(|w| !w.is_true()) {
+        ctx.publish(
+            workload,
+            EventType::Normal,
+            &now.reason,
+            now.message.clone(),
+        )
+        .await;
+    }
 }
 
 /// Deletes the Workload's pods; fails with [`Error::PodsRemaining`] (keeping the finalizer)

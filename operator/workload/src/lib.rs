@@ -10,16 +10,21 @@
 //!
 //! ```no_run
 //! # use decloud_crds::{Provider, Workload};
-//! # use k8s_openapi::api::core::v1::Pod;
+//! # use k8s_openapi::api::core::v1::{Namespace, Pod};
 //! # use decloud_workload::{SharedWatch, Watches};
 //! # use kube::Api;
 //! # async fn spawn(client: kube::Client) {
-//! let workloads = SharedWatch::<Workload>::new(1024);
+//! let mut workloads = SharedWatch::<Workload>::new(1024);
+//! let namespaces = SharedWatch::<Namespace>::new(1024);
 //! let mut providers = SharedWatch::<Provider>::new(1024);
 //! let mut pods = SharedWatch::<Pod>::new(1024);
 //! let watches = Watches {
 //!     workloads: workloads.store(),
 //!     workload_events: workloads.subscribe(),
+//!     workload_claims: workloads.subscribe(),
+//!     deleted_workloads: workloads.deletions(),
+//!     namespaces: namespaces.store(),
+//!     namespace_events: namespaces.subscribe(),
 //!     providers: providers.store(),
 //!     provider_events: providers.subscribe(),
 //!     deleted_providers: providers.deletions(),
@@ -30,6 +35,7 @@
 //! tokio::spawn(workloads.run(Api::all(client.clone()), Default::default()));
 //! tokio::spawn(providers.run(Api::all(client.clone()), Default::default()));
 //! tokio::spawn(pods.run(Api::all(client.clone()), Default::default()));
+//! tokio::spawn(namespaces.run(Api::all(client.clone()), Default::default()));
 //! tokio::spawn(decloud_workload::run(client, decloud_workload::Config::default(), watches));
 //! # }
 //! ```
@@ -38,6 +44,7 @@
 mod controller;
 mod error;
 mod failover;
+mod hosts;
 mod placement;
 mod pod;
 mod rollout;

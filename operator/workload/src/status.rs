@@ -1,7 +1,7 @@
 //! The Workload's status, computed from one step's outcome. Pure and idempotent: the same
 //! inputs give the same status, and conditions keep their transition times while unchanged.
 
-use decloud_crds::{Condition, ReplicaPlacement, WorkloadStatus, set_condition};
+use decloud_crds::{Condition, ReplicaPlacement, WorkloadStatus, hosts::HostClaim, set_condition};
 
 /// Input of [`compute_status`].
 #[derive(Clone, Debug)]
@@ -10,8 +10,10 @@ pub(crate) struct StatusInput<'a> {
     pub generation: Option<i64>,
     /// `spec.replicas`.
     pub desired: usize,
-    /// Public URL.
-    pub url: String,
+    /// Public URL, if the Workload serves its host (or exposes nothing).
+    pub url: Option<String>,
+    /// What the Workload's claim on its public host comes to.
+    pub host: HostClaim,
     /// Replicas that exist after this step (any order).
     pub placements: Vec<ReplicaPlacement>,
     /// How many of them run the current template.
@@ -34,6 +36,9 @@ pub(crate) const AVAILABLE: &str = "Available";
 pub(crate) const PROGRESSING: &str = "Progressing";
 /// Condition type: some replicas lack a provider or sit on an unreachable one.
 pub(crate) const DEGRADED: &str = "Degraded";
+/// Condition type: the gateway serves the Workload's public host for it (only on Workloads
+/// that expose one).
+pub(crate) const HOST_ACCEPTED: &str = "HostAccepted";
 
 /// Computes the status to write.
 pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
@@ -119,11 +124,35 @@ pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
         )
     };
 
+    let host = match &input.host {
+        HostClaim::None => None,
+        HostClaim::Owner(host) => Some(cond(
+            HOST_ACCEPTED,
+            true,
+            "HostAccepted",
+            format!("serving host {host}"),
+        )),
+        // The owner's namespace and no more: its name and spec are another tenant's business.
+        HostClaim::Conflict { host, owner } => Some(cond(
+            HOST_ACCEPTED,
+            false,
+            "HostConflict",
+            format!(
+                "host {host} is already served by a Workload in namespace {}",
+                owner.namespace.as_deref().unwrap_or_default()
+            ),
+        )),
+        HostClaim::NotAllowed(_, why) => {
+            Some(cond(HOST_ACCEPTED, false, "HostNotAllowed", why.0.clone()))
+        }
+    };
+
     let mut conditions = input
         .previous
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
-    for c in [available, progressing, degraded] {
+    conditions.retain(|c| c.type_ != HOST_ACCEPTED || host.is_some());
+    for c in [available, progressing, degraded].into_iter().chain(host) {
         set_condition(&mut conditions, c);
     }
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
@@ -132,7 +161,7 @@ pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
         observed_generation: input.generation,
         replicas: replicas as i32,
         ready_replicas: ready as i32,
-        url: Some(input.url),
+        url: input.url,
         placements,
         conditions,
         // Written by the operator's accounting, not here.

@@ -14,7 +14,7 @@ use std::{
 
 use decloud_crds::{Provider, Workload};
 use futures::{Stream, StreamExt, channel::mpsc};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Resource,
     runtime::{
@@ -35,6 +35,14 @@ pub struct Watches {
     pub workloads: Store<Workload>,
     /// Workload changes.
     pub workload_events: ReflectHandle<Workload>,
+    /// Workload changes again: each is mapped to the other Workloads claiming the same host.
+    pub workload_claims: ReflectHandle<Workload>,
+    /// Workloads the watch saw deleted: the next claimant of their host takes over.
+    pub deleted_workloads: mpsc::Receiver<Arc<Workload>>,
+    /// Every Namespace: which custom hosts the platform team granted each.
+    pub namespaces: Store<Namespace>,
+    /// Namespace changes (a grant given or taken).
+    pub namespace_events: ReflectHandle<Namespace>,
     /// Every Provider.
     pub providers: Store<Provider>,
     /// Provider changes.

@@ -126,6 +126,8 @@ fn context(client: Client, providers: Vec<Provider>) -> Arc<Context> {
         config: Config::default(),
         providers: writer.as_reader(),
         pods: Writer::<Pod>::new(()).as_reader(),
+        workloads: Writer::<Workload>::new(()).as_reader(),
+        namespaces: Writer::<Namespace>::new(()).as_reader(),
         outages: OutageClock::default(),
         assumed: Mutex::default(),
         placing: tokio::sync::Mutex::new(()),
@@ -284,6 +286,7 @@ fn snapshot(observed: Vec<Observed>, candidates: Vec<Candidate>) -> Snapshot {
             .collect(),
         observed,
         candidates,
+        host: HostClaim::None,
         now: Timestamp::now(),
     }
 }

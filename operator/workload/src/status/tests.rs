@@ -13,7 +13,8 @@ fn input<'a>(previous: Option<&'a WorkloadStatus>, now: &'a str) -> StatusInput<
     StatusInput {
         generation: Some(3),
         desired: 2,
-        url: "http://hello.default.decloud.localhost".into(),
+        url: Some("http://hello.default.decloud.localhost".into()),
+        host: HostClaim::Owner("hello.default.decloud.localhost".into()),
         placements: vec![
             placement("w-b", "bob", true),
             placement("w-a", "alice", true),
@@ -43,7 +44,11 @@ fn healthy_workload() {
     let pods: Vec<&str> = s.placements.iter().map(|p| p.pod.as_str()).collect();
     assert_eq!(pods, ["w-a", "w-b"], "placements are sorted");
     let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
-    assert_eq!(types, ["Available", "Degraded", "Progressing"]);
+    assert_eq!(
+        types,
+        ["Available", "Degraded", "HostAccepted", "Progressing"]
+    );
+    assert!(condition(&s, HOST_ACCEPTED).is_true());
     assert!(condition(&s, AVAILABLE).is_true());
     assert!(!condition(&s, DEGRADED).is_true());
     let progressing = condition(&s, PROGRESSING);
@@ -115,4 +120,33 @@ fn rolling_and_unreachable() {
         "1 replica(s) on a NotReady provider (w-b on bob); replaced after 5s"
     );
     assert_eq!(s.ready_replicas, 1);
+}
+
+#[test]
+fn a_host_conflict_names_the_owners_namespace_only() {
+    let owner = kube::runtime::reflector::ObjectRef::new("secret-shop").within("team-a");
+    let s = compute_status(StatusInput {
+        url: None,
+        host: HostClaim::Conflict {
+            host: "shop.example.org".into(),
+            owner,
+        },
+        ..input(None, "t1")
+    });
+    assert_eq!(s.url, None);
+    let c = condition(&s, HOST_ACCEPTED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "HostConflict")
+    );
+    assert_eq!(
+        c.message,
+        "host shop.example.org is already served by a Workload in namespace team-a"
+    );
+    // Exposing nothing any more: the condition goes.
+    let later = compute_status(StatusInput {
+        host: HostClaim::None,
+        ..input(Some(&s), "t2")
+    });
+    assert!(decloud_crds::find_condition(&later.conditions, HOST_ACCEPTED).is_none());
 }
