@@ -109,8 +109,38 @@ def resolve(mods, here, path):
 
 
 PATH = re.compile(r"\b((?:crate|super|self)(?:::[A-Za-z_][A-Za-z0-9_]*)++)(?!::\{)")
-USE_GROUP = re.compile(r"\buse\s+((?:crate|super|self)(?:::[A-Za-z_][A-Za-z0-9_]*)*)::\{([^;]*)\};", re.S)
-CHILD_USE = re.compile(r"\buse\s+([a-z_][a-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)(?:::\{([^;]*)\})?;", re.S)
+
+
+def use_paths(tree):
+    """Every full path a `use` tree names: `a::{b, c::{d, e}}` -> a::b, a::c::d, a::c::e."""
+    tree = re.sub(r"\s+", " ", tree).strip()
+    depth, top = 0, []
+    start = 0
+    for i, c in enumerate(tree):
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            top.append(tree[start:i])
+            start = i + 1
+    top.append(tree[start:])
+    out = []
+    for part in (t.strip() for t in top):
+        if not part:
+            continue
+        brace = part.find("{")
+        if brace >= 0:
+            prefix = part[:brace].rstrip(":").strip()
+            inner = part[brace + 1 : part.rindex("}")]
+            for sub in use_paths(inner):
+                out.append(f"{prefix}::{sub}" if prefix else sub)
+        else:
+            out.append(part.split(" as ")[0].strip())
+    return out
+
+
+USE = re.compile(r"\buse\s+([^;]*);", re.S)
 
 
 def edges(mods):
@@ -119,19 +149,13 @@ def edges(mods):
         text = strip_tests(open(path).read())
         text = re.sub(r"//[^\n]*", "", text)
         refs = [p.split("::") for p in PATH.findall(text)]
-        for prefix, group in CHILD_USE.findall(text):
-            if group:
-                for item in re.split(r",\s*", group):
-                    item = item.strip().split(" as ")[0].split("::{")[0]
-                    if item:
-                        refs.append(prefix.split("::") + item.split("::"))
-            else:
-                refs.append(prefix.split("::"))
-        for prefix, group in USE_GROUP.findall(text):
-            for item in re.split(r",\s*", group):
-                item = item.strip().split(" as ")[0].split("::{")[0]
-                if item:
-                    refs.append(prefix.split("::") + item.split("::"))
+        for tree in USE.findall(text):
+            for path in use_paths(tree):
+                segs = [x for x in path.split("::") if x]
+                if segs and segs[-1] != "self" and segs[-1] != "*":
+                    refs.append(segs)
+                elif len(segs) > 1:
+                    refs.append(segs[:-1])
         for r in refs:
             t = resolve(mods, m, r)
             if t is None or t == m:

@@ -316,7 +316,10 @@ async fn one_watch_per_kind(s: &Scenario) -> anyhow::Result<()> {
         .collect();
     println!("watches held on the API server: {counts:?}");
     for (resource, n) in counts {
-        ensure!(n == 1.0, "{n} watches of {resource}, expected the operator's one");
+        ensure!(
+            n == 1.0,
+            "{n} watches of {resource}, expected the operator's one"
+        );
     }
     Ok(())
 }

@@ -15,7 +15,10 @@ use decloud_crds::{Provider, Workload, find_condition};
 use decloud_e2e::cluster::{node_of, pod_ready, workload_pods};
 use decloud_e2e::{TestEnv, eventually};
 use decloud_workload::{SharedWatch, Watches};
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Pod},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -179,12 +182,17 @@ async fn scale(client: &Client, replicas: i32) -> anyhow::Result<()> {
 
 /// The Workload controller over its own shared watches, as the operator runs it.
 async fn run_controller(client: Client) -> decloud_workload::Result<()> {
-    let workloads = SharedWatch::<Workload>::new(1024);
+    let mut workloads = SharedWatch::<Workload>::new(1024);
+    let namespaces = SharedWatch::<Namespace>::new(1024);
     let mut providers = SharedWatch::<Provider>::new(1024);
     let mut pods = SharedWatch::<Pod>::new(1024);
     let watches = Watches {
         workloads: workloads.store(),
         workload_events: workloads.subscribe(),
+        workload_claims: workloads.subscribe(),
+        deleted_workloads: workloads.deletions(),
+        namespaces: namespaces.store(),
+        namespace_events: namespaces.subscribe(),
         providers: providers.store(),
         provider_events: providers.subscribe(),
         deleted_providers: providers.deletions(),
@@ -193,6 +201,7 @@ async fn run_controller(client: Client) -> decloud_workload::Result<()> {
         deleted_pods: pods.deletions(),
     };
     tokio::spawn(workloads.run(Api::all(client.clone()), Default::default()));
+    tokio::spawn(namespaces.run(Api::all(client.clone()), Default::default()));
     tokio::spawn(providers.run(Api::all(client.clone()), Default::default()));
     tokio::spawn(pods.run(Api::all(client.clone()), Default::default()));
     decloud_workload::run(client, Default::default(), watches).await

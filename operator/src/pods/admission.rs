@@ -421,7 +421,10 @@ mod tests {
     fn dispositions() {
         let plain =
             bound_pod(json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1"}]}));
-        assert!(matches!(disposition(&plain, false, None), Disposition::Run(_)));
+        assert!(matches!(
+            disposition(&plain, false, None),
+            Disposition::Run(_)
+        ));
         assert_eq!(virtual_node(&plain), Some("edge-a"));
         let privileged = bound_pod(
             json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1", "securityContext": {"privileged": true}}]}),
