@@ -218,16 +218,13 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
                 .as_millis()
                 .min(u128::from(u32::MAX)) as u32,
         };
-        let mut finish = Vec::new();
+        let mut follow_up = pods::PodSetFollowUp::none();
         let (id, close, _) =
             ctx.registry
                 .connect(&name, HelloInfo::from_hello(&hello), tx, welcome, |s| {
-                    finish = pods::send_pod_set(ctx, &name, s);
+                    follow_up = pods::send_pod_set(ctx, &name, s);
                 });
-        for pod in finish {
-            let ctx = ctx.clone();
-            tokio::spawn(async move { pods::finish_deletion(&ctx, &pod).await });
-        }
+        follow_up.spawn(ctx);
         for report in hello.pods {
             on_pod_status(ctx, &name, report);
         }

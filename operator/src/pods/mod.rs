@@ -11,8 +11,8 @@ mod translate;
 mod writer;
 
 pub(crate) use admission::{Disposition, disposition};
-pub(crate) use deletion::{finish_deletion, on_pod_gone};
-pub(crate) use relay::{authorized, run_pod_watcher, send_pod_set};
+pub(crate) use deletion::on_pod_gone;
+pub(crate) use relay::{PodSetFollowUp, authorized, run_pod_watcher, send_pod_set};
 pub(crate) use report::{StatusQueue, StatusReport};
 pub(crate) use status::pod_status;
 pub(crate) use translate::spec_hash;

@@ -17,20 +17,22 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
 use tracing::{debug, warn};
 
-use super::admission::{Disposition, already_refused, disposition, refuse, virtual_node};
+use super::admission::{
+    Disposition, NODE_AFFINITY_REASON, already_refused, disposition, refuse, virtual_node,
+};
 use super::deletion::{deletion_grace, spawn_finish};
 use crate::context::Context;
 use crate::edge::EdgeSession;
 
 /// Sends `provider`'s edge its full desired set (on connect and after a pod re-list).
 ///
-/// Runs under the registry lock, so it must not block. Returns the pods being deleted that
-/// this edge never ran: nothing needs stopping, the caller finishes their deletion.
+/// Runs under the registry lock, so it must not block. Returns what the caller must do once
+/// the lock is released ([`PodSetFollowUp::spawn`]).
 pub(crate) fn send_pod_set(
     ctx: &Context,
     provider: &str,
     session: &mut EdgeSession,
-) -> Vec<Arc<Pod>> {
+) -> PodSetFollowUp {
     let node = node_name(provider);
     let platform = session.platform().cloned();
     let pods = ctx.pods.state_filter(|p| {
@@ -39,11 +41,20 @@ pub(crate) fn send_pod_set(
     let mut specs = Vec::new();
     let mut deletes = Vec::new();
     let mut finish = Vec::new();
+    let mut refuse = Vec::new();
     for pod in pods {
-        let Disposition::Run(spec) =
-            disposition(&pod, ctx.config.allow_daemonsets, platform.as_ref())
-        else {
-            continue;
+        let spec = match disposition(&pod, ctx.config.allow_daemonsets, platform.as_ref()) {
+            Disposition::Run(spec) => spec,
+            // Judged by this edge's platform only now that it said Hello.
+            Disposition::Refuse { reason, message }
+                if reason == NODE_AFFINITY_REASON
+                    && pod.metadata.deletion_timestamp.is_none()
+                    && !already_refused(&pod, reason) =>
+            {
+                refuse.push((pod, reason, message));
+                continue;
+            }
+            Disposition::Refuse { .. } => continue,
         };
         if pod.metadata.deletion_timestamp.is_some() {
             if session.knows(&spec.uid) {
@@ -61,7 +72,43 @@ pub(crate) fn send_pod_set(
     for (uid, grace) in deletes {
         session.delete(&uid, grace);
     }
-    finish
+    PodSetFollowUp { finish, refuse }
+}
+
+/// What is left to do after an edge was sent its pod set, outside the registry lock.
+#[must_use]
+pub(crate) struct PodSetFollowUp {
+    /// Pods being deleted that the edge never ran: their deletion is finished now.
+    finish: Vec<Arc<Pod>>,
+    /// Pods the edge cannot run (its platform): failed with a reason and an Event.
+    refuse: Vec<(Arc<Pod>, &'static str, String)>,
+}
+
+impl PodSetFollowUp {
+    /// Nothing to do.
+    pub(crate) fn none() -> Self {
+        Self {
+            finish: Vec::new(),
+            refuse: Vec::new(),
+        }
+    }
+
+    /// Adds `other`'s work to this.
+    fn extend(&mut self, other: Self) {
+        self.finish.extend(other.finish);
+        self.refuse.extend(other.refuse);
+    }
+
+    /// Does it in the background.
+    pub(crate) fn spawn(self, ctx: &Arc<Context>) {
+        for pod in self.finish {
+            spawn_finish(ctx, &pod);
+        }
+        for (pod, reason, message) in self.refuse {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { refuse(&ctx, &pod, reason, message).await });
+        }
+    }
 }
 
 /// Consumes the operator's Pod watch (its owner: the shared store is filled as this polls),
@@ -97,14 +144,12 @@ fn on_pod(ctx: &Arc<Context>, pod: &Pod, counted: &mut HashMap<String, bool>) {
     if counted.insert(uid.clone(), counts) != Some(counts) {
         ctx.reconcile_provider(&provider);
     }
-    // Judged against the live session's Hello; with no session nothing is sent anyway (the
-    // next connect resends the whole set, judged then).
-    let Some(platform) = ctx
+    // The platform is the live session's Hello's; with no session it is judged when the edge
+    // connects (send_pod_set).
+    let platform = ctx
         .registry
         .with_session(&provider, |s| s.platform().cloned())
-    else {
-        return;
-    };
+        .flatten();
     match disposition(pod, ctx.config.allow_daemonsets, platform.as_ref()) {
         Disposition::Refuse { reason, message } => {
             if pod.metadata.deletion_timestamp.is_some() {
@@ -156,13 +201,11 @@ fn on_pod_deleted(ctx: &Context, pod: &Pod, counted: &mut HashMap<String, bool>)
 }
 
 fn resync_all(ctx: &Arc<Context>) {
-    let mut finish = Vec::new();
+    let mut follow_up = PodSetFollowUp::none();
     ctx.registry.for_each_session(|provider, session| {
-        finish.extend(send_pod_set(ctx, provider, session));
+        follow_up.extend(send_pod_set(ctx, provider, session));
     });
-    for pod in finish {
-        spawn_finish(ctx, &pod);
-    }
+    follow_up.spawn(ctx);
 }
 
 /// Whether `provider` may report on the pod `report` names: it must be bound to its node.
