@@ -22,7 +22,7 @@ use crate::context::{Caches, Context, ContextQueues};
 use crate::edge::liveness::DisruptionPolicy;
 use crate::edge::{CredentialAuthenticator, EdgeService};
 use crate::health::Readiness;
-use crate::leader::{self, LeaderConfig};
+use crate::leader::{Elector, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::{Config, Error, Result, edge, health, pods, provider, relay, tls, usage};
 
@@ -185,14 +185,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         tls.as_ref().map(tls::OperatorTls::server_config),
     ));
 
-    let leader_cfg = leader_config(&args);
+    let elector = Elector::new(leader_config(&args)).await?;
     let (led_tx, led_rx) = tokio::sync::oneshot::channel();
-    servers.spawn(leader::run(
-        client.clone(),
-        leader_cfg.clone(),
-        readiness.clone(),
-        led_tx,
-    ));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| Error::Serve {
         what: "SIGTERM handler",
@@ -206,24 +200,29 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         }
         lead(ctx.clone(), queues, w, &args).await;
     };
-    tokio::select! {
+    // The election and the leader's loops are dropped when this ends, before the Lease is
+    // released: nothing renews it or acts on the cluster afterwards.
+    let stopped = tokio::select! {
         res = servers.join_next() => match res {
             Some(Ok(Err(e))) => Err(e),
             Some(Err(e)) => Err(Error::Config(format!("a server task failed: {e}"))),
             _ => Err(Error::Config("a server task ended unexpectedly".into())),
         },
+        res = elector.run(&readiness, led_tx) => res,
         () = leading => Err(Error::Config("a controller loop ended unexpectedly".into())),
         _ = tokio::signal::ctrl_c() => {
             info!("interrupted; exiting");
-            leader::release(&client, &leader_cfg).await;
             Ok(())
         }
         _ = terminate.recv() => {
             info!("terminated (SIGTERM); handing over and exiting");
-            leader::release(&client, &leader_cfg).await;
             Ok(())
         }
+    };
+    if stopped.is_ok() {
+        elector.release(&readiness).await;
     }
+    stopped
 }
 
 fn leader_config(args: &RunArgs) -> LeaderConfig {
