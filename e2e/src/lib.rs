@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cluster;
 mod env;
 mod process;
+pub mod raw_edge;
 mod wait;
 
 pub use env::{OPERATOR_NAMESPACE, TestEnv, helm_binary, k8s_bin_dir, repo_root};

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use decloud_crds::{Provider, ProviderPhase};
 use decloud_e2e::cluster::{EdgeProcess, OperatorProcess, create_join_token};
+use decloud_e2e::raw_edge::{channel, operator_ca, register};
 use decloud_e2e::{TestEnv, eventually};
 use decloud_proto as pb;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
 use pb::edge_client::EdgeClient;
@@ -18,38 +18,7 @@ use pb::edge_message::Kind as Out;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-
-const NS: &str = "default";
-
-async fn operator_ca(client: &Client) -> anyhow::Result<String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), NS)
-        .get("decloud-operator-tls")
-        .await?;
-    let ca = secret
-        .data
-        .and_then(|d| d.get("ca.crt").cloned())
-        .context("no ca.crt")?;
-    Ok(String::from_utf8(ca.0)?)
-}
-
-async fn channel(op: &OperatorProcess, ca_pem: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(op.edge_url())?
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))?
-        .connect()
-        .await?)
-}
-
-async fn register(ch: &Channel, token: &str, name: &str) -> Result<String, tonic::Status> {
-    let resp = EdgeClient::new(ch.clone())
-        .register(pb::RegisterRequest {
-            join_token: token.into(),
-            provider_name: name.into(),
-            ..Default::default()
-        })
-        .await?;
-    Ok(resp.into_inner().credential)
-}
+use tonic::transport::Channel;
 
 /// Opens a Session with `credential` as the bearer, sending `first` (if any) as its first
 /// message; the operator's answer (the response stream, or the refusal).

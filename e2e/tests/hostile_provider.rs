@@ -12,42 +12,23 @@ use anyhow::{Context as _, ensure};
 use decloud_crds::Provider;
 use decloud_crds::quantity::{cpu_millis, memory_bytes};
 use decloud_e2e::cluster::OperatorProcess;
+use decloud_e2e::raw_edge::{channel, operator_ca};
 use decloud_e2e::{TestEnv, eventually};
 use decloud_proto as pb;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
-use kube::{Client, ResourceExt};
 use pb::edge_client::EdgeClient;
 use pb::edge_message::Kind as Out;
 use pb::operator_message::Kind as In;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 const NS: &str = "default";
 /// The pod network the hostile edge announces.
 const POD_CIDR: &str = "10.244.0.0/16";
-
-/// The operator's CA from its Secret (what a joined edge has in its state directory).
-async fn operator_ca(client: &Client) -> anyhow::Result<String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), NS)
-        .get("decloud-operator-tls")
-        .await?;
-    let ca = secret
-        .data
-        .and_then(|d| d.get("ca.crt").cloned())
-        .context("no ca.crt")?;
-    Ok(String::from_utf8(ca.0)?)
-}
-
-/// A TLS channel to the operator trusting only its CA.
-async fn channel(op: &OperatorProcess, ca_pem: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(op.edge_url())?
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))?
-        .connect()
-        .await?)
-}
 
 fn msg(kind: Out) -> pb::EdgeMessage {
     pb::EdgeMessage { kind: Some(kind) }

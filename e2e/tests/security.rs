@@ -15,6 +15,7 @@ use decloud_e2e::cluster::{
     ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, containers_of_pod,
     create_join_token, docker,
 };
+use decloud_e2e::raw_edge::{channel, operator_ca, register};
 use decloud_e2e::{TestEnv, binary, eventually};
 use decloud_proto as pb;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -25,7 +26,7 @@ use pb::edge_message::Kind as Out;
 use pb::operator_message::Kind as In;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 const NS: &str = "default";
 
@@ -41,38 +42,6 @@ fn edge_fails(args: &[&str]) -> anyhow::Result<String> {
         "edge-kubelet {args:?} succeeded: {stderr}"
     );
     Ok(stderr)
-}
-
-/// The operator's CA from its Secret (what a joined edge has in its state directory).
-async fn operator_ca(client: &Client) -> anyhow::Result<String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), NS)
-        .get("decloud-operator-tls")
-        .await?;
-    let ca = secret
-        .data
-        .and_then(|d| d.get("ca.crt").cloned())
-        .context("no ca.crt")?;
-    Ok(String::from_utf8(ca.0)?)
-}
-
-/// A TLS channel to the operator trusting only its CA.
-async fn channel(op: &OperatorProcess, ca_pem: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(op.edge_url())?
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))?
-        .connect()
-        .await?)
-}
-
-/// Register with `token` as `name`: the credential.
-async fn register(ch: &Channel, token: &str, name: &str) -> Result<String, tonic::Status> {
-    let resp = EdgeClient::new(ch.clone())
-        .register(pb::RegisterRequest {
-            join_token: token.into(),
-            provider_name: name.into(),
-            ..Default::default()
-        })
-        .await?;
-    Ok(resp.into_inner().credential)
 }
 
 /// A session of a hand-written edge.
