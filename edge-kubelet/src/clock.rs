@@ -2,10 +2,10 @@
 
 /// Now, in Unix milliseconds.
 pub(crate) fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    jiff::Timestamp::now().as_millisecond()
 }
 
 /// Now, in Unix seconds.
 pub(crate) fn now_unix_secs() -> i64 {
-    chrono::Utc::now().timestamp()
+    jiff::Timestamp::now().as_second()
 }

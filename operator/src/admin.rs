@@ -49,9 +49,11 @@ pub(crate) async fn token(cmd: TokenCommand) -> Result<()> {
             )
             .await?;
             let ca_hash = tls.ca_hash()?;
-            let expires = chrono::Utc::now()
-                + chrono::Duration::from_std(ttl)
-                    .map_err(|_| Error::Config("--ttl is too long".into()))?;
+            let expires = jiff::Timestamp::now()
+                .checked_add(
+                    jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::MAX),
+                )
+                .map_err(|_| Error::Config("--ttl is too long".into()))?;
             let token = auth::create_token(&client, &namespace, expires).await?;
             println!("Join token: {token}");
             println!("Expires:    {}", rfc3339(expires));
@@ -64,7 +66,7 @@ pub(crate) async fn token(cmd: TokenCommand) -> Result<()> {
             println!("  edge-kubelet run --operator {operator_url} --name <machine-name>");
         }
         TokenCommand::List { namespace } => {
-            let now = chrono::Utc::now();
+            let now = jiff::Timestamp::now();
             println!("{:<24} {:<34} {:<22} STATE", "ID", "SECRET", "EXPIRES");
             for t in auth::list_tokens(&client, &namespace).await? {
                 let expires = t.expires.map(rfc3339).unwrap_or_else(|| "never".into());
@@ -88,7 +90,7 @@ pub(crate) async fn token(cmd: TokenCommand) -> Result<()> {
 pub(crate) async fn revoke_provider(name: &str) -> Result<()> {
     let client = kube_client().await?;
     let api: Api<Provider> = Api::all(client);
-    let now = rfc3339(chrono::Utc::now());
+    let now = rfc3339(jiff::Timestamp::now());
     let patch = serde_json::json!({"metadata": {"annotations": {
         REVOKED_ANNOTATION: now,
         CREDENTIAL_ANNOTATION: null,

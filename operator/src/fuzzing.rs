@@ -4,8 +4,8 @@
 //!
 //! Each must return normally for every input: a panic is a bug.
 
-use chrono::{TimeZone, Utc};
 use decloud_proto as pb;
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use pb::edge_message::Kind;
 use prost::Message;
@@ -34,7 +34,7 @@ pub fn edge_message(data: &[u8]) {
         Some(Kind::Hello(h)) => {
             let _ = crate::provider::valid_provider_name(&h.provider_name);
             let _ = HelloInfo::from_hello(&h);
-            let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+            let now = Timestamp::from_second(1_700_000_000).unwrap();
             for report in &h.pods {
                 let _ = crate::pods::pod_status(
                     &sample_pod(),
@@ -47,7 +47,7 @@ pub fn edge_message(data: &[u8]) {
             }
         }
         Some(Kind::PodStatus(report)) => {
-            let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+            let now = Timestamp::from_second(1_700_000_000).unwrap();
             let _ = crate::pods::pod_status(
                 &sample_pod(),
                 &report,

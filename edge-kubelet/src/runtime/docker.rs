@@ -104,8 +104,8 @@ fn engine_message(e: DockerError) -> String {
 
 /// RFC 3339 to Unix ms; Docker's zero time (`0001-01-01…`) becomes 0.
 fn parse_time(s: Option<&str>) -> i64 {
-    s.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.timestamp_millis().max(0))
+    s.and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_millisecond().max(0))
         .unwrap_or(0)
 }
 

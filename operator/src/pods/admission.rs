@@ -5,7 +5,6 @@
 //! an Event and never reaches the edge: the edge runs containers of strangers, so host access
 //! is out.
 
-use chrono::Utc;
 use decloud_crds::Platform;
 use decloud_crds::contracts::{ARCH_LABEL, OPERATOR_FIELD_MANAGER, OS_LABEL, provider_of_node};
 use decloud_proto as pb;
@@ -241,7 +240,7 @@ pub(crate) async fn refuse(ctx: &Context, pod: &Pod, reason: &'static str, messa
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": pod.name_any(), "namespace": pod.namespace()},
-        "status": status::refused_status(pod, reason, &message, Utc::now()),
+        "status": status::refused_status(pod, reason, &message, jiff::Timestamp::now()),
     });
     let pp = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
     if let Err(e) = api

@@ -3,8 +3,8 @@
 //! The output is a pure function of the report, the pod as it is in the API and `now`
 //! (used only for conditions that change), so applying it twice changes nothing.
 
-use chrono::{DateTime, Utc};
 use decloud_proto as pb;
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
@@ -60,7 +60,7 @@ pub(crate) fn acceptable_pod_ip(
 
 fn millis_to_time(ms: i64) -> Option<String> {
     (ms > 0)
-        .then(|| DateTime::from_timestamp_millis(ms))
+        .then(|| Timestamp::from_millisecond(ms).ok())
         .flatten()
         .map(rfc3339)
 }
@@ -138,7 +138,7 @@ fn condition(pod: &Pod, type_: &str, status: &str, reason: Option<&str>, now: &s
         Some(c) if c.status == status => c
             .last_transition_time
             .as_ref()
-            .map(|t| rfc3339(DateTime::<Utc>::from(std::time::SystemTime::from(t.0))))
+            .map(|t| rfc3339(t.0))
             .unwrap_or_else(|| now.to_string()),
         _ => now.to_string(),
     };
@@ -158,7 +158,7 @@ pub(crate) fn pod_status(
     runtime: &str,
     host_ip: std::net::IpAddr,
     network: Option<&PodNetwork>,
-    now: DateTime<Utc>,
+    now: Timestamp,
 ) -> Value {
     let host_ip_text = host_ip.to_string();
     let host_ip_value = host_ip_text.as_str();
@@ -237,7 +237,7 @@ pub(crate) fn pod_status(
         pod.status
             .as_ref()
             .and_then(|s| s.start_time.as_ref())
-            .map(|t| rfc3339(DateTime::<Utc>::from(std::time::SystemTime::from(t.0))))
+            .map(|t| rfc3339(t.0))
     });
     put(&mut status, "startTime", start);
     if let Ok(ip) = report.pod_ip.parse::<std::net::IpAddr>()
@@ -250,7 +250,7 @@ pub(crate) fn pod_status(
 }
 
 /// The status of a pod the bridge refuses to run (phase Failed, `reason`, `message`).
-pub(crate) fn refused_status(pod: &Pod, reason: &str, message: &str, now: DateTime<Utc>) -> Value {
+pub(crate) fn refused_status(pod: &Pod, reason: &str, message: &str, now: Timestamp) -> Value {
     let now = rfc3339(now);
     json!({
         "phase": "Failed",
@@ -331,8 +331,8 @@ mod tests {
         Some(NET.get_or_init(|| PodNetwork::parse("172.17.0.0/16").unwrap()))
     }
 
-    fn now() -> DateTime<Utc> {
-        DateTime::from_timestamp_millis(T0 + 60_000).unwrap()
+    fn now() -> Timestamp {
+        Timestamp::from_millisecond(T0 + 60_000).unwrap()
     }
 
     #[test]
@@ -398,7 +398,7 @@ mod tests {
         let first = pod_status(&pod(), &report(), "docker", host(), net(), now());
         let mut p = pod();
         p.status = Some(serde_json::from_value(first.clone()).unwrap());
-        let later = DateTime::from_timestamp_millis(T0 + 120_000).unwrap();
+        let later = Timestamp::from_millisecond(T0 + 120_000).unwrap();
         let second = pod_status(&p, &report(), "docker", host(), net(), later);
         assert_eq!(first, second);
         let mut r = report();

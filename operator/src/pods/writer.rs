@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::Utc;
 use decloud_crds::contracts::OPERATOR_FIELD_MANAGER;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -56,7 +55,7 @@ async fn write_status(ctx: &Context, r: StatusReport, written: &Mutex<HashMap<St
         &runtime,
         host_ip,
         network.as_ref(),
-        Utc::now(),
+        jiff::Timestamp::now(),
     );
     if status.get("podIP").is_none() && !r.report.pod_ip.is_empty() {
         ctx.metrics.refused_pod_ips.inc();

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use chrono::{SecondsFormat, Utc};
 use decloud_crds::contracts::{NODE_LEASE_NAMESPACE, OPERATOR_FIELD_MANAGER, node_name};
 use futures::StreamExt;
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
@@ -13,6 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use crate::context::Context;
+use crate::time::rfc3339_micros;
 
 /// Seconds a node Lease stays valid without renewal.
 const NODE_LEASE_SECONDS: i64 = 40;
@@ -69,7 +70,7 @@ async fn renew_node_lease(ctx: &Context, node: &str, node_uid: &str) {
         "spec": {
             "holderIdentity": node,
             "leaseDurationSeconds": NODE_LEASE_SECONDS,
-            "renewTime": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+            "renewTime": rfc3339_micros(Timestamp::now()),
         },
     });
     let pp = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use decloud_crds::contracts::{OPERATOR_FIELD_MANAGER, PROVIDER_FINALIZER, node_name};
 use decloud_crds::pods::{is_terminal, pod_requests};
 use decloud_crds::quantity::{cpu_millis, format_bytes, format_millis, memory_bytes};
@@ -17,6 +16,7 @@ use decloud_crds::{
 };
 use decloud_proto as pb;
 use futures::StreamExt;
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -106,7 +106,7 @@ async fn apply(provider: &Provider, ctx: &Context) -> Result<Action> {
     let pods = ctx.pods.state_filter(|p| {
         p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str())
     });
-    let mut status = desired_status(provider, &view, &pods, &ctx.config, Utc::now());
+    let mut status = desired_status(provider, &view, &pods, &ctx.config, Timestamp::now());
     // Usage rides along with writes that happen anyway; it never causes one by itself between
     // the periodic `lastHeartbeatTime` refreshes.
     if let Some(usage) = ctx.usage.provider(&name) {
@@ -214,7 +214,7 @@ pub(crate) fn desired_status(
     view: &ProviderView,
     pods: &[Arc<Pod>],
     config: &crate::Config,
-    now: DateTime<Utc>,
+    now: Timestamp,
 ) -> ProviderStatus {
     let old = provider.status.clone().unwrap_or_default();
     let phase = match view.ready {
@@ -269,16 +269,15 @@ pub(crate) fn desired_status(
         find_condition(&old.conditions, "Ready").is_none_or(|c| c.status != ready_condition.0);
     let last_heartbeat_time = match view.last_heartbeat {
         Some(seen) => {
-            let seen = DateTime::<Utc>::from(seen);
+            let seen = Timestamp::try_from(seen).unwrap_or(now);
             let fresh_enough = old
                 .last_heartbeat_time
                 .as_deref()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .and_then(|t| t.parse::<Timestamp>().ok())
                 .is_some_and(|t| {
-                    let age = seen.signed_duration_since(t.with_timezone(&Utc));
-                    age >= chrono::Duration::zero()
-                        && age
-                            .to_std()
+                    let age = seen.duration_since(t);
+                    !age.is_negative()
+                        && std::time::Duration::try_from(age)
                             .is_ok_and(|a| a < config.status_report_interval)
                 });
             if fresh_enough && !transitioned {

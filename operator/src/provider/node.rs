@@ -3,12 +3,12 @@
 //! The Node is a pure function of the Provider (labels, spec, status) and its readiness, so
 //! applying it twice changes nothing. Its Lease is renewed in [`super::lease`].
 
-use chrono::Utc;
 use decloud_crds::contracts::{
     ARCH_LABEL, EDGE_TAINT, NODE_LEASE_NAMESPACE, OPERATOR_FIELD_MANAGER, OS_LABEL, PROVIDER_LABEL,
     UNREACHABLE_TAINT, node_name,
 };
 use decloud_crds::{Provider, ProviderStatus, ResourceOffer};
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -184,7 +184,7 @@ pub(crate) fn desired_node_status(
     ready: bool,
     existing: Option<&Node>,
     config: &Config,
-    now: chrono::DateTime<Utc>,
+    now: Timestamp,
 ) -> Value {
     let node = node_name(&provider.name_any());
     let (cond_status, reason, message) = if ready {
@@ -204,11 +204,7 @@ pub(crate) fn desired_node_status(
         .and_then(|n| n.status.as_ref())
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
-    let to_string = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
-        rfc3339(chrono::DateTime::<Utc>::from(std::time::SystemTime::from(
-            t.0,
-        )))
-    };
+    let to_string = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| rfc3339(t.0);
     let transition = match old {
         Some(c) if c.status == cond_status => c.last_transition_time.as_ref().map(to_string),
         _ => None,
@@ -288,7 +284,7 @@ pub(crate) async fn apply_node(
         ready,
         existing.as_deref(),
         &ctx.config,
-        Utc::now(),
+        Timestamp::now(),
     );
     if existing
         .as_deref()
@@ -438,7 +434,7 @@ mod tests {
             kubelet_port: 10250,
             ..Default::default()
         };
-        let now = Utc::now();
+        let now = Timestamp::now();
         let s = desired_node_status(&provider(), &status, true, None, &config, now);
         assert_eq!(s["status"]["addresses"][0]["address"], "127.0.0.1");
         assert_eq!(

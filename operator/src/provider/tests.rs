@@ -61,8 +61,8 @@ fn pod(name: &str, phase: &str, cpu: &str) -> Arc<Pod> {
     )
 }
 
-fn at(secs: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
 }
 
 fn view(ready: Option<bool>, heartbeat_secs: Option<i64>) -> ProviderView {

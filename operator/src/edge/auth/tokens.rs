@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use decloud_crds::contracts::{JOIN_TOKEN_LABEL, OPERATOR_FIELD_MANAGER};
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
@@ -46,7 +46,7 @@ pub(crate) struct TokenInfo {
     /// The Secret holding it.
     pub(crate) secret: String,
     /// When it stops working (None: never).
-    pub(crate) expires: Option<DateTime<Utc>>,
+    pub(crate) expires: Option<Timestamp>,
     /// SHA-256 of the token.
     hash: String,
     /// Made by `token create` (only a hash stored), not the chart's plain-token Secret, which
@@ -67,9 +67,7 @@ impl TokenInfo {
         let plain = text(secret, "token");
         let created_by_operator = plain.is_none();
         let hash = text(secret, "token-sha256").or_else(|| plain.map(|t| sha256_hex(&t)))?;
-        let expires = text(secret, "expiration")
-            .and_then(|e| DateTime::parse_from_rfc3339(&e).ok())
-            .map(|t| t.with_timezone(&Utc));
+        let expires = text(secret, "expiration").and_then(|e| e.parse::<Timestamp>().ok());
         let id = text(secret, "token-id").unwrap_or_else(|| name.clone());
         Some(Self {
             id,
@@ -81,18 +79,18 @@ impl TokenInfo {
     }
 
     /// Whether the token has expired at `now`.
-    pub(crate) fn expired(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn expired(&self, now: Timestamp) -> bool {
         self.expires.is_some_and(|e| e <= now)
     }
 
     /// Whether its Secret is due for deletion: made by `token create` and expired for longer
     /// than `retention` (until then a late edge is told "expired", not "unknown").
-    pub(crate) fn due_for_cleanup(&self, now: DateTime<Utc>, retention: Duration) -> bool {
-        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    pub(crate) fn due_for_cleanup(&self, now: Timestamp, retention: Duration) -> bool {
+        let retention = SignedDuration::try_from(retention).unwrap_or(SignedDuration::MAX);
         self.created_by_operator
             && self
                 .expires
-                .and_then(|e| e.checked_add_signed(retention))
+                .and_then(|e| e.checked_add(retention).ok())
                 .is_some_and(|due| due <= now)
     }
 }
@@ -118,7 +116,7 @@ pub(crate) async fn clean_expired_tokens(
                 continue;
             }
         };
-        let now = Utc::now();
+        let now = Timestamp::now();
         for t in tokens.iter().filter(|t| t.due_for_cleanup(now, retention)) {
             match api.delete(&t.secret, &Default::default()).await {
                 Ok(_) => tracing::info!(
@@ -156,7 +154,7 @@ pub(crate) async fn list_tokens(
 pub(crate) async fn create_token(
     client: &kube::Client,
     namespace: &str,
-    expires: DateTime<Utc>,
+    expires: Timestamp,
 ) -> kube::Result<String> {
     let token = new_token();
     let id = token.split('.').next().unwrap_or_default().to_string();
@@ -273,7 +271,7 @@ impl TokenCache {
                 "invalid join token (unknown, mistyped or revoked); ask the cluster administrator \
                  for a new one (`decloud-operator token create`)",
             )),
-            Some(t) if t.expired(Utc::now()) => Err(Status::unauthenticated(format!(
+            Some(t) if t.expired(Timestamp::now()) => Err(Status::unauthenticated(format!(
                 "the join token expired at {}; ask the cluster administrator for a new one \
                  (`decloud-operator token create`)",
                 t.expires.map(rfc3339).unwrap_or_default()
@@ -311,13 +309,13 @@ mod tests {
         };
         let chart = TokenInfo::from_secret(&secret(&[("token", "plain\n")])).unwrap();
         assert_eq!(chart.hash, sha256_hex("plain"));
-        assert!(!chart.expired(Utc::now()));
+        assert!(!chart.expired(Timestamp::now()));
         let old = TokenInfo::from_secret(&secret(&[
             ("token-sha256", "ab"),
             ("expiration", "2020-01-01T00:00:00Z"),
         ]))
         .unwrap();
-        assert!(old.expired(Utc::now()));
+        assert!(old.expired(Timestamp::now()));
         assert!(TokenInfo::from_secret(&secret(&[])).is_none());
 
         // Cleanup: only tokens `token create` made, only once expired longer than retention.
@@ -329,7 +327,7 @@ mod tests {
             }
             TokenInfo::from_secret(&secret(&data)).unwrap()
         };
-        let now: DateTime<Utc> = "2026-11-22T12:00:00Z".parse().unwrap();
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
         assert!(expired_at("2026-11-20T12:00:00Z", false).due_for_cleanup(now, day));
         assert!(expired_at("2026-11-21T12:00:00Z", false).due_for_cleanup(now, day));
         assert!(!expired_at("2026-11-21T12:00:01Z", false).due_for_cleanup(now, day));
