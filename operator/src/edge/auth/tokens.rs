@@ -209,16 +209,16 @@ pub(crate) async fn revoke_token(
     Ok(any)
 }
 
-/// How long a read of the token list answers checks before it is read again.
-const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
-/// How often a token not in the cached list may cause a re-read (a token just created).
-const TOKEN_MISS_REFRESH: std::time::Duration = std::time::Duration::from_millis(500);
+/// The token list is read from the API at most this often, however many `Register` calls come.
+const TOKEN_READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The join tokens, read from the API at most every [`TOKEN_MISS_REFRESH`] however many
-/// `Register` calls arrive: a flood of bad tokens costs the API server nothing more.
+/// The join tokens, read from the API at most every [`TOKEN_READ_INTERVAL`]: a flood of bad
+/// tokens costs the API server at most two LISTs a second. Every answer still rests on a read
+/// made after the request arrived, so a revoked token is refused and a new one accepted at
+/// once; concurrent checks share one read (and wait for it, which also slows guessing).
 #[derive(Default)]
 pub(crate) struct TokenCache {
-    read: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Vec<TokenInfo>>)>>,
+    read: tokio::sync::Mutex<Option<(tokio::time::Instant, std::sync::Arc<Vec<TokenInfo>>)>>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -228,22 +228,25 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    async fn tokens(
+    /// The token list as read at or after `arrived`.
+    async fn tokens_since(
         &self,
         client: &kube::Client,
         namespace: &str,
-        max_age: std::time::Duration,
+        arrived: tokio::time::Instant,
     ) -> Result<std::sync::Arc<Vec<TokenInfo>>, Status> {
         let mut read = self.read.lock().await;
-        if let Some((at, tokens)) = read.as_ref()
-            && at.elapsed() < max_age
-        {
-            return Ok(tokens.clone());
+        if let Some((at, tokens)) = read.as_ref() {
+            if *at > arrived {
+                return Ok(tokens.clone());
+            }
+            tokio::time::sleep_until(*at + TOKEN_READ_INTERVAL).await;
         }
+        let at = tokio::time::Instant::now();
         let tokens = std::sync::Arc::new(list_tokens(client, namespace).await.map_err(|e| {
             Status::unavailable(format!("the operator cannot read its join tokens: {e}"))
         })?);
-        *read = Some((std::time::Instant::now(), tokens.clone()));
+        *read = Some((at, tokens.clone()));
         Ok(tokens)
     }
 
@@ -262,10 +265,9 @@ impl TokenCache {
             ));
         }
         let hash = sha256_hex(token);
-        let mut tokens = self.tokens(client, namespace, TOKEN_CACHE_TTL).await?;
-        if !tokens.iter().any(|t| same(&t.hash, &hash)) {
-            tokens = self.tokens(client, namespace, TOKEN_MISS_REFRESH).await?;
-        }
+        let tokens = self
+            .tokens_since(client, namespace, tokio::time::Instant::now())
+            .await?;
         match tokens.iter().find(|t| same(&t.hash, &hash)) {
             None => Err(Status::unauthenticated(
                 "invalid join token (unknown, mistyped or revoked); ask the cluster administrator \
@@ -334,5 +336,89 @@ mod tests {
         assert!(!expired_at("2026-11-23T12:00:00Z", false).due_for_cleanup(now, Duration::ZERO));
         assert!(!expired_at("2020-01-01T00:00:00Z", true).due_for_cleanup(now, day));
         assert!(!chart.due_for_cleanup(now, Duration::ZERO));
+    }
+
+    /// An API server holding the token Secrets `hashes` (shared, so a test can revoke), and
+    /// counting the LISTs it answers.
+    fn token_api(
+        hashes: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
+        lists: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> kube::Client {
+        let service = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
+            let hashes = hashes.clone();
+            let lists = lists.clone();
+            async move {
+                lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let items: Vec<serde_json::Value> = hashes
+                    .lock()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| {
+                        let secret = Secret {
+                            metadata: ObjectMeta {
+                                name: Some(format!("decloud-join-{i}")),
+                                ..Default::default()
+                            },
+                            data: Some(BTreeMap::from([(
+                                "token-sha256".to_string(),
+                                ByteString(h.clone().into_bytes()),
+                            )])),
+                            ..Default::default()
+                        };
+                        serde_json::to_value(secret).unwrap()
+                    })
+                    .collect();
+                let body = serde_json::json!({"apiVersion": "v1", "kind": "SecretList",
+                    "metadata": {}, "items": items});
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(body.to_string().into_bytes()))
+                        .unwrap(),
+                )
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_bad_tokens_costs_two_lists_a_second_and_revocation_is_immediate() {
+        let good = "abcdef.0123456789abcdef0123456789ab";
+        let hashes = std::sync::Arc::new(parking_lot::Mutex::new(vec![sha256_hex(good)]));
+        let lists = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let client = token_api(hashes.clone(), lists.clone());
+        let cache = std::sync::Arc::new(TokenCache::default());
+        // 200 guesses at once: they share reads, one per TOKEN_READ_INTERVAL.
+        let started = tokio::time::Instant::now();
+        let guesses: Vec<_> = (0..200)
+            .map(|i| {
+                let (cache, client) = (cache.clone(), client.clone());
+                tokio::spawn(async move {
+                    cache
+                        .check(&client, "default", &format!("abcdef.guess{i:026}"))
+                        .await
+                })
+            })
+            .collect();
+        for g in guesses {
+            let e = g.await.unwrap().unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        }
+        let n = lists.load(std::sync::atomic::Ordering::SeqCst);
+        let elapsed = started.elapsed();
+        assert!(
+            n <= 2 + (elapsed.as_millis() / 500) as usize,
+            "{n} LISTs in {elapsed:?}"
+        );
+        // The good token is accepted; once revoked it is refused at the very next check.
+        assert!(cache.check(&client, "default", good).await.is_ok());
+        hashes.lock().clear();
+        let e = cache.check(&client, "default", good).await.unwrap_err();
+        assert!(e.message().contains("invalid join token"), "{e:?}");
+        // ...and a token created just now is accepted at once.
+        let new = "ghijkl.0123456789abcdef0123456789ab";
+        hashes.lock().push(sha256_hex(new));
+        assert!(cache.check(&client, "default", new).await.is_ok());
     }
 }
