@@ -26,6 +26,9 @@ use crate::leader::{Elector, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::{Config, Error, Result, edge, health, pods, provider, relay, tls, usage};
 
+/// How often every edge is resent its full desired pod set (the push path's safety net).
+const POD_SET_RESYNC: Duration = Duration::from_secs(30);
+
 /// Objects a slow subscriber of a shared watch may lag behind before the watch waits for it.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -288,6 +291,7 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
             .run(Api::all(client.clone()), watcher::Config::default()),
     );
     loops.spawn(pods::write_statuses(ctx.clone()));
+    loops.spawn(pods::resync_periodically(ctx.clone(), POD_SET_RESYNC));
     loops.spawn(provider::renew_node_leases(ctx.clone()));
     loops.spawn(sweep_liveness(ctx.clone()));
     loops.spawn(usage::write_workload_usage(

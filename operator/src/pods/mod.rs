@@ -12,7 +12,9 @@ mod writer;
 
 pub(crate) use admission::{Disposition, disposition};
 pub(crate) use deletion::on_pod_gone;
-pub(crate) use relay::{PodSetFollowUp, authorized, run_pod_watcher, send_pod_set};
+pub(crate) use relay::{
+    PodSetFollowUp, authorized, resync_periodically, run_pod_watcher, send_pod_set,
+};
 pub(crate) use report::{StatusQueue, StatusReport};
 pub(crate) use status::pod_status;
 pub(crate) use translate::spec_hash;

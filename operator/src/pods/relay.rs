@@ -200,6 +200,19 @@ fn on_pod_deleted(ctx: &Context, pod: &Pod, counted: &mut HashMap<String, bool>)
     ctx.reconcile_provider(provider);
 }
 
+/// Resends every edge its full desired set every `period`: a safety net under the push path
+/// (as kubelet's periodic sync is under its watch), so a change an edge missed (a race between
+/// a session's start and the pod watch) is made good within one period.
+pub(crate) async fn resync_periodically(ctx: Arc<Context>, period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        resync_all(&ctx);
+    }
+}
+
 fn resync_all(ctx: &Arc<Context>) {
     let mut follow_up = PodSetFollowUp::none();
     ctx.registry.for_each_session(|provider, session| {
