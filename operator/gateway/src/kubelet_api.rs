@@ -29,6 +29,7 @@ use crate::seams::{LogQuery, LogSource};
 use crate::{Error, LogError, Result};
 
 mod auth;
+mod spdy;
 
 pub use auth::{
     Access, AccessReview, KubeAccessReview, KubeletAuth, REVIEW_CACHE_ENTRIES, REVIEW_TTL,
