@@ -17,7 +17,7 @@ use crate::edge::liveness::LivenessTracker;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::pods::{StatusQueue, StatusReport};
-use crate::relay::{PendingLogs, PendingTunnels};
+use crate::relay::{PendingExecs, PendingLogs, PendingTunnels};
 use crate::slots::Slots;
 use crate::usage::UsageLedger;
 
@@ -47,6 +47,8 @@ pub(crate) struct Context {
     pub(crate) tunnel_slots: Slots<String>,
     /// `kubectl logs` requests relayed to edges.
     pub(crate) logs: PendingLogs,
+    /// `kubectl exec` / `attach` sessions asked of edges and not yet opened.
+    pub(crate) execs: PendingExecs,
     /// The join tokens, read from the API at a bounded rate.
     pub(crate) tokens: TokenCache,
     /// Usage the edges report, per pod, provider and workload.
@@ -100,6 +102,7 @@ impl Context {
             readiness,
             tunnels: PendingTunnels::default(),
             logs: PendingLogs::default(),
+            execs: PendingExecs::default(),
             tokens: TokenCache::default(),
             usage: UsageLedger::default(),
             statuses: StatusQueue::default(),

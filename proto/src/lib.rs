@@ -23,6 +23,12 @@ pub const MAX_TUNNEL_FRAME: usize = 64 * 1024;
 /// Largest log chunk an edge sends in one `LogChunk`.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;
 
+/// Most arguments of an exec command (`OpenExec.command`).
+pub const MAX_EXEC_ARGS: usize = 256;
+
+/// Most bytes of an exec command's arguments in all.
+pub const MAX_EXEC_COMMAND_BYTES: usize = 32 * 1024;
+
 /// HTTP/2 flow-control window per stream (each tunnel is one stream), on both sides.
 pub const TUNNEL_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 

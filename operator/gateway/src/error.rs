@@ -69,3 +69,40 @@ pub enum LogError {
     #[error("{0}")]
     Edge(String),
 }
+
+/// Why an exec, attach or port-forward cannot be served; each maps to the HTTP status and
+/// words kubelet uses.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// No such pod on a DeCloud node (404 "pod does not exist").
+    #[error("pod does not exist")]
+    PodNotFound,
+    /// The pod exists with another uid than the path names (404 "pod not found").
+    #[error("pod not found")]
+    UidMismatch,
+    /// The container is not there or not running (kubelet: 500 `container not found ("c")`).
+    #[error("{0}")]
+    ContainerNotFound(String),
+    /// The pod's edge is not connected, or cannot take another stream now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The edge could not start or carry it.
+    #[error("{0}")]
+    Edge(String),
+    /// The request is out of bounds (a command too long).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StreamError {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::PodNotFound | Self::UidMismatch => "pod_not_found",
+            Self::ContainerNotFound(_) => "container_not_found",
+            Self::Unavailable(_) => "unavailable",
+            Self::Edge(_) => "edge_error",
+            Self::Invalid(_) => "invalid",
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The kubelet API, served by the operator for every virtual node: enough of it for
-//! `kubectl logs` (and `-f`, `--tail`, `--timestamps`, `--previous`) to work through the real
-//! kube-apiserver, and a clear refusal for what edges do not offer yet.
+//! `kubectl logs` (and `-f`, `--tail`, `--timestamps`, `--previous`), `kubectl exec`, `attach`
+//! and `port-forward` ([`streams`], over SPDY/3.1) to work through the real kube-apiserver, and
+//! a clear refusal for what edges do not offer yet.
 //!
 //! Every request is authenticated and authorized first, as kubelet does ([`auth`]): anonymous
 //! callers get 401, callers without the right 403, before any path is looked at.
@@ -14,7 +15,7 @@ use axum::{
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{any, get},
+    routing::get,
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -25,11 +26,12 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::seams::{LogQuery, LogSource};
+use crate::seams::{ContainerStreams, LogQuery, LogSource};
 use crate::{Error, LogError, Result};
 
 mod auth;
 mod spdy;
+mod streams;
 
 pub use auth::{
     Access, AccessReview, KubeAccessReview, KubeletAuth, REVIEW_CACHE_ENTRIES, REVIEW_TTL,
@@ -207,7 +209,7 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     )
 }
 
-fn router(logs: Arc<dyn LogSource>, auth: KubeletAuth) -> Router {
+fn router(logs: Arc<dyn LogSource>, streams: Arc<dyn ContainerStreams>, auth: KubeletAuth) -> Router {
     let guarded = Guard {
         auth,
         logs: logs.clone(),
@@ -218,12 +220,9 @@ fn router(logs: Arc<dyn LogSource>, auth: KubeletAuth) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
-        .route("/exec/{*rest}", any(unsupported))
-        .route("/attach/{*rest}", any(unsupported))
-        .route("/portForward/{*rest}", any(unsupported))
-        .route("/run/{*rest}", any(unsupported))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
         .with_state(logs)
+        .merge(streams::routes(streams))
         .layer(middleware::from_fn_with_state(guarded, guard))
 }
 
@@ -257,24 +256,16 @@ async fn container_logs(
     }
 }
 
-async fn unsupported() -> Response {
-    (
-        StatusCode::NOT_IMPLEMENTED,
-        "exec, attach, port-forward and run are not supported on DeCloud edges yet; \
-         use `kubectl logs` to see what a pod prints\n",
-    )
-        .into_response()
-}
-
 /// Serves the kubelet API over TLS on `listener` until the task is dropped.
 pub async fn serve_kubelet_api(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     logs: Arc<dyn LogSource>,
+    streams: Arc<dyn ContainerStreams>,
     auth: KubeletAuth,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(logs, auth);
+    let app = router(logs, streams, auth);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer): (_, SocketAddr) = match listener.accept().await {
@@ -403,9 +394,47 @@ mod tests {
             .expect("request")
     }
 
+    /// Knows no pod: every stream request is answered "pod does not exist".
+    struct NoStreams;
+
+    impl ContainerStreams for NoStreams {
+        fn check(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&str>,
+            _: Option<&str>,
+        ) -> std::result::Result<(), crate::StreamError> {
+            Err(crate::StreamError::PodNotFound)
+        }
+
+        fn exec(
+            &self,
+            _: crate::seams::ExecRequest,
+        ) -> BoxFuture<'static, std::result::Result<crate::seams::ExecIo, crate::StreamError>>
+        {
+            async { Err(crate::StreamError::PodNotFound) }.boxed()
+        }
+
+        fn port_forward(
+            &self,
+            _: &str,
+            _: &str,
+            _: u16,
+        ) -> BoxFuture<
+            'static,
+            std::result::Result<Box<dyn crate::seams::TunnelIo>, crate::StreamError>,
+        > {
+            async { Err(crate::StreamError::PodNotFound) }.boxed()
+        }
+    }
+
     fn app_with(src: Arc<Recorded>) -> (Router, Arc<FakeReview>) {
         let review = Arc::new(FakeReview::default());
-        (router(src, KubeletAuth::new(review.clone())), review)
+        (
+            router(src, Arc::new(NoStreams), KubeletAuth::new(review.clone())),
+            review,
+        )
     }
 
     #[tokio::test]
@@ -451,8 +480,9 @@ mod tests {
             StatusCode::FORBIDDEN
         );
         assert_eq!(
-            status(get("/exec/ns/web-1/web", "admin")).await,
-            StatusCode::NOT_IMPLEMENTED
+            status(get("/exec/ns/web-1/web?output=1&command=true", "admin")).await,
+            StatusCode::NOT_FOUND,
+            "past authorization, exec looks the pod up"
         );
         assert_eq!(
             src.0.lock().expect("lock").len(),
@@ -548,7 +578,11 @@ mod tests {
             )
             .await
             .expect("response");
-        assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(
+            resp.status(),
+            StatusCode::BAD_REQUEST,
+            "no stream asked for, as kubelet answers"
+        );
     }
 
     #[test]

@@ -245,6 +245,12 @@ impl EdgeSession {
         }))
     }
 
+    /// Asks the edge to open an exec or attach tunnel; false if the session's queue is too
+    /// full to take it.
+    pub(crate) fn open_exec(&mut self, open: pb::OpenExec) -> bool {
+        self.send_optional(Kind::OpenExec(open))
+    }
+
     /// Asks the edge for a container's logs (answered with `LogChunk`s); false if the
     /// session's queue is too full to take it.
     pub(crate) fn request_logs(&mut self, request: pb::LogRequest) -> bool {

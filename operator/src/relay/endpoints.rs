@@ -18,6 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use super::exec::StreamRelay;
 use super::logs::LogRelay;
 use super::tunnels::TunnelBroker;
 use crate::context::Context;
@@ -131,19 +132,20 @@ pub(crate) async fn run(
         what: "kubelet API TLS",
         source: std::io::Error::other(e.to_string()),
     })?;
-    info!(addr = ?kubelet.local_addr().ok(), "kubelet API listening (kubectl logs)");
+    info!(addr = ?kubelet.local_addr().ok(), "kubelet API listening (kubectl logs, exec, attach, port-forward)");
 
     // Routes read the operator's shared Workload, Pod and Namespace caches: no watch of their own.
     let routes = Routes::new(workloads, ctx.pods.clone(), namespaces, cfg.base_domain);
     let dialer = Arc::new(TunnelBroker::new(ctx.clone()));
     let auth = KubeletAuth::new(Arc::new(KubeAccessReview::new(ctx.client.clone())));
+    let streams = Arc::new(StreamRelay::new(ctx.clone()));
     let logs = Arc::new(NodeAwareLogs {
         relay: LogRelay::new(ctx.clone()),
         ctx,
     });
     tokio::join!(
         serve_gateway(gateway, routes, dialer, cfg.limits),
-        serve_kubelet_api(kubelet, tls, logs, auth),
+        serve_kubelet_api(kubelet, tls, logs, streams, auth),
     );
     Ok(())
 }

@@ -3,11 +3,12 @@
 //! gateway and the kubelet API are wired to them in [`endpoints`].
 
 mod endpoints;
+mod exec;
 mod logs;
 mod pending;
 mod tunnels;
 
 pub(crate) use endpoints::{GatewayConfig, run as run_endpoints};
 pub(crate) use logs::on_chunk as on_log_chunk;
-pub(crate) use pending::{PendingLogs, PendingTunnels};
+pub(crate) use pending::{PendingExecs, PendingLogs, PendingTunnels};
 pub(crate) use tunnels::{TunnelResponse, accept as accept_tunnel};

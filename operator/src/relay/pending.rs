@@ -17,6 +17,16 @@ pub(crate) type Opened = Result<Box<dyn TunnelIo>, DialError>;
 /// Tunnels asked of edges and not yet opened, by tunnel id: where each edge's answer goes.
 pub(crate) type PendingTunnels = PendingRequests<oneshot::Sender<Opened>>;
 
+/// The two halves of an exec or attach `Tunnel` RPC: the edge's frames, and where the
+/// operator's go.
+pub(crate) type ExecRpc = (
+    tonic::Streaming<decloud_proto::TunnelFrame>,
+    mpsc::Sender<Result<decloud_proto::TunnelFrame, tonic::Status>>,
+);
+
+/// Exec and attach sessions asked of edges and not yet opened, by tunnel id.
+pub(crate) type PendingExecs = PendingRequests<oneshot::Sender<ExecRpc>>;
+
 /// Log requests in flight, by request id: where each one's chunks go.
 pub(crate) type PendingLogs = PendingRequests<mpsc::Sender<io::Result<Bytes>>>;
 

@@ -34,7 +34,7 @@ use crate::slots::Slot;
 /// How long an edge has to open a tunnel it was asked for.
 pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Frames queued towards the edge per tunnel (at most `FRAME_QUEUE × MAX_TUNNEL_FRAME` bytes).
-const FRAME_QUEUE: usize = 32;
+pub(super) const FRAME_QUEUE: usize = 32;
 
 /// The operator → edge half of a `Tunnel` RPC.
 pub(crate) type TunnelResponse = ReceiverStream<Result<pb::TunnelFrame, Status>>;
@@ -171,13 +171,18 @@ pub(crate) async fn accept(
         }
         Ok(r) => r?,
     };
-    let Some(pb::TunnelFrame {
-        kind: Some(Frame::Open(open)),
-    }) = first
-    else {
-        return Err(Status::failed_precondition(
-            "the first frame of a Tunnel must be a TunnelOpen",
-        ));
+    let open = match first {
+        Some(pb::TunnelFrame {
+            kind: Some(Frame::Open(open)),
+        }) => open,
+        Some(pb::TunnelFrame {
+            kind: Some(Frame::ExecOpen(open)),
+        }) => return super::exec::accept(ctx, provider, open.tunnel_id, inbound),
+        _ => {
+            return Err(Status::failed_precondition(
+                "the first frame of a Tunnel must be a TunnelOpen or an ExecOpen",
+            ));
+        }
     };
     let id = open.tunnel_id;
     let reply = ctx.tunnels.claim(id, provider).map_err(|e| match e {

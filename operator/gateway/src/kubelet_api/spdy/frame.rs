@@ -26,8 +26,6 @@ pub(crate) const MAX_HEADERS: usize = 64;
 
 /// `RST_STREAM` status codes used here.
 pub(crate) mod rst {
-    /// The stream is not acceptable (too many, or malformed headers).
-    pub(crate) const PROTOCOL_ERROR: u32 = 1;
     /// The stream was refused before any processing (stream cap reached).
     pub(crate) const REFUSED_STREAM: u32 = 3;
     /// The stream is no longer needed (what spdystream's `Reset` sends).
