@@ -11,7 +11,8 @@ use pb::probe::Handler;
 
 use super::probe;
 use super::types::{
-    ContainerInfo, ContainerUsage, CreateRequest, LogOptions, ProbeTarget, RuntimeEvent,
+    ContainerInfo, ContainerStream, ContainerUsage, CreateRequest, LogOptions, ProbeTarget,
+    RuntimeEvent, StreamHandle, StreamSpec,
 };
 use crate::error::Result;
 
@@ -65,6 +66,26 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Runs `cmd` inside a running container and returns its exit code.
     async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<i64>;
+
+    /// Starts an interactive session in running container `id`: `spec.command` inside the
+    /// container (never on the host), or an attach to its main process. The default: not
+    /// supported by this runtime.
+    async fn open_stream(&self, _id: &str, _spec: StreamSpec<'_>) -> Result<ContainerStream> {
+        Err(crate::error::Error::Unsupported(format!(
+            "the {} runtime does not run interactive sessions",
+            self.name()
+        )))
+    }
+
+    /// Resizes the terminal of a session.
+    async fn resize_stream(&self, _handle: &StreamHandle, _width: u16, _height: u16) -> Result<()> {
+        Ok(())
+    }
+
+    /// The exit code of a session whose output ended; `None` when there is none (an attach).
+    async fn stream_exit_code(&self, _handle: &StreamHandle) -> Result<Option<i64>> {
+        Ok(None)
+    }
 
     /// The container's output (stdout and stderr interleaved).
     fn logs(&self, id: &str, opts: LogOptions) -> BoxStream<'static, Result<Bytes>>;

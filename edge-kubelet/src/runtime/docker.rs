@@ -41,7 +41,8 @@ use decloud_crds::contracts::container_labels as labels;
 
 use super::container_runtime::ContainerRuntime;
 use super::types::{
-    ContainerInfo, ContainerUsage, CreateRequest, LogOptions, PodNetwork, RuntimeEvent,
+    ContainerInfo, ContainerStream, ContainerUsage, CreateRequest, LogOptions, PodNetwork,
+    RuntimeEvent, StreamChunk, StreamHandle, StreamSpec,
 };
 use crate::error::{Error, Result};
 
@@ -638,6 +639,124 @@ impl ContainerRuntime for DockerRuntime {
         tokio::time::timeout(timeout, run)
             .await
             .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    async fn open_stream(&self, id: &str, spec: StreamSpec<'_>) -> Result<ContainerStream> {
+        // Only this edge's containers, and only while they run.
+        let info = self.inspect_container(id).await?;
+        if !info.running {
+            return Err(Error::NotFound(format!("container {id} is not running")));
+        }
+        let map_output = |o: std::result::Result<bollard::container::LogOutput, DockerError>| {
+            use bollard::container::LogOutput as L;
+            match o {
+                Ok(L::StdErr { message }) => Some(Ok(StreamChunk::Stderr(message))),
+                Ok(L::StdOut { message } | L::Console { message }) => {
+                    Some(Ok(StreamChunk::Stdout(message)))
+                }
+                Ok(L::StdIn { .. }) => None,
+                Err(e) => Some(Err(map_err(e))),
+            }
+        };
+        match spec.command {
+            Some(cmd) => {
+                let exec = self
+                    .docker
+                    .create_exec(
+                        id,
+                        ExecConfig {
+                            cmd: Some(cmd.to_vec()),
+                            attach_stdin: Some(spec.stdin),
+                            attach_stdout: Some(spec.stdout),
+                            attach_stderr: Some(spec.stderr),
+                            tty: Some(spec.tty),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(map_err)?;
+                let started = self
+                    .docker
+                    .start_exec(
+                        &exec.id,
+                        Some(bollard::exec::StartExecOptions {
+                            detach: false,
+                            tty: spec.tty,
+                            output_capacity: Some(64 * 1024),
+                        }),
+                    )
+                    .await
+                    .map_err(map_err)?;
+                let bollard::exec::StartExecResults::Attached { output, input } = started else {
+                    return Err(Error::Runtime("the engine detached the exec".into()));
+                };
+                Ok(ContainerStream {
+                    output: output
+                        .filter_map(move |o| async move { map_output(o) })
+                        .boxed(),
+                    input,
+                    handle: StreamHandle::Exec(exec.id),
+                })
+            }
+            None => {
+                let opts = bollard::query_parameters::AttachContainerOptionsBuilder::default()
+                    .stream(true)
+                    .logs(false)
+                    .stdin(spec.stdin)
+                    .stdout(spec.stdout)
+                    .stderr(spec.stderr)
+                    .build();
+                let attached = self
+                    .docker
+                    .attach_container(id, Some(opts))
+                    .await
+                    .map_err(map_err)?;
+                Ok(ContainerStream {
+                    output: attached
+                        .output
+                        .filter_map(move |o| async move { map_output(o) })
+                        .boxed(),
+                    input: attached.input,
+                    handle: StreamHandle::Attach(id.to_string()),
+                })
+            }
+        }
+    }
+
+    async fn resize_stream(&self, handle: &StreamHandle, width: u16, height: u16) -> Result<()> {
+        match handle {
+            StreamHandle::Exec(exec) => self
+                .docker
+                .resize_exec(exec, bollard::exec::ResizeExecOptions { height, width })
+                .await
+                .map_err(map_err),
+            StreamHandle::Attach(id) => self
+                .docker
+                .resize_container_tty(
+                    id,
+                    bollard::query_parameters::ResizeContainerTTYOptionsBuilder::default()
+                        .w(i32::from(width))
+                        .h(i32::from(height))
+                        .build(),
+                )
+                .await
+                .map_err(map_err),
+        }
+    }
+
+    async fn stream_exit_code(&self, handle: &StreamHandle) -> Result<Option<i64>> {
+        let StreamHandle::Exec(exec) = handle else {
+            return Ok(None);
+        };
+        // The output can end a moment before the engine records the exit.
+        for _ in 0..50 {
+            let inspect = self.docker.inspect_exec(exec).await.map_err(map_err)?;
+            if inspect.running != Some(true) {
+                return Ok(inspect.exit_code);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(None)
     }
 
     fn logs(&self, id: &str, opts: LogOptions) -> BoxStream<'static, Result<Bytes>> {

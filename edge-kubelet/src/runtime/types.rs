@@ -112,3 +112,54 @@ pub struct ContainerUsage {
     /// Memory the instance holds now, in bytes.
     pub memory_bytes: u64,
 }
+
+/// An interactive session a user asked for (`kubectl exec` / `kubectl attach`).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSpec<'a> {
+    /// The command to run inside the container; `None` attaches to its main process.
+    pub command: Option<&'a [String]>,
+    /// Allocate a terminal (exec) / the container has one (attach).
+    pub tty: bool,
+    /// Carry stdin.
+    pub stdin: bool,
+    /// Carry stdout.
+    pub stdout: bool,
+    /// Carry stderr.
+    pub stderr: bool,
+}
+
+/// Output of an interactive session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamChunk {
+    /// From stdout, or the terminal.
+    Stdout(bytes::Bytes),
+    /// From stderr.
+    Stderr(bytes::Bytes),
+}
+
+/// Which session a resize or exit-code query is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamHandle {
+    /// An exec, by the engine's exec id.
+    Exec(String),
+    /// An attach, by container id.
+    Attach(String),
+}
+
+/// A running interactive session.
+pub struct ContainerStream {
+    /// What the process writes, until it ends.
+    pub output: futures::stream::BoxStream<'static, crate::error::Result<StreamChunk>>,
+    /// Its stdin; shutting it down closes the process's stdin.
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    /// The session, for resizes and the exit code.
+    pub handle: StreamHandle,
+}
+
+impl std::fmt::Debug for ContainerStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerStream")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
+}

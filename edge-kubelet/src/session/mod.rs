@@ -1,7 +1,8 @@
 //! The node side of the edge: the long-lived `Session` stream to the operator
-//! (`session_loop`), and what the operator asks for over it: container logs (`logs`) and
-//! tunnels to container ports (`tunnel`).
+//! (`session_loop`), and what the operator asks for over it: container logs (`logs`),
+//! tunnels to container ports (`tunnel`) and exec/attach sessions (`exec`).
 
+mod exec;
 mod logs;
 mod session_loop;
 mod tunnel;

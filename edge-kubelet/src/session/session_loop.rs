@@ -271,6 +271,7 @@ fn handle(
             }
         }
         Some(In::OpenTunnel(t)) => tunnels.open(t, pods),
+        Some(In::OpenExec(e)) => tunnels.open_exec(e, pods),
         Some(In::Welcome(_)) => tracing::warn!("unexpected second Welcome; ignored"),
         None => tracing::warn!("empty operator message; ignored"),
     }

@@ -89,6 +89,23 @@ impl Tunnels {
     }
 }
 
+impl Tunnels {
+    /// Handles an `OpenExec` request in the background: an exec or attach session in one of
+    /// this edge's running containers, counted against the same tunnel cap.
+    pub(crate) fn open_exec(&self, req: pb::OpenExec, pods: &Arc<PodSupervisor>) {
+        let opener = self.opener.clone();
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            let refusal = slot
+                .is_none()
+                .then(|| format!("this edge carries its maximum of {MAX_TUNNELS} tunnels"));
+            let _slot = slot;
+            super::exec::serve(req, pods, opener, refusal).await;
+        });
+    }
+}
+
 /// Answers tunnel `id` with `TunnelOpen` and `TunnelClose{error}` at once.
 async fn refuse(id: u64, error: String, opener: TunnelOpener) {
     let (tx, rx) = mpsc::channel(2);

@@ -209,7 +209,11 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     )
 }
 
-fn router(logs: Arc<dyn LogSource>, streams: Arc<dyn ContainerStreams>, auth: KubeletAuth) -> Router {
+fn router(
+    logs: Arc<dyn LogSource>,
+    streams: Arc<dyn ContainerStreams>,
+    auth: KubeletAuth,
+) -> Router {
     let guarded = Guard {
         auth,
         logs: logs.clone(),

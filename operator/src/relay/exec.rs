@@ -14,8 +14,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use decloud_crds::contracts::provider_of_node;
 use decloud_gateway::{
-    Backend, ContainerStreams, DialError, ExecInput, ExecIo, ExecOutput, ExecRequest,
-    StreamError, TunnelDialer, TunnelIo,
+    Backend, ContainerStreams, DialError, ExecInput, ExecIo, ExecOutput, ExecRequest, StreamError,
+    TunnelDialer, TunnelIo,
 };
 use decloud_proto as pb;
 use futures::future::BoxFuture;
@@ -110,10 +110,7 @@ fn locate(
         .and_then(|s| s.container_statuses.as_ref())
         .into_iter()
         .flatten()
-        .any(|c| {
-            c.name == container
-                && c.state.as_ref().is_some_and(|st| st.running.is_some())
-        });
+        .any(|c| c.name == container && c.state.as_ref().is_some_and(|st| st.running.is_some()));
     if !spec_names.contains(&container) || !running {
         return Err(StreamError::ContainerNotFound(format!(
             "container not found ({container:?})"
@@ -240,7 +237,10 @@ async fn open_exec(ctx: Arc<Context>, req: ExecRequest) -> Result<ExecIo, Stream
         stdout: req.stdout,
         stderr: req.stderr,
     };
-    match ctx.registry.with_session(&l.provider, |s| s.open_exec(open)) {
+    match ctx
+        .registry
+        .with_session(&l.provider, |s| s.open_exec(open))
+    {
         None => {
             return Err(StreamError::Unavailable(format!(
                 "the edge running pod {key} is not connected"
@@ -360,9 +360,9 @@ pub(crate) fn accept(
         Unclaimed::Unknown => Status::not_found(format!(
             "exec {id} is not awaited (it timed out or was never asked for)"
         )),
-        Unclaimed::NotAskedOf => Status::permission_denied(format!(
-            "exec {id} was not asked of provider {provider:?}"
-        )),
+        Unclaimed::NotAskedOf => {
+            Status::permission_denied(format!("exec {id} was not asked of provider {provider:?}"))
+        }
     })?;
     let (tx, rx) = mpsc::channel(FRAME_QUEUE);
     let rpc: ExecRpc = (inbound, tx);

@@ -19,9 +19,9 @@ mod dictionary;
 mod frame;
 
 pub(crate) use conn::{Connection, Limits, MAX_WRITE, SpdyStream, StreamWriter};
+pub(crate) use frame::Headers;
 #[cfg(test)]
 pub(crate) use frame::{Frame, FrameDecoder, FrameEncoder};
-pub(crate) use frame::Headers;
 
 /// The `Upgrade` token of SPDY/3.1.
 pub(crate) const UPGRADE_TOKEN: &str = "SPDY/3.1";

@@ -70,9 +70,15 @@ pub(super) fn routes(streams: Arc<dyn ContainerStreams>) -> Router {
         .route("/exec/{namespace}/{pod}/{container}", any(exec))
         .route("/exec/{namespace}/{pod}/{uid}/{container}", any(exec_uid))
         .route("/attach/{namespace}/{pod}/{container}", any(attach))
-        .route("/attach/{namespace}/{pod}/{uid}/{container}", any(attach_uid))
+        .route(
+            "/attach/{namespace}/{pod}/{uid}/{container}",
+            any(attach_uid),
+        )
         .route("/portForward/{namespace}/{pod}", any(port_forward))
-        .route("/portForward/{namespace}/{pod}/{uid}", any(port_forward_uid))
+        .route(
+            "/portForward/{namespace}/{pod}/{uid}",
+            any(port_forward_uid),
+        )
         .route("/run/{*rest}", any(run_unsupported))
         .with_state(streams)
 }
@@ -124,15 +130,13 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -211,10 +215,8 @@ fn handshake(headers: &HeaderMap, supported: &[&'static str]) -> Result<&'static
             ),
         );
         for s in supported {
-            resp.headers_mut().append(
-                ACCEPTED_PROTOCOLS_HEADER,
-                http::HeaderValue::from_static(s),
-            );
+            resp.headers_mut()
+                .append(ACCEPTED_PROTOCOLS_HEADER, http::HeaderValue::from_static(s));
         }
         return Err(resp);
     };
@@ -519,7 +521,10 @@ async fn serve_remote_command(
         // The client went away; nobody to tell.
         None => return,
     };
-    for w in [set.stdout.as_ref(), set.stderr.as_ref()].into_iter().flatten() {
+    for w in [set.stdout.as_ref(), set.stderr.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         let _ = w.tx.finish().await;
     }
     if let Some(body) = final_status(protocol, &outcome, &req) {
@@ -649,7 +654,9 @@ fn port_forward_common(streams: Arc<dyn ContainerStreams>, p: PodPath, req: Requ
         %protocol,
         "kubelet API: port-forward negotiated over SPDY/3.1"
     );
-    upgrade(req, protocol, move |conn| serve_port_forward(conn, streams, p))
+    upgrade(req, protocol, move |conn| {
+        serve_port_forward(conn, streams, p)
+    })
 }
 
 /// Kubelet's `httpStreamReceived`: a port-forward stream needs a valid port and a known type.
