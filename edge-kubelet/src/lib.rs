@@ -34,9 +34,9 @@ pub use pod::{
     BackoffPolicy, ImagePolicy, OUT_OF_PODS, PodSupervisor, PodUpdate, PodWorkerConfig, StatusBoard,
 };
 pub use runtime::{
-    ContainerInfo, ContainerRuntime, ContainerStream, ContainerUsage, CreateRequest,
-    DockerRuntime, LogOptions, PodNetwork, ProbeTarget, RuntimeEvent, SimulatedRuntime,
-    SimulatedTimings, StreamChunk, StreamHandle, StreamSpec,
+    ContainerInfo, ContainerRuntime, ContainerStream, ContainerUsage, CreateRequest, DockerRuntime,
+    LogOptions, PodNetwork, ProbeTarget, RuntimeEvent, SimulatedRuntime, SimulatedTimings,
+    StreamChunk, StreamHandle, StreamSpec,
 };
 
 /// Version reported in `Hello`.
