@@ -65,7 +65,15 @@ pub(crate) fn context_with(
 
 /// A real edge gRPC server on loopback over a fresh context, and a client of it.
 pub(crate) async fn start(leader: bool) -> (EdgeClient<tonic::transport::Channel>, Arc<Context>) {
-    let ctx = context(Vec::new(), leader);
+    start_over(Vec::new(), leader).await
+}
+
+/// [`start`] over a context whose pod cache holds `pods`.
+pub(crate) async fn start_over(
+    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    leader: bool,
+) -> (EdgeClient<tonic::transport::Channel>, Arc<Context>) {
+    let ctx = context(pods, leader);
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(

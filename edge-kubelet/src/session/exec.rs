@@ -222,3 +222,38 @@ async fn carry(
     };
     Some((last, inbound))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(command: &[&str], attach: bool) -> pb::OpenExec {
+        pb::OpenExec {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            attach,
+            stdout: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requests_out_of_bounds_are_refused() {
+        assert_eq!(validate(&open(&["sh"], false)), Ok(()));
+        assert_eq!(validate(&open(&[], true)), Ok(()));
+        assert!(
+            validate(&open(&[], false)).is_err(),
+            "an exec needs a command"
+        );
+        assert!(
+            validate(&open(&["sh"], true)).is_err(),
+            "an attach runs none"
+        );
+        let many = vec!["a"; pb::MAX_EXEC_ARGS + 1];
+        assert!(validate(&open(&many, false)).is_err());
+        let long = "x".repeat(pb::MAX_EXEC_COMMAND_BYTES + 1);
+        assert!(validate(&open(&[&long], false)).is_err());
+        let mut none = open(&["sh"], false);
+        none.stdout = false;
+        assert!(validate(&none).is_err(), "at least one stream");
+    }
+}

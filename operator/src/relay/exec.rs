@@ -370,3 +370,6 @@ pub(crate) fn accept(
     let _ = reply.send(rpc);
     Ok(Response::new(ReceiverStream::new(rx)))
 }
+
+#[cfg(test)]
+mod tests;
