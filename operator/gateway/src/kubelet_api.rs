@@ -32,6 +32,7 @@ use crate::{Error, LogError, Result};
 mod auth;
 mod spdy;
 mod streams;
+mod websocket;
 
 pub use auth::{
     Access, AccessReview, KubeAccessReview, KubeletAuth, REVIEW_CACHE_ENTRIES, REVIEW_TTL,

@@ -11,6 +11,9 @@
 //!   connection the client opens an `error` and a `data` stream with the same `requestID` and
 //!   a `port` header.
 //!
+//! As a kubelet does, the same endpoints also take WebSocket clients ([`ws`]:
+//! `v4.channel.k8s.io`, `channel.k8s.io` and their `base64.` forms).
+//!
 //! Pods must be on a DeCloud node and running; every stream rides on the pod's edge's
 //! outbound connection, counted against that edge's tunnel cap by the [`ContainerStreams`]
 //! implementation.
@@ -241,12 +244,7 @@ fn upgrade_kind(headers: &HeaderMap) -> Option<Upgrade> {
 
 fn check_upgrade(headers: &HeaderMap) -> Result<(), Response> {
     match upgrade_kind(headers) {
-        Some(Upgrade::Spdy) => Ok(()),
-        Some(Upgrade::WebSocket) => Err(text(
-            StatusCode::BAD_REQUEST,
-            "unable to upgrade: DeCloud nodes stream over SPDY/3.1, as the API server speaks to \
-             kubelets; WebSocket straight to the kubelet API is not served",
-        )),
+        Some(Upgrade::Spdy | Upgrade::WebSocket) => Ok(()),
         None => Err(text(
             StatusCode::BAD_REQUEST,
             "unable to upgrade: missing upgrade headers in request",
@@ -356,6 +354,9 @@ fn remote_command(
     if let Err(e) = streams.check_exec(&exec) {
         return refusal(&e);
     }
+    if matches!(upgrade_kind(req.headers()), Some(Upgrade::WebSocket)) {
+        return ws::remote_command(req, streams, exec);
+    }
     let protocol = match handshake(req.headers(), &REMOTE_COMMAND_PROTOCOLS) {
         Ok(p) => p,
         Err(r) => return r,
@@ -432,7 +433,7 @@ impl CommandStreams {
 
 /// What the error stream says at the end, per protocol: `v4` a `metav1.Status` JSON always;
 /// older ones the failure's message only.
-fn final_status(protocol: &str, outcome: &Outcome, req: &ExecRequest) -> Option<Vec<u8>> {
+fn final_status(v4: bool, outcome: &Outcome, req: &ExecRequest) -> Option<Vec<u8>> {
     let status = match outcome {
         Outcome::Exited(0) => serde_json::json!({"metadata": {}, "status": "Success"}),
         Outcome::Exited(code) if !req.attach => serde_json::json!({
@@ -462,7 +463,7 @@ fn final_status(protocol: &str, outcome: &Outcome, req: &ExecRequest) -> Option<
             })
         }
     };
-    if protocol == REMOTE_COMMAND_PROTOCOLS[0] {
+    if v4 {
         return serde_json::to_vec(&status).ok();
     }
     (status["status"] != "Success").then(|| {
@@ -527,7 +528,7 @@ async fn serve_remote_command(
     {
         let _ = w.tx.finish().await;
     }
-    if let Some(body) = final_status(protocol, &outcome, &req) {
+    if let Some(body) = final_status(protocol == REMOTE_COMMAND_PROTOCOLS[0], &outcome, &req) {
         let _ = error.tx.send(Bytes::from(body)).await;
     }
     let _ = error.tx.finish().await;
@@ -641,6 +642,9 @@ fn port_forward_common(streams: Arc<dyn ContainerStreams>, p: PodPath, req: Requ
     }
     if let Err(e) = streams.check(&p.namespace, &p.pod, p.uid.as_deref(), None) {
         return refusal(&e);
+    }
+    if matches!(upgrade_kind(req.headers()), Some(Upgrade::WebSocket)) {
+        return ws::port_forward(req, streams, p);
     }
     let protocol = match handshake(req.headers(), &[PORT_FORWARD_PROTOCOL]) {
         Ok(p) => p,
@@ -816,6 +820,8 @@ async fn splice(
     };
     tokio::try_join!(down, up).map(|_| ())
 }
+
+mod ws;
 
 #[cfg(test)]
 mod tests;

@@ -54,6 +54,9 @@ impl ContainerStreams for FakeStreams {
                     match i {
                         ExecInput::Stdin(b) => {
                             let _ = tx.send(ExecOutput::Stdout(b)).await;
+                            if req.command == ["once"] {
+                                break;
+                            }
                         }
                         ExecInput::Resize { width, height } => {
                             assert_eq!((width, height), (100, 30));
@@ -411,4 +414,131 @@ fn queries_decode_repeated_keys_and_escapes() {
         ]
     );
     assert_eq!(query_pairs("a=%zz%4"), vec![("a".into(), "%zz%4".into())]);
+}
+
+// === WebSocket, as a kubelet also serves it ===
+
+const WS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [7u8, 1, 2, 3];
+    let mut v = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
+}
+
+/// The next server frame: opcode and payload.
+async fn ws_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    let read = async {
+        let mut h = [0u8; 2];
+        tcp.read_exact(&mut h).await.expect("head");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                tcp.read_exact(&mut l).await.expect("len");
+                usize::from(u16::from_be_bytes(l))
+            }
+            127 => panic!("no frame that big here"),
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        tcp.read_exact(&mut payload).await.expect("payload");
+        (h[0] & 0x0f, payload)
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a frame in time")
+}
+
+#[tokio::test]
+async fn exec_over_websocket_uses_channels_and_ends_with_the_status() {
+    let port = serve().await;
+    let (head, mut tcp) = request(
+        port,
+        "/exec/ns/web-1/web?command=once&input=1&output=1&error=1",
+        &format!("{WS}Sec-WebSocket-Protocol: v9.channel.k8s.io, v4.channel.k8s.io\r\n"),
+    )
+    .await;
+    let lower = head.to_ascii_lowercase();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        lower.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(
+        lower.contains("sec-websocket-protocol: v4.channel.k8s.io"),
+        "{head}"
+    );
+    assert_eq!(ws_frame(&mut tcp).await, (2, vec![1]), "ready, on stdout");
+    tcp.write_all(&masked(2, b"\x00hi")).await.expect("stdin");
+    assert_eq!(ws_frame(&mut tcp).await, (2, b"\x02err".to_vec()));
+    assert_eq!(ws_frame(&mut tcp).await, (2, b"\x01hi".to_vec()));
+    let (op, status) = ws_frame(&mut tcp).await;
+    assert_eq!((op, status[0]), (2, 3), "the error channel");
+    let status: serde_json::Value = serde_json::from_slice(&status[1..]).expect("JSON");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0]["message"], "3");
+    assert_eq!(ws_frame(&mut tcp).await.0, 8, "then a close");
+
+    // A protocol the server does not speak is refused before any upgrade.
+    let (head, _) = request(
+        port,
+        "/exec/ns/web-1/web?command=true&output=1",
+        &format!("{WS}Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+#[tokio::test]
+async fn port_forward_over_websocket_announces_ports_and_reports_failures() {
+    use base64::Engine as _;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let port = serve().await;
+    let (head, mut tcp) = request(
+        port,
+        "/portForward/ns/web-1?port=80,81",
+        &format!("{WS}Sec-WebSocket-Protocol: v4.base64.channel.k8s.io\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for want in [
+        format!("0{}", b64(&80u16.to_le_bytes())),
+        format!("1{}", b64(&80u16.to_le_bytes())),
+        format!("2{}", b64(&81u16.to_le_bytes())),
+        format!("3{}", b64(&81u16.to_le_bytes())),
+    ] {
+        assert_eq!(ws_frame(&mut tcp).await, (1, want.into_bytes()));
+    }
+    tcp.write_all(&masked(1, format!("0{}", b64(b"ping")).as_bytes()))
+        .await
+        .expect("data");
+    let (mut echoed, mut refused) = (false, false);
+    while !(echoed && refused) {
+        let (op, m) = ws_frame(&mut tcp).await;
+        assert_eq!(op, 1);
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(&m[1..])
+            .expect("base64");
+        match m[0] {
+            b'0' => {
+                assert_eq!(data, b"ping");
+                echoed = true;
+            }
+            b'3' => {
+                let text = String::from_utf8_lossy(&data);
+                assert!(
+                    text.starts_with("error forwarding port 81 to pod ns/web-1"),
+                    "{text}"
+                );
+                refused = true;
+            }
+            other => panic!("unexpected channel {other}"),
+        }
+    }
+    // Without `port`, kubelet's 400.
+    let (head, _) = request(port, "/portForward/ns/web-1", WS).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 }
