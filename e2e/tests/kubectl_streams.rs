@@ -51,6 +51,24 @@ spec:
     )
 }
 
+/// `line` without terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// What one kubectl run gave.
 struct Run {
     code: Option<i32>,
@@ -139,7 +157,7 @@ async fn kubectl_exec_attach_and_port_forward_work_through_the_api_server() -> a
     exec_with_a_terminal_gets_a_tty_and_its_size(&s)?;
     attach_streams_the_main_process(&s)?;
     port_forward_carries_concurrent_connections(&s).await?;
-    exec_needs_the_right(&s)?;
+    exec_needs_the_right(&s).await?;
 
     let log = std::fs::read_to_string(s.operator.child.log_path()).unwrap_or_default();
     let negotiated: Vec<&str> = log
@@ -153,7 +171,7 @@ async fn kubectl_exec_attach_and_port_forward_work_through_the_api_server() -> a
     );
     println!("the API server negotiated, towards the kubelet API:");
     for l in negotiated.iter().take(8) {
-        println!("  {l}");
+        println!("  {}", strip_ansi(l));
     }
     s.env.kubectl(&["delete", "wl", WL, "--wait=false"])?;
     if s.operator.warnings().iter().any(|w| w.contains("panicked")) {
@@ -404,40 +422,21 @@ async fn port_forward_carries_concurrent_connections(s: &Scenario) -> anyhow::Re
     Ok(())
 }
 
-/// A ServiceAccount without `pods/exec` is refused by the API server (403 Forbidden); once
-/// granted it, its exec runs. Straight to the kubelet API its token lacks `nodes/proxy`: 403.
-fn exec_needs_the_right(s: &Scenario) -> anyhow::Result<()> {
+/// A ServiceAccount that may read pods but not `pods/exec` is refused by the API server (403
+/// Forbidden, `pods/exec`); once granted it, its exec runs. Straight to the kubelet API its
+/// token lacks `nodes/proxy`: 403 there too.
+async fn exec_needs_the_right(s: &Scenario) -> anyhow::Result<()> {
     let env = &s.env;
     env.kubectl(&["create", "serviceaccount", "stream-snoop", "-n", NS])?;
-    let who = format!("--as=system:serviceaccount:{NS}:stream-snoop");
-    let denied = kubectl(
-        env,
-        &[&who, "exec", &s.pod, "--", "echo", "pwned"],
-        b"",
-        Duration::from_secs(30),
-    )?;
-    ensure!(
-        denied.code != Some(0)
-            && !denied.stdout.contains("pwned")
-            && denied.stderr.contains("forbidden"),
-        "unauthorized exec: {:?} {:?} {:?}",
-        denied.code,
-        denied.stdout,
-        denied.stderr
-    );
-    env.kubectl_stdin(
-        &["apply", "-f", "-"],
-        &format!(
+    let role = |resources: &str| {
+        format!(
             r#"apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {{name: stream-exec, namespace: {NS}}}
 rules:
   - apiGroups: [""]
-    resources: [pods]
-    verbs: [get]
-  - apiGroups: [""]
-    resources: [pods/exec]
-    verbs: [create, get]
+    resources: [{resources}]
+    verbs: [get, create]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -445,21 +444,48 @@ metadata: {{name: stream-exec, namespace: {NS}}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: stream-exec}}
 subjects: [{{kind: ServiceAccount, name: stream-snoop, namespace: {NS}}}]
 "#
-        ),
-    )?;
-    let allowed = kubectl(
-        env,
-        &[&who, "exec", &s.pod, "--", "echo", "granted"],
-        b"",
-        Duration::from_secs(30),
-    )?;
-    ensure!(
-        allowed.code == Some(0) && allowed.stdout == "granted\n",
-        "granted exec: {:?} {:?} {:?}",
-        allowed.code,
-        allowed.stdout,
-        allowed.stderr
-    );
+        )
+    };
+    env.kubectl_stdin(&["apply", "-f", "-"], &role("pods"))?;
+    let who = format!("--as=system:serviceaccount:{NS}:stream-snoop");
+    let denied = eventually(Duration::from_secs(20), || async {
+        let r = kubectl(
+            env,
+            &[&who, "exec", &s.pod, "--", "echo", "pwned"],
+            b"",
+            Duration::from_secs(30),
+        )?;
+        ensure!(
+            r.code != Some(0)
+                && !r.stdout.contains("pwned")
+                && r.stderr.contains("forbidden")
+                && r.stderr.contains("pods/exec"),
+            "unauthorized exec: {:?} {:?} {:?}",
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        Ok(r)
+    })
+    .await?;
+    env.kubectl_stdin(&["apply", "-f", "-"], &role("pods, pods/exec"))?;
+    eventually(Duration::from_secs(20), || async {
+        let r = kubectl(
+            env,
+            &[&who, "exec", &s.pod, "--", "echo", "granted"],
+            b"",
+            Duration::from_secs(30),
+        )?;
+        ensure!(
+            r.code == Some(0) && r.stdout == "granted\n",
+            "granted exec: {:?} {:?} {:?}",
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        Ok(())
+    })
+    .await?;
     let token = env
         .kubectl(&["create", "token", "stream-snoop", "-n", NS])?
         .trim()

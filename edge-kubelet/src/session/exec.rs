@@ -19,7 +19,7 @@ use tonic::Streaming;
 use decloud_proto as pb;
 use pb::tunnel_frame::Kind as Frame;
 
-use super::tunnel::TunnelOpener;
+use super::tunnel::{MAX_TUNNELS, TunnelOpener, Tunnels};
 use crate::pod::PodSupervisor;
 use crate::runtime::{ContainerStream, StreamChunk, StreamSpec};
 
@@ -80,8 +80,23 @@ async fn start(req: &pb::OpenExec, pods: &PodSupervisor) -> Result<ContainerStre
         .map_err(|e| e.to_string())
 }
 
+/// Handles an `OpenExec` request in the background: an exec or attach session in one of this
+/// edge's running containers, counted against the session's tunnel cap.
+pub(crate) fn open(tunnels: &Tunnels, req: pb::OpenExec, pods: &Arc<PodSupervisor>) {
+    let opener = tunnels.opener();
+    let slot = tunnels.try_slot();
+    let pods = pods.clone();
+    tokio::spawn(async move {
+        let refusal = slot
+            .is_none()
+            .then(|| format!("this edge carries its maximum of {MAX_TUNNELS} tunnels"));
+        let _slot = slot;
+        serve(req, pods, opener, refusal).await;
+    });
+}
+
 /// Serves one `OpenExec`; `refusal` set: answers with it at once.
-pub(super) async fn serve(
+async fn serve(
     req: pb::OpenExec,
     pods: Arc<PodSupervisor>,
     opener: TunnelOpener,

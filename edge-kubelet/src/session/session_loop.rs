@@ -19,7 +19,7 @@ use pb::edge_client::EdgeClient;
 use pb::edge_message::Kind as Out;
 use pb::operator_message::Kind as In;
 
-use super::{logs, tunnel};
+use super::{exec, logs, tunnel};
 use crate::backoff::ReconnectBackoff;
 use crate::clock::now_millis;
 use crate::error::{Error, Result};
@@ -271,7 +271,7 @@ fn handle(
             }
         }
         Some(In::OpenTunnel(t)) => tunnels.open(t, pods),
-        Some(In::OpenExec(e)) => tunnels.open_exec(e, pods),
+        Some(In::OpenExec(e)) => exec::open(tunnels, e, pods),
         Some(In::Welcome(_)) => tracing::warn!("unexpected second Welcome; ignored"),
         None => tracing::warn!("empty operator message; ignored"),
     }

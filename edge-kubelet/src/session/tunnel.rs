@@ -90,19 +90,14 @@ impl Tunnels {
 }
 
 impl Tunnels {
-    /// Handles an `OpenExec` request in the background: an exec or attach session in one of
-    /// this edge's running containers, counted against the same tunnel cap.
-    pub(crate) fn open_exec(&self, req: pb::OpenExec, pods: &Arc<PodSupervisor>) {
-        let opener = self.opener.clone();
-        let slot = self.slots.clone().try_acquire_owned().ok();
-        let pods = pods.clone();
-        tokio::spawn(async move {
-            let refusal = slot
-                .is_none()
-                .then(|| format!("this edge carries its maximum of {MAX_TUNNELS} tunnels"));
-            let _slot = slot;
-            super::exec::serve(req, pods, opener, refusal).await;
-        });
+    /// How this session opens `Tunnel` RPCs.
+    pub(crate) fn opener(&self) -> TunnelOpener {
+        self.opener.clone()
+    }
+
+    /// One of the [`MAX_TUNNELS`] slots, if one is free; held as long as the tunnel lives.
+    pub(crate) fn try_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
     }
 }
 

@@ -156,34 +156,15 @@ fn frame(kind: Frame) -> pb::TunnelFrame {
     pb::TunnelFrame { kind: Some(kind) }
 }
 
-/// Serves one `Tunnel` RPC of `provider` (already authenticated): matches it to the dial
-/// waiting for it and hands that dial the byte stream, or the edge's refusal.
-pub(crate) async fn accept(
+/// Serves a gateway `Tunnel` RPC of `provider` (already authenticated) whose first frame was
+/// `open`: matches it to the dial waiting for it and hands that dial the byte stream, or the
+/// edge's refusal.
+pub(crate) async fn accept_open(
     ctx: &Context,
     provider: &str,
+    open: pb::TunnelOpen,
     mut inbound: Streaming<pb::TunnelFrame>,
 ) -> Result<Response<TunnelResponse>, Status> {
-    let first = match tokio::time::timeout(OPEN_TIMEOUT, inbound.message()).await {
-        Err(_) => {
-            return Err(Status::deadline_exceeded(
-                "no TunnelOpen within 3 s of opening the Tunnel",
-            ));
-        }
-        Ok(r) => r?,
-    };
-    let open = match first {
-        Some(pb::TunnelFrame {
-            kind: Some(Frame::Open(open)),
-        }) => open,
-        Some(pb::TunnelFrame {
-            kind: Some(Frame::ExecOpen(open)),
-        }) => return super::exec::accept(ctx, provider, open.tunnel_id, inbound),
-        _ => {
-            return Err(Status::failed_precondition(
-                "the first frame of a Tunnel must be a TunnelOpen or an ExecOpen",
-            ));
-        }
-    };
     let id = open.tunnel_id;
     let reply = ctx.tunnels.claim(id, provider).map_err(|e| match e {
         Unclaimed::Unknown => Status::not_found(format!(

@@ -99,10 +99,15 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// [`text`], boxed for an `Err` (a `Response` is large).
+fn boxed(status: StatusCode, msg: impl Into<String>) -> Box<Response> {
+    Box::new(text(status, msg))
+}
+
 async fn run_unsupported() -> Response {
     text(
         StatusCode::NOT_IMPLEMENTED,
-        "/run is not served on DeCloud nodes; use `kubectl exec`",
+        "/run is not served on DeCloud nodes: `kubectl exec` runs commands",
     )
 }
 
@@ -160,14 +165,14 @@ pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
 }
 
 /// Kubelet's `remotecommand.NewOptions`: flags are "1"; a terminal merges stderr into stdout.
-fn stream_options(pairs: &[(String, String)], req: &mut ExecRequest) -> Result<(), Response> {
+fn stream_options(pairs: &[(String, String)], req: &mut ExecRequest) -> Result<(), Box<Response>> {
     let on = |k: &str| pairs.iter().any(|(n, v)| n == k && v == "1");
     req.tty = on("tty");
     req.stdin = on("input");
     req.stdout = on("output");
     req.stderr = on("error") && !req.tty;
     if !req.stdin && !req.stdout && !req.stderr {
-        return Err(text(
+        return Err(boxed(
             StatusCode::BAD_REQUEST,
             "you must specify at least 1 of stdin, stdout, stderr",
         ));
@@ -195,12 +200,15 @@ enum Upgrade {
 
 /// Kubelet's `httpstream.Handshake` and the SPDY upgrade check: the protocol agreed on (the
 /// client's first that is supported), or the refusal kubelet gives.
-fn handshake(headers: &HeaderMap, supported: &[&'static str]) -> Result<&'static str, Response> {
+fn handshake(
+    headers: &HeaderMap,
+    supported: &[&'static str],
+) -> Result<&'static str, Box<Response>> {
     let offered: Vec<String> = header_values(headers, PROTOCOL_HEADER)
         .take(MAX_OFFERED_PROTOCOLS)
         .collect();
     if offered.is_empty() {
-        return Err(text(
+        return Err(boxed(
             StatusCode::BAD_REQUEST,
             "unable to upgrade: X-Stream-Protocol-Version is required",
         ));
@@ -221,7 +229,7 @@ fn handshake(headers: &HeaderMap, supported: &[&'static str]) -> Result<&'static
             resp.headers_mut()
                 .append(ACCEPTED_PROTOCOLS_HEADER, http::HeaderValue::from_static(s));
         }
-        return Err(resp);
+        return Err(Box::new(resp));
     };
     Ok(chosen)
 }
@@ -242,10 +250,10 @@ fn upgrade_kind(headers: &HeaderMap) -> Option<Upgrade> {
     }
 }
 
-fn check_upgrade(headers: &HeaderMap) -> Result<(), Response> {
+fn check_upgrade(headers: &HeaderMap) -> Result<(), Box<Response>> {
     match upgrade_kind(headers) {
         Some(Upgrade::Spdy | Upgrade::WebSocket) => Ok(()),
-        None => Err(text(
+        None => Err(boxed(
             StatusCode::BAD_REQUEST,
             "unable to upgrade: missing upgrade headers in request",
         )),
@@ -339,7 +347,7 @@ fn remote_command(
         ..Default::default()
     };
     if let Err(r) = stream_options(&pairs, &mut exec) {
-        return r;
+        return *r;
     }
     if !attach {
         exec.command = pairs
@@ -359,10 +367,10 @@ fn remote_command(
     }
     let protocol = match handshake(req.headers(), &REMOTE_COMMAND_PROTOCOLS) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = check_upgrade(req.headers()) {
-        return r;
+        return *r;
     }
     tracing::info!(
         pod = %format!("{}/{}", exec.namespace, exec.pod),
@@ -648,10 +656,10 @@ fn port_forward_common(streams: Arc<dyn ContainerStreams>, p: PodPath, req: Requ
     }
     let protocol = match handshake(req.headers(), &[PORT_FORWARD_PROTOCOL]) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = check_upgrade(req.headers()) {
-        return r;
+        return *r;
     }
     tracing::info!(
         pod = %format!("{}/{}", p.namespace, p.pod),

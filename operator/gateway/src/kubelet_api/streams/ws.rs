@@ -40,7 +40,7 @@ const RESIZE: u8 = 4;
 fn ws_handshake(
     headers: &HeaderMap,
     supported: &[&'static str],
-) -> Result<(&'static str, String), Response> {
+) -> Result<(&'static str, String), Box<Response>> {
     let version = headers
         .get("sec-websocket-version")
         .and_then(|v| v.to_str().ok());
@@ -48,7 +48,7 @@ fn ws_handshake(
         .get("sec-websocket-key")
         .and_then(|v| v.to_str().ok());
     let (Some("13"), Some(key)) = (version, key) else {
-        return Err(text(
+        return Err(boxed(
             StatusCode::BAD_REQUEST,
             "unable to upgrade websocket connection: Sec-WebSocket-Version 13 and a Sec-WebSocket-Key are required",
         ));
@@ -63,7 +63,7 @@ fn ws_handshake(
         .iter()
         .find_map(|o| supported.iter().find(|s| **s == o.as_str()).copied())
         .ok_or_else(|| {
-            text(
+            boxed(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "unable to upgrade websocket connection: requested protocol(s) are not supported: [{}]; supports [{}]",
@@ -173,7 +173,7 @@ pub(super) fn remote_command(
 ) -> Response {
     let (protocol, key) = match ws_handshake(req.headers(), &EXEC_PROTOCOLS) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     tracing::info!(
         pod = %format!("{}/{}", exec.namespace, exec.pod),
@@ -235,7 +235,7 @@ async fn pump(
                 None => return Some(Outcome::Failed("the edge ended the session".into())),
             },
             m = conn.incoming.recv() => {
-                let Some(m) = m else { return None };
+                let m = m?;
                 match ch.decode(&m) {
                     Some((STDIN, data)) if req.stdin && !data.is_empty() => {
                         let _ = input.send(ExecInput::Stdin(data)).await;
@@ -296,7 +296,7 @@ pub(super) fn port_forward(
     };
     let (protocol, key) = match ws_handshake(req.headers(), &PORT_FORWARD_PROTOCOLS) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     tracing::info!(
         pod = %format!("{}/{}", p.namespace, p.pod),
