@@ -67,8 +67,43 @@ const PORT_FORWARD_STREAMS: usize = 128;
 /// Largest pending resize JSON.
 const MAX_RESIZE_BUFFER: usize = 4096;
 
+/// Upgraded exec, attach and port-forward connections served at once, all pods together (each
+/// edge's sessions are capped again by its tunnel slots); beyond it: 503.
+const MAX_STREAM_CONNECTIONS: usize = 1024;
+
 /// The routes, over `streams`.
 pub(super) fn routes(streams: Arc<dyn ContainerStreams>) -> Router {
+    routes_capped(streams, MAX_STREAM_CONNECTIONS)
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(super) struct Shared {
+    streams: Arc<dyn ContainerStreams>,
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Shared {
+    /// A connection slot, or the 503 that says there is none.
+    fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Box<Response>> {
+        self.connections.clone().try_acquire_owned().map_err(|_| {
+            boxed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the kubelet API serves {MAX_STREAM_CONNECTIONS} exec, attach and \
+                     port-forward connections at most; retry"
+                ),
+            )
+        })
+    }
+}
+
+/// [`routes`] with at most `max_connections` upgraded connections at once.
+fn routes_capped(streams: Arc<dyn ContainerStreams>, max_connections: usize) -> Router {
+    let shared = Shared {
+        streams,
+        connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+    };
     Router::new()
         .route("/exec/{namespace}/{pod}/{container}", any(exec))
         .route("/exec/{namespace}/{pod}/{uid}/{container}", any(exec_uid))
@@ -83,10 +118,10 @@ pub(super) fn routes(streams: Arc<dyn ContainerStreams>) -> Router {
             any(port_forward_uid),
         )
         .route("/run/{*rest}", any(run_unsupported))
-        .with_state(streams)
+        .with_state(shared)
 }
 
-type Streams = State<Arc<dyn ContainerStreams>>;
+type Streams = State<Shared>;
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     let mut body = msg.into();
@@ -271,7 +306,12 @@ fn switching(protocol: &'static str) -> Response {
 }
 
 /// Answers 101 and runs `serve` on the upgraded connection in the background.
-fn upgrade<F, Fut>(mut req: Request, protocol: &'static str, serve: F) -> Response
+fn upgrade<F, Fut>(
+    mut req: Request,
+    protocol: &'static str,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    serve: F,
+) -> Response
 where
     F: FnOnce(Connection) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -292,6 +332,7 @@ where
         accept_remote_command_stream
     };
     tokio::spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => serve(Connection::start(TokioIo::new(upgraded), limits, accept)).await,
             Err(e) => tracing::debug!(error = %e, "kubelet API upgrade failed"),
@@ -328,12 +369,7 @@ async fn attach_uid(State(s): Streams, Path(p): Path<PodPath>, req: Request) -> 
     remote_command(s, p, true, req)
 }
 
-fn remote_command(
-    streams: Arc<dyn ContainerStreams>,
-    p: PodPath,
-    attach: bool,
-    req: Request,
-) -> Response {
+fn remote_command(shared: Shared, p: PodPath, attach: bool, req: Request) -> Response {
     if let Some(r) = method_allowed(&req) {
         return r;
     }
@@ -359,11 +395,12 @@ fn remote_command(
             return text(StatusCode::BAD_REQUEST, "a command is required");
         }
     }
+    let streams = shared.streams.clone();
     if let Err(e) = streams.check_exec(&exec) {
         return refusal(&e);
     }
     if matches!(upgrade_kind(req.headers()), Some(Upgrade::WebSocket)) {
-        return ws::remote_command(req, streams, exec);
+        return ws::remote_command(req, shared, exec);
     }
     let protocol = match handshake(req.headers(), &REMOTE_COMMAND_PROTOCOLS) {
         Ok(p) => p,
@@ -381,7 +418,11 @@ fn remote_command(
         "kubelet API: {} negotiated over SPDY/3.1",
         if attach { "attach" } else { "exec" }
     );
-    upgrade(req, protocol, move |conn| {
+    let slot = match shared.slot() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    upgrade(req, protocol, slot, move |conn| {
         serve_remote_command(conn, streams, exec, protocol)
     })
 }
@@ -644,15 +685,16 @@ async fn port_forward_uid(State(s): Streams, Path(p): Path<PodPath>, req: Reques
     port_forward_common(s, p, req)
 }
 
-fn port_forward_common(streams: Arc<dyn ContainerStreams>, p: PodPath, req: Request) -> Response {
+fn port_forward_common(shared: Shared, p: PodPath, req: Request) -> Response {
     if let Some(r) = method_allowed(&req) {
         return r;
     }
+    let streams = shared.streams.clone();
     if let Err(e) = streams.check(&p.namespace, &p.pod, p.uid.as_deref(), None) {
         return refusal(&e);
     }
     if matches!(upgrade_kind(req.headers()), Some(Upgrade::WebSocket)) {
-        return ws::port_forward(req, streams, p);
+        return ws::port_forward(req, shared, p);
     }
     let protocol = match handshake(req.headers(), &[PORT_FORWARD_PROTOCOL]) {
         Ok(p) => p,
@@ -666,7 +708,11 @@ fn port_forward_common(streams: Arc<dyn ContainerStreams>, p: PodPath, req: Requ
         %protocol,
         "kubelet API: port-forward negotiated over SPDY/3.1"
     );
-    upgrade(req, protocol, move |conn| {
+    let slot = match shared.slot() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    upgrade(req, protocol, slot, move |conn| {
         serve_port_forward(conn, streams, p)
     })
 }

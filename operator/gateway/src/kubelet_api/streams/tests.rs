@@ -105,9 +105,13 @@ impl ContainerStreams for FakeStreams {
 }
 
 async fn serve() -> u16 {
+    serve_capped(64).await
+}
+
+async fn serve_capped(max_connections: usize) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let app = routes(Arc::new(FakeStreams));
+    let app = routes_capped(Arc::new(FakeStreams), max_connections);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let app = app.clone();
@@ -541,4 +545,36 @@ async fn port_forward_over_websocket_announces_ports_and_reports_failures() {
     // Without `port`, kubelet's 400.
     let (head, _) = request(port, "/portForward/ns/web-1", WS).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+#[tokio::test]
+async fn upgraded_connections_are_capped() {
+    let port = serve_capped(1).await;
+    let pf = format!("{SPDY}X-Stream-Protocol-Version: portforward.k8s.io\r\n");
+    let (head, held) = request(port, "/portForward/ns/web-1", &pf).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (head, _) = request(port, "/portForward/ns/web-1", &pf).await;
+    assert!(
+        head.starts_with("HTTP/1.1 503"),
+        "the second at once: {head}"
+    );
+    let (head, _) = request(
+        port,
+        "/exec/ns/web-1/web?command=true&output=1",
+        &format!("{WS}Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 503"), "WebSocket too: {head}");
+    // Once the first ends, its slot is free again.
+    drop(held);
+    let mut freed = false;
+    for _ in 0..50 {
+        let (head, _) = request(port, "/portForward/ns/web-1", &pf).await;
+        if head.starts_with("HTTP/1.1 101") {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed);
 }

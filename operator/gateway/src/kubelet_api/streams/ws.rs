@@ -76,13 +76,20 @@ fn ws_handshake(
 }
 
 /// Answers 101 and runs `serve` on the upgraded WebSocket in the background.
-fn upgrade_ws<F, Fut>(mut req: Request, protocol: &'static str, key: String, serve: F) -> Response
+fn upgrade_ws<F, Fut>(
+    mut req: Request,
+    protocol: &'static str,
+    key: String,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    serve: F,
+) -> Response
 where
     F: FnOnce(WsConnection) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => serve(WsConnection::start(TokioIo::new(upgraded), IDLE_TIMEOUT)).await,
             Err(e) => tracing::debug!(error = %e, "kubelet API WebSocket upgrade failed"),
@@ -166,15 +173,16 @@ impl Channels {
 
 // === exec and attach ===
 
-pub(super) fn remote_command(
-    req: Request,
-    streams: Arc<dyn ContainerStreams>,
-    exec: ExecRequest,
-) -> Response {
+pub(super) fn remote_command(req: Request, shared: Shared, exec: ExecRequest) -> Response {
     let (protocol, key) = match ws_handshake(req.headers(), &EXEC_PROTOCOLS) {
         Ok(p) => p,
         Err(r) => return *r,
     };
+    let slot = match shared.slot() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let streams = shared.streams;
     tracing::info!(
         pod = %format!("{}/{}", exec.namespace, exec.pod),
         container = %exec.container,
@@ -183,7 +191,7 @@ pub(super) fn remote_command(
         "kubelet API: {} negotiated over WebSocket",
         if exec.attach { "attach" } else { "exec" }
     );
-    upgrade_ws(req, protocol, key, move |conn| {
+    upgrade_ws(req, protocol, key, slot, move |conn| {
         serve_remote_command(conn, streams, exec, protocol)
     })
 }
@@ -285,11 +293,7 @@ fn ports_of(req: &Request) -> Result<Vec<u16>, String> {
     Ok(ports)
 }
 
-pub(super) fn port_forward(
-    req: Request,
-    streams: Arc<dyn ContainerStreams>,
-    p: PodPath,
-) -> Response {
+pub(super) fn port_forward(req: Request, shared: Shared, p: PodPath) -> Response {
     let ports = match ports_of(&req) {
         Ok(ports) => ports,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
@@ -298,13 +302,18 @@ pub(super) fn port_forward(
         Ok(p) => p,
         Err(r) => return *r,
     };
+    let slot = match shared.slot() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let streams = shared.streams;
     tracing::info!(
         pod = %format!("{}/{}", p.namespace, p.pod),
         %protocol,
         ?ports,
         "kubelet API: port-forward negotiated over WebSocket"
     );
-    upgrade_ws(req, protocol, key, move |conn| {
+    upgrade_ws(req, protocol, key, slot, move |conn| {
         serve_port_forward(conn, streams, p, ports, Channels::of(protocol))
     })
 }
