@@ -415,6 +415,7 @@ fn remote_command(shared: Shared, p: PodPath, attach: bool, req: Request) -> Res
         attach,
         tty = exec.tty,
         %protocol,
+        offered = %header_values(req.headers(), PROTOCOL_HEADER).collect::<Vec<_>>().join(","),
         "kubelet API: {} negotiated over SPDY/3.1",
         if attach { "attach" } else { "exec" }
     );
@@ -706,6 +707,7 @@ fn port_forward_common(shared: Shared, p: PodPath, req: Request) -> Response {
     tracing::info!(
         pod = %format!("{}/{}", p.namespace, p.pod),
         %protocol,
+        offered = %header_values(req.headers(), PROTOCOL_HEADER).collect::<Vec<_>>().join(","),
         "kubelet API: port-forward negotiated over SPDY/3.1"
     );
     let slot = match shared.slot() {
