@@ -211,8 +211,9 @@ pub struct RunArgs {
     /// for the largest NAT many edges share; 0 turns the limit off.
     #[arg(long, default_value_t = 256)]
     pub(crate) max_connections_per_address: usize,
-    /// Tunnels (gateway connections, service traffic) one edge may carry at once; beyond it a
-    /// request gets 503 and the edge's session is untouched.
+    /// Tunnels (gateway connections, service traffic, exec/attach/port-forward sessions) one
+    /// edge may carry at once; beyond it a request gets 503 and the edge's session is
+    /// untouched.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub(crate) max_tunnels_per_edge: u32,
     /// The operator's own namespace: its TLS Secret and the join tokens live there.
