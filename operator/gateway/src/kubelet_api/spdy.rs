@@ -18,10 +18,10 @@ mod conn;
 mod dictionary;
 mod frame;
 
-pub(crate) use conn::{Connection, Limits, MAX_WRITE, SpdyStream, StreamWriter};
-pub(crate) use frame::Headers;
+pub(crate) use conn::{Acceptor, Connection, Limits, MAX_WRITE, SpdyStream, StreamWriter};
 #[cfg(test)]
 pub(crate) use frame::{Frame, FrameDecoder, FrameEncoder};
+pub(crate) use frame::{Headers, header};
 
 /// The `Upgrade` token of SPDY/3.1.
 pub(crate) const UPGRADE_TOKEN: &str = "SPDY/3.1";

@@ -317,19 +317,14 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let limits_for = |p: &str| Limits {
-        max_streams: if p == PORT_FORWARD_PROTOCOL {
-            PORT_FORWARD_STREAMS
-        } else {
-            EXEC_STREAMS
-        },
-        idle: IDLE_TIMEOUT,
-    };
-    let limits = limits_for(protocol);
-    let accept = if protocol == PORT_FORWARD_PROTOCOL {
-        accept_port_forward_stream
+    let (max_streams, accept): (usize, spdy::Acceptor) = if protocol == PORT_FORWARD_PROTOCOL {
+        (PORT_FORWARD_STREAMS, accept_port_forward_stream)
     } else {
-        accept_remote_command_stream
+        (EXEC_STREAMS, accept_remote_command_stream)
+    };
+    let limits = Limits {
+        max_streams,
+        idle: IDLE_TIMEOUT,
     };
     tokio::spawn(async move {
         let _slot = slot;
@@ -429,18 +424,10 @@ fn remote_command(shared: Shared, p: PodPath, attach: bool, req: Request) -> Res
 }
 
 fn accept_remote_command_stream(headers: &spdy::Headers) -> Result<(), String> {
-    match spdy_header(headers, "streamtype") {
+    match spdy::header(headers, "streamtype") {
         Some("error" | "stdin" | "stdout" | "stderr" | "resize") => Ok(()),
         other => Err(format!("unexpected stream type: {other:?}")),
     }
-}
-
-fn spdy_header<'a>(headers: &'a spdy::Headers, name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| v.first())
-        .map(String::as_str)
 }
 
 #[derive(Default)]
@@ -721,14 +708,14 @@ fn port_forward_common(shared: Shared, p: PodPath, req: Request) -> Response {
 
 /// Kubelet's `httpStreamReceived`: a port-forward stream needs a valid port and a known type.
 fn accept_port_forward_stream(headers: &spdy::Headers) -> Result<(), String> {
-    let port = spdy_header(headers, "port").ok_or("\"port\" header is required")?;
+    let port = spdy::header(headers, "port").ok_or("\"port\" header is required")?;
     let port: u16 = port
         .parse()
         .map_err(|e| format!("unable to parse {port:?} as a port: {e}"))?;
     if port < 1 {
         return Err(format!("port {port:?} must be > 0"));
     }
-    match spdy_header(headers, "streamtype") {
+    match spdy::header(headers, "streamtype") {
         Some("error" | "data") => Ok(()),
         None => Err("\"streamType\" header is required".into()),
         Some(t) => Err(format!("invalid stream type {t:?}")),
