@@ -18,6 +18,8 @@ mod capacity;
 pub mod cli;
 mod clock;
 mod error;
+mod host;
+mod images;
 mod join;
 mod local;
 mod metrics;
@@ -26,16 +28,20 @@ mod pod;
 mod runtime;
 mod session;
 
-pub use agent::{join, run, status};
+pub use agent::{join, run, status, uninstall};
 pub use error::{Error, Result};
+pub use host::{Cidr, EgressPolicy};
+pub use images::{ImagePolicy, PulledImages, RegistryGuard};
 pub use join::CREDENTIAL_FILE;
 pub use local::{EdgeReport, PodLine, StateFile, read_report};
 pub use pod::{
-    BackoffPolicy, ImagePolicy, OUT_OF_PODS, PodSupervisor, PodUpdate, PodWorkerConfig, StatusBoard,
+    BackoffPolicy, OUT_OF_CPU, OUT_OF_MEMORY, OUT_OF_PODS, PodSupervisor, PodUpdate,
+    PodWorkerConfig, StatusBoard,
 };
 pub use runtime::{
-    ContainerInfo, ContainerRuntime, ContainerUsage, CreateRequest, DockerRuntime, LogOptions,
-    PodNetwork, ProbeTarget, RuntimeEvent, SimulatedRuntime, SimulatedTimings,
+    ContainerInfo, ContainerRuntime, ContainerUsage, CreateRequest, DockerRuntime, EngineFacts,
+    ImageRules, LogOptions, PodNetwork, ProbeTarget, ResourceCeiling, RuntimeEvent,
+    SimulatedRuntime, SimulatedTimings,
 };
 
 /// Version reported in `Hello`.

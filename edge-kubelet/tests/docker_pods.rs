@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use common::*;
 use decloud_proto as pb;
-use edge_kubelet::{DockerRuntime, PodSupervisor, PodUpdate, PodWorkerConfig, StateFile};
+use edge_kubelet::{
+    DockerRuntime, ImagePolicy, ImageRules, PodSupervisor, PodUpdate, PodWorkerConfig, StateFile,
+};
 use pb::container_state::State;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -19,6 +21,14 @@ struct Edge {
     _sweeper: ContainerSweeper,
 }
 
+/// The test images are built locally (no registry): lent, as a volunteer would.
+fn lend_test_images() -> ImageRules {
+    ImageRules {
+        lent: ImagePolicy::new(["decloud-test/*".to_string()]),
+        ..Default::default()
+    }
+}
+
 async fn edge(test: &str) -> Edge {
     require_docker();
     let node = format!("edge-{}", unique_node(test));
@@ -26,7 +36,8 @@ async fn edge(test: &str) -> Edge {
     let state = tempfile::tempdir().unwrap();
     let runtime = DockerRuntime::connect(&node, "decloud")
         .await
-        .expect("docker");
+        .expect("docker")
+        .with_image_rules(lend_test_images());
     let pods = PodSupervisor::start(
         Arc::new(runtime),
         Some(StateFile::new(state.path(), &node)),
@@ -287,7 +298,10 @@ async fn containers_it_did_not_create_are_never_touched() {
     ]);
     assert!(!foreign.is_empty() && !unlabelled.is_empty());
     let state = tempfile::tempdir().unwrap();
-    let runtime = DockerRuntime::connect(&node, "decloud").await.unwrap();
+    let runtime = DockerRuntime::connect(&node, "decloud")
+        .await
+        .unwrap()
+        .with_image_rules(lend_test_images());
     let pods = PodSupervisor::start(
         Arc::new(runtime),
         Some(StateFile::new(state.path(), &node)),

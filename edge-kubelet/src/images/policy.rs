@@ -21,7 +21,7 @@ pub struct ImagePolicy {
 
 impl ImagePolicy {
     /// A policy admitting images matching any of `patterns` (all images if empty).
-    pub(crate) fn new(patterns: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(patterns: impl IntoIterator<Item = String>) -> Self {
         let patterns: Vec<String> = patterns
             .into_iter()
             .map(|p| p.trim().to_string())
@@ -42,6 +42,11 @@ impl ImagePolicy {
             GlobSet::empty()
         });
         Self { patterns, globs }
+    }
+
+    /// Whether `image` matches one of the patterns (false when there are none).
+    pub(crate) fn matches(&self, image: &str) -> bool {
+        !self.patterns.is_empty() && self.allows(image)
     }
 
     /// Whether `image` may run here.
