@@ -44,5 +44,18 @@ pub use runtime::{
     SimulatedRuntime, SimulatedTimings,
 };
 
+/// Removes the egress rules of edge `node` (`edge-<provider>`) from this machine, as
+/// `edge-kubelet uninstall` does; for test harnesses that sweep up after edges.
+pub fn remove_egress_policy(node: &str) -> Result<()> {
+    host::uninstall(node)
+}
+
+/// The names of edge `node`'s iptables chains: (container → other hosts, container → this
+/// host), the same in both address families.
+pub fn egress_chains(node: &str) -> (String, String) {
+    let c = host::Chains::of(node);
+    (c.forward, c.input)
+}
+
 /// Version reported in `Hello`.
 const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

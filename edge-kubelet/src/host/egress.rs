@@ -174,10 +174,10 @@ pub(crate) struct FamilyRules {
 
 const COMMENT_ISOLATE: &str = "decloud: pods on this edge cannot reach each other";
 const COMMENT_REPLIES: &str = "decloud: replies of connections the host opened";
-const COMMENT_RESOLVER: &str = "decloud: the host's nameserver";
+const COMMENT_RESOLVER: &str = "decloud: the host nameservers";
 const COMMENT_DENY: &str = "decloud: --deny-egress";
 const COMMENT_ALLOW: &str = "decloud: --allow-egress";
-const COMMENT_DEFAULT: &str = "decloud: the volunteer's networks, host and metadata";
+const COMMENT_DEFAULT: &str = "decloud: private, loopback, link-local (metadata), multicast";
 const COMMENT_HOST: &str = "decloud: containers never reach the host itself";
 
 /// The rules of one family for edge `node` whose containers sit on `bridges`, with
