@@ -333,8 +333,13 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
             net,
         ])?;
     }
+    let refused = format!("vsafe-{pid}-r");
     let mut uninstall = Uninstall { edges: Vec::new() };
-    for (name, net) in [(&safe, &safe_net), (&open, &open_net)] {
+    for (name, net) in [
+        (&safe, &safe_net),
+        (&open, &open_net),
+        (&refused, &safe_net),
+    ] {
         let state = EdgeProcess::state_dir_of(&lab.env, name);
         uninstall.edges.push((
             name.clone(),
@@ -375,6 +380,8 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
     let engine_api = tokio::net::TcpListener::bind("127.0.0.1:2375")
         .await
         .context("127.0.0.1:2375 is taken; the registry check needs it free")?;
+
+    an_edge_without_its_rules_runs_nothing(&lab, &refused, &safe_net).await?;
 
     // The edges: one with the policy (offering 256Mi), the control without.
     let mut connect = lab.operator.edge_args();
@@ -524,6 +531,47 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
         ensure!(ids.is_empty(), "uninstall left containers of {node}: {ids}");
     }
     drop(targets);
+    Ok(())
+}
+
+/// An edge that cannot install its rules (no iptables on its PATH) exits before running
+/// anything, and says how to run unprotected.
+async fn an_edge_without_its_rules_runs_nothing(
+    lab: &Lab,
+    name: &str,
+    net: &str,
+) -> anyhow::Result<()> {
+    let state = EdgeProcess::state_dir_of(&lab.env, name);
+    std::fs::create_dir_all(&state)?;
+    let mut child = Command::new(binary("edge-kubelet")?)
+        .env("PATH", "/nonexistent")
+        .env("RUST_LOG", "warn")
+        .arg("run")
+        .args(lab.operator.edge_args())
+        .args(["--name", name, "--docker-network", net])
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let status = eventually(Duration::from_secs(60), || {
+        let done = child.try_wait();
+        async move { done?.context("still running") }
+    })
+    .await;
+    if status.is_err() {
+        let _ = child.kill();
+    }
+    let status = status?;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut stderr)?;
+    println!("edge without iptables: {status}: {}", stderr.trim());
+    ensure!(!status.success(), "the edge ran without its rules");
+    ensure!(
+        stderr.contains("runs no pod without its egress policy")
+            && stderr.contains("--unsafe-no-egress-policy"),
+        "{stderr}"
+    );
     Ok(())
 }
 
