@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use decloud_crds::contracts::{EDGE_TAINT, container_labels, node_name};
+use decloud_crds::{EgressPolicyState, Provider};
 use decloud_e2e::cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, docker};
 use decloud_e2e::{TestEnv, binary, eventually, free_port};
 use k8s_openapi::api::core::v1::Pod;
@@ -497,6 +498,28 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
     let open_status = edge_status(&open_edge)?;
     ensure!(open_status.contains("egress:     OFF"), "{open_status}");
     println!("--- edge-kubelet status (protected edge) ---\n{status}");
+
+    // The Provider says so too (and whether the engine remaps users).
+    let userns =
+        run("docker", &["info", "-f", "{{json .SecurityOptions}}"])?.contains("name=userns");
+    for (name, want) in [
+        (&safe, EgressPolicyState::Enforced),
+        (&open, EgressPolicyState::Disabled),
+    ] {
+        let iso = eventually(Duration::from_secs(30), || async {
+            let p = Api::<Provider>::all(lab.env.client()).get(name).await?;
+            p.status
+                .and_then(|s| s.isolation)
+                .context("no isolation in the Provider status")
+        })
+        .await?;
+        println!("provider {name}: {iso:?}");
+        ensure!(iso.egress_policy == Some(want), "{name}: {iso:?}");
+        ensure!(
+            iso.userns_remap == userns,
+            "{name}: {iso:?}, docker says userns={userns}"
+        );
+    }
 
     offer_is_a_ceiling(&lab, &safe_edge, &safe_node).await?;
     images_are_safe_for_the_host(&lab, &safe_node, &engine_api).await?;

@@ -77,6 +77,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         max_backoff: args.max_reconnect_backoff,
         credential,
         platform: platform::detect(runtime_version),
+        isolation: safety.hello(),
     };
     let report = EdgeReport {
         pid: std::process::id(),
@@ -120,6 +121,22 @@ struct HostSafety {
     userns_remap: Option<bool>,
     /// The rules in force, re-checked while the edge runs.
     installed: Option<Vec<host::FamilyRules>>,
+}
+
+impl HostSafety {
+    /// The Hello's account of it (None for the simulated runtime).
+    fn hello(&self) -> Option<decloud_proto::HostIsolation> {
+        let userns_remap = self.userns_remap?;
+        Some(decloud_proto::HostIsolation {
+            userns_remap,
+            egress_policy: if self.installed.is_some() {
+                "Enforced"
+            } else {
+                "Disabled"
+            }
+            .into(),
+        })
+    }
 }
 
 /// Connects to Docker and makes the machine safe to lend before any pod runs: the ceiling
