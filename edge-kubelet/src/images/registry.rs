@@ -69,7 +69,7 @@ pub struct RegistryGuard {
 impl RegistryGuard {
     /// `allowed`: `--allow-registry HOST[:PORT]` entries; `egress`: the ranges containers
     /// (and so pulls) may reach.
-    pub(crate) fn new(allowed: &[String], egress: EgressPolicy) -> Result<Self> {
+    pub fn new(allowed: &[String], egress: EgressPolicy) -> Result<Self> {
         if allowed.len() > MAX_ALLOWED_REGISTRIES {
             return Err(Error::InvalidInput(format!(
                 "{} --allow-registry entries; at most {MAX_ALLOWED_REGISTRIES}",
