@@ -302,6 +302,18 @@ impl EdgeProcess {
     }
 }
 
+impl Drop for EdgeProcess {
+    /// Stops the edge, then removes its egress rules: they outlive the process on purpose
+    /// (its containers keep running), but a suite leaves no rules on the machine. A restart
+    /// with the same name installs them again.
+    fn drop(&mut self) {
+        self.child.stop(Duration::from_secs(3));
+        if let Err(e) = edge_kubelet::remove_egress_policy(&self.node()) {
+            eprintln!("cannot remove the egress rules of {}: {e}", self.node());
+        }
+    }
+}
+
 /// Runs `decloud-operator token create --ttl <ttl>` against the cluster of `kubeconfig`:
 /// (token, CA hash).
 pub fn create_join_token(kubeconfig: &Path, ttl: &str) -> anyhow::Result<(String, String)> {
