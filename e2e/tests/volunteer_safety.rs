@@ -399,10 +399,10 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
         ]
         .map(String::from),
     );
-    let safe_edge = EdgeProcess::start_with(&lab.env, &safe, &[], &connect)?;
+    let mut safe_edge = EdgeProcess::start_with(&lab.env, &safe, &[], &connect)?;
     let mut connect = lab.operator.edge_args();
     connect.extend(["--docker-network", &open_net, "--unsafe-no-egress-policy"].map(String::from));
-    let open_edge = EdgeProcess::start_with(&lab.env, &open, &[], &connect)?;
+    let mut open_edge = EdgeProcess::start_with(&lab.env, &open, &[], &connect)?;
 
     let none = serde_json::json!({});
     for (pod, node) in [("probe", &safe_node), ("probe-u", &open_node)] {
@@ -499,6 +499,32 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
     ensure!(open_status.contains("egress:     OFF"), "{open_status}");
     println!("--- edge-kubelet status (protected edge) ---\n{status}");
 
+    // Rules removed under a running edge (a firewall reload) come back within its 30 s check.
+    let (fwd, _) = edge_kubelet::egress_chains(&safe_node);
+    let bridge_id = docker(&["network", "inspect", &safe_net, "-f", "{{.Id}}"])?;
+    let jump = format!("-i br-{} -j {fwd}", &bridge_id[..12]);
+    let jump_args: Vec<&str> = jump.split(' ').collect();
+    run(
+        "iptables",
+        &[&["-w", "-D", "DOCKER-USER"][..], &jump_args].concat(),
+    )?;
+    ensure!(
+        reaches(&probe, &format!("{lan}:80"), "lan-host"),
+        "with its jump removed the policy should be off (the check would prove nothing)"
+    );
+    eventually(Duration::from_secs(45), || async {
+        let hook = run("iptables", &["-S", "DOCKER-USER"])?;
+        ensure!(hook.contains(&jump), "not back yet:\n{hook}");
+        Ok(())
+    })
+    .await
+    .context("the edge did not put its rules back")?;
+    ensure!(
+        !reaches(&probe, &format!("{lan}:80"), "lan-host"),
+        "the LAN host is reachable again after the rules came back"
+    );
+    println!("protected edge: a removed jump was put back");
+
     // The Provider says so too (and whether the engine remaps users).
     let userns =
         run("docker", &["info", "-f", "{{json .SecurityOptions}}"])?.contains("name=userns");
@@ -525,8 +551,9 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
     images_are_safe_for_the_host(&lab, &safe_node, &engine_api).await?;
 
     // Taking the machine back: stop the edges, uninstall, nothing of theirs is left.
-    drop(safe_edge);
-    drop(open_edge);
+    // Killed, not dropped: a dropped EdgeProcess sweeps its rules itself.
+    safe_edge.child.kill();
+    open_edge.child.kill();
     let chains = iptables_chains_of_edges(&[&safe_node, &open_node])?;
     ensure!(
         !chains.is_empty(),
