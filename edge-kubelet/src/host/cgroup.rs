@@ -20,6 +20,11 @@ use std::process::Command;
 
 use crate::error::{Error, Result};
 
+/// The least memory limit (and reservation) Docker accepts on a container: 6 MiB. Smaller
+/// requests, which Kubernetes accepts, are raised to it (the pod is then given a little more
+/// than it asked, never refused). The ceiling is never below it either.
+pub(crate) const MIN_MEMORY_BYTES: i64 = 6 << 20;
+
 /// Processes at most in all of an edge's containers together, per offered pod.
 const PIDS_PER_POD: i64 = 1024;
 /// CFS period the CPU quota is expressed in (100 ms, as Docker uses).
@@ -82,7 +87,7 @@ impl Ceiling {
             layout,
             parent,
             cpu_millis: cpu_millis.max(1),
-            memory_bytes: memory_bytes.max(super::MIN_MEMORY_BYTES),
+            memory_bytes: memory_bytes.max(MIN_MEMORY_BYTES),
             pids: PIDS_PER_POD.saturating_mul(pods.max(1)).min(1 << 22),
         }
     }

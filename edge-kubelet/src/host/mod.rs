@@ -6,15 +6,10 @@ mod cgroup;
 mod cidr;
 mod egress;
 
-pub(crate) use cgroup::{Ceiling, CgroupLayout};
+pub(crate) use cgroup::{Ceiling, CgroupLayout, MIN_MEMORY_BYTES};
 pub use cidr::Cidr;
 pub use egress::EgressPolicy;
 pub(crate) use egress::{
     Chains, Family, FamilyRules, build, forward_hook, install, listing, nameservers, uninstall,
     verify,
 };
-
-/// The least memory limit (and reservation) Docker accepts on a container: 6 MiB. Smaller
-/// requests, which Kubernetes accepts, are raised to it (the pod is then given a little more
-/// than it asked, never refused).
-pub(crate) const MIN_MEMORY_BYTES: i64 = 6 << 20;
