@@ -760,6 +760,26 @@ async fn offer_is_a_ceiling(lab: &Lab, edge: &EdgeProcess, node: &str) -> anyhow
         "{message}"
     );
 
+    // Below Docker's 6 MiB minimum: Kubernetes accepts it, so it must run (raised to 6 MiB).
+    lab.pod(
+        "tiny",
+        node,
+        serde_json::json!([lab.container(
+            "main",
+            "sleep 3600",
+            serde_json::json!({"limits": {"memory": "4Mi"}})
+        )]),
+        "Always",
+    )
+    .await?;
+    let (tiny_uid, _) = lab.running("tiny", edge).await?;
+    let tiny = container_of(&tiny_uid, "main")?;
+    let memory = docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &tiny])?;
+    ensure!(
+        memory == (6 * MI).to_string(),
+        "a 4Mi limit became {memory}"
+    );
+
     lab.pod(
         "hog",
         node,

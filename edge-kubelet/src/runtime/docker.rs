@@ -855,6 +855,55 @@ mod tests {
     }
 
     #[test]
+    fn limits_default_below_the_offer_and_never_under_docker_minimum() {
+        const MI: i64 = 1 << 20;
+        let res = |cr, cl, mr, ml| pb::ResourceSpec {
+            cpu_request_millis: cr,
+            cpu_limit_millis: cl,
+            memory_request_bytes: mr,
+            memory_limit_bytes: ml,
+        };
+        let offer = ResourceCeiling {
+            cgroup_parent: Some("/decloud-x".into()),
+            cpu_millis: 500,
+            memory_bytes: 256 * MI,
+        };
+        // (resources, ceiling, (memory limit, reservation, cpu limit))
+        let table = [
+            (
+                res(0, 0, 0, 0),
+                ResourceCeiling::default(),
+                (512 * MI, None, 1000),
+            ),
+            (res(0, 0, 0, 0), offer.clone(), (256 * MI, None, 500)),
+            (
+                res(0, 0, 4 * MI, 4 * MI),
+                offer.clone(),
+                (6 * MI, Some(6 * MI), 500),
+            ),
+            (
+                res(0, 0, MI, 0),
+                offer.clone(),
+                (256 * MI, Some(6 * MI), 500),
+            ),
+            (
+                res(100, 200, 32 * MI, 64 * MI),
+                offer.clone(),
+                (64 * MI, Some(32 * MI), 200),
+            ),
+            (
+                res(2000, 0, 300 * MI, 0),
+                offer.clone(),
+                (300 * MI, Some(300 * MI), 2000),
+            ),
+            (res(0, 1, 0, 1), offer, (6 * MI, None, 10)),
+        ];
+        for (r, c, want) in table {
+            assert_eq!(effective_limits(&r, &c), want, "{r:?} {c:?}");
+        }
+    }
+
+    #[test]
     fn names_are_docker_safe() {
         assert_eq!(sanitize("edge-a_b/c:d"), "edge-a-b-c-d");
     }
