@@ -551,6 +551,15 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
     images_are_safe_for_the_host(&lab, &safe_node, &engine_api).await?;
 
     // Taking the machine back: stop the edges, uninstall, nothing of theirs is left.
+    // Uninstall refuses while the agent runs.
+    let (name, net, state) = uninstall.edges[0].clone();
+    let early = Uninstall::run_one(&name, &net, &state);
+    ensure!(
+        early
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("still runs")),
+        "uninstall under a running edge: {early:?}"
+    );
     // Killed, not dropped: a dropped EdgeProcess sweeps its rules itself.
     safe_edge.child.kill();
     open_edge.child.kill();

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{JoinArgs, RunArgs, RuntimeKind, UninstallArgs};
 use crate::error::{Error, Result};
 use crate::host::{self, Ceiling, CgroupLayout, EgressPolicy, Family};
-use crate::images::{ImagePolicy, PulledImages, RegistryGuard};
+use crate::images::{ImagePolicy, PulledImages, RegistryGuard, check_patterns};
 use crate::join::{self, EdgeCredential, JoinRequest};
 use crate::local::{self, EdgeReport, StateFile};
 use crate::metrics::{self, Metrics};
@@ -49,6 +49,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         tracing::warn!(error = %e, "cannot tell the container runtime's version");
         format!("{}://", runtime.name())
     });
+    check_patterns("--allowed-images", &args.allowed_images)?;
     let worker_config = PodWorkerConfig {
         allowed_images: ImagePolicy::new(args.allowed_images.iter().cloned()),
         max_pods: usize::try_from(args.max_pods).unwrap_or(usize::MAX),
@@ -178,6 +179,7 @@ async fn secure_docker(
         deny: args.deny_egress.clone(),
     };
     policy.check()?;
+    check_patterns("--lend-local-image", &args.lend_local_image)?;
     let images = ImageRules {
         lent: ImagePolicy::new(args.lend_local_image.iter().cloned()),
         registries: RegistryGuard::new(&args.allow_registry, policy.clone())?,

@@ -8,4 +8,5 @@ mod registry;
 
 pub use ledger::PulledImages;
 pub use policy::ImagePolicy;
+pub(crate) use policy::check_patterns;
 pub use registry::RegistryGuard;
