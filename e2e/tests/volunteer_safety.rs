@@ -728,6 +728,7 @@ async fn egress_rules_are_as_documented(
             "FORWARD"
         };
         let hooks = run(tool, &["-S", hook])? + "\n" + &run(tool, &["-S", "INPUT"])?;
+        println!("--- {tool} -S {hook}; {tool} -S INPUT ---\n{hooks}");
         for want in [
             format!("-i {bridge} -j {fwd}"),
             format!("-i {bridge} -j {inp}"),
