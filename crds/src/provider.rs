@@ -108,10 +108,37 @@ pub struct ProviderStatus {
     /// `kubernetes.io/os` / `kubernetes.io/arch` labels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// What protects the machine, as its edge reported it: `userns-remap`, the egress policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<HostIsolation>,
     /// `Ready` and friends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub conditions: Vec<Condition>,
+}
+
+/// What keeps a provider's machine its owner's while strangers' pods run on it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostIsolation {
+    /// The engine runs with `userns-remap`: root in a container is an unprivileged user on
+    /// the host.
+    #[serde(default)]
+    pub userns_remap: bool,
+    /// `Enforced`: containers reach only the public internet (not the host, not its
+    /// networks); `Disabled`: the provider runs with `--unsafe-no-egress-policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_policy: Option<EgressPolicyState>,
+}
+
+/// Whether a provider's egress policy is in force.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum EgressPolicyState {
+    /// Installed and verified by the edge.
+    Enforced,
+    /// Switched off by the provider (`--unsafe-no-egress-policy`). (Not `Off`: YAML 1.1
+    /// reads a bare `Off` in the CRD's enum as `false`.)
+    Disabled,
 }
 
 /// A provider machine's platform, as kubelet reports a node's `nodeInfo`.

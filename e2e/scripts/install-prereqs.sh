@@ -9,6 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v iptables >/dev/null || need+=(iptables)
+command -v ip >/dev/null || need+=(iproute2)  # e2e/tests/volunteer_safety.rs: network namespaces
 command -v file >/dev/null || need+=(file)
 { [ -x /bin/busybox ] && file -L /bin/busybox | grep -q static; } || need+=(busybox-static)
 command -v openssl >/dev/null || need+=(openssl)

@@ -270,6 +270,10 @@ impl EdgeProcess {
             "1s",
             "--runtime",
             runtime,
+            // The test images are built on this machine (no registry): lent, as a volunteer
+            // would lend an image of their own.
+            "--lend-local-image",
+            TEST_IMAGES,
         ]);
         for l in labels {
             cmd.args(["--label", l]);
@@ -298,6 +302,18 @@ impl EdgeProcess {
     }
 }
 
+impl Drop for EdgeProcess {
+    /// Stops the edge, then removes its egress rules: they outlive the process on purpose
+    /// (its containers keep running), but a suite leaves no rules on the machine. A restart
+    /// with the same name installs them again.
+    fn drop(&mut self) {
+        self.child.stop(Duration::from_secs(3));
+        if let Err(e) = edge_kubelet::remove_egress_policy(&self.node()) {
+            eprintln!("cannot remove the egress rules of {}: {e}", self.node());
+        }
+    }
+}
+
 /// Runs `decloud-operator token create --ttl <ttl>` against the cluster of `kubeconfig`:
 /// (token, CA hash).
 pub fn create_join_token(kubeconfig: &Path, ttl: &str) -> anyhow::Result<(String, String)> {
@@ -321,6 +337,9 @@ pub fn create_join_token(kubeconfig: &Path, ttl: &str) -> anyhow::Result<(String
     };
     Ok((field("Join token:")?, field("CA hash:")?))
 }
+
+/// The local test images every suite's edges lend (`--lend-local-image`).
+pub const TEST_IMAGES: &str = "decloud-test/*";
 
 /// Builds the test image `decloud-test/busybox:1` (idempotent).
 pub fn busybox_image() -> anyhow::Result<String> {
@@ -372,7 +391,9 @@ pub fn containers_of_pod(uid: &str) -> anyhow::Result<Vec<String>> {
     containers_with_label(&format!("{}={uid}", container_labels::POD_UID))
 }
 
-/// Removes, on drop, every container an edge of these nodes created (`decloud.dev/node`).
+/// Removes, on drop, every container an edge of these nodes created (`decloud.dev/node`),
+/// and the edges' egress rules (their iptables chains, which outlive an edge process on
+/// purpose: its containers keep running).
 pub struct ContainerSweeper {
     nodes: Vec<String>,
 }
@@ -392,6 +413,9 @@ impl ContainerSweeper {
                 for id in ids {
                     let _ = docker(&["rm", "-f", &id]);
                 }
+            }
+            if let Err(e) = edge_kubelet::remove_egress_policy(node) {
+                eprintln!("cannot remove the egress rules of {node}: {e}");
             }
         }
     }

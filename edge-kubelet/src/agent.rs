@@ -6,13 +6,18 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{JoinArgs, RunArgs, RuntimeKind};
+use crate::cli::{JoinArgs, RunArgs, RuntimeKind, UninstallArgs};
 use crate::error::{Error, Result};
+use crate::host::{self, Ceiling, CgroupLayout, EgressPolicy, Family};
+use crate::images::{ImagePolicy, PulledImages, RegistryGuard, check_patterns};
 use crate::join::{self, EdgeCredential, JoinRequest};
 use crate::local::{self, EdgeReport, StateFile};
 use crate::metrics::{self, Metrics};
-use crate::pod::{ImagePolicy, PodSupervisor, PodWorkerConfig};
-use crate::runtime::{ContainerRuntime, DockerRuntime, SimulatedRuntime, SimulatedTimings};
+use crate::pod::{PodSupervisor, PodWorkerConfig};
+use crate::runtime::{
+    ContainerRuntime, DockerRuntime, ImageRules, ResourceCeiling, SimulatedRuntime,
+    SimulatedTimings,
+};
 use crate::session::{self, SessionConfig};
 use crate::{capacity, platform};
 
@@ -22,10 +27,18 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
     let node = args.node_name();
     // First: an edge that cannot prove who it is starts nothing.
     let credential = credential_for_run(&args, &args.state_dir(), &shutdown).await?;
+    let capacity = capacity::detect();
+    let offered = capacity::offered(&capacity, args.cpu, args.memory, args.max_pods);
+    let mut safety = HostSafety::default();
     let runtime: Arc<dyn ContainerRuntime> = match args.runtime {
-        RuntimeKind::Docker => Arc::new(DockerRuntime::connect(&node, &args.docker_network).await?),
+        RuntimeKind::Docker => {
+            let (docker, s) = secure_docker(&args, &node, &offered).await?;
+            safety = s;
+            Arc::new(docker)
+        }
         RuntimeKind::Simulated => {
             tracing::warn!("using the SIMULATED runtime: no container really runs");
+            safety.egress = "not applicable (simulated runtime)".into();
             Arc::new(SimulatedRuntime::new(&node, SimulatedTimings::default()))
         }
     };
@@ -36,15 +49,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         tracing::warn!(error = %e, "cannot tell the container runtime's version");
         format!("{}://", runtime.name())
     });
+    check_patterns("--allowed-images", &args.allowed_images)?;
     let worker_config = PodWorkerConfig {
         allowed_images: ImagePolicy::new(args.allowed_images.iter().cloned()),
         max_pods: usize::try_from(args.max_pods).unwrap_or(usize::MAX),
+        offered_cpu_millis: offered.cpu_millis,
+        offered_memory_bytes: offered.memory_bytes,
         ..PodWorkerConfig::default()
     };
     let pods = PodSupervisor::start(runtime, Some(state_file), worker_config).await?;
-
-    let capacity = capacity::detect();
-    let offered = capacity::offered(&capacity, args.cpu, args.memory, args.max_pods);
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = args.metrics_listen {
         let (m, b, s) = (metrics.clone(), pods.board().clone(), shutdown.clone());
@@ -65,6 +78,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         max_backoff: args.max_reconnect_backoff,
         credential,
         platform: platform::detect(runtime_version),
+        isolation: safety.hello(),
     };
     let report = EdgeReport {
         pid: std::process::id(),
@@ -75,8 +89,17 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         offered_memory_bytes: offered.memory_bytes,
         offered_pods: offered.pods,
         allowed_images: args.allowed_images.clone(),
+        egress: safety.egress.clone(),
+        egress_rules: safety.rules.clone(),
+        cgroup_parent: safety.cgroup_parent.clone(),
+        userns_remap: safety.userns_remap,
+        lent_images: args.lend_local_image.clone(),
+        allowed_registries: args.allow_registry.clone(),
         ..Default::default()
     };
+    if let Some(installed) = safety.installed.clone() {
+        tokio::spawn(keep_egress_in_force(installed, shutdown.clone()));
+    }
     let (board, connected) = (pods.board().clone(), metrics.clone());
     let reporter = tokio::spawn(local::keep_writing(
         state_dir,
@@ -88,6 +111,227 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
     shutdown.cancel();
     let _ = reporter.await;
     Ok(())
+}
+
+/// What the edge did to keep the machine safe, for the report and the Hello.
+#[derive(Debug, Clone, Default)]
+struct HostSafety {
+    egress: String,
+    rules: Vec<String>,
+    cgroup_parent: String,
+    userns_remap: Option<bool>,
+    /// The rules in force, re-checked while the edge runs.
+    installed: Option<Vec<host::FamilyRules>>,
+}
+
+impl HostSafety {
+    /// The Hello's account of it (None for the simulated runtime).
+    fn hello(&self) -> Option<decloud_proto::HostIsolation> {
+        let userns_remap = self.userns_remap?;
+        Some(decloud_proto::HostIsolation {
+            userns_remap,
+            egress_policy: if self.installed.is_some() {
+                "Enforced"
+            } else {
+                "Disabled"
+            }
+            .into(),
+        })
+    }
+}
+
+/// Connects to Docker and makes the machine safe to lend before any pod runs: the ceiling
+/// cgroup with the offer as its limits, the edge's network (no inter-container traffic), the
+/// egress policy (installed, then verified), the image rules. Fails, so nothing runs, when
+/// the ceiling or the policy cannot be put in force (the policy: unless
+/// `--unsafe-no-egress-policy`).
+async fn secure_docker(
+    args: &RunArgs,
+    node: &str,
+    offered: &decloud_proto::Resources,
+) -> Result<(DockerRuntime, HostSafety)> {
+    let docker = DockerRuntime::connect(node, &args.docker_network).await?;
+    let facts = docker.engine_facts().await?;
+    if facts.userns_remap {
+        tracing::info!(
+            "the engine runs with userns-remap: root in a container is unprivileged here"
+        );
+    } else {
+        tracing::info!("the engine runs without userns-remap (see the README's provider section)");
+    }
+    let layout = CgroupLayout::of(&facts.cgroup_driver, &facts.cgroup_version)?;
+    let ceiling = Ceiling::new(
+        layout,
+        node,
+        offered.cpu_millis,
+        offered.memory_bytes,
+        offered.pods,
+    );
+    ceiling.install().map_err(|e| {
+        Error::Runtime(format!(
+            "cannot cap DeCloud's containers at the offer (cgroup {}): {e}",
+            ceiling.parent
+        ))
+    })?;
+    tracing::info!(cgroup_parent = %ceiling.parent, cpu_millis = ceiling.cpu_millis, memory_bytes = ceiling.memory_bytes, "every container runs under the offer's ceiling");
+    let policy = EgressPolicy {
+        allow: args.allow_egress.clone(),
+        deny: args.deny_egress.clone(),
+    };
+    policy.check()?;
+    check_patterns("--lend-local-image", &args.lend_local_image)?;
+    let images = ImageRules {
+        lent: ImagePolicy::new(args.lend_local_image.iter().cloned()),
+        registries: RegistryGuard::new(&args.allow_registry, policy.clone())?,
+        pulled: Arc::new(PulledImages::open(Some(&args.state_dir()))),
+    };
+    let docker = docker
+        .with_image_rules(images)
+        .with_ceiling(ResourceCeiling {
+            cgroup_parent: Some(ceiling.parent.clone()),
+            cpu_millis: offered.cpu_millis,
+            memory_bytes: offered.memory_bytes,
+        });
+    docker.prepare().await?;
+    let bridge = docker.bridge_interface().await?;
+    let mut safety = HostSafety {
+        cgroup_parent: ceiling.parent.clone(),
+        userns_remap: Some(facts.userns_remap),
+        ..Default::default()
+    };
+    let chains = host::Chains::of(node);
+    if args.unsafe_no_egress_policy {
+        tracing::warn!(
+            "--unsafe-no-egress-policy: containers can reach this host, its networks and the metadata address"
+        );
+        let node = node.to_string();
+        tokio::task::spawn_blocking(move || host::uninstall(&node))
+            .await
+            .map_err(|e| Error::Runtime(e.to_string()))??;
+        safety.egress =
+            "OFF (--unsafe-no-egress-policy): containers reach this host and its networks".into();
+        return Ok((docker, safety));
+    }
+    let node_owned = node.to_string();
+    let installed =
+        tokio::task::spawn_blocking(move || install_egress(&node_owned, &bridge, &policy))
+            .await
+            .map_err(|e| Error::Runtime(e.to_string()))?
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "{e}. The edge runs no pod without its egress policy (it needs root and \
+                 iptables); start it with --unsafe-no-egress-policy to run pods anyway, \
+                 unprotected"
+                ))
+            })?;
+    safety.rules = [Family::V4, Family::V6]
+        .into_iter()
+        .flat_map(|f| host::listing(f, &chains))
+        .collect();
+    tracing::info!(chains = ?chains, rules = safety.rules.len(), "egress policy installed and verified");
+    safety.egress = "enforced".into();
+    safety.installed = Some(installed);
+    Ok((docker, safety))
+}
+
+/// Builds, installs and verifies the rules of both families. IPv6 is skipped only where the
+/// kernel has no IPv6 at all.
+fn install_egress(
+    node: &str,
+    bridge: &str,
+    policy: &EgressPolicy,
+) -> Result<Vec<host::FamilyRules>> {
+    let resolvers =
+        host::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    let mut out = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        if family == Family::V6 && !Path::new("/proc/net/if_inet6").exists() {
+            continue;
+        }
+        let rules = host::build(
+            family,
+            node,
+            &[bridge.to_string()],
+            host::forward_hook(family),
+            policy,
+            &resolvers,
+        );
+        host::install(&rules)?;
+        host::verify(&rules)?;
+        out.push(rules);
+    }
+    Ok(out)
+}
+
+/// Re-checks the rules every 30 s and puts them back if something (an engine restart, a
+/// firewall reload) removed them.
+async fn keep_egress_in_force(rules: Vec<host::FamilyRules>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let rules = rules.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            for r in &rules {
+                if let Err(e) = host::verify(r) {
+                    tracing::warn!(error = %e, "egress policy changed under the edge; reinstalling");
+                    host::install(r)?;
+                    host::verify(r)?;
+                }
+            }
+            Ok::<(), Error>(())
+        })
+        .await;
+        if let Ok(Err(e)) = res {
+            tracing::error!(error = %e, "cannot put the egress policy back");
+        }
+    }
+}
+
+/// `edge-kubelet uninstall`: removes the edge's egress rules, its containers, its network
+/// (once empty) and its ceiling cgroup. Refuses while the agent still runs.
+pub async fn uninstall(args: &UninstallArgs) -> Result<String> {
+    let node = args.node_name();
+    if let Ok(r) = local::read_report(&args.state_dir())
+        && r.connected
+        && Path::new(&format!("/proc/{}", r.pid)).exists()
+    {
+        return Err(Error::InvalidInput(format!(
+            "edge-kubelet {} still runs (pid {}): stop it first",
+            args.name, r.pid
+        )));
+    }
+    let mut done = Vec::new();
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || host::uninstall(&n))
+        .await
+        .map_err(|e| Error::Runtime(e.to_string()))??;
+    done.push("egress rules removed".to_string());
+    let docker = DockerRuntime::connect(&node, &args.docker_network).await?;
+    let containers = docker.list_containers().await?;
+    for c in &containers {
+        docker
+            .stop_container(&c.id, std::time::Duration::from_secs(5))
+            .await?;
+        docker.remove_container(&c.id).await?;
+    }
+    done.push(format!("{} containers removed", containers.len()));
+    match docker.remove_network().await {
+        Ok(()) => done.push(format!("network {} removed", args.docker_network)),
+        Err(e) => done.push(format!(
+            "network {} kept (another edge's containers use it?): {e}",
+            args.docker_network
+        )),
+    }
+    let facts = docker.engine_facts().await?;
+    if let Ok(layout) = CgroupLayout::of(&facts.cgroup_driver, &facts.cgroup_version) {
+        Ceiling::new(layout, &node, 0, 0, 0).remove();
+        done.push("ceiling cgroup removed".to_string());
+    }
+    Ok(done.join("\n") + "\n")
 }
 
 /// `edge-kubelet status`: the report of the agent using `state_dir`, rendered.

@@ -20,12 +20,43 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Connect to the operator and run the pods it assigns to this machine.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Join a cluster once with a join token; `run` then needs no token.
     Join(JoinArgs),
     /// Show what this machine runs, the caps in force, the connection state and the
     /// resources given so far (read from the running agent's state folder).
     Status(StatusArgs),
+    /// Take the machine back: remove the edge's egress rules, its containers, its Docker
+    /// network (once no container uses it) and its ceiling cgroup. Stop `run` first.
+    Uninstall(UninstallArgs),
+}
+
+/// Flags of `edge-kubelet uninstall`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UninstallArgs {
+    /// Provider name (as given to `run`).
+    #[arg(long, env = "DECLOUD_PROVIDER_NAME", value_parser = parse_name)]
+    pub name: String,
+
+    /// The state folder the agent ran with (`run --state-dir`).
+    #[arg(long, env = "DECLOUD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The Docker network the agent ran with (`run --docker-network`).
+    #[arg(long, env = "DECLOUD_DOCKER_NETWORK", default_value = "decloud")]
+    pub docker_network: String,
+}
+
+impl UninstallArgs {
+    /// `--state-dir`, or the per-user default.
+    pub fn state_dir(&self) -> PathBuf {
+        default_state_dir(self.state_dir.as_ref(), &self.name)
+    }
+
+    /// The node name (`edge-<name>`).
+    pub fn node_name(&self) -> String {
+        decloud_crds::contracts::node_name(&self.name)
+    }
 }
 
 /// Flags of `edge-kubelet status`.
@@ -167,6 +198,42 @@ pub struct RunArgs {
     /// Serve /healthz, /readyz and /metrics on this address (e.g. 127.0.0.1:9464). Off by default.
     #[arg(long, env = "DECLOUD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Let containers reach this range although it is denied by default (private networks,
+    /// the host, link-local, multicast), e.g. a service on your LAN you mean to lend; repeat
+    /// or comma-separate. The host's own addresses stay closed.
+    #[arg(long = "allow-egress", env = "DECLOUD_ALLOW_EGRESS", value_delimiter = ',', value_parser = parse_cidr)]
+    pub allow_egress: Vec<crate::host::Cidr>,
+
+    /// Close this range to containers as well (wins over --allow-egress); repeat or
+    /// comma-separate.
+    #[arg(long = "deny-egress", env = "DECLOUD_DENY_EGRESS", value_delimiter = ',', value_parser = parse_cidr)]
+    pub deny_egress: Vec<crate::host::Cidr>,
+
+    /// UNSAFE: run pods without the egress policy, so containers can reach this host, your
+    /// home network and the cloud metadata address. Without it the edge refuses to start
+    /// when the rules cannot be installed (not root, no iptables).
+    #[arg(long, env = "DECLOUD_UNSAFE_NO_EGRESS_POLICY")]
+    pub unsafe_no_egress_policy: bool,
+
+    /// A registry pulls may go to although it is an IP address, this machine or a name in a
+    /// denied range (a local mirror), HOST or HOST:PORT; repeat or comma-separate.
+    #[arg(
+        long = "allow-registry",
+        env = "DECLOUD_ALLOW_REGISTRY",
+        value_delimiter = ','
+    )]
+    pub allow_registry: Vec<String>,
+
+    /// A local image you lend to tenants (glob with `*`, or a prefix ending in `/` or `:`),
+    /// used without pulling; repeat or comma-separate. Default: none; tenants only get images
+    /// this edge pulled for them.
+    #[arg(
+        long = "lend-local-image",
+        env = "DECLOUD_LEND_LOCAL_IMAGE",
+        value_delimiter = ','
+    )]
+    pub lend_local_image: Vec<String>,
 }
 
 impl RunArgs {
@@ -218,6 +285,10 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_cidr(s: &str) -> Result<crate::host::Cidr, String> {
+    s.parse()
+}
+
 fn parse_cpu(s: &str) -> Result<i64, String> {
     crate::capacity::parse_cpu_millis(s).map_err(|e| e.to_string())
 }
@@ -257,7 +328,7 @@ mod tests {
     fn cli_is_consistent_and_every_flag_has_help() {
         Cli::command().debug_assert();
         let cmd = Cli::command();
-        for sub in ["run", "join"] {
+        for sub in ["run", "join", "uninstall", "status"] {
             for arg in cmd.find_subcommand(sub).unwrap().get_arguments() {
                 if arg.get_id() == "help" || arg.get_id() == "version" {
                     continue;
@@ -292,6 +363,14 @@ mod tests {
             "/tmp/x",
             "--heartbeat-interval",
             "500ms",
+            "--allow-egress",
+            "192.168.50.0/24,fd00::/8",
+            "--deny-egress",
+            "203.0.113.0/24",
+            "--lend-local-image",
+            "decloud-test/*",
+            "--allow-registry",
+            "mirror.lan:5000",
         ])
         .unwrap();
         let Command::Run(a) = cli.command else {
@@ -305,6 +384,11 @@ mod tests {
         assert_eq!(a.heartbeat_interval, Duration::from_millis(500));
         assert_eq!(a.label_map().get("gpu").map(String::as_str), Some("none"));
         assert_eq!(a.state_dir(), PathBuf::from("/tmp/x"));
+        assert_eq!(a.allow_egress.len(), 2);
+        assert_eq!(a.deny_egress[0].to_string(), "203.0.113.0/24");
+        assert!(!a.unsafe_no_egress_policy);
+        assert_eq!(a.lend_local_image, ["decloud-test/*"]);
+        assert_eq!(a.allow_registry, ["mirror.lan:5000"]);
     }
 
     #[test]
@@ -316,6 +400,9 @@ mod tests {
             vec!["--name", "ok", "--heartbeat-interval", "0s"],
             vec!["--name", "ok", "--max-pods", "0"],
             vec!["--name", "ok", "--max-pods", "-3"],
+            vec!["--name", "ok", "--allow-egress", "10.0.0.1/8"],
+            vec!["--name", "ok", "--deny-egress", "nonsense"],
+            vec!["--name", "ok", "--allow-egress", "10.0.0.0/33"],
         ] {
             let mut args = vec!["edge-kubelet", "run", "--operator", "http://x"];
             args.extend(bad.iter().copied());

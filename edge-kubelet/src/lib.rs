@@ -18,6 +18,8 @@ mod capacity;
 pub mod cli;
 mod clock;
 mod error;
+mod host;
+mod images;
 mod join;
 mod local;
 mod metrics;
@@ -26,18 +28,34 @@ mod pod;
 mod runtime;
 mod session;
 
-pub use agent::{join, run, status};
+pub use agent::{join, run, status, uninstall};
 pub use error::{Error, Result};
+pub use host::{Cidr, EgressPolicy};
+pub use images::{ImagePolicy, PulledImages, RegistryGuard};
 pub use join::CREDENTIAL_FILE;
 pub use local::{EdgeReport, PodLine, StateFile, read_report};
 pub use pod::{
-    BackoffPolicy, ImagePolicy, OUT_OF_PODS, PodSupervisor, PodUpdate, PodWorkerConfig, StatusBoard,
+    BackoffPolicy, OUT_OF_CPU, OUT_OF_MEMORY, OUT_OF_PODS, PodSupervisor, PodUpdate,
+    PodWorkerConfig, StatusBoard,
 };
 pub use runtime::{
     ContainerInfo, ContainerRuntime, ContainerStream, ContainerUsage, CreateRequest, DockerRuntime,
-    LogOptions, PodNetwork, ProbeTarget, RuntimeEvent, SimulatedRuntime, SimulatedTimings,
-    StreamChunk, StreamHandle, StreamSpec,
+    EngineFacts, ImageRules, LogOptions, PodNetwork, ProbeTarget, ResourceCeiling, RuntimeEvent,
+    SimulatedRuntime, SimulatedTimings, StreamChunk, StreamHandle, StreamSpec,
 };
+
+/// Removes the egress rules of edge `node` (`edge-<provider>`) from this machine, as
+/// `edge-kubelet uninstall` does; for test harnesses that sweep up after edges.
+pub fn remove_egress_policy(node: &str) -> Result<()> {
+    host::uninstall(node)
+}
+
+/// The names of edge `node`'s iptables chains: (container → other hosts, container → this
+/// host), the same in both address families.
+pub fn egress_chains(node: &str) -> (String, String) {
+    let c = host::Chains::of(node);
+    (c.forward, c.input)
+}
 
 /// Version reported in `Hello`.
 const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         on_signal.cancel();
     });
     match cli.command {
-        Command::Run(args) => edge_kubelet::run(args, shutdown).await?,
+        Command::Run(args) => edge_kubelet::run(*args, shutdown).await?,
         Command::Status(args) => {
             if args.json {
                 let r = edge_kubelet::read_report(&args.state_dir())?;
@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", edge_kubelet::status(&args.state_dir())?);
             }
         }
+        Command::Uninstall(args) => print!("{}", edge_kubelet::uninstall(&args).await?),
         Command::Join(args) => {
             edge_kubelet::join(&args).await?;
             println!(

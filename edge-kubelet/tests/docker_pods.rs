@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use common::*;
 use decloud_proto as pb;
-use edge_kubelet::{DockerRuntime, PodSupervisor, PodUpdate, PodWorkerConfig, StateFile};
+use edge_kubelet::{
+    DockerRuntime, ImagePolicy, ImageRules, PodSupervisor, PodUpdate, PodWorkerConfig,
+    RegistryGuard, StateFile,
+};
 use pb::container_state::State;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -19,14 +22,27 @@ struct Edge {
     _sweeper: ContainerSweeper,
 }
 
+/// The test images are built locally (no registry): lent, as a volunteer would.
+fn lend_test_images() -> ImageRules {
+    ImageRules {
+        lent: ImagePolicy::new(["decloud-test/*".to_string()]),
+        ..Default::default()
+    }
+}
+
 async fn edge(test: &str) -> Edge {
+    edge_with(test, lend_test_images()).await
+}
+
+async fn edge_with(test: &str, rules: ImageRules) -> Edge {
     require_docker();
     let node = format!("edge-{}", unique_node(test));
     let sweeper = ContainerSweeper { node: node.clone() };
     let state = tempfile::tempdir().unwrap();
     let runtime = DockerRuntime::connect(&node, "decloud")
         .await
-        .expect("docker");
+        .expect("docker")
+        .with_image_rules(rules);
     let pods = PodSupervisor::start(
         Arc::new(runtime),
         Some(StateFile::new(state.path(), &node)),
@@ -176,9 +192,27 @@ async fn exit_3_under_always_restarts_with_rising_restart_count() {
 #[tokio::test]
 async fn unknown_image_reports_err_image_pull_with_the_engines_message() {
     let _ = test_image();
-    let e = edge("pull").await;
-    // A registry on a closed loopback port: the pull fails at once, and no traffic leaves the machine.
+    // A registry on a closed loopback port, allowed as a provider allows a local mirror: the
+    // pull fails at once, and no traffic leaves the machine.
     let image = "127.0.0.1:9/decloud-test/does-not-exist:1";
+    let refused = edge("pull-refused").await;
+    refused
+        .pods
+        .upsert(pod("u-pull-r", "nope", image, &[]))
+        .unwrap();
+    let s = status_where(&refused, "u-pull-r", "ImageNotAllowed", |s| {
+        s.reason == "ImageNotAllowed"
+    })
+    .await;
+    assert!(s.message.contains("is an IP address"), "{}", s.message);
+    let e = edge_with(
+        "pull",
+        ImageRules {
+            registries: RegistryGuard::new(&["127.0.0.1:9".into()], Default::default()).unwrap(),
+            ..lend_test_images()
+        },
+    )
+    .await;
     e.pods.upsert(pod("u-pull", "nope", image, &[])).unwrap();
     let s = status_where(&e, "u-pull", "ErrImagePull", |s| s.reason == "ErrImagePull").await;
     assert_eq!(s.phase(), pb::PodPhase::Pending);
@@ -287,7 +321,10 @@ async fn containers_it_did_not_create_are_never_touched() {
     ]);
     assert!(!foreign.is_empty() && !unlabelled.is_empty());
     let state = tempfile::tempdir().unwrap();
-    let runtime = DockerRuntime::connect(&node, "decloud").await.unwrap();
+    let runtime = DockerRuntime::connect(&node, "decloud")
+        .await
+        .unwrap()
+        .with_image_rules(lend_test_images());
     let pods = PodSupervisor::start(
         Arc::new(runtime),
         Some(StateFile::new(state.path(), &node)),

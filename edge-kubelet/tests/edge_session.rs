@@ -194,6 +194,9 @@ fn spawn_edge(operator: &str, name: &str, state_dir: &Path, log: &Path) -> EdgeP
             "1",
             "--memory",
             "1Gi",
+            // The test image is built locally (no registry): lent, as a volunteer would.
+            "--lend-local-image",
+            "decloud-test/*",
         ])
         .arg("--state-dir")
         .arg(state_dir)

@@ -45,7 +45,7 @@ impl SimEdges {
             let stop = shutdown.clone();
             let name = name.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = edge_kubelet::run(args, stop).await {
+                if let Err(e) = edge_kubelet::run(*args, stop).await {
                     tracing::error!(%name, error = %e, "simulated edge stopped");
                 }
             }));

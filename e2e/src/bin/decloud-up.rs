@@ -214,6 +214,8 @@ async fn main() -> anyhow::Result<()> {
         .args(["--token", &join_token, "--ca-hash", &ca_hash])
         .args(["--name", &name])
         .args(["--label", "topology.kubernetes.io/region=local"])
+        // The demo image is built on this machine (no registry): lent to the local edges.
+        .args(["--lend-local-image", "decloud-test/*"])
         .args(["--state-dir", &state.to_string_lossy()]);
         edges.push(ChildGuard::spawn(
             &name,

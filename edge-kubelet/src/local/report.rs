@@ -43,6 +43,24 @@ pub struct EdgeReport {
     pub offered_pods: i64,
     /// Accepted images (empty: any).
     pub allowed_images: Vec<String>,
+    /// The egress policy: `enforced`, `OFF (--unsafe-no-egress-policy)` or `not applicable`.
+    #[serde(default)]
+    pub egress: String,
+    /// The rules as installed (`iptables -S` of the edge's chains, both families).
+    #[serde(default)]
+    pub egress_rules: Vec<String>,
+    /// The cgroup every container runs under, with the offer as its limits.
+    #[serde(default)]
+    pub cgroup_parent: String,
+    /// Whether the engine runs with `userns-remap` (`None`: unknown, e.g. simulated).
+    #[serde(default)]
+    pub userns_remap: Option<bool>,
+    /// Local images lent to tenants (`--lend-local-image`).
+    #[serde(default)]
+    pub lent_images: Vec<String>,
+    /// Registries allowed although private (`--allow-registry`).
+    #[serde(default)]
+    pub allowed_registries: Vec<String>,
     /// One line per pod.
     pub pods: Vec<PodLine>,
 }
@@ -180,6 +198,41 @@ pub(crate) fn render(r: &EdgeReport, now_unix: i64, alive: bool) -> String {
         },
         r.pods.len(),
     );
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    out.push_str(&format!(
+        "ceiling:    {}
+userns:     {}
+lent:       {}
+registries: public, plus {}
+egress:     {}
+",
+        if r.cgroup_parent.is_empty() {
+            "none"
+        } else {
+            &r.cgroup_parent
+        },
+        match r.userns_remap {
+            Some(true) => "userns-remap on (root in a container is not root here)",
+            Some(false) => "userns-remap off (root in a container is root here, confined)",
+            None => "unknown",
+        },
+        list(&r.lent_images),
+        list(&r.allowed_registries),
+        if r.egress.is_empty() {
+            "unknown"
+        } else {
+            &r.egress
+        },
+    ));
+    for rule in &r.egress_rules {
+        out.push_str(&format!("  {rule}\n"));
+    }
     if !r.pods.is_empty() {
         out.push_str(&format!(
             "\n{:<48} {:<10} {:<6} {:>8} {:>10} {:>12}\n",
@@ -213,6 +266,12 @@ mod tests {
             offered_memory_bytes: 4 << 30,
             offered_pods: 10,
             allowed_images: vec![],
+            egress: "enforced".into(),
+            egress_rules: vec!["iptables: -N DECLOUD-0-IN".into()],
+            cgroup_parent: "/decloud-edge-alice".into(),
+            userns_remap: Some(false),
+            lent_images: vec![],
+            allowed_registries: vec![],
             pods: vec![PodLine {
                 pod: "default/web-1".into(),
                 phase: "running".into(),
@@ -231,6 +290,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("default/web-1"), "{text}");
+        assert!(
+            text.contains("egress:     enforced\n  iptables: -N DECLOUD-0-IN"),
+            "{text}"
+        );
+        assert!(text.contains("userns-remap off"), "{text}");
         assert!(render(&report, 103, false).contains("agent not running"));
         let missing = read(&dir.path().join("nope")).expect_err("no report");
         assert!(

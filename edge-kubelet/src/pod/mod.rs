@@ -5,9 +5,8 @@
 //! - `supervisor`: admission (`--max-pods`), the assigned set, engine events to workers;
 //! - `worker`: one task per pod, carrying out what `lifecycle` decides;
 //! - `lifecycle`: the pure per-container state machine and the pod phase;
-//! - `readiness`: when to probe; `image_policy`: `--allowed-images`; `usage`: the meters.
+//! - `readiness`: when to probe; `usage`: the meters. Image rules live in `crate::images`.
 
-mod image_policy;
 mod lifecycle;
 mod readiness;
 mod status_board;
@@ -15,8 +14,7 @@ mod supervisor;
 mod usage;
 mod worker;
 
-pub use image_policy::ImagePolicy;
 pub use lifecycle::BackoffPolicy;
 pub use status_board::{PodUpdate, StatusBoard};
-pub use supervisor::{OUT_OF_PODS, PodSupervisor};
+pub use supervisor::{OUT_OF_CPU, OUT_OF_MEMORY, OUT_OF_PODS, PodSupervisor};
 pub use worker::PodWorkerConfig;

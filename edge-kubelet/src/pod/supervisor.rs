@@ -40,6 +40,72 @@ pub struct PodSupervisor {
 /// Pod-level reason of a pod refused because the edge already runs `--max-pods` pods
 /// (kubelet's own word for it).
 pub const OUT_OF_PODS: &str = "OutOfpods";
+/// Pod-level reason of a pod whose CPU does not fit the offer (kubelet's word).
+pub const OUT_OF_CPU: &str = "OutOfcpu";
+/// Pod-level reason of a pod whose memory does not fit the offer (kubelet's word).
+pub const OUT_OF_MEMORY: &str = "OutOfmemory";
+
+/// A pod's CPU (millicores) and memory (bytes): summed requests, summed limits. A container
+/// with a limit but no request counts its limit as request, as the API server defaults it.
+fn pod_resources(spec: &pb::PodSpec) -> ((i64, i64), (i64, i64)) {
+    let (mut req, mut lim) = ((0i64, 0i64), (0i64, 0i64));
+    for c in &spec.containers {
+        let r = c.resources.unwrap_or_default();
+        let cpu_req = if r.cpu_request_millis > 0 {
+            r.cpu_request_millis
+        } else {
+            r.cpu_limit_millis
+        };
+        let mem_req = if r.memory_request_bytes > 0 {
+            r.memory_request_bytes
+        } else {
+            r.memory_limit_bytes
+        };
+        req.0 = req.0.saturating_add(cpu_req.max(0));
+        req.1 = req.1.saturating_add(mem_req.max(0));
+        lim.0 = lim.0.saturating_add(r.cpu_limit_millis.max(0));
+        lim.1 = lim.1.saturating_add(r.memory_limit_bytes.max(0));
+    }
+    (req, lim)
+}
+
+/// Why a pod cannot run within the offer, as kubelet words it: (reason, message). `used`:
+/// the requests of the pods already admitted; `offer`: (CPU millicores, memory bytes), 0 for
+/// no limit. Requests must fit next to the admitted pods; limits must fit the offer alone,
+/// since the ceiling cgroup would never let a pod have more.
+pub(crate) fn misfit(
+    spec: &pb::PodSpec,
+    used: (i64, i64),
+    offer: (i64, i64),
+) -> Option<(&'static str, String)> {
+    let (req, lim) = pod_resources(spec);
+    let checks = [
+        (OUT_OF_CPU, "cpu", req.0, lim.0, used.0, offer.0),
+        (OUT_OF_MEMORY, "memory", req.1, lim.1, used.1, offer.1),
+    ];
+    for (reason, what, req, lim, used, cap) in checks {
+        if cap <= 0 {
+            continue;
+        }
+        if req.saturating_add(used) > cap {
+            return Some((
+                reason,
+                format!(
+                    "Pod was rejected: Node didn't have enough resource: {what}, requested: {req}, used: {used}, capacity: {cap}"
+                ),
+            ));
+        }
+        if lim > cap {
+            return Some((
+                reason,
+                format!(
+                    "Pod was rejected: Node didn't have enough resource: {what}, limit: {lim}, capacity: {cap} (the provider's offer is a hard ceiling)"
+                ),
+            ));
+        }
+    }
+    None
+}
 
 impl std::fmt::Debug for PodSupervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -208,7 +274,9 @@ impl PodSupervisor {
     }
 
     /// Adds or updates one pod. A changed spec replaces the pod's containers. A new pod beyond
-    /// `max_pods` admitted ones is not started: it fails with [`OUT_OF_PODS`], as on kubelet.
+    /// `max_pods` admitted ones is not started: it fails with [`OUT_OF_PODS`], as on kubelet;
+    /// nor one whose requests do not fit next to the admitted pods' within the offer, or whose
+    /// limits exceed the offer ([`OUT_OF_CPU`], [`OUT_OF_MEMORY`]).
     pub fn upsert(&self, spec: pb::PodSpec) -> Result<()> {
         Self::validate(&spec)?;
         {
@@ -233,7 +301,23 @@ impl PodSupervisor {
                 .count();
             if max > 0 && used >= max {
                 drop(workers);
-                self.reject(&spec, used, max);
+                let message = format!(
+                    "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {max}"
+                );
+                self.reject(&spec, OUT_OF_PODS, message);
+                return Ok(());
+            }
+            let used = workers
+                .iter()
+                .filter(|(uid, _)| !self.board.get(uid).is_some_and(|s| is_terminal(&s)))
+                .map(|(_, w)| pod_resources(&w.spec).0)
+                .fold((0i64, 0i64), |a, b| {
+                    (a.0.saturating_add(b.0), a.1.saturating_add(b.1))
+                });
+            let offer = (self.cfg.offered_cpu_millis, self.cfg.offered_memory_bytes);
+            if let Some((reason, message)) = misfit(&spec, used, offer) {
+                drop(workers);
+                self.reject(&spec, reason, message);
                 return Ok(());
             }
         }
@@ -243,19 +327,18 @@ impl PodSupervisor {
         Ok(())
     }
 
-    /// Refuses `spec` for good: the operator sees it Failed with [`OUT_OF_PODS`].
-    fn reject(&self, spec: &pb::PodSpec, used: usize, max: usize) {
-        tracing::warn!(pod = %format!("{}/{}", spec.namespace, spec.name), uid = %spec.uid, used, max, "pod rejected: this edge already runs --max-pods pods");
+    /// Refuses `spec` for good: the operator sees it Failed with `reason` ([`OUT_OF_PODS`],
+    /// [`OUT_OF_CPU`], [`OUT_OF_MEMORY`]).
+    fn reject(&self, spec: &pb::PodSpec, reason: &'static str, message: String) {
+        tracing::warn!(pod = %format!("{}/{}", spec.namespace, spec.name), uid = %spec.uid, reason, %message, "pod rejected");
         self.rejected().insert(spec.uid.clone());
         self.board.publish(pb::PodStatus {
             uid: spec.uid.clone(),
             namespace: spec.namespace.clone(),
             name: spec.name.clone(),
             phase: pb::PodPhase::Failed as i32,
-            reason: OUT_OF_PODS.into(),
-            message: format!(
-                "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {max}"
-            ),
+            reason: reason.into(),
+            message,
             ..Default::default()
         });
     }
@@ -367,5 +450,74 @@ impl PodSupervisor {
                 if previous { "previous " } else { "" }
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::*;
+
+    fn pod(containers: &[(i64, i64, i64, i64)]) -> pb::PodSpec {
+        pb::PodSpec {
+            uid: "u".into(),
+            containers: containers
+                .iter()
+                .enumerate()
+                .map(|(i, &(cr, cl, mr, ml))| pb::ContainerSpec {
+                    name: format!("c{i}"),
+                    image: "x".into(),
+                    resources: Some(pb::ResourceSpec {
+                        cpu_request_millis: cr,
+                        cpu_limit_millis: cl,
+                        memory_request_bytes: mr,
+                        memory_limit_bytes: ml,
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn misfits_like_kubelet() {
+        const MI: i64 = 1 << 20;
+        let offer = (1000, 256 * MI);
+        type Row = (
+            &'static [(i64, i64, i64, i64)],
+            (i64, i64),
+            Option<&'static str>,
+        );
+        let table: &[Row] = &[
+            (&[(100, 500, 32 * MI, 128 * MI)], (0, 0), None),
+            (&[(0, 0, 0, 0)], (900, 250 * MI), None),
+            (&[(0, 0, 0, 512 * MI)], (0, 0), Some(OUT_OF_MEMORY)),
+            (&[(0, 0, 64 * MI, 512 * MI)], (0, 0), Some(OUT_OF_MEMORY)),
+            (&[(0, 2000, 0, 0)], (0, 0), Some(OUT_OF_CPU)),
+            (&[(600, 0, 0, 0)], (500, 0), Some(OUT_OF_CPU)),
+            (
+                &[(0, 0, 100 * MI, 0), (0, 0, 100 * MI, 0)],
+                (0, 100 * MI),
+                Some(OUT_OF_MEMORY),
+            ),
+            (&[(0, 0, 1, 0)], (0, 0), None),
+        ];
+        for (containers, used, want) in table {
+            let got = misfit(&pod(containers), *used, offer);
+            assert_eq!(
+                got.as_ref().map(|g| g.0),
+                *want,
+                "{containers:?} {used:?}: {got:?}"
+            );
+        }
+        let (_, msg) = misfit(&pod(&[(0, 0, 0, 512 * MI)]), (0, 0), offer).unwrap();
+        assert!(
+            msg.starts_with("Pod was rejected: Node didn't have enough resource: memory, "),
+            "{msg}"
+        );
+        assert!(
+            misfit(&pod(&[(0, 0, 0, 512 * MI)]), (0, 0), (0, 0)).is_none(),
+            "no offer, no limit"
+        );
     }
 }

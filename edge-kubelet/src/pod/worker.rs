@@ -14,7 +14,6 @@ use tokio::time::Instant;
 
 use decloud_proto as pb;
 
-use super::image_policy::ImagePolicy;
 use super::lifecycle::{
     Action, BackoffPolicy, ContainerEvent, ContainerLifecycle, FailureMemory, RestartPolicy,
     TerminatedInfo, pod_phase,
@@ -24,6 +23,7 @@ use super::status_board::StatusBoard;
 use super::usage::UsageMeter;
 use crate::clock::now_millis;
 use crate::error::{Error, Result};
+use crate::images::ImagePolicy;
 use crate::runtime::{ContainerInfo, ContainerRuntime, CreateRequest, PodNetwork, RuntimeEvent};
 
 /// Tunables of pod workers.
@@ -38,6 +38,11 @@ pub struct PodWorkerConfig {
     /// Pods admitted at once (`--max-pods`); the supervisor fails more with `OutOfpods`.
     /// 0: no limit.
     pub max_pods: usize,
+    /// Offered CPU (millicores): pods whose requests do not fit, or whose limits exceed it,
+    /// fail with `OutOfcpu`. 0: no limit.
+    pub offered_cpu_millis: i64,
+    /// Offered memory (bytes), likewise with `OutOfmemory`. 0: no limit.
+    pub offered_memory_bytes: i64,
 }
 
 impl Default for PodWorkerConfig {
@@ -47,6 +52,8 @@ impl Default for PodWorkerConfig {
             poll_interval: Duration::from_secs(10),
             allowed_images: Default::default(),
             max_pods: 0,
+            offered_cpu_millis: 0,
+            offered_memory_bytes: 0,
         }
     }
 }

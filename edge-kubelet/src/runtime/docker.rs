@@ -15,6 +15,7 @@
 //! seccomp profile (never `unconfined`); only the edge's own bridge network.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,6 +46,8 @@ use super::types::{
     RuntimeEvent, StreamChunk, StreamHandle, StreamSpec,
 };
 use crate::error::{Error, Result};
+use crate::host::MIN_MEMORY_BYTES;
+use crate::images::{ImagePolicy, PulledImages, RegistryGuard};
 
 /// Capabilities a pod's containers keep; everything else is dropped. Enough for common images
 /// that start as root and drop to a user (nginx, httpd), bind low ports, and chown their files.
@@ -65,12 +68,53 @@ pub(crate) const DEFAULT_MEMORY_LIMIT: i64 = 512 << 20;
 /// CPU limit of a container whose pod sets none (millicores).
 pub(crate) const DEFAULT_CPU_LIMIT_MILLIS: i64 = 1000;
 
+/// Which images an edge may use for tenants, and from where it may pull.
+#[derive(Debug, Clone, Default)]
+pub struct ImageRules {
+    /// Local images the volunteer lends (`--lend-local-image`); none by default.
+    pub lent: ImagePolicy,
+    /// Registry hosts a pull may go to.
+    pub registries: RegistryGuard,
+    /// What this edge pulled (only those are reused, besides the lent ones).
+    pub pulled: Arc<PulledImages>,
+}
+
+/// The offer as the engine enforces it: the cgroup parent every container runs under and
+/// the defaults of containers that set no limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceCeiling {
+    /// `HostConfig.CgroupParent` of every container (`None`: the engine's default).
+    pub cgroup_parent: Option<String>,
+    /// Offered CPU (millicores); container defaults never exceed it. 0: unknown.
+    pub cpu_millis: i64,
+    /// Offered memory (bytes); container defaults never exceed it. 0: unknown.
+    pub memory_bytes: i64,
+}
+
+/// What `docker info` says about the engine that matters for safety.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineFacts {
+    /// `cgroupfs` or `systemd`.
+    pub cgroup_driver: String,
+    /// `1` or `2`.
+    pub cgroup_version: String,
+    /// The daemon runs with `userns-remap`: root in a container is an unprivileged user on
+    /// the host.
+    pub userns_remap: bool,
+    /// Storage driver (`overlay2`, …).
+    pub storage_driver: String,
+    /// `SecurityOptions` as reported (`name=seccomp,profile=default`, `name=userns`, …).
+    pub security_options: Vec<String>,
+}
+
 /// The Docker engine, as one edge uses it.
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
     node: String,
     network: String,
+    images: ImageRules,
+    ceiling: ResourceCeiling,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -135,6 +179,42 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
+/// Docker's option naming a bridge network's host interface.
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+/// Docker's option switching inter-container traffic on a bridge network.
+const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+
+/// The limits a container runs with: its own, or defaults no larger than the offer; never
+/// below Docker's 6 MiB minimum (a smaller request, valid in Kubernetes, is raised to it).
+/// (memory limit, memory reservation, CPU limit in millicores)
+pub(crate) fn effective_limits(
+    res: &pb::ResourceSpec,
+    ceiling: &ResourceCeiling,
+) -> (i64, Option<i64>, i64) {
+    let cap = |default: i64, offer: i64| {
+        if offer > 0 {
+            default.min(offer)
+        } else {
+            default
+        }
+    };
+    let memory = if res.memory_limit_bytes > 0 {
+        res.memory_limit_bytes
+    } else {
+        cap(DEFAULT_MEMORY_LIMIT, ceiling.memory_bytes).max(res.memory_request_bytes)
+    }
+    .max(MIN_MEMORY_BYTES);
+    let reservation = (res.memory_request_bytes > 0)
+        .then(|| res.memory_request_bytes.clamp(MIN_MEMORY_BYTES, memory));
+    let cpu = if res.cpu_limit_millis > 0 {
+        res.cpu_limit_millis
+    } else {
+        cap(DEFAULT_CPU_LIMIT_MILLIS, ceiling.cpu_millis).max(res.cpu_request_millis)
+    }
+    .max(10);
+    (memory, reservation, cpu)
+}
+
 // Serialises network creation inside one process: Engine 20.10 allows duplicate network names
 // when asked through the API, and several edges may share one process in tests.
 static NETWORK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -156,7 +236,76 @@ impl DockerRuntime {
             docker,
             node: node.to_string(),
             network: network.to_string(),
+            images: ImageRules::default(),
+            ceiling: ResourceCeiling::default(),
         })
+    }
+
+    /// Uses `rules` for images: lent local images, registries, the pull ledger.
+    pub fn with_image_rules(mut self, rules: ImageRules) -> Self {
+        self.images = rules;
+        self
+    }
+
+    /// Runs every container under `ceiling`.
+    pub fn with_ceiling(mut self, ceiling: ResourceCeiling) -> Self {
+        self.ceiling = ceiling;
+        self
+    }
+
+    /// The safety-relevant facts of the engine (`docker info`).
+    pub async fn engine_facts(&self) -> Result<EngineFacts> {
+        let info = self.docker.info().await.map_err(map_err)?;
+        let security_options = info.security_options.unwrap_or_default();
+        Ok(EngineFacts {
+            cgroup_driver: info
+                .cgroup_driver
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            cgroup_version: info
+                .cgroup_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            userns_remap: security_options
+                .iter()
+                .any(|o| o.split(',').any(|kv| kv == "name=userns")),
+            storage_driver: info.driver.unwrap_or_default(),
+            security_options,
+        })
+    }
+
+    /// The host interface of the edge's network (its bridge), after [`ContainerRuntime::prepare`].
+    pub async fn bridge_interface(&self) -> Result<String> {
+        let net = self
+            .docker
+            .inspect_network(&self.network, None)
+            .await
+            .map_err(map_err)?;
+        if net.driver.as_deref() != Some("bridge") {
+            return Err(Error::Unsupported(format!(
+                "network {:?} is not a bridge network",
+                self.network
+            )));
+        }
+        let named = net
+            .options
+            .as_ref()
+            .and_then(|o| o.get(BRIDGE_NAME_OPTION))
+            .filter(|n| !n.is_empty())
+            .cloned();
+        let id = net.id.unwrap_or_default();
+        Ok(named.unwrap_or_else(|| format!("br-{}", id.chars().take(12).collect::<String>())))
+    }
+
+    /// Removes the edge's network if no container is attached any more (`uninstall`).
+    pub async fn remove_network(&self) -> Result<()> {
+        match self.docker.remove_network(&self.network).await {
+            Ok(()) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
     }
 
     fn own_filters(&self) -> HashMap<String, Vec<String>> {
@@ -237,16 +386,8 @@ impl DockerRuntime {
         ]);
         let res = c.resources.unwrap_or_default();
         // Limits always: the pod's, else a default (never below its request).
-        let memory_limit = if res.memory_limit_bytes > 0 {
-            res.memory_limit_bytes
-        } else {
-            DEFAULT_MEMORY_LIMIT.max(res.memory_request_bytes)
-        };
-        let cpu_limit_millis = if res.cpu_limit_millis > 0 {
-            res.cpu_limit_millis
-        } else {
-            DEFAULT_CPU_LIMIT_MILLIS.max(res.cpu_request_millis)
-        };
+        let (memory_limit, memory_reservation, cpu_limit_millis) =
+            effective_limits(&res, &self.ceiling);
         let own_net = matches!(req.network, PodNetwork::Own);
         let host_config = HostConfig {
             network_mode: Some(match req.network {
@@ -260,7 +401,8 @@ impl DockerRuntime {
             pids_limit: Some(PIDS_LIMIT),
             memory: Some(memory_limit),
             memory_swap: Some(memory_limit),
-            memory_reservation: (res.memory_request_bytes > 0).then_some(res.memory_request_bytes),
+            memory_reservation,
+            cgroup_parent: self.ceiling.cgroup_parent.clone(),
             nano_cpus: Some(cpu_limit_millis * 1_000_000),
             cpu_shares: (res.cpu_request_millis > 0)
                 .then_some((res.cpu_request_millis * 1024 / 1000).max(2)),
@@ -390,6 +532,11 @@ impl ContainerRuntime for DockerRuntime {
                 labels::MANAGED_BY.to_string(),
                 labels::MANAGED_BY_VALUE.to_string(),
             )])),
+            // Pods do not reach each other (the egress policy drops bridged traffic too).
+            options: Some(HashMap::from([(
+                ICC_OPTION.to_string(),
+                "false".to_string(),
+            )])),
             ..Default::default()
         };
         match self.docker.create_network(req).await {
@@ -407,22 +554,44 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn ensure_image(&self, image: &str, policy: pb::PullPolicy) -> Result<()> {
         let present = match self.docker.inspect_image(image).await {
-            Ok(_) => true,
+            Ok(i) => Some(i.id.unwrap_or_default()),
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
-            }) => false,
+            }) => None,
             Err(e) => return Err(map_err(e)),
         };
+        // A local image is used for a tenant only if this edge pulled it (same id) or the
+        // volunteer lends it; anything else on the machine is the volunteer's own.
+        let usable = present.as_deref().is_some_and(|id| {
+            self.images.lent.matches(image) || self.images.pulled.is_ours(image, id)
+        });
         match policy {
-            pb::PullPolicy::IfNotPresent if present => Ok(()),
-            pb::PullPolicy::Never if present => Ok(()),
+            pb::PullPolicy::IfNotPresent | pb::PullPolicy::Never if usable => Ok(()),
             pb::PullPolicy::Never => Err(Error::ImagePull {
                 reason: "ErrImageNeverPull",
-                message: format!(
-                    "Container image \"{image}\" is not present with pull policy of Never"
-                ),
+                message: if present.is_some() {
+                    format!(
+                        "Container image \"{image}\" is not present with pull policy of Never \
+                         (a local image this edge did not pull and the provider does not lend)"
+                    )
+                } else {
+                    format!("Container image \"{image}\" is not present with pull policy of Never")
+                },
             }),
-            pb::PullPolicy::IfNotPresent | pb::PullPolicy::Always => self.pull(image).await,
+            pb::PullPolicy::IfNotPresent | pb::PullPolicy::Always => {
+                // Checked before the engine is asked: the engine dials what the image names.
+                self.images.registries.check(image).await?;
+                self.pull(image).await?;
+                let id = self
+                    .docker
+                    .inspect_image(image)
+                    .await
+                    .map_err(map_err)?
+                    .id
+                    .unwrap_or_default();
+                self.images.pulled.record(image, &id);
+                Ok(())
+            }
         }
     }
 
@@ -802,6 +971,55 @@ mod tests {
         assert_eq!(parse_time(Some("1970-01-01T00:00:01.5Z")), 1500);
         assert_eq!(parse_time(None), 0);
         assert_eq!(parse_time(Some("nonsense")), 0);
+    }
+
+    #[test]
+    fn limits_default_below_the_offer_and_never_under_docker_minimum() {
+        const MI: i64 = 1 << 20;
+        let res = |cr, cl, mr, ml| pb::ResourceSpec {
+            cpu_request_millis: cr,
+            cpu_limit_millis: cl,
+            memory_request_bytes: mr,
+            memory_limit_bytes: ml,
+        };
+        let offer = ResourceCeiling {
+            cgroup_parent: Some("/decloud-x".into()),
+            cpu_millis: 500,
+            memory_bytes: 256 * MI,
+        };
+        // (resources, ceiling, (memory limit, reservation, cpu limit))
+        let table = [
+            (
+                res(0, 0, 0, 0),
+                ResourceCeiling::default(),
+                (512 * MI, None, 1000),
+            ),
+            (res(0, 0, 0, 0), offer.clone(), (256 * MI, None, 500)),
+            (
+                res(0, 0, 4 * MI, 4 * MI),
+                offer.clone(),
+                (6 * MI, Some(6 * MI), 500),
+            ),
+            (
+                res(0, 0, MI, 0),
+                offer.clone(),
+                (256 * MI, Some(6 * MI), 500),
+            ),
+            (
+                res(100, 200, 32 * MI, 64 * MI),
+                offer.clone(),
+                (64 * MI, Some(32 * MI), 200),
+            ),
+            (
+                res(2000, 0, 300 * MI, 0),
+                offer.clone(),
+                (300 * MI, Some(300 * MI), 2000),
+            ),
+            (res(0, 1, 0, 1), offer, (6 * MI, None, 10)),
+        ];
+        for (r, c, want) in table {
+            assert_eq!(effective_limits(&r, &c), want, "{r:?} {c:?}");
+        }
     }
 
     #[test]

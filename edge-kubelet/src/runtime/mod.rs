@@ -11,7 +11,7 @@ mod simulated;
 mod types;
 
 pub use container_runtime::ContainerRuntime;
-pub use docker::DockerRuntime;
+pub use docker::{DockerRuntime, EngineFacts, ImageRules, ResourceCeiling};
 pub use simulated::{SimulatedRuntime, SimulatedTimings};
 pub use types::{
     ContainerInfo, ContainerStream, ContainerUsage, CreateRequest, LogOptions, PodNetwork,

@@ -50,6 +50,8 @@ pub(crate) struct SessionConfig {
     pub(crate) credential: EdgeCredential,
     /// What this machine is, reported in `Hello`.
     pub(crate) platform: pb::Platform,
+    /// What protects the machine (userns-remap, the egress policy), for the Hello.
+    pub(crate) isolation: Option<pb::HostIsolation>,
 }
 
 /// Runs sessions until `shutdown` is cancelled.
@@ -130,6 +132,7 @@ async fn session_inner(
         owner: cfg.owner.clone(),
         pods: pods.board().all(),
         platform: Some(cfg.platform.clone()),
+        isolation: cfg.isolation.clone(),
         pod_cidr: pods.runtime().pod_cidr().await.unwrap_or_default(),
     };
     tx.send(msg(Out::Hello(hello)))

@@ -108,6 +108,8 @@ impl Drop for ContainerSweeper {
             args.extend(ids.iter().map(String::as_str));
             docker(&args);
         }
+        // A real edge binary leaves its egress rules (they outlive it on purpose).
+        let _ = edge_kubelet::remove_egress_policy(&self.node);
     }
 }
 

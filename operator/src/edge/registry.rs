@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use decloud_crds::Platform;
+use decloud_crds::{EgressPolicyState, HostIsolation, Platform};
 use decloud_proto as pb;
 use pb::operator_message::Kind;
 use tokio::sync::mpsc;
@@ -47,6 +47,8 @@ pub(crate) struct HelloInfo {
     /// The pod network the edge announced (None: it did not, or not a valid one; then no
     /// reported pod IP is accepted).
     pub(crate) pod_network: Option<PodNetwork>,
+    /// What protects the machine (None if the edge did not say).
+    pub(crate) isolation: Option<HostIsolation>,
 }
 
 /// Most CPU an edge may claim: 1024 cores (the bound a Workload may request).
@@ -154,7 +156,20 @@ impl HelloInfo {
             running: hello.pods.iter().map(|p| p.uid.clone()).collect(),
             platform: hello.platform.as_ref().and_then(platform),
             pod_network: PodNetwork::parse(&hello.pod_cidr),
+            isolation: hello.isolation.as_ref().map(isolation),
         }
+    }
+}
+
+/// The isolation an edge claims; an unknown egress word counts as not said.
+fn isolation(i: &pb::HostIsolation) -> HostIsolation {
+    HostIsolation {
+        userns_remap: i.userns_remap,
+        egress_policy: match i.egress_policy.as_str() {
+            "Enforced" => Some(EgressPolicyState::Enforced),
+            "Disabled" => Some(EgressPolicyState::Disabled),
+            _ => None,
+        },
     }
 }
 
@@ -739,6 +754,29 @@ mod tests {
         );
         assert_eq!(metrics.liveness_disruption.get(), 0);
         assert_eq!(metrics.liveness_disruptions.get(), 1);
+    }
+
+    #[test]
+    fn isolation_claims_are_mapped_and_unknown_words_dropped() {
+        for (word, want) in [
+            ("Enforced", Some(EgressPolicyState::Enforced)),
+            ("Disabled", Some(EgressPolicyState::Disabled)),
+            ("Off", None),
+            ("", None),
+            ("enforced-ish", None),
+        ] {
+            let got = isolation(&pb::HostIsolation {
+                userns_remap: true,
+                egress_policy: word.into(),
+            });
+            assert_eq!(got.egress_policy, want, "{word:?}");
+            assert!(got.userns_remap);
+        }
+        let h = HelloInfo::from_hello(&pb::Hello::default());
+        assert_eq!(
+            h.isolation, None,
+            "an edge that says nothing claims nothing"
+        );
     }
 
     #[test]

@@ -316,6 +316,7 @@ pub(crate) fn desired_status(
         node_name: Some(node_name(&provider.name_any())),
         agent_version: hello.map(|h| h.agent_version.clone()).or(old.agent_version),
         platform: hello.and_then(|h| h.platform.clone()).or(old.platform),
+        isolation: hello.and_then(|h| h.isolation.clone()).or(old.isolation),
         last_heartbeat_time,
         capacity,
         allocatable,

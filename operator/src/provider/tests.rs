@@ -46,6 +46,7 @@ fn hello() -> HelloInfo {
         running: HashSet::new(),
         platform: None,
         pod_network: None,
+        isolation: None,
     }
 }
 

@@ -12,6 +12,27 @@ use crate::error::{Error, Result};
 /// The waiting reason of a container whose image the provider refuses.
 pub(crate) const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
 
+/// Most patterns one flag takes, and the longest pattern.
+pub(crate) const MAX_PATTERNS: usize = 64;
+const MAX_PATTERN_LEN: usize = 255;
+
+/// Refuses more than [`MAX_PATTERNS`] patterns for `flag`, or one longer than 255 bytes.
+pub(crate) fn check_patterns(flag: &str, patterns: &[String]) -> Result<()> {
+    if patterns.len() > MAX_PATTERNS {
+        return Err(Error::InvalidInput(format!(
+            "{} {flag} patterns; at most {MAX_PATTERNS}",
+            patterns.len()
+        )));
+    }
+    if let Some(p) = patterns.iter().find(|p| p.len() > MAX_PATTERN_LEN) {
+        return Err(Error::InvalidInput(format!(
+            "{flag} {:.40}…: longer than {MAX_PATTERN_LEN} bytes",
+            p
+        )));
+    }
+    Ok(())
+}
+
 /// The provider's image allow-list.
 #[derive(Clone, Debug, Default)]
 pub struct ImagePolicy {
@@ -21,7 +42,7 @@ pub struct ImagePolicy {
 
 impl ImagePolicy {
     /// A policy admitting images matching any of `patterns` (all images if empty).
-    pub(crate) fn new(patterns: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(patterns: impl IntoIterator<Item = String>) -> Self {
         let patterns: Vec<String> = patterns
             .into_iter()
             .map(|p| p.trim().to_string())
@@ -42,6 +63,11 @@ impl ImagePolicy {
             GlobSet::empty()
         });
         Self { patterns, globs }
+    }
+
+    /// Whether `image` matches one of the patterns (false when there are none).
+    pub(crate) fn matches(&self, image: &str) -> bool {
+        !self.patterns.is_empty() && self.allows(image)
     }
 
     /// Whether `image` may run here.
@@ -125,6 +151,17 @@ mod tests {
         ] {
             assert_eq!(normalise(image), full, "{image}");
         }
+    }
+
+    #[test]
+    fn pattern_lists_are_bounded() {
+        let ok = vec!["decloud-test/*".to_string(); MAX_PATTERNS];
+        assert!(check_patterns("--lend-local-image", &ok).is_ok());
+        let many = vec!["x".to_string(); MAX_PATTERNS + 1];
+        assert!(check_patterns("--lend-local-image", &many).is_err());
+        let long = vec!["x".repeat(MAX_PATTERN_LEN + 1)];
+        let e = check_patterns("--lend-local-image", &long).unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,15 @@
+//! What the edge does to the volunteer's machine so that lending it stays safe: the egress
+//! policy (what containers may reach, `egress`), the ceiling cgroup (never more than the
+//! offer, `cgroup`) and the IP ranges both speak of (`cidr`).
+
+mod cgroup;
+mod cidr;
+mod egress;
+
+pub(crate) use cgroup::{Ceiling, CgroupLayout, MIN_MEMORY_BYTES};
+pub use cidr::Cidr;
+pub use egress::EgressPolicy;
+pub(crate) use egress::{
+    Chains, Family, FamilyRules, build, forward_hook, install, listing, nameservers, uninstall,
+    verify,
+};
