@@ -17,8 +17,13 @@ pub use v1::*;
 /// Largest message either side accepts on any RPC (hostile input is cut off here).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Largest data payload of one tunnel frame, either way.
-pub const MAX_TUNNEL_FRAME: usize = 64 * 1024;
+/// Largest data payload of one tunnel frame, either way. Bulk transfers are cut into frames of
+/// this size: larger frames mean fewer messages, wake-ups and HTTP/2 frame headers per byte.
+pub const MAX_TUNNEL_FRAME: usize = 256 * 1024;
+
+/// Largest HTTP/2 frame either side of an edge connection accepts: one tunnel frame and its
+/// gRPC and protobuf framing fit in one HTTP/2 DATA frame (h2's default is 16 KiB).
+pub const MAX_HTTP2_FRAME: u32 = MAX_TUNNEL_FRAME as u32 + 64;
 
 /// Largest log chunk an edge sends in one `LogChunk`.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;

@@ -35,6 +35,8 @@ pub struct Opts {
     pub node_lease_renew: Option<String>,
     /// `scale`: the heartbeat interval of the second steady-state window (default 500ms).
     pub second_heartbeat: Option<String>,
+    /// `tunnel`: MiB per bulk transfer, if not the default.
+    pub tunnel_mib: Option<u32>,
 }
 
 /// A container that idles and stops at once on SIGTERM.

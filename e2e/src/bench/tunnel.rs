@@ -44,6 +44,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
     } else {
         (2000, Duration::from_secs(10), 128u32, 3)
     };
+    let big_mib = opts.tunnel_mib.unwrap_or(big_mib);
     let concurrency = 16;
     let cluster = BenchCluster::start("tunnel", 1, &[]).await?;
     let client = cluster.env.client();

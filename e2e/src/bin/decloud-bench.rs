@@ -40,6 +40,10 @@ struct Args {
     /// `scale` only: the heartbeat interval of the second steady-state window (default 500ms).
     #[arg(long)]
     second_heartbeat: Option<String>,
+    /// `tunnel` only: size of each bulk transfer in MiB (default 128; with --quick 16), e.g.
+    /// 1024 for transfers long enough to profile.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    tunnel_mib: Option<u32>,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         scale_sizes: args.scale_sizes,
         node_lease_renew: args.node_lease_renew,
         second_heartbeat: args.second_heartbeat,
+        tunnel_mib: args.tunnel_mib,
     };
     let list = match args.scenario {
         Scenario::All => vec![

@@ -111,7 +111,8 @@ async fn session_inner(
     let endpoint = join::endpoint(&cfg.operator, cfg.credential.ca_pem.as_deref())?
         // Tunnels carry bulk data over this connection: h2's 64 KiB default windows are small.
         .initial_stream_window_size(pb::TUNNEL_STREAM_WINDOW)
-        .initial_connection_window_size(pb::TUNNEL_CONNECTION_WINDOW);
+        .initial_connection_window_size(pb::TUNNEL_CONNECTION_WINDOW)
+        .max_frame_size(pb::MAX_HTTP2_FRAME);
     let channel = join::connect(endpoint).await?;
     let mut client = EdgeClient::new(channel)
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,6 +24,8 @@ use crate::pod::PodSupervisor;
 
 /// Frames queued towards the operator per tunnel.
 const FRAME_QUEUE: usize = 32;
+/// Below this much spare room the read buffer is replaced rather than read into.
+const MIN_READ: usize = 16 * 1024;
 /// How long connecting to a container port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -144,7 +147,7 @@ async fn run(
     let _ = tx
         .send(frame(Frame::Open(pb::TunnelOpen { tunnel_id: id })))
         .await;
-    let _ = tx.send(frame(Frame::Data(Vec::new()))).await;
+    let _ = tx.send(frame(Frame::Data(Bytes::new()))).await;
     let inbound = opener(ReceiverStream::new(rx))
         .await
         .map_err(|s| format!("opening the Tunnel RPC: {}", s.message()))?;
@@ -161,22 +164,22 @@ async fn splice(
 ) -> Result<(), String> {
     let (mut from_container, mut to_container) = conn.into_split();
     let up = async {
-        let mut buf = vec![0u8; pb::MAX_TUNNEL_FRAME];
+        let mut buf = BytesMut::with_capacity(pb::MAX_TUNNEL_FRAME);
         loop {
-            match from_container.read(&mut buf).await {
+            // Read into spare capacity (no zeroing); the bytes read leave as one frame and
+            // the rest of the allocation serves the next reads.
+            if buf.capacity() < MIN_READ {
+                buf = BytesMut::with_capacity(pb::MAX_TUNNEL_FRAME);
+            }
+            match from_container.read_buf(&mut buf).await {
                 Ok(0) => {
                     let _ = tx
                         .send(frame(Frame::Close(pb::TunnelClose::default())))
                         .await;
                     return Ok(());
                 }
-                Ok(n) => {
-                    // A full read hands its buffer over as is; short reads are copied out.
-                    let data = if n == buf.len() {
-                        std::mem::replace(&mut buf, vec![0u8; pb::MAX_TUNNEL_FRAME])
-                    } else {
-                        buf[..n].to_vec()
-                    };
+                Ok(_) => {
+                    let data = buf.split().freeze();
                     if tx.send(frame(Frame::Data(data))).await.is_err() {
                         return Err("the operator closed the tunnel".to_string());
                     }

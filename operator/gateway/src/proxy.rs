@@ -526,6 +526,8 @@ enum Head {
 struct ClientReader {
     conn: tokio::net::tcp::OwnedReadHalf,
     buf: Vec<u8>,
+    /// Body copy buffer, allocated on the first body larger than what `buf` holds.
+    body: Option<Vec<u8>>,
     activity: Activity,
     max_head: usize,
 }
@@ -535,6 +537,7 @@ impl ClientReader {
         Self {
             conn,
             buf: Vec::with_capacity(4096),
+            body: None,
             activity,
             max_head,
         }
@@ -589,8 +592,20 @@ impl ClientReader {
         to: &mut W,
     ) -> std::io::Result<()> {
         while n > 0 {
-            if self.buf.is_empty() && !self.fill().await? {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            if self.buf.is_empty() {
+                // Nothing buffered: read the body straight into a large buffer and pass it
+                // on, rather than through the small head buffer (fewer, larger tunnel frames).
+                let want = usize::try_from(n).unwrap_or(usize::MAX).min(COPY_BUFFER);
+                let body = self.body.get_or_insert_with(|| vec![0u8; COPY_BUFFER]);
+                let got = self.conn.read(&mut body[..want]).await?;
+                if got == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                self.activity.mark();
+                to.write_all(&body[..got]).await?;
+                self.activity.mark();
+                n -= got as u64;
+                continue;
             }
             let take = usize::try_from(n).unwrap_or(usize::MAX).min(self.buf.len());
             to.write_all(&self.buf[..take]).await?;

@@ -12,7 +12,7 @@ use decloud_crds::contracts::node_name;
 use decloud_proto as pb;
 use decloud_proto::edge_message::Kind;
 use decloud_proto::edge_server::{Edge, EdgeServer};
-use decloud_proto::{TUNNEL_CONNECTION_WINDOW, TUNNEL_STREAM_WINDOW};
+use decloud_proto::{MAX_HTTP2_FRAME, TUNNEL_CONNECTION_WINDOW, TUNNEL_STREAM_WINDOW};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::metadata::MetadataMap;
@@ -291,6 +291,7 @@ pub(crate) async fn serve<A: EdgeAuthenticator>(
         // Tunnels carry bulk data: h2's default 64 KiB windows would cap their throughput.
         .initial_stream_window_size(Some(TUNNEL_STREAM_WINDOW))
         .initial_connection_window_size(Some(TUNNEL_CONNECTION_WINDOW))
+        .max_frame_size(Some(MAX_HTTP2_FRAME))
         // One session and the edge's tunnels and log streams: bounded per connection.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(

@@ -180,7 +180,7 @@ pub(crate) async fn accept_open(
     let opened: Opened = match second {
         Ok(Ok(Some(pb::TunnelFrame {
             kind: Some(Frame::Data(first)),
-        }))) => Ok(Box::new(GrpcTunnel::new(inbound, Bytes::from(first), tx))),
+        }))) => Ok(Box::new(GrpcTunnel::new(inbound, first, tx))),
         Ok(Ok(Some(pb::TunnelFrame {
             kind: Some(Frame::Close(close)),
         }))) => Err(DialError::Refused(if close.error.is_empty() {
@@ -292,7 +292,7 @@ impl Stream for InboundBytes {
                     if data.is_empty() {
                         continue;
                     }
-                    return Poll::Ready(Some(Ok(Bytes::from(data))));
+                    return Poll::Ready(Some(Ok(data)));
                 }
                 Some(Ok(pb::TunnelFrame {
                     kind: Some(Frame::Close(close)),
@@ -332,7 +332,7 @@ impl FrameWriter {
         ready!(self.tx.poll_reserve(cx)).map_err(|_| broken())?;
         let n = buf.len().min(MAX_TUNNEL_FRAME);
         self.tx
-            .send_item(Ok(frame(Frame::Data(buf[..n].to_vec()))))
+            .send_item(Ok(frame(Frame::Data(Bytes::copy_from_slice(&buf[..n])))))
             .map_err(|_| broken())?;
         Poll::Ready(Ok(n))
     }

@@ -79,7 +79,7 @@ async fn tunnels_carry_bytes_both_ways_and_fail_fast() {
     let (edge_tx, res) = tunnel_rpc(
         &client,
         "alice",
-        vec![open_frame, frame(Frame::Data(Vec::new()))],
+        vec![open_frame, frame(Frame::Data(Bytes::new()))],
     )
     .await;
     let mut inbound = res.expect("tunnel accepted");
