@@ -169,16 +169,17 @@ async fn carry(
     let ended = {
         let up = async {
             while let Some(chunk) = output.next().await {
-                let (data, stderr) = match chunk {
+                let (mut data, stderr) = match chunk {
                     Ok(StreamChunk::Stdout(b)) => (b, false),
                     Ok(StreamChunk::Stderr(b)) => (b, true),
                     Err(e) => return Err(format!("reading the process's output: {e}")),
                 };
-                for part in data.chunks(pb::MAX_TUNNEL_FRAME) {
+                while !data.is_empty() {
+                    let part = data.split_to(data.len().min(pb::MAX_TUNNEL_FRAME));
                     let kind = if stderr {
-                        Frame::Stderr(part.to_vec())
+                        Frame::Stderr(part)
                     } else {
-                        Frame::Stdout(part.to_vec())
+                        Frame::Stdout(part)
                     };
                     if tx.send(frame(kind)).await.is_err() {
                         return Err("the operator closed the session".into());

@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use decloud_crds::contracts::provider_of_node;
 use decloud_gateway::{
     Backend, ContainerStreams, DialError, ExecInput, ExecIo, ExecOutput, ExecRequest, StreamError,
@@ -288,9 +287,10 @@ async fn bridge(
     loop {
         tokio::select! {
             msg = input.recv() => match msg {
-                Some(ExecInput::Stdin(b)) => {
-                    for part in b.chunks(pb::MAX_TUNNEL_FRAME) {
-                        if tx.send(frame(Frame::Stdin(part.to_vec()))).await.is_err() {
+                Some(ExecInput::Stdin(mut b)) => {
+                    while !b.is_empty() {
+                        let part = b.split_to(b.len().min(pb::MAX_TUNNEL_FRAME));
+                        if tx.send(frame(Frame::Stdin(part))).await.is_err() {
                             return;
                         }
                     }
@@ -312,10 +312,10 @@ async fn bridge(
             msg = inbound.next() => {
                 let out = match msg {
                     Some(Ok(pb::TunnelFrame { kind: Some(Frame::Stdout(b)) })) => {
-                        ExecOutput::Stdout(Bytes::from(b))
+                        ExecOutput::Stdout(b)
                     }
                     Some(Ok(pb::TunnelFrame { kind: Some(Frame::Stderr(b)) })) => {
-                        ExecOutput::Stderr(Bytes::from(b))
+                        ExecOutput::Stderr(b)
                     }
                     Some(Ok(pb::TunnelFrame { kind: Some(Frame::Exit(exit)) })) => {
                         let last = if exit.error.is_empty() {

@@ -1,5 +1,6 @@
 //! The relay over a real loopback gRPC server, with a fake edge driven by the test.
 
+use bytes::Bytes;
 use decloud_proto::edge_client::EdgeClient;
 use tonic::transport::Channel;
 
@@ -149,7 +150,7 @@ async fn exec_rides_an_edge_tunnel_only_the_asked_edge_opens() {
     let (edge_tx, res) = tunnel_rpc(
         &client,
         "alice",
-        vec![first, f(Frame::Stdout(b"hi".to_vec()))],
+        vec![first, f(Frame::Stdout(Bytes::from_static(b"hi")))],
     )
     .await;
     let mut from_operator = res.expect("opened");
@@ -184,7 +185,7 @@ async fn exec_rides_an_edge_tunnel_only_the_asked_edge_opens() {
     assert_eq!(
         got,
         vec![
-            Some(Frame::Stdin(b"in".to_vec())),
+            Some(Frame::Stdin(Bytes::from_static(b"in"))),
             Some(Frame::Resize(pb::TerminalSize {
                 width: 80,
                 height: 24
