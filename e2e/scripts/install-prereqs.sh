@@ -13,6 +13,7 @@ command -v file >/dev/null || need+=(file)
 { [ -x /bin/busybox ] && file -L /bin/busybox | grep -q static; } || need+=(busybox-static)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "prereqs: apt-get install ${need[*]}"
   apt-get update -qq
@@ -23,6 +24,7 @@ command -v cargo >/dev/null || { echo "prereqs: Rust (cargo) is required" >&2; e
 
 bash e2e/scripts/ensure-docker.sh
 bash e2e/images/busybox-image.sh >/dev/null
+echo "prereqs: routable test address for the kubelet API ($(bash e2e/scripts/node-address.sh | tail -n1))"
 echo "prereqs: Kubernetes control plane"
 bash e2e/k8s/build.sh >/dev/null
 echo "prereqs: helm"

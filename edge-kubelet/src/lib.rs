@@ -34,8 +34,9 @@ pub use pod::{
     BackoffPolicy, ImagePolicy, OUT_OF_PODS, PodSupervisor, PodUpdate, PodWorkerConfig, StatusBoard,
 };
 pub use runtime::{
-    ContainerInfo, ContainerRuntime, ContainerUsage, CreateRequest, DockerRuntime, LogOptions,
-    PodNetwork, ProbeTarget, RuntimeEvent, SimulatedRuntime, SimulatedTimings,
+    ContainerInfo, ContainerMeasurements, ContainerRuntime, ContainerUsage, CreateRequest,
+    DockerRuntime, LogOptions, PodNetwork, ProbeTarget, RuntimeEvent, SimulatedRuntime,
+    SimulatedTimings,
 };
 
 /// Version reported in `Hello`.

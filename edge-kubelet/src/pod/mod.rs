@@ -8,6 +8,7 @@
 //! - `readiness`: when to probe; `image_policy`: `--allowed-images`; `usage`: the meters.
 
 mod image_policy;
+mod kubelet_events;
 mod lifecycle;
 mod readiness;
 mod status_board;

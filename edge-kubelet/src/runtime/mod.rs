@@ -14,5 +14,6 @@ pub use container_runtime::ContainerRuntime;
 pub use docker::DockerRuntime;
 pub use simulated::{SimulatedRuntime, SimulatedTimings};
 pub use types::{
-    ContainerInfo, ContainerUsage, CreateRequest, LogOptions, PodNetwork, ProbeTarget, RuntimeEvent,
+    ContainerInfo, ContainerMeasurements, ContainerUsage, CreateRequest, LogOptions, PodNetwork,
+    ProbeTarget, RuntimeEvent,
 };

@@ -4,6 +4,7 @@
 
 mod logs;
 mod session_loop;
+mod stats;
 mod tunnel;
 
 pub(crate) use session_loop::{SessionConfig, run};

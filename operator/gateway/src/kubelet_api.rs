@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::seams::{LogQuery, LogSource};
+use crate::seams::{LogQuery, LogSource, NodeReadings};
 use crate::{Error, LogError, Result};
 
 mod auth;
@@ -116,6 +116,17 @@ struct Guard {
     logs: Arc<dyn LogSource>,
 }
 
+/// The virtual node one kubelet API listener serves: each node has its own port (its
+/// `daemonEndpoints.kubeletEndpoint`), so that node-level paths (`/pods`, `/stats/summary`,
+/// `/metrics/resource`) know which node they are about.
+#[derive(Clone)]
+pub struct ServingNode {
+    /// The node's name.
+    pub node: String,
+    /// What its reads serve.
+    pub readings: Arc<dyn NodeReadings>,
+}
+
 fn refuse(status: StatusCode, msg: String) -> Response {
     (status, [("content-type", "text/plain; charset=utf-8")], msg).into_response()
 }
@@ -173,7 +184,12 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         );
     };
     let path = req.uri().path().to_string();
-    let node = node_of_path(g.logs.as_ref(), &path);
+    let mut node = node_of_path(g.logs.as_ref(), &path);
+    if node.is_empty()
+        && let Some(serving) = req.extensions().get::<ServingNode>()
+    {
+        node = serving.node.clone();
+    }
     let subresources = auth::subresources_of(&path);
     for subresource in subresources {
         let access = Access {
@@ -217,6 +233,9 @@ fn router(logs: Arc<dyn LogSource>, auth: KubeletAuth) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route("/pods", get(node_pods))
+        .route("/stats/summary", get(stats_summary))
+        .route("/metrics/resource", get(resource_metrics))
         .route("/exec/{*rest}", any(unsupported))
         .route("/attach/{*rest}", any(unsupported))
         .route("/portForward/{*rest}", any(unsupported))
@@ -256,6 +275,58 @@ async fn container_logs(
     }
 }
 
+/// Node-level reads need the node: they are served on each node's own port only.
+fn no_node() -> Response {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "node-level endpoints are served on each node's own kubelet port \
+         (status.daemonEndpoints.kubeletEndpoint of the Node)\n"
+            .into(),
+    )
+}
+
+fn no_stats(node: &str) -> Response {
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("no statistics from the edge of node {node} yet\n"),
+    )
+}
+
+async fn node_pods(serving: Option<Extension<ServingNode>>) -> Response {
+    let Some(Extension(s)) = serving else {
+        return no_node();
+    };
+    (
+        [("content-type", "application/json")],
+        s.readings.pods(&s.node),
+    )
+        .into_response()
+}
+
+async fn stats_summary(serving: Option<Extension<ServingNode>>) -> Response {
+    let Some(Extension(s)) = serving else {
+        return no_node();
+    };
+    match s.readings.stats_summary(&s.node) {
+        Some(body) => ([("content-type", "application/json")], body).into_response(),
+        None => no_stats(&s.node),
+    }
+}
+
+async fn resource_metrics(serving: Option<Extension<ServingNode>>) -> Response {
+    let Some(Extension(s)) = serving else {
+        return no_node();
+    };
+    match s.readings.resource_metrics(&s.node) {
+        Some(body) => (
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        None => no_stats(&s.node),
+    }
+}
+
 async fn unsupported() -> Response {
     (
         StatusCode::NOT_IMPLEMENTED,
@@ -272,8 +343,23 @@ pub async fn serve_kubelet_api(
     logs: Arc<dyn LogSource>,
     auth: KubeletAuth,
 ) {
+    serve(listener, tls, router(logs, auth)).await
+}
+
+/// Serves the kubelet API of one virtual node (its own port) over TLS on `listener`, with
+/// the node-level reads, until the task is dropped.
+pub async fn serve_node_kubelet_api(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    logs: Arc<dyn LogSource>,
+    auth: KubeletAuth,
+    serving: ServingNode,
+) {
+    serve(listener, tls, router(logs, auth).layer(Extension(serving))).await
+}
+
+async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(logs, auth);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer): (_, SocketAddr) = match listener.accept().await {

@@ -4,10 +4,12 @@
 
 mod endpoints;
 mod logs;
+mod node_ports;
 mod pending;
 mod tunnels;
 
 pub(crate) use endpoints::{GatewayConfig, run as run_endpoints};
 pub(crate) use logs::on_chunk as on_log_chunk;
+pub(crate) use node_ports::NodePorts;
 pub(crate) use pending::{PendingLogs, PendingTunnels};
 pub(crate) use tunnels::{TunnelResponse, accept as accept_tunnel};
