@@ -29,3 +29,5 @@ echo "prereqs: Kubernetes control plane"
 bash e2e/k8s/build.sh >/dev/null
 echo "prereqs: helm"
 bash e2e/k8s/build-helm.sh >/dev/null
+echo "prereqs: metrics-server"
+bash e2e/k8s/build-metrics-server.sh >/dev/null

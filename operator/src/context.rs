@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::pods::{EVENT_QUEUE, EventLimiter, PodEventRecord, StatusQueue, StatusReport};
 use crate::relay::{NodePorts, PendingLogs, PendingTunnels};
 use crate::slots::Slots;
-use crate::stats::NodeStatsStore;
+use crate::stats::store::NodeStatsStore;
 use crate::usage::UsageLedger;
 
 /// Shared state of the operator.

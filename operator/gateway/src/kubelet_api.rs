@@ -25,10 +25,13 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::seams::{LogQuery, LogSource, NodeReadings};
+use crate::seams::{LogQuery, LogSource};
 use crate::{Error, LogError, Result};
+pub use node_reads::ServingNode;
+use node_reads::{node_pods, resource_metrics, stats_summary};
 
 mod auth;
+mod node_reads;
 
 pub use auth::{
     Access, AccessReview, KubeAccessReview, KubeletAuth, REVIEW_CACHE_ENTRIES, REVIEW_TTL,
@@ -114,17 +117,6 @@ struct PeerCertificate(Option<User>);
 struct Guard {
     auth: KubeletAuth,
     logs: Arc<dyn LogSource>,
-}
-
-/// The virtual node one kubelet API listener serves: each node has its own port (its
-/// `daemonEndpoints.kubeletEndpoint`), so that node-level paths (`/pods`, `/stats/summary`,
-/// `/metrics/resource`) know which node they are about.
-#[derive(Clone)]
-pub struct ServingNode {
-    /// The node's name.
-    pub node: String,
-    /// What its reads serve.
-    pub readings: Arc<dyn NodeReadings>,
 }
 
 fn refuse(status: StatusCode, msg: String) -> Response {
@@ -272,58 +264,6 @@ async fn container_logs(
             };
             (status, format!("{e}\n")).into_response()
         }
-    }
-}
-
-/// Node-level reads need the node: they are served on each node's own port only.
-fn no_node() -> Response {
-    refuse(
-        StatusCode::NOT_FOUND,
-        "node-level endpoints are served on each node's own kubelet port \
-         (status.daemonEndpoints.kubeletEndpoint of the Node)\n"
-            .into(),
-    )
-}
-
-fn no_stats(node: &str) -> Response {
-    refuse(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("no statistics from the edge of node {node} yet\n"),
-    )
-}
-
-async fn node_pods(serving: Option<Extension<ServingNode>>) -> Response {
-    let Some(Extension(s)) = serving else {
-        return no_node();
-    };
-    (
-        [("content-type", "application/json")],
-        s.readings.pods(&s.node),
-    )
-        .into_response()
-}
-
-async fn stats_summary(serving: Option<Extension<ServingNode>>) -> Response {
-    let Some(Extension(s)) = serving else {
-        return no_node();
-    };
-    match s.readings.stats_summary(&s.node) {
-        Some(body) => ([("content-type", "application/json")], body).into_response(),
-        None => no_stats(&s.node),
-    }
-}
-
-async fn resource_metrics(serving: Option<Extension<ServingNode>>) -> Response {
-    let Some(Extension(s)) = serving else {
-        return no_node();
-    };
-    match s.readings.resource_metrics(&s.node) {
-        Some(body) => (
-            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-            body,
-        )
-            .into_response(),
-        None => no_stats(&s.node),
     }
 }
 

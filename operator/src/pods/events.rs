@@ -1,24 +1,16 @@
-//! Kubelet's events for pods on edges: an edge's `PodEvent` is checked (the pod must be bound
-//! to the edge's node, the reason a CamelCase word, the message bounded), rate-limited per pod
-//! as client-go's spam filter limits kubelet, and recorded on the pod by one writer with
-//! kube's event [`Recorder`], reporting controller `kubelet` and instance the node's name, as
-//! kubelet's own events read in `kubectl describe pod`.
+//! Kubelet's events for pods on edges, the checks: an edge's `PodEvent` must be about a pod
+//! bound to the edge's node, its reason a CamelCase word, its message bounded, and each pod
+//! gets events at the rate client-go's spam filter grants kubelet. The writer
+//! (`event_writer`) records what passes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use decloud_crds::contracts::node_name;
 use decloud_proto as pb;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::ResourceExt;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
-use tracing::{debug, warn};
-
-use crate::context::Context;
 
 /// Events waiting for the writer, across all edges; more are dropped (and counted).
 pub(crate) const EVENT_QUEUE: usize = 1024;
@@ -197,76 +189,12 @@ pub(crate) fn check(
     })
 }
 
-/// Takes one event of `provider`'s edge: checked, rate-limited and queued for the writer.
-/// Never blocks.
-pub(crate) fn on_pod_event(ctx: &Arc<Context>, provider: &str, ev: pb::PodEvent) {
-    let key = ObjectRef::new(&ev.name).within(&ev.namespace);
-    let pod = ctx.pods.get(&key);
-    let outcome = check(
-        pod.as_deref(),
-        provider,
-        &ev,
-        &ctx.event_limiter,
-        Instant::now(),
-    )
-    .and_then(|record| {
-        ctx.pod_events
-            .try_send(record)
-            .map_err(|_| Refusal::QueueFull)
-    });
-    match outcome {
-        Ok(()) => {}
-        Err(refusal) => {
-            ctx.metrics.pod_event_refused(refusal.metric_label());
-            debug!(pod = %format!("{}/{}", ev.namespace, ev.name), uid = %ev.uid,
-                reason = refusal.metric_label(), "pod event not recorded");
-        }
-    }
-}
-
-/// Records queued events, one at a time, with one [`Recorder`] per node (kube's recorder
-/// folds repeats of an event into one Event with a growing series count).
-pub(crate) async fn write_pod_events(ctx: Arc<Context>, mut queue: mpsc::Receiver<PodEventRecord>) {
-    let mut recorders: HashMap<String, (Recorder, Instant)> = HashMap::new();
-    while let Some(record) = queue.recv().await {
-        let now = Instant::now();
-        // Recorders of nodes quiet for a while go, so the map follows the live nodes.
-        if recorders.len() > 1024 {
-            recorders.retain(|_, (_, used)| now.duration_since(*used) < Duration::from_secs(600));
-        }
-        let (recorder, used) = recorders.entry(record.node.clone()).or_insert_with(|| {
-            let reporter = Reporter {
-                controller: "kubelet".into(),
-                instance: Some(record.node.clone()),
-            };
-            (Recorder::new(ctx.client.clone(), reporter), now)
-        });
-        *used = now;
-        let event = Event {
-            type_: if record.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: record.reason.clone(),
-            note: Some(record.message.clone()),
-            action: record.reason.clone(),
-            secondary: None,
-        };
-        match recorder.publish(&event, &record.regarding).await {
-            Ok(()) => {
-                ctx.metrics.pod_events_recorded.inc();
-            }
-            Err(e) => warn!(error = %e, reason = %record.reason, "cannot record a pod event"),
-        };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Container, PodSpec};
     use kube::api::ObjectMeta;
+    use std::time::Duration;
 
     fn pod(node: &str) -> Pod {
         Pod {
