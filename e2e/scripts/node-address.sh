@@ -26,14 +26,19 @@ if [ "${1:-}" = --remove ]; then
 fi
 
 command -v ip >/dev/null || { echo "node-address: iproute2 is not installed (apt-get install iproute2)" >&2; exit 1; }
-ip netns list | grep -qw "^$ns" || ip netns add "$ns"
+# (Outputs are read whole before grep: with pipefail, grep -q closing the pipe early would
+# fail the test.)
+netns=$(ip netns list)
+grep -qw "^$ns" <<<"$netns" || ip netns add "$ns"
 if ! ip link show "$host_if" >/dev/null 2>&1; then
   ip link add "$host_if" type veth peer name "$ns_if"
   ip link set "$ns_if" netns "$ns"
 fi
-ip addr show dev "$host_if" | grep -q "inet $addr/" || ip addr add "$addr/30" dev "$host_if"
+have=$(ip addr show dev "$host_if")
+grep -q "inet $addr/" <<<"$have" || ip addr add "$addr/30" dev "$host_if"
 ip link set "$host_if" up
-ip -n "$ns" addr show dev "$ns_if" | grep -q "inet $peer/" || ip -n "$ns" addr add "$peer/30" dev "$ns_if"
+have=$(ip -n "$ns" addr show dev "$ns_if")
+grep -q "inet $peer/" <<<"$have" || ip -n "$ns" addr add "$peer/30" dev "$ns_if"
 ip -n "$ns" link set "$ns_if" up
 ip -n "$ns" link set lo up
 echo "$addr"

@@ -68,6 +68,7 @@ impl MetricsServer {
             "--kubelet-preferred-address-types=InternalIP",
             "--kubelet-use-node-status-port",
             "--metric-resolution=10s",
+            "--kubelet-request-timeout=5s",
             "--v=2",
         ]);
         let child =

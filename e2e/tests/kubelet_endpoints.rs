@@ -260,26 +260,30 @@ async fn node_proxy_serves_kubelets_reads_with_real_figures() -> anyhow::Result<
     decloud_e2e::cluster::wait_providers_ready(&client, &operator, &[&name]).await?;
 
     // The node is advertised at the routable address, on a kubelet port of its own.
-    let n: k8s_openapi::api::core::v1::Node = Api::all(client.clone()).get(&node).await?;
-    let status = n.status.clone().unwrap_or_default();
-    let internal = status
-        .addresses
-        .unwrap_or_default()
-        .into_iter()
-        .find(|a| a.type_ == "InternalIP")
-        .map(|a| a.address);
-    ensure!(
-        internal.as_deref() == Some(address.as_str()),
-        "InternalIP {internal:?}"
-    );
-    let port = status
-        .daemon_endpoints
-        .and_then(|d| d.kubelet_endpoint)
-        .map(|e| e.port);
-    ensure!(
-        port.is_some_and(|p| p != i32::from(operator.kubelet_port)),
-        "the node has no kubelet port of its own: {port:?}"
-    );
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    eventually(Duration::from_secs(30), || async {
+        let status = nodes.get(&node).await?.status.unwrap_or_default();
+        let internal = status
+            .addresses
+            .unwrap_or_default()
+            .into_iter()
+            .find(|a| a.type_ == "InternalIP")
+            .map(|a| a.address);
+        ensure!(
+            internal.as_deref() == Some(address.as_str()),
+            "InternalIP {internal:?}"
+        );
+        let port = status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port);
+        ensure!(
+            port.is_some_and(|p| p != i32::from(operator.kubelet_port)),
+            "the node has no kubelet port of its own: {port:?}"
+        );
+        Ok(())
+    })
+    .await?;
 
     // A pod that burns a little CPU and holds some memory.
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
