@@ -1,9 +1,16 @@
 //! What kubectl users reach for on a DeCloud node (issue 18), against a real kube-apiserver,
 //! the real operator and edge-kubelet on the real Docker engine, with the pinned kubectl:
-//! `kubectl scale` on a Workload (its scale subresource shows the pods' selector and the
-//! Workload controller follows), and `kubectl describe pod` showing kubelet's events for a pull
-//! failure, a crash loop and a failing readiness probe. A hand-written edge then shows that a
-//! modified edge can neither put events on a pod of another node nor flood the API server.
+//! - `kubectl scale` on a Workload (its scale subresource shows the pods' selector, the
+//!   Workload controller follows, `kubectl wait --for=condition=Available` returns) and
+//!   `kubectl describe` reading its usage fields well;
+//! - `kubectl describe pod` showing kubelet's events for a pull failure, a crash loop and a
+//!   failing readiness probe;
+//! - `kubectl get --raw /api/v1/nodes/<node>/proxy/{healthz,pods,stats/summary,metrics/resource}`
+//!   with real figures, the node being advertised at the routable test address
+//!   (`e2e/scripts/node-address.sh`) on a kubelet port of its own, and `kubectl top pod/node`
+//!   through the real metrics-server (`e2e/k8s/build-metrics-server.sh`) as an aggregated API;
+//! - a hand-written edge that can neither put events or statistics on a pod of another node nor
+//!   flood the API server with events.
 //!
 //! Needs `cargo build --workspace --bins` first (the suite says so if not). No pull ever
 //! dials out: the pods use the locally built test image or `imagePullPolicy: Never`.
@@ -59,7 +66,11 @@ async fn kubectl_scale_and_kubelet_events_on_a_real_edge() -> anyhow::Result<()>
     let env = TestEnv::start().await?;
     let client = env.client();
     let image = busybox_image()?;
-    let operator = OperatorProcess::start(&env, &["--heartbeat-interval", "1s"]).await?;
+    let operator = OperatorProcess::start(
+        &env,
+        &["--heartbeat-interval", "1s", "--usage-interval", "1s"],
+    )
+    .await?;
     let name = format!("kev-{}", std::process::id());
     let edge = EdgeProcess::start(&env, &operator, &name, &[])?;
     let node = edge.node();
@@ -129,6 +140,20 @@ async fn kubectl_scale_and_kubelet_events_on_a_real_edge() -> anyhow::Result<()>
         NS,
         "--timeout=90s",
     ])?;
+    // kubectl describe reads the usage fields well ("Memory Gibibyte Hours", not "Gi B").
+    let described = eventually(Duration::from_secs(120), || async {
+        let out = env.kubectl(&["describe", "wl", "scaled", "-n", NS])?;
+        ensure!(
+            out.contains("Memory Gibibyte Hours:"),
+            "no usage yet:\n{out}"
+        );
+        Ok(out)
+    })
+    .await?;
+    ensure!(
+        !described.contains("Gi B"),
+        "describe splits a field name badly:\n{described}"
+    );
     env.kubectl(&["delete", "wl", "scaled", "-n", NS, "--wait=false"])?;
 
     // --- kubectl describe pod: kubelet's events.
