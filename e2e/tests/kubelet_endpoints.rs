@@ -8,7 +8,8 @@
 //! - `kubectl get --raw /api/v1/nodes/<node>/proxy/{healthz,pods,stats/summary,metrics/resource}`
 //!   with real figures, the node being advertised at the routable test address
 //!   (`e2e/scripts/node-address.sh`) on a kubelet port of its own, and `kubectl top pod/node`
-//!   through the real metrics-server (`e2e/k8s/build-metrics-server.sh`) as an aggregated API;
+//!   through the real metrics-server (`e2e/k8s/build-metrics-server.sh`) as an aggregated API,
+//!   and a HorizontalPodAutoscaler (the real kube-controller-manager's) scaling a Workload;
 //! - a hand-written edge that can neither put events or statistics on a pod of another node nor
 //!   flood the API server with events.
 //!
@@ -432,6 +433,67 @@ async fn node_proxy_serves_kubelets_reads_with_real_figures() -> anyhow::Result<
     })
     .await?;
     println!("kubectl top node: {}", top.trim());
+
+    // --- A HorizontalPodAutoscaler scales a Workload through its scale subresource, on the
+    // figures metrics-server has from the edge (the real kube-controller-manager, with only
+    // its HPA controller).
+    let wl = json!({
+        "apiVersion": "decloud.dev/v1alpha1", "kind": "Workload",
+        "metadata": {"name": "auto", "namespace": NS},
+        "spec": {
+            "replicas": 1,
+            "placement": {"spread": "Preferred"},
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": image,
+                    "command": ["sh", "-c", "while :; do :; done"],
+                    "resources": {"requests": {"cpu": "10m", "memory": "8Mi"},
+                        "limits": {"cpu": "50m", "memory": "32Mi"}}}],
+            }},
+        }
+    });
+    env.kubectl_stdin(&["apply", "-f", "-"], &wl.to_string())?;
+    let hpa = json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "auto", "namespace": NS},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "decloud.dev/v1alpha1", "kind": "Workload", "name": "auto"},
+            "minReplicas": 1,
+            "maxReplicas": 2,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 50}}}],
+        }
+    });
+    env.kubectl_stdin(&["apply", "-f", "-"], &hpa.to_string())?;
+    let mut kcm = std::process::Command::new(env.bin_dir().join("kube-controller-manager"));
+    kcm.args([
+        &format!("--kubeconfig={}", env.kubeconfig().display()),
+        "--controllers=horizontalpodautoscaling",
+        "--leader-elect=false",
+        "--secure-port=0",
+        "--horizontal-pod-autoscaler-sync-period=5s",
+        "--v=2",
+    ]);
+    let _kcm = decloud_e2e::ChildGuard::spawn(
+        "kube-controller-manager",
+        kcm,
+        &env.dir().join("kube-controller-manager.log"),
+    )?;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), NS);
+    eventually(Duration::from_secs(180), || async {
+        let w = workloads.get("auto").await?;
+        let ready = w.status.as_ref().map_or(0, |s| s.ready_replicas);
+        ensure!(
+            w.spec.replicas == 2 && ready == 2,
+            "not scaled by the HPA yet: spec {} ready {ready}; {}",
+            w.spec.replicas,
+            env.kubectl(&["describe", "hpa", "auto", "-n", NS])
+                .unwrap_or_default()
+        );
+        Ok(())
+    })
+    .await?;
+    println!("{}", env.kubectl(&["get", "hpa", "auto", "-n", NS])?.trim());
     Ok(())
 }
 

@@ -331,6 +331,11 @@ async fn main() -> anyhow::Result<()> {
         println!("{line}");
     }
     println!("kubectl get wl,prov,nodes,pods -o wide");
+    if !node_address.is_loopback() {
+        println!(
+            "kubectl get --raw /api/v1/nodes/edge-<provider>/proxy/stats/summary   # kubelet's reads, via node proxy"
+        );
+    }
     println!("logs: {}", scratch.display());
 
     if args.exit_when_ready {
