@@ -25,6 +25,8 @@ DECLOUD_K8S_BIN=$(bash e2e/k8s/build.sh)
 export DECLOUD_K8S_BIN
 DECLOUD_HELM=$(bash e2e/k8s/build-helm.sh)
 export DECLOUD_HELM
+DECLOUD_METRICS_SERVER=$(bash e2e/k8s/build-metrics-server.sh)
+export DECLOUD_METRICS_SERVER
 
 echo "--- build the binaries the suites run"
 cargo build --workspace --bins

@@ -65,10 +65,12 @@ pub struct Usage {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub cpu_seconds: f64,
-    /// Memory held over time, in GiB-hours.
-    #[serde(default, rename = "memoryGiBHours")]
+    /// Memory held over time, in gibibyte-hours (GiB × h).
+    // Not `memoryGiBHours`: `kubectl describe` splits camelCase at every capital ("Memory Gi B
+    // Hours").
+    #[serde(default)]
     #[schemars(range(min = 0))]
-    pub memory_gib_hours: f64,
+    pub memory_gibibyte_hours: f64,
 }
 
 #[cfg(test)]

@@ -9,6 +9,14 @@ use serde::{Deserialize, Serialize};
 use crate::{Condition, Usage};
 
 impl Workload {
+    /// The label selector (in its string form, as the scale subresource carries it) that
+    /// selects exactly this Workload's pods: the controller puts
+    /// [`WORKLOAD_LABEL`](crate::contracts::WORKLOAD_LABEL) on each of them.
+    pub fn pod_selector(&self) -> String {
+        use kube::ResourceExt;
+        format!("{}={}", crate::contracts::WORKLOAD_LABEL, self.name_any())
+    }
+
     /// The public host the gateway serves this Workload under: `spec.expose.host`, else
     /// `<name>.<namespace>.<base_domain>`.
     pub fn public_host(&self, base_domain: &str) -> String {
@@ -38,6 +46,13 @@ impl Workload {
     shortname = "wl",
     namespaced,
     status = "WorkloadStatus",
+    // `kubectl scale` and HorizontalPodAutoscalers: the selector in status picks exactly this
+    // Workload's pods (see [`Workload::pod_selector`]).
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.labelSelector"
+    ),
     printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.template.spec.containers[0].image"}"#,
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
@@ -503,6 +518,11 @@ pub struct WorkloadStatus {
     /// Replicas that are ready.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// Label selector of this Workload's pods, in string form (`decloud.dev/workload=<name>`),
+    /// for the scale subresource and HorizontalPodAutoscalers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub label_selector: Option<String>,
     /// Public URL through the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]

@@ -14,6 +14,7 @@ command -v file >/dev/null || need+=(file)
 { [ -x /bin/busybox ] && file -L /bin/busybox | grep -q static; } || need+=(busybox-static)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "prereqs: apt-get install ${need[*]}"
   apt-get update -qq
@@ -24,7 +25,10 @@ command -v cargo >/dev/null || { echo "prereqs: Rust (cargo) is required" >&2; e
 
 bash e2e/scripts/ensure-docker.sh
 bash e2e/images/busybox-image.sh >/dev/null
+echo "prereqs: routable test address for the kubelet API ($(bash e2e/scripts/node-address.sh | tail -n1))"
 echo "prereqs: Kubernetes control plane"
 bash e2e/k8s/build.sh >/dev/null
 echo "prereqs: helm"
 bash e2e/k8s/build-helm.sh >/dev/null
+echo "prereqs: metrics-server"
+bash e2e/k8s/build-metrics-server.sh >/dev/null

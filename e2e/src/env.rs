@@ -48,6 +48,37 @@ pub fn helm_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// The repository root (the folder holding the workspace `Cargo.toml`).
+/// The routable, test-only address of this machine's kubelet APIs (`e2e/scripts/node-address.sh`
+/// makes it, idempotently: a veth pair into a network namespace). The API server proxies to
+/// nodes (`/api/v1/nodes/<node>/proxy/...`) and aggregated APIs only at such an address, never
+/// at loopback. Shared by every TestEnv of the machine (each operator has its own ports).
+pub fn node_address() -> anyhow::Result<std::net::IpAddr> {
+    static ADDRESS: std::sync::OnceLock<Result<std::net::IpAddr, String>> =
+        std::sync::OnceLock::new();
+    ADDRESS
+        .get_or_init(|| {
+            let out = Command::new("bash")
+                .arg(repo_root().join("e2e/scripts/node-address.sh"))
+                .output()
+                .map_err(|e| format!("running e2e/scripts/node-address.sh: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "e2e/scripts/node-address.sh failed (needs root): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .parse()
+                .map_err(|e| format!("node-address.sh printed {text:?}: {e}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -151,6 +182,7 @@ impl TestEnv {
         )?;
 
         kubelet_client_pki(d)?;
+        front_proxy_pki(d)?;
 
         let api_port = free_port()?;
         let mut api_cmd = Command::new(bin.join("kube-apiserver"));
@@ -181,6 +213,26 @@ impl TestEnv {
                 "--kubelet-client-key={}",
                 d.join(KUBELET_CLIENT_KEY).display()
             ),
+            // The aggregation layer (metrics-server for `kubectl top`): the API server proxies
+            // to aggregated API servers with this client certificate, straight to their
+            // endpoints (no kube-proxy here).
+            &format!(
+                "--requestheader-client-ca-file={}",
+                d.join(FRONT_PROXY_CA).display()
+            ),
+            &format!("--requestheader-allowed-names={FRONT_PROXY_CN}"),
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            &format!(
+                "--proxy-client-cert-file={}",
+                d.join(FRONT_PROXY_CERT).display()
+            ),
+            &format!(
+                "--proxy-client-key-file={}",
+                d.join(FRONT_PROXY_KEY).display()
+            ),
+            "--enable-aggregator-routing=true",
             "--v=0",
         ]);
         let mut apiserver =
@@ -386,6 +438,43 @@ const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
 /// A CA and the API server's kubelet client certificate signed by it (CN
 /// `kube-apiserver-kubelet-client`, O `system:masters`, as kubeadm makes it), written to `d`.
 fn kubelet_client_pki(d: &Path) -> anyhow::Result<()> {
+    client_pki(
+        d,
+        "decloud-e2e-kubelet-client-ca",
+        "kube-apiserver-kubelet-client",
+        Some("system:masters"),
+        [KUBELET_CLIENT_CA, KUBELET_CLIENT_CERT, KUBELET_CLIENT_KEY],
+    )
+}
+
+const FRONT_PROXY_CA: &str = "front-proxy-ca.crt";
+const FRONT_PROXY_CERT: &str = "front-proxy-client.crt";
+const FRONT_PROXY_KEY: &str = "front-proxy-client.key";
+/// The name aggregated API servers accept the API server's proxied requests from.
+const FRONT_PROXY_CN: &str = "front-proxy-client";
+
+/// The aggregation layer's CA and the API server's proxy client certificate (CN
+/// `front-proxy-client`, as kubeadm makes it), written to `d`: aggregated API servers such as
+/// metrics-server trust requests proxied by the API server through it.
+fn front_proxy_pki(d: &Path) -> anyhow::Result<()> {
+    client_pki(
+        d,
+        "decloud-e2e-front-proxy-ca",
+        FRONT_PROXY_CN,
+        None,
+        [FRONT_PROXY_CA, FRONT_PROXY_CERT, FRONT_PROXY_KEY],
+    )
+}
+
+/// A CA named `ca_cn` and a client certificate `cn` (organisation `org`) signed by it, written
+/// to `d` as the three `files` (CA, certificate, key).
+fn client_pki(
+    d: &Path,
+    ca_cn: &str,
+    cn: &str,
+    org: Option<&str>,
+    files: [&str; 3],
+) -> anyhow::Result<()> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -393,8 +482,7 @@ fn kubelet_client_pki(d: &Path) -> anyhow::Result<()> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "decloud-e2e-kubelet-client-ca");
+    ca.distinguished_name.push(DnType::CommonName, ca_cn);
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -403,18 +491,19 @@ fn kubelet_client_pki(d: &Path) -> anyhow::Result<()> {
     let ca_cert = ca.self_signed(&ca_key)?;
     let key = KeyPair::generate()?;
     let mut client = CertificateParams::new(Vec::<String>::new())?;
-    client
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
-    client
-        .distinguished_name
-        .push(DnType::OrganizationName, "system:masters");
+    client.distinguished_name.push(DnType::CommonName, cn);
+    if let Some(org) = org {
+        client
+            .distinguished_name
+            .push(DnType::OrganizationName, org);
+    }
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let cert = client.signed_by(&key, &Issuer::from_params(&ca, &ca_key))?;
-    std::fs::write(d.join(KUBELET_CLIENT_CA), ca_cert.pem())?;
-    std::fs::write(d.join(KUBELET_CLIENT_CERT), cert.pem())?;
-    std::fs::write(d.join(KUBELET_CLIENT_KEY), key.serialize_pem())?;
+    let [ca_file, cert_file, key_file] = files;
+    std::fs::write(d.join(ca_file), ca_cert.pem())?;
+    std::fs::write(d.join(cert_file), cert.pem())?;
+    std::fs::write(d.join(key_file), key.serialize_pem())?;
     Ok(())
 }
 

@@ -8,10 +8,11 @@
 pub mod bench;
 pub mod cluster;
 mod env;
+pub mod metrics_server;
 mod process;
 pub mod raw_edge;
 mod wait;
 
-pub use env::{OPERATOR_NAMESPACE, TestEnv, helm_binary, k8s_bin_dir, repo_root};
+pub use env::{OPERATOR_NAMESPACE, TestEnv, helm_binary, k8s_bin_dir, node_address, repo_root};
 pub use process::{ChildGuard, binary, free_port};
 pub use wait::eventually;

@@ -471,7 +471,7 @@ async fn usage_is_summed_per_workload_and_provider(s: &Scenario) -> anyhow::Resu
             .and_then(|s| s.usage)
             .context("no Workload usage yet")?;
         ensure!(
-            u.cpu_seconds > 0.0 && u.memory_gib_hours > 0.0,
+            u.cpu_seconds > 0.0 && u.memory_gibibyte_hours > 0.0,
             "Workload usage {u:?}"
         );
         let mut prov = Vec::new();
@@ -490,7 +490,7 @@ async fn usage_is_summed_per_workload_and_provider(s: &Scenario) -> anyhow::Resu
     .await?;
     println!(
         "usage: Workload {WORKLOAD} {:.3} CPU-s, {:.6} GiB-h; providers {prov_usage:?}",
-        wl_usage.cpu_seconds, wl_usage.memory_gib_hours
+        wl_usage.cpu_seconds, wl_usage.memory_gibibyte_hours
     );
     Ok(())
 }

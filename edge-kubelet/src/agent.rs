@@ -75,6 +75,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         capacity,
         offered,
         heartbeat_interval: args.heartbeat_interval,
+        stats_interval: args.stats_interval,
         max_backoff: args.max_reconnect_backoff,
         credential,
         platform: platform::detect(runtime_version),

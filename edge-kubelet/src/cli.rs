@@ -187,6 +187,11 @@ pub struct RunArgs {
     #[arg(long, env = "DECLOUD_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// How often the node's statistics (Docker's measurements of its pods) are sent to the
+    /// operator, for `kubectl top` and the kubelet API's `/stats/summary` (at least 1s).
+    #[arg(long, env = "DECLOUD_STATS_INTERVAL", default_value = "10s", value_parser = parse_stats_interval)]
+    pub stats_interval: Duration,
+
     /// Upper bound of the reconnect back-off (e.g. 5s).
     #[arg(long, env = "DECLOUD_MAX_RECONNECT_BACKOFF", default_value = "5s", value_parser = parse_duration)]
     pub max_reconnect_backoff: Duration,
@@ -302,6 +307,16 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses a positive duration of at most a day: `1s`, `500ms`, `2m`, `1m30s` (humantime), or a
 /// bare number of seconds.
+/// A stats interval: a duration of at least the operator's minimum between two reports.
+fn parse_stats_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let min = Duration::from_millis(decloud_proto::MIN_STATS_INTERVAL_MILLIS);
+    if d < min {
+        return Err(format!("stats interval {s:?}: at least {min:?}"));
+    }
+    Ok(d)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = |why: String| format!("duration {s:?} (expected e.g. 1s, 500ms, 2m): {why}");
     let s = s.trim();

@@ -16,9 +16,10 @@ use crate::edge::auth::TokenCache;
 use crate::edge::liveness::LivenessTracker;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::pods::{StatusQueue, StatusReport};
-use crate::relay::{PendingExecs, PendingLogs, PendingTunnels};
+use crate::pods::{EVENT_QUEUE, EventLimiter, PodEventRecord, StatusQueue, StatusReport};
+use crate::relay::{NodePorts, PendingExecs, PendingLogs, PendingTunnels};
 use crate::slots::Slots;
+use crate::stats::store::NodeStatsStore;
 use crate::usage::UsageLedger;
 
 /// Shared state of the operator.
@@ -55,6 +56,14 @@ pub(crate) struct Context {
     pub(crate) usage: UsageLedger,
     /// Pod reports waiting for the status writer (newest per pod, bounded).
     pub(crate) statuses: StatusQueue,
+    /// Per-pod rate limits of the edges' kubelet events.
+    pub(crate) event_limiter: EventLimiter,
+    /// Checked pod events waiting for the event writer (bounded).
+    pub(crate) pod_events: mpsc::Sender<PodEventRecord>,
+    /// The edges' latest node statistics, for the kubelet API.
+    pub(crate) stats: NodeStatsStore,
+    /// Each virtual node's own kubelet API port.
+    pub(crate) node_ports: NodePorts,
     reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
 }
 
@@ -62,6 +71,8 @@ pub(crate) struct Context {
 pub(crate) struct ContextQueues {
     /// Providers to reconcile now (fed to the Provider controller).
     pub(crate) reconcile_rx: mpsc::UnboundedReceiver<ObjectRef<Provider>>,
+    /// Pod events to record (fed to the event writer).
+    pub(crate) pod_events_rx: mpsc::Receiver<PodEventRecord>,
 }
 
 /// The caches a [`Context`] reads from.
@@ -84,6 +95,7 @@ impl Context {
         readiness: Arc<Readiness>,
     ) -> (Arc<Self>, ContextQueues) {
         let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
+        let (pod_events, pod_events_rx) = mpsc::channel(EVENT_QUEUE);
         let recorder = Recorder::new(client.clone(), OPERATOR_FIELD_MANAGER.into());
         let tunnel_slots = Slots::new(config.max_tunnels_per_edge);
         let ctx = Arc::new(Self {
@@ -106,9 +118,19 @@ impl Context {
             tokens: TokenCache::default(),
             usage: UsageLedger::default(),
             statuses: StatusQueue::default(),
+            event_limiter: EventLimiter::default(),
+            pod_events,
+            stats: NodeStatsStore::default(),
+            node_ports: NodePorts::default(),
             reconcile_tx,
         });
-        (ctx, ContextQueues { reconcile_rx })
+        (
+            ctx,
+            ContextQueues {
+                reconcile_rx,
+                pod_events_rx,
+            },
+        )
     }
 
     /// Asks the Provider controller to reconcile `provider` soon. Must not block.

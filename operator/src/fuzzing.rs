@@ -57,7 +57,14 @@ pub fn edge_message(data: &[u8]) {
                 now,
             );
         }
-        Some(Kind::Heartbeat(_) | Kind::PodGone(_) | Kind::LogChunk(_)) | None => {}
+        Some(
+            Kind::Heartbeat(_)
+            | Kind::PodGone(_)
+            | Kind::LogChunk(_)
+            | Kind::PodEvent(_)
+            | Kind::NodeStats(_),
+        )
+        | None => {}
     }
 }
 

@@ -32,6 +32,7 @@ mod provider;
 mod relay;
 mod run;
 mod slots;
+mod stats;
 mod time;
 mod tls;
 mod usage;

@@ -39,6 +39,13 @@ pub(crate) struct OutcomeLabels {
     pub(crate) outcome: String,
 }
 
+/// Labels of refused pod event counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusalLabels {
+    /// Why it was refused.
+    pub(crate) reason: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -55,6 +62,11 @@ pub(crate) struct Metrics {
     pub(crate) bridge_latency: Histogram,
     /// Pod reports dropped because they named pods of another node.
     pub(crate) unauthorized_reports: Counter,
+    /// Edge pod events recorded on their pods.
+    pub(crate) pod_events_recorded: Counter,
+    pod_events_refused: Family<RefusalLabels, Counter>,
+    /// Edge statistics reports dropped (sooner than the minimum interval).
+    pub(crate) stats_refused: Counter,
     /// Pod IPs an edge reported that were not published (outside its pod network, or a
     /// special-purpose address).
     pub(crate) refused_pod_ips: Counter,
@@ -94,6 +106,9 @@ impl Metrics {
             errors: Family::default(),
             bridge_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             unauthorized_reports: Counter::default(),
+            pod_events_recorded: Counter::default(),
+            pod_events_refused: Family::default(),
+            stats_refused: Counter::default(),
             refused_pod_ips: Counter::default(),
             dropped_reports: Counter::default(),
             auth_throttled: Counter::default(),
@@ -148,6 +163,21 @@ impl Metrics {
             "unauthorized_reports",
             "Pod reports dropped because the pod is not bound to the reporting edge",
             m.unauthorized_reports.clone(),
+        );
+        r.register(
+            "pod_events_recorded",
+            "Kubelet events of edge pods recorded on their pods",
+            m.pod_events_recorded.clone(),
+        );
+        r.register(
+            "pod_events_refused",
+            "Edge pod events not recorded, by reason (not_bound, bad_reason, rate_limited, …)",
+            m.pod_events_refused.clone(),
+        );
+        r.register(
+            "stats_refused",
+            "Edge statistics reports dropped (sooner than the minimum interval)",
+            m.stats_refused.clone(),
         );
         r.register(
             "refused_pod_ips",
@@ -235,6 +265,15 @@ impl Metrics {
         self.log_requests
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one edge pod event not recorded, for `reason`.
+    pub(crate) fn pod_event_refused(&self, reason: &str) {
+        self.pod_events_refused
+            .get_or_create(&RefusalLabels {
+                reason: reason.to_string(),
             })
             .inc();
     }

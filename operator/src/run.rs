@@ -291,6 +291,7 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
             .run(Api::all(client.clone()), watcher::Config::default()),
     );
     loops.spawn(pods::write_statuses(ctx.clone()));
+    loops.spawn(pods::write_pod_events(ctx.clone(), queues.pod_events_rx));
     loops.spawn(pods::resync_periodically(ctx.clone(), POD_SET_RESYNC));
     loops.spawn(provider::renew_node_leases(ctx.clone()));
     loops.spawn(sweep_liveness(ctx.clone()));

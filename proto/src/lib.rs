@@ -45,3 +45,27 @@ pub const CREDENTIAL_METADATA: &str = "authorization";
 
 /// gRPC metadata key naming the provider a Session or Tunnel is for.
 pub const PROVIDER_METADATA: &str = "decloud-provider";
+
+/// Longest `PodEvent.reason` accepted (kubelet's and the Events API's bound).
+pub const MAX_EVENT_REASON: usize = 128;
+
+/// Longest `PodEvent.message` kept (the Events API's note is at most 1 kB); longer ones are
+/// cut.
+pub const MAX_EVENT_MESSAGE: usize = 1024;
+
+/// Events one pod may have recorded at once, as client-go's spam filter allows kubelet
+/// (25 per object).
+pub const POD_EVENT_BURST: u32 = 25;
+
+/// After the burst, one more event per pod every this many seconds.
+pub const POD_EVENT_REFILL_SECONDS: u64 = 5;
+
+/// Pods one `NodeStats` may describe (more are ignored).
+pub const MAX_STATS_PODS: usize = 1000;
+
+/// Containers one `PodStats` may describe (a pod has at most 8; more are ignored).
+pub const MAX_STATS_CONTAINERS: usize = 16;
+
+/// Shortest interval between two `NodeStats` the operator takes from one edge; one sooner is
+/// dropped (and counted).
+pub const MIN_STATS_INTERVAL_MILLIS: u64 = 1000;

@@ -155,6 +155,13 @@ async fn main() -> anyhow::Result<()> {
             free
         }
     };
+    let node_address = match decloud_e2e::node_address() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("      {e:#}; nodes are advertised at 127.0.0.1 (no node proxy)");
+            std::net::IpAddr::from([127, 0, 0, 1])
+        }
+    };
     let mut op = Command::new(binary("decloud-operator")?);
     op.env("KUBECONFIG", &kubeconfig)
         .env(
@@ -164,6 +171,9 @@ async fn main() -> anyhow::Result<()> {
         .args(["run", "--edge-listen", &format!("127.0.0.1:{edge_port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args(["--kubelet-port", &kubelet_port.to_string()])
+        // Nodes at a routable address: `kubectl get --raw /api/v1/nodes/<node>/proxy/pods`
+        // works (the API server refuses to proxy to loopback).
+        .args(["--node-address", &node_address.to_string()])
         .args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")])
         .args(["--url-template", &format!("http://{{host}}:{gateway_port}")]);
     // The local API server's kubelet client certificate is signed by this CA.
@@ -323,6 +333,11 @@ async fn main() -> anyhow::Result<()> {
         println!("{line}");
     }
     println!("kubectl get wl,prov,nodes,pods -o wide");
+    if !node_address.is_loopback() {
+        println!(
+            "kubectl get --raw /api/v1/nodes/edge-<provider>/proxy/stats/summary   # kubelet's reads, via node proxy"
+        );
+    }
     println!("logs: {}", scratch.display());
 
     if args.exit_when_ready {

@@ -7,6 +7,7 @@
 //! - `lifecycle`: the pure per-container state machine and the pod phase;
 //! - `readiness`: when to probe; `usage`: the meters. Image rules live in `crate::images`.
 
+mod kubelet_events;
 mod lifecycle;
 mod readiness;
 mod status_board;

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use decloud_proto as pb;
 
+use super::status_board::StatusBoard;
 use crate::runtime::{ContainerRuntime, ProbeTarget};
 
 /// Result of a probe loop: container `slot` of the pod is now (not) ready.
@@ -30,6 +31,7 @@ pub(crate) async fn readiness_loop(
     pod_ip: String,
     probe: pb::Probe,
     changes: mpsc::UnboundedSender<ReadinessChange>,
+    events: (Arc<StatusBoard>, pb::PodEvent),
 ) {
     let period = Duration::from_secs(u64::from(probe.period_seconds.max(1)));
     let success_threshold = probe.success_threshold.max(1);
@@ -42,12 +44,23 @@ pub(crate) async fn readiness_loop(
             container_id: &container_id,
             pod_ip: &pod_ip,
         };
-        if runtime.probe(target, &probe).await {
-            successes += 1;
-            failures = 0;
-        } else {
-            failures += 1;
-            successes = 0;
+        match runtime.probe(target, &probe).await {
+            Ok(()) => {
+                successes += 1;
+                failures = 0;
+            }
+            Err(why) => {
+                failures += 1;
+                successes = 0;
+                // As kubelet's prober words it; the board bounds how many go out.
+                let (board, base) = &events;
+                board.event(pb::PodEvent {
+                    warning: true,
+                    reason: "Unhealthy".into(),
+                    message: format!("Readiness probe failed: {why}"),
+                    ..base.clone()
+                });
+            }
         }
         let next = if successes >= success_threshold {
             true

@@ -16,6 +16,9 @@ pub enum PodUpdate {
     Status(pb::PodStatus),
     /// A pod's containers are all removed.
     Gone(String),
+    /// Something happened to a pod, worded as kubelet words its events (never stored; lost
+    /// while no session listens).
+    Event(pb::PodEvent),
 }
 
 /// How often a pod whose only change is its usage meter is sent again. Usage grows with every
@@ -36,6 +39,16 @@ struct Entry {
 pub struct StatusBoard {
     statuses: Mutex<HashMap<String, Entry>>,
     updates: broadcast::Sender<PodUpdate>,
+    events: Mutex<HashMap<String, EventBudget>>,
+}
+
+/// One pod's event budget: the operator's limit ([`pb::POD_EVENT_BURST`], then one per
+/// [`pb::POD_EVENT_REFILL_SECONDS`]), kept here too so an honest edge never sends what the
+/// operator would drop.
+#[derive(Debug, Clone, Copy)]
+struct EventBudget {
+    tokens: f64,
+    at: Instant,
 }
 
 impl Default for StatusBoard {
@@ -43,6 +56,7 @@ impl Default for StatusBoard {
         StatusBoard {
             statuses: Mutex::default(),
             updates: broadcast::channel(4096).0,
+            events: Mutex::default(),
         }
     }
 }
@@ -82,9 +96,39 @@ impl StatusBoard {
         let _ = self.updates.send(PodUpdate::Status(status));
     }
 
+    /// Announces `event` unless its pod has used up its event budget (then it is dropped,
+    /// as kubelet's spam filter drops events).
+    pub(crate) fn event(&self, mut event: pb::PodEvent) {
+        let now = Instant::now();
+        {
+            let mut budgets = self.events.lock();
+            let b = budgets.entry(event.uid.clone()).or_insert(EventBudget {
+                tokens: f64::from(pb::POD_EVENT_BURST),
+                at: now,
+            });
+            let gained =
+                now.duration_since(b.at).as_secs_f64() / pb::POD_EVENT_REFILL_SECONDS as f64;
+            b.tokens = (b.tokens + gained).min(f64::from(pb::POD_EVENT_BURST));
+            b.at = now;
+            if b.tokens < 1.0 {
+                tracing::debug!(pod = %event.name, reason = %event.reason, "pod event dropped: budget used up");
+                return;
+            }
+            b.tokens -= 1.0;
+        }
+        event
+            .reason
+            .truncate(floor_char_boundary(&event.reason, pb::MAX_EVENT_REASON));
+        event
+            .message
+            .truncate(floor_char_boundary(&event.message, pb::MAX_EVENT_MESSAGE));
+        let _ = self.updates.send(PodUpdate::Event(event));
+    }
+
     /// Forgets pod `uid` and announces that it is gone.
     pub(crate) fn gone(&self, uid: &str) {
         self.map().remove(uid);
+        self.events.lock().remove(uid);
         let _ = self.updates.send(PodUpdate::Gone(uid.to_string()));
     }
 
@@ -106,6 +150,15 @@ impl StatusBoard {
     }
 }
 
+/// The largest index `<= max` that is a character boundary of `s`.
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +177,34 @@ mod tests {
 
     fn sent(rx: &mut broadcast::Receiver<PodUpdate>) -> Vec<PodUpdate> {
         std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_are_bounded_per_pod_as_the_operator_bounds_them() {
+        let board = StatusBoard::default();
+        let mut rx = board.subscribe();
+        let ev = |uid: &str| pb::PodEvent {
+            uid: uid.into(),
+            reason: "BackOff".into(),
+            message: "é".repeat(pb::MAX_EVENT_MESSAGE),
+            ..Default::default()
+        };
+        for _ in 0..100 {
+            board.event(ev("a"));
+        }
+        board.event(ev("b"));
+        let got = sent(&mut rx);
+        assert_eq!(got.len(), pb::POD_EVENT_BURST as usize + 1);
+        for u in got {
+            let PodUpdate::Event(e) = u else {
+                panic!("{u:?}")
+            };
+            assert!(e.message.len() <= pb::MAX_EVENT_MESSAGE);
+        }
+        tokio::time::advance(Duration::from_secs(pb::POD_EVENT_REFILL_SECONDS)).await;
+        board.event(ev("a"));
+        board.event(ev("a"));
+        assert_eq!(sent(&mut rx).len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use decloud_proto as pb;
 
+use super::kubelet_events::{self, KubeletEvent};
 use super::lifecycle::{
     Action, BackoffPolicy, ContainerEvent, ContainerLifecycle, FailureMemory, RestartPolicy,
     TerminatedInfo, pod_phase,
@@ -159,6 +160,8 @@ pub(crate) struct PodWorker {
     probe_tx: mpsc::UnboundedSender<ReadinessChange>,
     probe_rx: mpsc::UnboundedReceiver<ReadinessChange>,
     usage: UsageMeter,
+    /// Re-adopting containers found at start: what happens then is not news (no events).
+    adopting: bool,
 }
 
 impl PodWorker {
@@ -187,6 +190,35 @@ impl PodWorker {
             probe_tx,
             probe_rx,
             usage: UsageMeter::default(),
+            adopting: false,
+        }
+    }
+
+    // === kubelet's events ===
+
+    /// An event about container `i` of this pod, still to be given its type, reason and text.
+    fn event_base(&self, i: usize) -> pb::PodEvent {
+        pb::PodEvent {
+            uid: self.spec.uid.clone(),
+            namespace: self.spec.namespace.clone(),
+            name: self.spec.name.clone(),
+            container: self.slots[i].spec.name.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Announces kubelet's events for container `i` (the board bounds how many go out).
+    fn emit(&self, i: usize, events: Vec<KubeletEvent>) {
+        if self.adopting {
+            return;
+        }
+        for e in events {
+            self.board.event(pb::PodEvent {
+                warning: e.warning,
+                reason: e.reason.into(),
+                message: e.message,
+                ..self.event_base(i)
+            });
         }
     }
 
@@ -265,7 +297,13 @@ impl PodWorker {
             slot.last_state = Some(ContainerLifecycle::Terminated(last.clone()).to_proto());
         }
         tracing::debug!(pod = %key, container = %slot.spec.name, ?event, from = ?slot.state, to = ?next, ?action, "transition");
+        let pod_desc = format!(
+            "{}_{}({})",
+            self.spec.name, self.spec.namespace, self.spec.uid
+        );
+        let events = kubelet_events::of_transition(&slot.state, &next, &slot.spec, &pod_desc);
         slot.state = next;
+        self.emit(i, events);
         self.execute(i, action);
     }
 
@@ -304,11 +342,50 @@ impl PodWorker {
         let tx = self.ops_tx.clone();
         let generation = self.generation;
         let allowed = self.cfg.allowed_images.check(&image);
+        let board = self.board.clone();
+        let base = (!self.adopting).then(|| self.event_base(slot));
         self.pulls.spawn(async move {
+            let emit = |events: Vec<KubeletEvent>| {
+                for e in events {
+                    if let Some(base) = &base {
+                        board.event(pb::PodEvent {
+                            warning: e.warning,
+                            reason: e.reason.into(),
+                            message: e.message,
+                            ..base.clone()
+                        });
+                    }
+                }
+            };
             // A refused image is never pulled, let alone run.
             let result = match allowed {
-                Ok(()) => runtime.ensure_image(&image, policy).await,
-                Err(e) => Err(e),
+                Ok(()) => {
+                    let present = runtime.image_size(&image).await.is_some();
+                    let pulls = policy == pb::PullPolicy::Always
+                        || (policy == pb::PullPolicy::IfNotPresent && !present);
+                    if pulls {
+                        emit(vec![kubelet_events::pulling(&image)]);
+                    }
+                    let started = Instant::now();
+                    let result = runtime.ensure_image(&image, policy).await;
+                    match &result {
+                        Ok(()) if pulls => {
+                            let size = runtime.image_size(&image).await.unwrap_or(0);
+                            emit(vec![kubelet_events::pulled(
+                                &image,
+                                started.elapsed(),
+                                size,
+                            )]);
+                        }
+                        Ok(()) => emit(vec![kubelet_events::already_present(&image)]),
+                        Err(e) => emit(kubelet_events::pull_failed(&image, e)),
+                    }
+                    result
+                }
+                Err(e) => {
+                    emit(kubelet_events::pull_failed(&image, &e));
+                    Err(e)
+                }
             };
             let _ = tx.send((generation, OpResult::Image { slot, result }));
         });
@@ -387,6 +464,7 @@ impl PodWorker {
     }
 
     fn start_probe(&mut self, i: usize) {
+        let base = self.event_base(i);
         let slot = &mut self.slots[i];
         slot.stop_probe();
         let (Some(probe), Some(id)) =
@@ -403,6 +481,7 @@ impl PodWorker {
             self.pod_ip.clone(),
             probe,
             self.probe_tx.clone(),
+            (self.board.clone(), base),
         )));
     }
 
@@ -582,7 +661,19 @@ impl PodWorker {
     /// Takes over containers found at start-up (left running by a previous edge process):
     /// running ones are kept as they are, ones that exited meanwhile go through the restart
     /// policy, anything stale is removed.
-    async fn adopt(&mut self, mut adopted: Vec<ContainerInfo>) {
+    async fn adopt(&mut self, adopted: Vec<ContainerInfo>) {
+        self.adopting = true;
+        let adopted_slots = self.adopt_quietly(adopted).await;
+        self.adopting = false;
+        for i in 0..self.slots.len() {
+            if !adopted_slots.contains(&i) {
+                self.execute(i, Action::PullImage);
+            }
+        }
+    }
+
+    /// Takes over what runs already; returns the slots it found a container for.
+    async fn adopt_quietly(&mut self, mut adopted: Vec<ContainerInfo>) -> Vec<usize> {
         adopted.sort_by(|a, b| {
             (b.restart_count, b.created_unix_millis).cmp(&(a.restart_count, a.created_unix_millis))
         });
@@ -652,11 +743,7 @@ impl PodWorker {
                 self.apply(i, ContainerEvent::Exited(terminated_from(&c)));
             }
         }
-        for i in 0..self.slots.len() {
-            if !adopted_slots.contains(&i) {
-                self.execute(i, Action::PullImage);
-            }
-        }
+        adopted_slots
     }
 
     async fn update(&mut self, spec: pb::PodSpec) {
@@ -690,6 +777,12 @@ impl PodWorker {
     /// earlier instances, by asking the engine rather than trusting memory.
     async fn remove_all(&mut self, grace: Option<Duration>) {
         self.generation += 1;
+        for i in 0..self.slots.len() {
+            if self.slots[i].state.is_running() {
+                let name = self.slots[i].spec.name.clone();
+                self.emit(i, vec![kubelet_events::killing(&name)]);
+            }
+        }
         for s in &mut self.slots {
             s.stop_probe();
             s.deadline = None;

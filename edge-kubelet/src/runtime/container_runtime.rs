@@ -11,8 +11,8 @@ use pb::probe::Handler;
 
 use super::probe;
 use super::types::{
-    ContainerInfo, ContainerStream, ContainerUsage, CreateRequest, LogOptions, ProbeTarget,
-    RuntimeEvent, StreamHandle, StreamSpec,
+    ContainerInfo, ContainerMeasurements, ContainerStream, ContainerUsage, CreateRequest,
+    LogOptions, ProbeTarget, RuntimeEvent, StreamHandle, StreamSpec,
 };
 use crate::error::Result;
 
@@ -102,19 +102,40 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         None
     }
 
-    /// Runs one readiness probe; true when it passed. The default aims network probes at the
-    /// pod IP from the edge host and runs `exec` probes through [`ContainerRuntime::exec`].
-    async fn probe(&self, target: ProbeTarget<'_>, probe: &pb::Probe) -> bool {
+    /// A running container's figures for the kubelet API's stats (`None` when the engine
+    /// cannot tell). The default tells nothing.
+    async fn measure(&self, _id: &str) -> Result<Option<ContainerMeasurements>> {
+        Ok(None)
+    }
+
+    /// Whether `image` is present, and its size in bytes (`None`: absent, or the engine cannot
+    /// tell), for kubelet's `Pulling`/`Pulled` events. The default tells nothing.
+    async fn image_size(&self, _image: &str) -> Option<u64> {
+        None
+    }
+
+    /// Runs one readiness probe: `Err` says why it failed, as kubelet's `Unhealthy` events say
+    /// it. The default aims network probes at the pod IP from the edge host and runs `exec`
+    /// probes through [`ContainerRuntime::exec`].
+    async fn probe(
+        &self,
+        target: ProbeTarget<'_>,
+        probe: &pb::Probe,
+    ) -> std::result::Result<(), String> {
         let timeout = probe::attempt_timeout(probe);
         match &probe.handler {
             Some(Handler::HttpGet(h)) => probe::http_get(target.pod_ip, h, timeout).await,
             Some(Handler::TcpSocket(t)) => probe::tcp_connect(target.pod_ip, t, timeout).await,
-            Some(Handler::Exec(e)) => self
-                .exec(target.container_id, &e.command, timeout)
-                .await
-                .is_ok_and(|code| code == 0),
+            Some(Handler::Exec(e)) => {
+                match self.exec(target.container_id, &e.command, timeout).await {
+                    Ok(0) => Ok(()),
+                    // kubelet shows the command's output; the edge does not capture it.
+                    Ok(code) => Err(format!("command exited with {code}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
             // A probe without a handler cannot fail.
-            None => true,
+            None => Ok(()),
         }
     }
 }

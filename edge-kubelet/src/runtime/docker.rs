@@ -27,8 +27,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StatsOptionsBuilder, StopContainerOptionsBuilder,
+    InspectContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -42,8 +42,8 @@ use decloud_crds::contracts::container_labels as labels;
 
 use super::container_runtime::ContainerRuntime;
 use super::types::{
-    ContainerInfo, ContainerStream, ContainerUsage, CreateRequest, LogOptions, PodNetwork,
-    RuntimeEvent, StreamChunk, StreamHandle, StreamSpec,
+    ContainerInfo, ContainerMeasurements, ContainerStream, ContainerUsage, CreateRequest,
+    LogOptions, PodNetwork, RuntimeEvent, StreamChunk, StreamHandle, StreamSpec,
 };
 use crate::error::{Error, Result};
 use crate::host::MIN_MEMORY_BYTES;
@@ -595,6 +595,11 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn image_size(&self, image: &str) -> Option<u64> {
+        let i = self.docker.inspect_image(image).await.ok()?;
+        Some(i.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+    }
+
     async fn create_container(&self, req: CreateRequest<'_>) -> Result<String> {
         let suffix: u16 = rand::random();
         let name = format!(
@@ -659,6 +664,53 @@ impl ContainerRuntime for DockerRuntime {
             cpu_seconds: ns as f64 / 1e9,
             memory_bytes: memory.unwrap_or_default(),
         }))
+    }
+
+    async fn measure(&self, id: &str) -> Result<Option<ContainerMeasurements>> {
+        let opts = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let Some(stats) = self.docker.stats(id, Some(opts)).next().await else {
+            return Ok(None);
+        };
+        let stats = stats.map_err(map_err)?;
+        let Some(cpu_nanos) = stats
+            .cpu_stats
+            .and_then(|c| c.cpu_usage)
+            .and_then(|u| u.total_usage)
+        else {
+            return Ok(None);
+        };
+        let memory = stats.memory_stats.unwrap_or_default();
+        let usage_bytes = memory.usage.unwrap_or_default();
+        let counters = memory.stats.unwrap_or_default();
+        let counter = |keys: &[&str]| keys.iter().find_map(|k| counters.get(*k).copied());
+        // As kubelet (cAdvisor) computes it: usage less inactive file pages (cgroup v2 names
+        // first, then v1's).
+        let inactive = counter(&["inactive_file", "total_inactive_file"]).unwrap_or(0);
+        let rss = counter(&["anon", "total_rss", "rss"]).unwrap_or(0);
+        // Docker reports a huge number for "no limit".
+        let limit = memory.limit.filter(|l| *l < (1 << 62)).unwrap_or(0);
+        let mut m = ContainerMeasurements {
+            cpu_nanos,
+            usage_bytes,
+            working_set_bytes: usage_bytes.saturating_sub(inactive),
+            rss_bytes: rss,
+            limit_bytes: limit,
+            ..Default::default()
+        };
+        for n in stats.networks.unwrap_or_default().values() {
+            m.rx_bytes += n.rx_bytes.unwrap_or_default();
+            m.tx_bytes += n.tx_bytes.unwrap_or_default();
+            m.rx_errors += n.rx_errors.unwrap_or_default();
+            m.tx_errors += n.tx_errors.unwrap_or_default();
+        }
+        let sized = InspectContainerOptionsBuilder::default().size(true).build();
+        if let Ok(r) = self.docker.inspect_container(id, Some(sized)).await {
+            m.rootfs_used_bytes = r.size_rw.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+        }
+        Ok(Some(m))
     }
 
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>> {

@@ -14,6 +14,6 @@ pub use container_runtime::ContainerRuntime;
 pub use docker::{DockerRuntime, EngineFacts, ImageRules, ResourceCeiling};
 pub use simulated::{SimulatedRuntime, SimulatedTimings};
 pub use types::{
-    ContainerInfo, ContainerStream, ContainerUsage, CreateRequest, LogOptions, PodNetwork,
-    ProbeTarget, RuntimeEvent, StreamChunk, StreamHandle, StreamSpec,
+    ContainerInfo, ContainerMeasurements, ContainerStream, ContainerUsage, CreateRequest,
+    LogOptions, PodNetwork, ProbeTarget, RuntimeEvent, StreamChunk, StreamHandle, StreamSpec,
 };

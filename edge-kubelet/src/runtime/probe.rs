@@ -19,57 +19,103 @@ pub(super) fn attempt_timeout(probe: &pb::Probe) -> Duration {
     Duration::from_secs(u64::from(probe.timeout_seconds.max(1)))
 }
 
-/// An `httpGet` probe: passes on a status in 200..400 within `timeout`.
-pub(super) async fn http_get(pod_ip: &str, h: &pb::HttpGetAction, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, get_status_ok(pod_ip, h.port, &h.path))
-        .await
-        .unwrap_or(false)
+/// An `httpGet` probe: passes on a status in 200..400 within `timeout`; else says why, in
+/// kubelet's words ("HTTP probe failed with statuscode: 503").
+pub(super) async fn http_get(
+    pod_ip: &str,
+    h: &pb::HttpGetAction,
+    timeout: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, get_status(pod_ip, h.port, &h.path)).await {
+        Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
+        Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
+        Ok(Err(e)) => Err(format!("Get \"{}\": {e}", url(pod_ip, h.port, &h.path))),
+        Err(_) => Err(format!(
+            "Get \"{}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
+            url(pod_ip, h.port, &h.path)
+        )),
+    }
 }
 
 /// A `tcpSocket` probe: passes when the port accepts a connection within `timeout`.
-pub(super) async fn tcp_connect(pod_ip: &str, t: &pb::TcpSocketAction, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, TcpStream::connect((pod_ip, port_u16(t.port))))
-        .await
-        .is_ok_and(|r| r.is_ok())
+pub(super) async fn tcp_connect(
+    pod_ip: &str,
+    t: &pb::TcpSocketAction,
+    timeout: Duration,
+) -> Result<(), String> {
+    let addr = format!("{}:{}", host_of(pod_ip), port_u16(t.port));
+    match tokio::time::timeout(timeout, TcpStream::connect((pod_ip, port_u16(t.port)))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("dial tcp {addr}: connect: {}", io_words(&e))),
+        Err(_) => Err(format!("dial tcp {addr}: i/o timeout")),
+    }
+}
+
+/// Go's words for the common connect errors, as kubelet's messages carry them.
+fn io_words(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn host_of(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+fn url(ip: &str, port: u32, path: &str) -> String {
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    format!("http://{}:{}{path}", host_of(ip), port_u16(port))
 }
 
 fn port_u16(p: u32) -> u16 {
     u16::try_from(p).unwrap_or(0)
 }
 
-/// GET `path` on `ip:port`: success is a status in 200..400, as in Kubernetes (redirects are
-/// not followed; a 3xx passes).
-async fn get_status_ok(ip: &str, port: u32, path: &str) -> bool {
-    let host = if ip.contains(':') {
-        format!("[{ip}]")
-    } else {
-        ip.to_string()
-    };
-    let path = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{path}")
-    };
-    let Ok(uri) = format!("http://{host}:{}{path}", port_u16(port)).parse::<hyper::Uri>() else {
-        return false;
-    };
-    let Ok(request) = hyper::Request::get(uri)
+/// GET `path` on `ip:port` and the status it answered (redirects are not followed; the
+/// caller decides, as Kubernetes does, that 200..400 passes).
+async fn get_status(ip: &str, port: u32, path: &str) -> Result<u16, String> {
+    let uri = url(ip, port, path)
+        .parse::<hyper::Uri>()
+        .map_err(|e| e.to_string())?;
+    let request = hyper::Request::get(uri)
         .header(header::USER_AGENT, "decloud-edge-probe")
         .header(header::ACCEPT, "*/*")
         .body(Empty::<Bytes>::new())
-    else {
-        return false;
-    };
+        .map_err(|e| e.to_string())?;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     // Like kubelet's prober: one connection per probe, none left open in the pod.
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(http);
-    client
-        .request(request)
-        .await
-        .is_ok_and(|r| (200..400).contains(&r.status().as_u16()))
+    match client.request(request).await {
+        Ok(r) => Ok(r.status().as_u16()),
+        Err(e) => {
+            // hyper's connect errors carry the io error as their source.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    return Err(format!(
+                        "dial tcp {}:{}: connect: {}",
+                        host_of(ip),
+                        port_u16(port),
+                        io_words(io)
+                    ));
+                }
+                source = s.source();
+            }
+            Err(e.to_string())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -96,13 +142,32 @@ mod tests {
         let ok = serve_once("HTTP/1.0 200 OK\r\n\r\nhi").await;
         let redirect = serve_once("HTTP/1.0 302 Found\r\n\r\n").await;
         let bad = serve_once("HTTP/1.0 503 Unavailable\r\n\r\n").await;
-        assert!(get_status_ok("127.0.0.1", ok.into(), "/").await);
-        assert!(get_status_ok("127.0.0.1", redirect.into(), "/").await);
-        assert!(!get_status_ok("127.0.0.1", bad.into(), "/").await);
+        let probe = |port: u16| pb::HttpGetAction {
+            path: "/".into(),
+            port: port.into(),
+        };
+        let t = Duration::from_secs(5);
+        assert_eq!(http_get("127.0.0.1", &probe(ok), t).await, Ok(()));
+        assert_eq!(http_get("127.0.0.1", &probe(redirect), t).await, Ok(()));
+        assert_eq!(
+            http_get("127.0.0.1", &probe(bad), t).await,
+            Err("HTTP probe failed with statuscode: 503".into())
+        );
         // Nothing listens on a just-freed port.
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
-        assert!(!get_status_ok("127.0.0.1", port.into(), "/").await);
+        assert_eq!(
+            http_get("127.0.0.1", &probe(port), t).await,
+            Err(format!(
+                "Get \"http://127.0.0.1:{port}/\": dial tcp 127.0.0.1:{port}: connect: connection refused"
+            ))
+        );
+        assert_eq!(
+            tcp_connect("127.0.0.1", &pb::TcpSocketAction { port: port.into() }, t).await,
+            Err(format!(
+                "dial tcp 127.0.0.1:{port}: connect: connection refused"
+            ))
+        );
     }
 }

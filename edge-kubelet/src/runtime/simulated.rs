@@ -336,10 +336,20 @@ impl ContainerRuntime for SimulatedRuntime {
     }
 
     /// Simulated probes pass while the container runs: there is no process to ask.
-    async fn probe(&self, target: ProbeTarget<'_>, _probe: &pb::Probe) -> bool {
-        self.lock()
+    async fn probe(
+        &self,
+        target: ProbeTarget<'_>,
+        _probe: &pb::Probe,
+    ) -> std::result::Result<(), String> {
+        let running = self
+            .lock()
             .containers
             .get(target.container_id)
-            .is_some_and(|c| c.info.running)
+            .is_some_and(|c| c.info.running);
+        if running {
+            Ok(())
+        } else {
+            Err("container is not running".into())
+        }
     }
 }

@@ -163,3 +163,28 @@ impl std::fmt::Debug for ContainerStream {
             .finish_non_exhaustive()
     }
 }
+
+/// One container instance's figures at one moment, as kubelet's stats summary reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContainerMeasurements {
+    /// CPU time used since the instance started, in nanoseconds.
+    pub cpu_nanos: u64,
+    /// Memory in use (the cgroup's usage), in bytes.
+    pub usage_bytes: u64,
+    /// Usage minus inactive file cache: what kubelet calls the working set.
+    pub working_set_bytes: u64,
+    /// Anonymous memory (RSS).
+    pub rss_bytes: u64,
+    /// The memory limit; 0 when none.
+    pub limit_bytes: u64,
+    /// Network counters of the container's interfaces (the pod's, for its first container).
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Send errors.
+    pub tx_errors: u64,
+    /// Bytes the container wrote to its writable layer.
+    pub rootfs_used_bytes: u64,
+}

@@ -5,6 +5,7 @@
 mod exec;
 mod logs;
 mod session_loop;
+mod stats;
 mod tunnel;
 
 pub(crate) use session_loop::{SessionConfig, run};

@@ -52,6 +52,8 @@ pub(crate) struct SessionConfig {
     pub(crate) platform: pb::Platform,
     /// What protects the machine (userns-remap, the egress policy), for the Hello.
     pub(crate) isolation: Option<pb::HostIsolation>,
+    /// How often the node's statistics are sent (for the kubelet API's `/stats/summary`).
+    pub(crate) stats_interval: Duration,
 }
 
 /// Runs sessions until `shutdown` is cancelled.
@@ -171,6 +173,11 @@ async fn session_inner(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
     let mut log_tasks: HashMap<u64, AbortHandle> = HashMap::new();
+    let stats = tokio::spawn(super::stats::report_periodically(
+        pods.runtime().clone(),
+        tx.clone(),
+        cfg.stats_interval,
+    ));
     let result = loop {
         tokio::select! {
             _ = heartbeat.tick() => {
@@ -185,6 +192,7 @@ async fn session_inner(
                 let out: Vec<pb::EdgeMessage> = match update {
                     Ok(PodUpdate::Status(s)) => vec![msg(Out::PodStatus(s))],
                     Ok(PodUpdate::Gone(uid)) => vec![msg(Out::PodGone(pb::PodGone { uid }))],
+                    Ok(PodUpdate::Event(e)) => vec![msg(Out::PodEvent(e))],
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "status updates lagged; resending all");
                         pods.board().all().into_iter().map(|s| msg(Out::PodStatus(s))).collect()
@@ -210,6 +218,7 @@ async fn session_inner(
     for h in log_tasks.values() {
         h.abort();
     }
+    stats.abort();
     result
 }
 

@@ -28,8 +28,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::seams::{ContainerStreams, LogQuery, LogSource};
 use crate::{Error, LogError, Result};
+pub use node_reads::ServingNode;
+use node_reads::{node_pods, resource_metrics, stats_summary};
 
 mod auth;
+mod node_reads;
 mod spdy;
 mod streams;
 mod websocket;
@@ -177,7 +180,12 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         );
     };
     let path = req.uri().path().to_string();
-    let node = node_of_path(g.logs.as_ref(), &path);
+    let mut node = node_of_path(g.logs.as_ref(), &path);
+    if node.is_empty()
+        && let Some(serving) = req.extensions().get::<ServingNode>()
+    {
+        node = serving.node.clone();
+    }
     let subresources = auth::subresources_of(&path);
     for subresource in subresources {
         let access = Access {
@@ -225,6 +233,9 @@ fn router(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route("/pods", get(node_pods))
+        .route("/stats/summary", get(stats_summary))
+        .route("/metrics/resource", get(resource_metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
         .with_state(logs)
         .merge(streams::routes(streams))
@@ -269,8 +280,29 @@ pub async fn serve_kubelet_api(
     streams: Arc<dyn ContainerStreams>,
     auth: KubeletAuth,
 ) {
+    serve(listener, tls, router(logs, streams, auth)).await
+}
+
+/// Serves the kubelet API of one virtual node (its own port) over TLS on `listener`, with
+/// the node-level reads, until the task is dropped.
+pub async fn serve_node_kubelet_api(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    logs: Arc<dyn LogSource>,
+    streams: Arc<dyn ContainerStreams>,
+    auth: KubeletAuth,
+    serving: ServingNode,
+) {
+    serve(
+        listener,
+        tls,
+        router(logs, streams, auth).layer(Extension(serving)),
+    )
+    .await
+}
+
+async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(logs, streams, auth);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer): (_, SocketAddr) = match listener.accept().await {
@@ -400,7 +432,7 @@ mod tests {
     }
 
     /// Knows no pod: every stream request is answered "pod does not exist".
-    struct NoStreams;
+    pub(crate) struct NoStreams;
 
     impl ContainerStreams for NoStreams {
         fn check(

@@ -16,11 +16,11 @@ mod seams;
 pub use error::{DialError, Error, LogError, Result, StreamError};
 pub use kubelet_api::{
     Access, AccessReview, KubeAccessReview, KubeletAuth, REVIEW_CACHE_ENTRIES, REVIEW_TTL,
-    ReviewError, User, self_signed_tls, serve_kubelet_api,
+    ReviewError, ServingNode, User, self_signed_tls, serve_kubelet_api, serve_node_kubelet_api,
 };
 pub use proxy::{GatewayLimits, serve_gateway};
 pub use routes::{Backend, Route, Routes, workload_host};
 pub use seams::{
     ContainerStreams, ExecInput, ExecIo, ExecOutput, ExecRequest, LogQuery, LogSource, LogStream,
-    TunnelDialer, TunnelIo,
+    NodeReadings, TunnelDialer, TunnelIo,
 };

@@ -156,3 +156,14 @@ pub trait ContainerStreams: Send + Sync + 'static {
         port: u16,
     ) -> BoxFuture<'static, Result<Box<dyn TunnelIo>, StreamError>>;
 }
+
+/// What the kubelet API's node-level reads serve, rendered as kubelet renders them. Every
+/// method must not block.
+pub trait NodeReadings: Send + Sync + 'static {
+    /// `/pods`: the node's pods as a v1 PodList (JSON).
+    fn pods(&self, node: &str) -> Vec<u8>;
+    /// `/stats/summary` (JSON); `None` while the node's edge has sent no fresh statistics.
+    fn stats_summary(&self, node: &str) -> Option<Vec<u8>>;
+    /// `/metrics/resource` (Prometheus text); `None` as for `stats_summary`.
+    fn resource_metrics(&self, node: &str) -> Option<String>;
+}

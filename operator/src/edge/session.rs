@@ -63,6 +63,8 @@ pub(crate) async fn drive(
                     Kind::PodGone(gone) => pods::on_pod_gone(&ctx, &provider, id, &gone.uid),
                     Kind::Hello(_) => warn!("ignoring a second Hello on the same session"),
                     Kind::LogChunk(chunk) => crate::relay::on_log_chunk(&ctx, &provider, chunk),
+                    Kind::PodEvent(ev) => pods::on_pod_event(&ctx, &provider, ev),
+                    Kind::NodeStats(stats) => crate::stats::on_node_stats(&ctx, &provider, stats),
                 },
                 Ok(Some(pb::EdgeMessage { kind: None })) => debug!("ignoring an empty message"),
                 Ok(None) => break "edge_closed",

@@ -59,7 +59,11 @@ pub(crate) fn on_pod_gone(ctx: &Arc<Context>, provider: &str, session_id: u64, u
             && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
     });
     match pod {
-        Some(pod) if pod.metadata.deletion_timestamp.is_some() => spawn_finish(ctx, &pod),
+        Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+            // Only a pod really going frees its event budget (an edge cannot reset it).
+            ctx.event_limiter.forget(uid);
+            spawn_finish(ctx, &pod)
+        }
         Some(pod) => {
             debug!(pod = %pod.name_any(), "edge reports a pod gone that is not being deleted")
         }

@@ -4,6 +4,8 @@
 
 mod admission;
 mod deletion;
+mod event_writer;
+mod events;
 mod relay;
 mod report;
 mod status;
@@ -12,6 +14,8 @@ mod writer;
 
 pub(crate) use admission::{Disposition, disposition};
 pub(crate) use deletion::on_pod_gone;
+pub(crate) use event_writer::{on_pod_event, write_pod_events};
+pub(crate) use events::{EVENT_QUEUE, EventLimiter, PodEventRecord};
 pub(crate) use relay::{
     PodSetFollowUp, authorized, resync_periodically, run_pod_watcher, send_pod_set,
 };

@@ -184,6 +184,7 @@ pub(crate) fn desired_node_status(
     ready: bool,
     existing: Option<&Node>,
     config: &Config,
+    kubelet_port: u16,
     now: Timestamp,
 ) -> Value {
     let node = node_name(&provider.name_any());
@@ -243,7 +244,7 @@ pub(crate) fn desired_node_status(
                 {"type": "InternalIP", "address": config.node_address.to_string()},
                 {"type": "Hostname", "address": node},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": config.kubelet_port}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             "nodeInfo": {
                 "machineID": "",
                 "systemUUID": "",
@@ -284,6 +285,9 @@ pub(crate) async fn apply_node(
         ready,
         existing.as_deref(),
         &ctx.config,
+        ctx.node_ports
+            .port_for(&name)
+            .unwrap_or(ctx.config.kubelet_port),
         Timestamp::now(),
     );
     if existing
@@ -332,6 +336,8 @@ fn node_status_matches(node: &Node, want: &Value) -> bool {
 /// Deletes the virtual Node of `provider` and its Lease; absent ones are fine.
 pub(crate) async fn delete_node(ctx: &Context, provider: &str) -> Result<()> {
     let name = node_name(provider);
+    ctx.node_ports.release(&name);
+    ctx.stats.forget(&name);
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     ignore_not_found(
         nodes
@@ -435,7 +441,7 @@ mod tests {
             ..Default::default()
         };
         let now = Timestamp::now();
-        let s = desired_node_status(&provider(), &status, true, None, &config, now);
+        let s = desired_node_status(&provider(), &status, true, None, &config, 10250, now);
         assert_eq!(s["status"]["addresses"][0]["address"], "127.0.0.1");
         assert_eq!(
             s["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
@@ -444,7 +450,7 @@ mod tests {
         assert_eq!(s["status"]["allocatable"]["pods"], "10");
         assert_eq!(s["status"]["capacity"]["memory"], "16Gi");
         assert_eq!(s["status"]["conditions"][0]["status"], "True");
-        let down = desired_node_status(&provider(), &status, false, None, &config, now);
+        let down = desired_node_status(&provider(), &status, false, None, &config, 10250, now);
         assert_eq!(down["status"]["conditions"][0]["status"], "Unknown");
     }
 

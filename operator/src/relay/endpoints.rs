@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use decloud_crds::Workload;
 use decloud_gateway::{
-    GatewayLimits, KubeAccessReview, KubeletAuth, LogError, LogQuery, LogSource, LogStream, Routes,
-    self_signed_tls, serve_gateway, serve_kubelet_api,
+    ContainerStreams, GatewayLimits, KubeAccessReview, KubeletAuth, LogError, LogQuery, LogSource,
+    LogStream, NodeReadings, Routes, ServingNode, self_signed_tls, serve_gateway,
+    serve_kubelet_api, serve_node_kubelet_api,
 };
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
@@ -141,8 +142,30 @@ pub(crate) async fn run(
     let streams = Arc::new(StreamRelay::new(ctx.clone()));
     let logs = Arc::new(NodeAwareLogs {
         relay: LogRelay::new(ctx.clone()),
-        ctx,
+        ctx: ctx.clone(),
     });
+    // Each virtual node's own port, for the node-level reads (and everything else).
+    let readings: Arc<dyn NodeReadings> = Arc::new(crate::stats::NodeViews { ctx: ctx.clone() });
+    let node_server = {
+        let (tls, logs, auth) = (tls.clone(), logs.clone(), auth.clone());
+        let streams: Arc<dyn ContainerStreams> = streams.clone();
+        Arc::new(move |node: String, listener: TcpListener| {
+            let serving = ServingNode {
+                node,
+                readings: readings.clone(),
+            };
+            let logs: Arc<dyn LogSource> = logs.clone();
+            tokio::spawn(serve_node_kubelet_api(
+                listener,
+                tls.clone(),
+                logs,
+                streams.clone(),
+                auth.clone(),
+                serving,
+            ))
+        })
+    };
+    ctx.node_ports.serve_with(node, node_server);
     tokio::join!(
         serve_gateway(gateway, routes, dialer, cfg.limits),
         serve_kubelet_api(kubelet, tls, logs, streams, auth),

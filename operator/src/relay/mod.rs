@@ -6,12 +6,14 @@
 mod endpoints;
 mod exec;
 mod logs;
+mod node_ports;
 mod pending;
 mod tunnel_rpc;
 mod tunnels;
 
 pub(crate) use endpoints::{GatewayConfig, run as run_endpoints};
 pub(crate) use logs::on_chunk as on_log_chunk;
+pub(crate) use node_ports::NodePorts;
 pub(crate) use pending::{PendingExecs, PendingLogs, PendingTunnels};
 pub(crate) use tunnel_rpc::accept as accept_tunnel;
 pub(crate) use tunnels::TunnelResponse;

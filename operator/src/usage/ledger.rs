@@ -33,7 +33,7 @@ pub(crate) struct UsageLedger {
 
 fn add(a: &mut Usage, b: &Usage) {
     a.cpu_seconds += b.cpu_seconds;
-    a.memory_gib_hours += b.memory_gib_hours;
+    a.memory_gibibyte_hours += b.memory_gibibyte_hours;
 }
 
 /// Largest cumulative figure taken from an edge: a thousand cores for a century, in seconds
@@ -54,7 +54,7 @@ fn plausible(x: f64) -> f64 {
 fn rounded(u: Usage) -> Usage {
     Usage {
         cpu_seconds: (u.cpu_seconds * 1000.0).round() / 1000.0,
-        memory_gib_hours: (u.memory_gib_hours * 1_000_000.0).round() / 1_000_000.0,
+        memory_gibibyte_hours: (u.memory_gibibyte_hours * 1_000_000.0).round() / 1_000_000.0,
     }
 }
 
@@ -73,7 +73,7 @@ impl UsageLedger {
     ) {
         let usage = Usage {
             cpu_seconds: plausible(u.cpu_seconds),
-            memory_gib_hours: plausible(u.memory_gib_hours),
+            memory_gibibyte_hours: plausible(u.memory_gib_hours),
         };
         let mut inner = self.lock();
         if let Some(w) = &workload {
@@ -90,7 +90,10 @@ impl UsageLedger {
         // Cumulative figures only grow; a smaller one (an edge that lost its meter) keeps
         // what was already counted.
         entry.usage.cpu_seconds = entry.usage.cpu_seconds.max(usage.cpu_seconds);
-        entry.usage.memory_gib_hours = entry.usage.memory_gib_hours.max(usage.memory_gib_hours);
+        entry.usage.memory_gibibyte_hours = entry
+            .usage
+            .memory_gibibyte_hours
+            .max(usage.memory_gibibyte_hours);
     }
 
     /// Pod `uid` is gone: its usage moves into its provider's and workload's history.
@@ -177,7 +180,7 @@ mod tests {
             l.record("p", "a", None, &u(reported, reported));
             let total = l.provider("p").unwrap();
             assert_eq!(total.cpu_seconds, counted, "after {reported}");
-            assert_eq!(total.memory_gib_hours, counted, "after {reported}");
+            assert_eq!(total.memory_gibibyte_hours, counted, "after {reported}");
         }
     }
 
@@ -192,7 +195,7 @@ mod tests {
             l.provider("p1"),
             Some(Usage {
                 cpu_seconds: 6.0,
-                memory_gib_hours: 0.5
+                memory_gibibyte_hours: 0.5
             })
         );
         assert_eq!(l.provider("p3"), None);
@@ -203,7 +206,7 @@ mod tests {
                 web.clone(),
                 Usage {
                     cpu_seconds: 3.0,
-                    memory_gib_hours: 0.75
+                    memory_gibibyte_hours: 0.75
                 }
             )]
         );
@@ -219,7 +222,7 @@ mod tests {
             l.provider("p1"),
             Some(Usage {
                 cpu_seconds: 6.0,
-                memory_gib_hours: 0.5
+                memory_gibibyte_hours: 0.5
             })
         );
         assert_eq!(
@@ -228,7 +231,7 @@ mod tests {
                 web,
                 Usage {
                     cpu_seconds: 3.0,
-                    memory_gib_hours: 0.75
+                    memory_gibibyte_hours: 0.75
                 }
             )]
         );

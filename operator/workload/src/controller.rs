@@ -704,6 +704,7 @@ fn summarize(
     compute_status(StatusInput {
         generation: workload.metadata.generation,
         desired: s.desired,
+        selector: workload.pod_selector(),
         // Only the owner of a host (or a Workload exposing nothing) shows a URL.
         url: match &s.host {
             HostClaim::None | HostClaim::Owner(_) => Some(config.url(workload)),

@@ -10,6 +10,8 @@ pub(crate) struct StatusInput<'a> {
     pub generation: Option<i64>,
     /// `spec.replicas`.
     pub desired: usize,
+    /// Label selector of the Workload's pods, for the scale subresource.
+    pub selector: String,
     /// Public URL, if the Workload serves its host (or exposes nothing).
     pub url: Option<String>,
     /// What the Workload's claim on its public host comes to.
@@ -161,6 +163,7 @@ pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
         observed_generation: input.generation,
         replicas: replicas as i32,
         ready_replicas: ready as i32,
+        label_selector: Some(input.selector),
         url: input.url,
         placements,
         conditions,

@@ -13,6 +13,7 @@ fn input<'a>(previous: Option<&'a WorkloadStatus>, now: &'a str) -> StatusInput<
     StatusInput {
         generation: Some(3),
         desired: 2,
+        selector: "decloud.dev/workload=hello".into(),
         url: Some("http://hello.default.decloud.localhost".into()),
         host: HostClaim::Owner("hello.default.decloud.localhost".into()),
         placements: vec![
