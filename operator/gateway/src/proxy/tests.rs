@@ -120,7 +120,7 @@ async fn gateway(routes: Routes, dialer: Arc<DirectDialer>) -> u16 {
 async fn gateway_with(routes: Routes, dialer: Arc<DirectDialer>, limits: GatewayLimits) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
-    tokio::spawn(serve_gateway(l, routes, dialer, limits));
+    tokio::spawn(serve_gateway(l, None, routes, dialer, limits));
     port
 }
 
@@ -412,11 +412,15 @@ fn ambiguous_framing_is_refused() {
         "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
     ] {
-        assert!(Request::parse(head.as_bytes(), peer).is_err(), "{head}");
+        assert!(
+            Request::parse(head.as_bytes(), peer, Proto::Http).is_err(),
+            "{head}"
+        );
     }
     let r = Request::parse(
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
         peer,
+        Proto::Http,
     )
     .expect("chunked");
     assert_eq!(r.body, Body::Chunked);
