@@ -332,4 +332,4 @@ pub(crate) fn server_config(resolver: Arc<SniResolver>) -> Arc<rustls::ServerCon
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -10,7 +10,7 @@ mod pending;
 mod tunnel_rpc;
 mod tunnels;
 
-pub(crate) use endpoints::{GatewayConfig, run as run_endpoints};
+pub(crate) use endpoints::{GatewayCertificates, GatewayConfig, run as run_endpoints};
 pub(crate) use logs::on_chunk as on_log_chunk;
 pub(crate) use pending::{PendingExecs, PendingLogs, PendingTunnels};
 pub(crate) use tunnel_rpc::accept as accept_tunnel;
