@@ -384,8 +384,8 @@ impl Suite<'_> {
             &self.ca.leaf(&[&host("old")], 2020, 2022)?,
         ))?;
         self.apply(&workload(NS, "old", 0, "old-cert", None))?;
-        let (message, _) = wait_certificate(self.client, NS, "old", "False", "Expired").await?;
-        ensure!(message.contains("2022-01-01"), "{message}");
+        let (expired, _) = wait_certificate(self.client, NS, "old", "False", "Expired").await?;
+        ensure!(expired.contains("2022-01-01"), "{expired}");
         self.apply(&secret(
             NS,
             "opaque-cert",
@@ -404,7 +404,7 @@ impl Suite<'_> {
                 "{h}: no HTTPS"
             );
         }
-        println!("old: Expired ({message}); opaque: InvalidCertificate");
+        println!("old: Expired ({expired}); opaque: InvalidCertificate ({message})");
         Ok(())
     }
 }

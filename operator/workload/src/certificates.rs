@@ -20,7 +20,7 @@ use crate::{Result, controller::Context};
 /// How often a served certificate's Secret is read again (rotation, expiry).
 pub(crate) const RECHECK_READY: Duration = Duration::from_secs(60);
 /// How often a Secret that could not be used is read again.
-pub(crate) const RECHECK_NOT_READY: Duration = Duration::from_secs(5);
+pub(crate) const RECHECK_NOT_READY: Duration = Duration::from_secs(20);
 
 /// Why a Workload's certificate is not served. `reason` is the `CertificateReady` reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
