@@ -216,6 +216,7 @@ async fn user_supplied_certificates_are_served_by_sni_and_checked() -> anyhow::R
             http: operator.gateway_port,
             https: https_port,
         };
+        ctx.the_schema_bounds_the_secret_name()?;
         ctx.a_covering_certificate_is_served_and_http_redirects()
             .await?;
         ctx.a_certificate_not_covering_the_host_is_refused().await?;
@@ -256,6 +257,29 @@ struct Suite<'a> {
 impl Suite<'_> {
     fn apply(&self, yaml: &str) -> anyhow::Result<()> {
         self.env.kubectl_stdin(&["apply", "-f", "-"], yaml)?;
+        Ok(())
+    }
+
+    /// A Secret name that is no DNS subdomain (a path, another namespace's `ns/name`, too
+    /// long) is refused at `kubectl apply`, the field named.
+    fn the_schema_bounds_the_secret_name(&self) -> anyhow::Result<()> {
+        let long = "a".repeat(254);
+        for bad in [
+            "other-ns/web-cert",
+            "../web-cert",
+            "Web-Cert",
+            long.as_str(),
+        ] {
+            let err = match self.apply(&workload(NS, "bad", 0, &format!("{bad:?}"), None)) {
+                Ok(()) => bail!("secretName {bad:?} was accepted"),
+                Err(e) => format!("{e:#}"),
+            };
+            ensure!(
+                err.contains("spec.expose.tls.secretName"),
+                "secretName {bad:?}: {err}"
+            );
+        }
+        println!("secretName: paths, namespaced names, upper case and 254 characters refused");
         Ok(())
     }
 

@@ -507,6 +507,10 @@ fn host_parsing() {
 /// A gateway with HTTPS for `hello` (certificate for its host from `ca`) and `open` (same,
 /// `insecureHttp: Allow`): (http port, https port, CA PEM).
 async fn https_gateway() -> (u16, u16, String) {
+    https_gateway_with(GatewayLimits::default()).await
+}
+
+async fn https_gateway_with(limits: GatewayLimits) -> (u16, u16, String) {
     use crate::tls::{
         CertStore, load_tls_secret,
         tests::{TestCa, secret},
@@ -552,13 +556,7 @@ async fn https_gateway() -> (u16, u16, String) {
         certificates: store,
         public_port: 8443,
     };
-    tokio::spawn(serve_gateway(
-        l,
-        Some(https),
-        r,
-        dialer,
-        GatewayLimits::default(),
-    ));
+    tokio::spawn(serve_gateway(l, Some(https), r, dialer, limits));
     (port, tls_port, ca.pem)
 }
 
@@ -636,4 +634,48 @@ async fn plain_http_for_a_host_with_a_certificate_is_redirected_unless_allowed()
         out.starts_with("HTTP/1.1 200"),
         "insecureHttp: Allow: {out}"
     );
+}
+
+#[tokio::test]
+async fn tls_handshakes_are_bounded_by_the_header_timeout_and_share_the_connection_cap() {
+    let limits = GatewayLimits {
+        header_timeout: Duration::from_millis(300),
+        max_connections: 1,
+        ..GatewayLimits::default()
+    };
+    let (port, tls_port, ca) = https_gateway_with(limits).await;
+    let host = "hello.default.decloud.localhost";
+    // A client that connects and never says hello is closed after the header timeout.
+    let mut silent = TcpStream::connect(("127.0.0.1", tls_port))
+        .await
+        .expect("connect");
+    let out = read_until_closed(&mut silent, Duration::from_secs(3)).await;
+    assert!(out.is_empty(), "{out}");
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One plain HTTP connection holds the only slot: a TLS client gets no handshake.
+    let mut held = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    held.write_all(b"GET / HTTP/1.1\r\nHost: open.default.decloud.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = [0u8; 12];
+    held.read_exact(&mut first).await.expect("answer");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    assert!(
+        tls_connect(tls_port, host, &ca).await.is_err(),
+        "the cap is shared by both listeners"
+    );
+    drop(held);
+    // The slot comes back once the gateway has seen the close.
+    let mut ok = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if tls_connect(tls_port, host, &ca).await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "a slot is free again");
 }
