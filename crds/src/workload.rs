@@ -496,7 +496,8 @@ pub struct ExposeTls {
     pub secret_name: String,
 }
 
-/// What plain HTTP requests for a host with a certificate get.
+// What plain HTTP requests for a host with a certificate get (documented on the field, so
+// that the CRD's description of `insecureHttp` is the field's).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum InsecureHttp {
     /// `308 Permanent Redirect` to the same URL over `https://`.
