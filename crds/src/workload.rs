@@ -480,6 +480,46 @@ pub struct Expose {
         )
     )]
     pub host: Option<String>,
+    /// HTTPS for the host with a certificate the user supplies: a `kubernetes.io/tls` Secret
+    /// in the Workload's own namespace. The gateway serves it (by SNI) only if it covers the
+    /// host and is valid; condition `CertificateReady` says whether it does and why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ExposeTls>,
+    /// What plain HTTP requests get while a certificate is in force: `Redirect` (the default,
+    /// 308 to `https://`) or `Allow` (served over HTTP too).
+    #[serde(
+        default,
+        rename = "insecureHttp",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub insecure_http: Option<InsecureHttp>,
+}
+
+/// The certificate of an exposed host.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposeTls {
+    /// Name of a `kubernetes.io/tls` Secret in the Workload's namespace (keys `tls.crt`, the
+    /// chain leaf first, and `tls.key`). A name, not a reference: another namespace's Secret
+    /// cannot be named.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+        )
+    )]
+    pub secret_name: String,
+}
+
+// What plain HTTP requests for a host with a certificate get (documented on the field, so
+// that the CRD's description of `insecureHttp` is the field's).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum InsecureHttp {
+    /// `308 Permanent Redirect` to the same URL over `https://`.
+    #[default]
+    Redirect,
+    /// Served over plain HTTP as well.
+    Allow,
 }
 
 /// Failover settings.

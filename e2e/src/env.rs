@@ -321,6 +321,10 @@ impl TestEnv {
                 "templates/serviceaccount.yaml",
                 "--show-only",
                 "templates/rbac.yaml",
+                // The rights of an operator serving HTTPS (it reads the TLS Secrets Workloads
+                // name), a superset of the default ones: suites may pass --https-listen.
+                "--set",
+                "gateway.https.enabled=true",
             ])
             .output()
             .context("running helm template")?;

@@ -170,6 +170,14 @@ pub struct RunArgs {
     /// Address of the public HTTP gateway (Workloads' URLs; served by the leader).
     #[arg(long, env = "DECLOUD_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub(crate) gateway_listen: SocketAddr,
+    /// Address of the gateway's HTTPS listener (TLS by SNI with the certificates Workloads
+    /// name in `spec.expose.tls`); off unless given.
+    #[arg(long, env = "DECLOUD_HTTPS_LISTEN")]
+    pub(crate) https_listen: Option<SocketAddr>,
+    /// The port clients reach the gateway's HTTPS on (redirects and `status.url`; omitted
+    /// when 443).
+    #[arg(long, default_value_t = 443)]
+    pub(crate) https_public_port: u16,
     /// How long a gateway client may take to send a request head (then 408).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) gateway_header_timeout: Duration,

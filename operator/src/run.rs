@@ -305,8 +305,14 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
         args.namespace.clone(),
         args.expired_token_retention,
     ));
+    // One certificate store: the Workload controller fills it, the HTTPS listener reads it.
+    let certificates = args.https_listen.map(|_| decloud_gateway::CertStore::new());
     let gateway_config = relay::GatewayConfig {
         listen: args.gateway_listen,
+        https: args
+            .https_listen
+            .zip(certificates.clone())
+            .map(|(listen, store)| (listen, store, args.https_public_port)),
         base_domain: args.base_domain.clone(),
         limits: decloud_gateway::GatewayLimits {
             header_timeout: args.gateway_header_timeout,
@@ -329,8 +335,17 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
         base_domain: args.base_domain.clone(),
         url_template: args.url_template.clone(),
     };
+    let certificates = certificates.map(|store| {
+        Arc::new(relay::GatewayCertificates::new(
+            store,
+            args.https_public_port,
+        )) as Arc<dyn decloud_workload::Certificates>
+    });
     loops.spawn(async move {
-        if let Err(e) = decloud_workload::run(client, workload_config, watches).await {
+        if let Err(e) =
+            decloud_workload::run_with_certificates(client, workload_config, watches, certificates)
+                .await
+        {
             tracing::error!(error = %e, "the Workload controller stopped");
         }
     });

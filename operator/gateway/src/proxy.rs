@@ -12,6 +12,13 @@
 //! layer-4 balancer after routing, and ends after [`GatewayLimits::idle_timeout`] without a
 //! byte either way. Beyond [`GatewayLimits::max_connections`] clients get 503 with
 //! `Retry-After`. No answer names a provider or node.
+//!
+//! With [`Https`], a second listener terminates TLS (certificate by SNI from a [`CertStore`],
+//! see `tls`) and hands the decrypted stream to the same request path, with
+//! `X-Forwarded-Proto: https`. The handshake must finish within the header timeout, and both
+//! listeners share one connection cap (over it, HTTPS clients are just closed: a 503 needs a
+//! handshake). Plain HTTP requests for a host whose certificate is in force get `308` to
+//! `https://` unless its Workload says `insecureHttp: Allow`.
 
 use std::{
     net::SocketAddr,
@@ -24,12 +31,16 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::Semaphore,
 };
 
+use decloud_crds::InsecureHttp;
+use tokio_rustls::TlsAcceptor;
+
 use crate::routes::{Route, Routes};
 use crate::seams::TunnelDialer;
+use crate::tls::{CertStore, SniResolver, server_config};
 
 /// Splice buffer per direction: one tunnel frame's worth, so bulk data moves in big frames.
 const COPY_BUFFER: usize = 64 * 1024;
@@ -74,16 +85,91 @@ impl GatewayLimits {
     }
 }
 
-/// Serves the gateway on `listener` within `limits` until the task is dropped.
+/// The HTTPS listener of the gateway.
+pub struct Https {
+    /// Where TLS clients connect.
+    pub listener: TcpListener,
+    /// Certificates by host.
+    pub certificates: CertStore,
+    /// The port clients reach HTTPS on (in redirects; omitted when 443).
+    pub public_port: u16,
+}
+
+/// What both listeners share.
+struct Shared {
+    routes: Routes,
+    dialer: Arc<dyn TunnelDialer>,
+    limits: GatewayLimits,
+    slots: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
+    /// The resolver and the public HTTPS port, when HTTPS is served.
+    https: Option<(Arc<SniResolver>, u16)>,
+}
+
+impl Shared {
+    /// Where a plain HTTP request for `host` to `target` is redirected, if it is.
+    fn redirect(&self, host: &str, target: &str) -> Option<String> {
+        let (resolver, port) = self.https.as_ref()?;
+        let wl = self.routes.owner_workload(host)?;
+        let policy = wl
+            .spec
+            .expose
+            .as_ref()
+            .and_then(|e| e.insecure_http)
+            .unwrap_or_default();
+        if policy == InsecureHttp::Allow || resolver.certificate_for(host).is_none() {
+            return None;
+        }
+        let port = if *port == 443 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
+        let target = if target.starts_with('/') { target } else { "/" };
+        Some(format!("https://{host}{port}{target}"))
+    }
+}
+
+/// Serves the gateway on `listener` (and HTTPS on `https`, if given) within `limits` until the
+/// task is dropped.
 pub async fn serve_gateway(
     listener: TcpListener,
+    https: Option<Https>,
     routes: Routes,
     dialer: Arc<dyn TunnelDialer>,
     limits: GatewayLimits,
 ) {
-    let limits = Arc::new(limits);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let refusing = Arc::new(Semaphore::new(REFUSING));
+    let (https_listener, acceptor, resolver) = match https {
+        Some(h) => {
+            let resolver = Arc::new(SniResolver::new(h.certificates, routes.clone()));
+            let config = server_config(resolver.clone());
+            (
+                Some(h.listener),
+                Some(TlsAcceptor::from(config)),
+                Some((resolver, h.public_port)),
+            )
+        }
+        None => (None, None, None),
+    };
+    let shared = Arc::new(Shared {
+        routes,
+        dialer,
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        refusing: Arc::new(Semaphore::new(REFUSING)),
+        limits,
+        https: resolver,
+    });
+    let http = accept_loop(listener, shared.clone(), None);
+    match (https_listener, acceptor) {
+        (Some(l), Some(a)) => {
+            tokio::join!(http, accept_loop(l, shared, Some(a)));
+        }
+        _ => http.await,
+    }
+}
+
+/// Accepts clients on `listener`: plain HTTP, or TLS through `tls`.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -94,10 +180,14 @@ pub async fn serve_gateway(
             }
         };
         let _ = conn.set_nodelay(true);
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "gateway at its connection cap; refusing");
-            if let Ok(permit) = refusing.clone().try_acquire_owned() {
-                let retry = limits.retry_after_secs();
+            if tls.is_some() {
+                // An answer would need a handshake first: closing is the cheap refusal.
+                continue;
+            }
+            if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
+                let retry = shared.limits.retry_after_secs();
                 tokio::spawn(async move {
                     let _permit = permit;
                     let mut conn = conn;
@@ -118,26 +208,58 @@ pub async fn serve_gateway(
             }
             continue;
         };
-        let routes = routes.clone();
-        let dialer = dialer.clone();
-        let limits = limits.clone();
+        let shared = shared.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = handle(conn, peer, &routes, dialer.as_ref(), &limits).await {
+            let r = match tls {
+                None => handle(conn, peer, Proto::Http, &shared).await,
+                // The handshake is part of the request head's time budget.
+                Some(acceptor) => {
+                    match tokio::time::timeout(shared.limits.header_timeout, acceptor.accept(conn))
+                        .await
+                    {
+                        Ok(Ok(tls)) => handle(tls, peer, Proto::Https, &shared).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake not done in time");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "gateway connection ended with an error");
             }
         });
     }
 }
 
-async fn handle(
-    conn: TcpStream,
-    peer: SocketAddr,
-    routes: &Routes,
-    dialer: &dyn TunnelDialer,
-    limits: &GatewayLimits,
-) -> std::io::Result<()> {
-    let (read, mut write) = conn.into_split();
+/// The scheme a client reached the gateway by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Http,
+    Https,
+}
+
+impl Proto {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+async fn handle<S>(conn: S, peer: SocketAddr, proto: Proto, shared: &Shared) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let (routes, dialer, limits) = (&shared.routes, shared.dialer.as_ref(), &shared.limits);
+    let (read, mut write) = tokio::io::split(conn);
     let activity = Activity::new();
     let mut client = ClientReader::new(read, activity.clone(), limits.max_header_bytes);
     let head = match tokio::time::timeout(limits.header_timeout, client.read_head()).await {
@@ -155,10 +277,17 @@ async fn handle(
             return r;
         }
     };
-    let request = match Request::parse(&head, peer) {
+    let request = match Request::parse(&head, peer, proto) {
         Ok(r) => r,
         Err(msg) => return respond(&mut write, 400, &format!("{msg}\n"), None).await,
     };
+    if proto == Proto::Http
+        && let Some(location) = shared.redirect(&request.host, &request.target)
+    {
+        let r = redirect(&mut write, &location).await;
+        client.linger().await;
+        return r;
+    }
     let retry = Some(limits.retry_after_secs());
     let (workload, backends) = match routes.resolve(&request.host) {
         Route::Unknown => {
@@ -203,6 +332,7 @@ async fn handle(
             &mut tunnel_write,
             first_status_rx,
             peer,
+            proto,
             limits,
         )
         .await;
@@ -225,13 +355,14 @@ async fn handle(
 
 /// Forwards `first` and every later request head (rewritten) and body to the tunnel, until
 /// the client closes, upgrades the connection, or breaks the protocol.
-async fn forward_requests<W: AsyncWrite + Unpin>(
-    client: &mut ClientReader,
+async fn forward_requests<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    client: &mut ClientReader<R>,
     first: Request,
     tunnel: &mut W,
     first_status: tokio::sync::oneshot::Receiver<u16>,
 
     peer: SocketAddr,
+    proto: Proto,
     limits: &GatewayLimits,
 ) -> std::io::Result<()> {
     let host = first.host.clone();
@@ -278,7 +409,7 @@ async fn forward_requests<W: AsyncWrite + Unpin>(
             Ok(Ok(Head::TooLarge)) | Err(_) => return Ok(()),
             Ok(Err(e)) => return Err(e),
         };
-        request = match Request::parse(&head, peer) {
+        request = match Request::parse(&head, peer, proto) {
             // A connection routed for one host carries only that host's requests.
             Ok(r) if r.host == host => r,
             _ => return Ok(()),
@@ -307,6 +438,8 @@ struct Request {
     body: Body,
     /// A CONNECT request.
     method_connect: bool,
+    /// The request target (path and query).
+    target: String,
     /// The head as forwarded: the client's headers minus the forwarding ones, plus the
     /// gateway's.
     forwarded: Vec<u8>,
@@ -321,7 +454,7 @@ const FORWARDING_HEADERS: [&str; 4] = [
 ];
 
 impl Request {
-    fn parse(head: &[u8], peer: SocketAddr) -> Result<Self, &'static str> {
+    fn parse(head: &[u8], peer: SocketAddr, proto: Proto) -> Result<Self, &'static str> {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(head) {
@@ -393,7 +526,8 @@ impl Request {
         let client_ip = peer.ip().to_canonical();
         out.extend_from_slice(
             format!(
-                "X-Forwarded-For: {client_ip}\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: {raw_host}\r\n\r\n"
+                "X-Forwarded-For: {client_ip}\r\nX-Forwarded-Proto: {}\r\nX-Forwarded-Host: {raw_host}\r\n\r\n",
+                proto.as_str()
             )
             .as_bytes(),
         );
@@ -401,6 +535,7 @@ impl Request {
             host,
             body,
             method_connect: method.eq_ignore_ascii_case("CONNECT"),
+            target: path.to_string(),
             forwarded: out,
         })
     }
@@ -419,7 +554,7 @@ fn bare_host(raw: &str) -> String {
 /// The Host of a request head, lower-cased and without port.
 #[cfg(test)]
 fn host_of(head: &[u8]) -> Result<String, &'static str> {
-    Request::parse(head, SocketAddr::from(([127, 0, 0, 1], 1))).map(|r| r.host)
+    Request::parse(head, SocketAddr::from(([127, 0, 0, 1], 1)), Proto::Http).map(|r| r.host)
 }
 
 // === impl Activity ===
@@ -523,8 +658,8 @@ enum Head {
 
 /// The client's side of a connection, read with a buffer so that request heads and bodies
 /// can be told apart.
-struct ClientReader {
-    conn: tokio::net::tcp::OwnedReadHalf,
+struct ClientReader<R> {
+    conn: R,
     buf: Vec<u8>,
     /// Body copy buffer, allocated on the first body larger than what `buf` holds.
     body: Option<Vec<u8>>,
@@ -532,8 +667,8 @@ struct ClientReader {
     max_head: usize,
 }
 
-impl ClientReader {
-    fn new(conn: tokio::net::tcp::OwnedReadHalf, activity: Activity, max_head: usize) -> Self {
+impl<R: AsyncRead + Unpin> ClientReader<R> {
+    fn new(conn: R, activity: Activity, max_head: usize) -> Self {
         Self {
             conn,
             buf: Vec::with_capacity(4096),
@@ -687,6 +822,16 @@ impl ClientReader {
     }
 }
 
+/// Answers `308 Permanent Redirect` to `location` and closes.
+async fn redirect<W: AsyncWrite + Unpin>(conn: &mut W, location: &str) -> std::io::Result<()> {
+    let body = format!("this host is served over HTTPS: {location}\n");
+    let msg = format!(
+        "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\nserver: decloud-gateway\r\n\r\n{body}",
+        body.len()
+    );
+    write_close(conn, msg).await
+}
+
 async fn respond<W: AsyncWrite + Unpin>(
     conn: &mut W,
     status: u16,
@@ -707,7 +852,12 @@ async fn respond<W: AsyncWrite + Unpin>(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{retry}connection: close\r\nserver: decloud-gateway\r\n\r\n{body}",
         body.len()
     );
-    // A client that does not read its answer does not hold the task.
+    write_close(conn, msg).await
+}
+
+/// Writes `msg` and shuts the stream down, within a bound: a client that does not read its
+/// answer does not hold the task.
+async fn write_close<W: AsyncWrite + Unpin>(conn: &mut W, msg: String) -> std::io::Result<()> {
     match tokio::time::timeout(REFUSE_TIMEOUT * 5, async {
         conn.write_all(msg.as_bytes()).await?;
         conn.shutdown().await

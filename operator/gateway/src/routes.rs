@@ -91,23 +91,35 @@ impl Routes {
         }
     }
 
-    /// Resolves `host` (lower-case, without port).
-    pub fn resolve(&self, host: &str) -> Route {
+    /// The Workload that owns `host` (lower-case, without port), if any.
+    pub(crate) fn owner_workload(&self, host: &str) -> Option<Arc<Workload>> {
         let host = host.to_ascii_lowercase();
         let grants = |ns: &str| granted_hosts(&self.namespaces, ns);
         let workloads = self.workloads.state();
-        let Some(owner) = host_owner(
+        let owner = host_owner(
             workloads.iter().map(AsRef::as_ref),
             &host,
             &self.base_domain,
             &grants,
-        ) else {
-            return Route::Unknown;
-        };
-        let Some(wl) = workloads
+        )?;
+        workloads
             .into_iter()
             .find(|wl| ObjectRef::from_obj(wl.as_ref()) == owner)
-        else {
+    }
+
+    /// `namespace/name` of the Workload that owns `host`, if any.
+    pub(crate) fn owner(&self, host: &str) -> Option<String> {
+        let wl = self.owner_workload(host)?;
+        Some(format!(
+            "{}/{}",
+            wl.namespace().unwrap_or_default(),
+            wl.name_any()
+        ))
+    }
+
+    /// Resolves `host` (lower-case, without port).
+    pub fn resolve(&self, host: &str) -> Route {
+        let Some(wl) = self.owner_workload(host) else {
             return Route::Unknown;
         };
         let ns = wl.namespace().unwrap_or_default();

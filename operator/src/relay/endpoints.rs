@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use decloud_crds::Workload;
 use decloud_gateway::{
-    ContainerStreams, GatewayLimits, KubeAccessReview, KubeletAuth, LogError, LogQuery, LogSource,
-    LogStream, NodeReadings, Routes, ServingNode, self_signed_tls, serve_gateway,
-    serve_kubelet_api, serve_node_kubelet_api,
+    CertStore, ContainerStreams, GatewayLimits, Https, KubeAccessReview, KubeletAuth, LogError,
+    LogQuery, LogSource, LogStream, NodeReadings, Routes, ServingNode, self_signed_tls,
+    serve_gateway, serve_kubelet_api, serve_node_kubelet_api,
 };
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
@@ -30,6 +30,8 @@ use crate::{Error, Result};
 pub(crate) struct GatewayConfig {
     /// Address of the public HTTP listener.
     pub(crate) listen: SocketAddr,
+    /// The HTTPS listener's address, its certificates and the port clients reach it on.
+    pub(crate) https: Option<(SocketAddr, CertStore, u16)>,
     /// Domain of Workloads without `expose.host` (`<name>.<namespace>.<base-domain>`).
     pub(crate) base_domain: String,
     /// Limits of the public listener.
@@ -109,6 +111,23 @@ pub(crate) async fn run(
     })?;
     println!("decloud-operator: gateway listening on {addr}");
     info!(%addr, base_domain = %cfg.base_domain, "gateway listening");
+    let https = match cfg.https {
+        Some((listen, certificates, public_port)) => {
+            let listener = bind("gateway HTTPS", listen).await?;
+            let addr = listener.local_addr().map_err(|source| Error::Serve {
+                what: "gateway HTTPS",
+                source,
+            })?;
+            println!("decloud-operator: gateway HTTPS listening on {addr}");
+            info!(%addr, public_port, "gateway HTTPS listening");
+            Some(Https {
+                listener,
+                certificates,
+                public_port,
+            })
+        }
+        None => None,
+    };
 
     let node = ctx.config.node_address;
     let port = ctx.config.kubelet_port;
@@ -167,8 +186,58 @@ pub(crate) async fn run(
     };
     ctx.node_ports.serve_with(node, node_server);
     tokio::join!(
-        serve_gateway(gateway, routes, dialer, cfg.limits),
+        serve_gateway(gateway, https, routes, dialer, cfg.limits),
         serve_kubelet_api(kubelet, tls, logs, streams, auth),
     );
     Ok(())
+}
+
+// === impl GatewayCertificates ===
+
+/// The gateway's certificate store as the Workload controller fills it: each Secret checked
+/// (`decloud_gateway::load_tls_secret`) for the host its Workload owns before it is served.
+pub(crate) struct GatewayCertificates {
+    store: CertStore,
+    public_port: u16,
+}
+
+impl GatewayCertificates {
+    pub(crate) fn new(store: CertStore, public_port: u16) -> Self {
+        Self { store, public_port }
+    }
+}
+
+impl decloud_workload::Certificates for GatewayCertificates {
+    fn install(
+        &self,
+        owner: &str,
+        host: &str,
+        secret: &k8s_openapi::api::core::v1::Secret,
+    ) -> std::result::Result<(), decloud_workload::CertificateProblem> {
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        match decloud_gateway::load_tls_secret(secret, host, now) {
+            Ok(cert) => {
+                self.store.install(owner, host, cert);
+                Ok(())
+            }
+            Err(e) => {
+                self.store.remove_owner(owner);
+                Err(decloud_workload::CertificateProblem {
+                    reason: e.reason().into(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn remove(&self, owner: &str) {
+        self.store.remove_owner(owner);
+    }
+
+    fn https_url(&self, host: &str) -> String {
+        match self.public_port {
+            443 => format!("https://{host}"),
+            port => format!("https://{host}:{port}"),
+        }
+    }
 }

@@ -11,7 +11,7 @@ mod pending;
 mod tunnel_rpc;
 mod tunnels;
 
-pub(crate) use endpoints::{GatewayConfig, run as run_endpoints};
+pub(crate) use endpoints::{GatewayCertificates, GatewayConfig, run as run_endpoints};
 pub(crate) use logs::on_chunk as on_log_chunk;
 pub(crate) use node_ports::NodePorts;
 pub(crate) use pending::{PendingExecs, PendingLogs, PendingTunnels};

@@ -36,12 +36,16 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     Config, Error, Result,
+    certificates::{
+        CertificateProblem, Certificates, RECHECK_NOT_READY, RECHECK_READY, SharedCertificates,
+        reconcile_certificate,
+    },
     failover::{Health, OutageClock, verdict},
     hosts::ClaimIndex,
     placement::{ARCH_LABEL, Allocatable, Candidate, OS_LABEL, Resources, is_platform_key},
     pod::{Replica, build_pod, replica_requests, requests_of, template_hash},
     rollout::{self, DeleteReason, Deletion, Observed, PlanInput},
-    status::{DEGRADED, HOST_ACCEPTED, StatusInput, compute_status},
+    status::{CERTIFICATE_READY, DEGRADED, HOST_ACCEPTED, StatusInput, compute_status},
     watches::{Resumed, Watches},
 };
 
@@ -66,7 +70,9 @@ struct Assumed {
 
 /// Shared by every reconcile, built once.
 pub(crate) struct Context {
-    client: Client,
+    pub(crate) client: Client,
+    /// The gateway's certificate store, when it serves HTTPS.
+    pub(crate) certificates: SharedCertificates,
     config: Config,
     recorder: Recorder,
     /// Every Provider, from a watch.
@@ -159,6 +165,17 @@ impl Context {
 /// Checks first that the CRDs are installed and says how to install them if not, then waits
 /// until the Provider and pod caches are complete.
 pub async fn run(client: Client, config: Config, watches: Watches) -> Result<()> {
+    run_with_certificates(client, config, watches, None).await
+}
+
+/// [`run`], handing the certificates that Workloads name (`spec.expose.tls`) to
+/// `certificates` (the gateway's HTTPS certificate store).
+pub async fn run_with_certificates(
+    client: Client,
+    config: Config,
+    watches: Watches,
+    certificates: Option<Arc<dyn Certificates>>,
+) -> Result<()> {
     Api::<Workload>::all(client.clone())
         .list(&ListParams::default().limit(1))
         .await
@@ -197,6 +214,7 @@ pub async fn run(client: Client, config: Config, watches: Watches) -> Result<()>
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
+        certificates,
         config,
         providers,
         pods: pods.clone(),
@@ -357,6 +375,12 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
     if let Some(e) = outcome.failure {
         return Err(e.into());
     }
+    let certificate = reconcile_certificate(workload, ctx, &snapshot.host).await?;
+    let requeue = match &certificate {
+        None => step.plan.requeue,
+        Some(Ok(_)) => step.plan.requeue.min(RECHECK_READY),
+        Some(Err(_)) => step.plan.requeue.min(RECHECK_NOT_READY),
+    };
     let status = summarize(
         workload,
         &ctx.config,
@@ -364,9 +388,10 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
         &step,
         &outcome.gone,
         outcome.created,
+        certificate,
     );
     write_status(workload, ctx, status).await?;
-    Ok(Action::requeue(step.plan.requeue))
+    Ok(Action::requeue(requeue))
 }
 
 // === observe ===
@@ -676,6 +701,7 @@ fn summarize(
     step: &Step,
     gone: &BTreeSet<String>,
     created: Vec<(String, String)>,
+    certificate: Option<std::result::Result<String, CertificateProblem>>,
 ) -> WorkloadStatus {
     let remaining = || {
         s.observed
@@ -706,10 +732,13 @@ fn summarize(
         desired: s.desired,
         selector: workload.pod_selector(),
         // Only the owner of a host (or a Workload exposing nothing) shows a URL.
-        url: match &s.host {
-            HostClaim::None | HostClaim::Owner(_) => Some(config.url(workload)),
-            HostClaim::Conflict { .. } | HostClaim::NotAllowed(..) => None,
+        // With its certificate in force, the URL is https.
+        url: match (&s.host, &certificate) {
+            (HostClaim::Owner(_), Some(Ok(https))) => Some(https.clone()),
+            (HostClaim::None | HostClaim::Owner(_), _) => Some(config.url(workload)),
+            (HostClaim::Conflict { .. } | HostClaim::NotAllowed(..), _) => None,
         },
+        certificate: certificate.map(|c| c.map(|_| ())),
         host: s.host.clone(),
         placements,
         updated,
@@ -794,7 +823,8 @@ async fn write_status(workload: &Workload, ctx: &Context, status: WorkloadStatus
         )
         .await;
     }
-    host_event(workload, ctx, previous.as_ref(), &status).await;
+    condition_event(workload, ctx, previous.as_ref(), &status, HOST_ACCEPTED).await;
+    condition_event(workload, ctx, previous.as_ref(), &status, CERTIFICATE_READY).await;
     let api = Api::<Workload>::namespaced(
         ctx.client.clone(),
         &workload.namespace().unwrap_or_default(),
@@ -813,17 +843,18 @@ async fn write_status(workload: &Workload, ctx: &Context, status: WorkloadStatus
     Ok(())
 }
 
-/// Publishes an event when the Workload's hold on its host changes: a Warning when it is refused
-/// (once per transition: the same refusal is not repeated), a Normal one when it takes a host it
-/// was refused.
-async fn host_event(
+/// Publishes an event when condition `type_` (the Workload's hold on its host, or its
+/// certificate) changes: a Warning when it turns false (once per transition: the same refusal
+/// is not repeated), a Normal one when it turns true after being false.
+async fn condition_event(
     workload: &Workload,
     ctx: &Context,
     previous: Option<&WorkloadStatus>,
     status: &WorkloadStatus,
+    type_: &str,
 ) {
-    let was = previous.and_then(|s| find_condition(&s.conditions, HOST_ACCEPTED));
-    let Some(now) = find_condition(&status.conditions, HOST_ACCEPTED) else {
+    let was = previous.and_then(|s| find_condition(&s.conditions, type_));
+    let Some(now) = find_condition(&status.conditions, type_) else {
         return;
     };
     if was.is_some_and(|w| w.status == now.status && w.message == now.message) {
@@ -851,6 +882,13 @@ async fn host_event(
 /// Deletes the Workload's pods; fails with [`Error::PodsRemaining`] (keeping the finalizer)
 /// until none is left.
 async fn cleanup(workload: &Workload, ctx: &Context) -> Result<Action> {
+    if let Some(c) = &ctx.certificates {
+        c.remove(&format!(
+            "{}/{}",
+            workload.namespace().unwrap_or_default(),
+            workload.name_any()
+        ));
+    }
     let (api, pods) = owned_pods(workload, ctx).await?;
     if pods.is_empty() {
         info!("all pods gone; releasing the Workload");

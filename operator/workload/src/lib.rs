@@ -41,6 +41,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod certificates;
 mod config;
 mod controller;
 mod error;
@@ -52,7 +53,8 @@ mod rollout;
 mod status;
 mod watches;
 
+pub use certificates::{CertificateProblem, Certificates};
 pub use config::Config;
-pub use controller::run;
+pub use controller::{run, run_with_certificates};
 pub use error::{Error, Result};
 pub use watches::{Resumed, SharedWatch, Watches};

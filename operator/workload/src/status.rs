@@ -3,6 +3,8 @@
 
 use decloud_crds::{Condition, ReplicaPlacement, WorkloadStatus, hosts::HostClaim, set_condition};
 
+use crate::certificates::CertificateProblem;
+
 /// Input of [`compute_status`].
 #[derive(Clone, Debug)]
 pub(crate) struct StatusInput<'a> {
@@ -16,6 +18,8 @@ pub(crate) struct StatusInput<'a> {
     pub url: Option<String>,
     /// What the Workload's claim on its public host comes to.
     pub host: HostClaim,
+    /// Whether the certificate the Workload names is served; `None` when it names none.
+    pub certificate: Option<Result<(), CertificateProblem>>,
     /// Replicas that exist after this step (any order).
     pub placements: Vec<ReplicaPlacement>,
     /// How many of them run the current template.
@@ -41,6 +45,9 @@ pub(crate) const DEGRADED: &str = "Degraded";
 /// Condition type: the gateway serves the Workload's public host for it (only on Workloads
 /// that expose one).
 pub(crate) const HOST_ACCEPTED: &str = "HostAccepted";
+/// Condition type: the gateway serves HTTPS for the host with the certificate the Workload
+/// names (only on Workloads that name one).
+pub(crate) const CERTIFICATE_READY: &str = "CertificateReady";
 
 /// Computes the status to write.
 pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
@@ -149,12 +156,27 @@ pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
         }
     };
 
+    let certificate = input.certificate.as_ref().map(|c| match c {
+        Ok(()) => cond(
+            CERTIFICATE_READY,
+            true,
+            "CertificateServed",
+            "the gateway serves HTTPS for the host with the Workload's certificate".into(),
+        ),
+        Err(p) => cond(CERTIFICATE_READY, false, &p.reason, p.message.clone()),
+    });
+
     let mut conditions = input
         .previous
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     conditions.retain(|c| c.type_ != HOST_ACCEPTED || host.is_some());
-    for c in [available, progressing, degraded].into_iter().chain(host) {
+    conditions.retain(|c| c.type_ != CERTIFICATE_READY || certificate.is_some());
+    for c in [available, progressing, degraded]
+        .into_iter()
+        .chain(host)
+        .chain(certificate)
+    {
         set_condition(&mut conditions, c);
     }
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));

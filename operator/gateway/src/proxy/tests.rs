@@ -120,7 +120,7 @@ async fn gateway(routes: Routes, dialer: Arc<DirectDialer>) -> u16 {
 async fn gateway_with(routes: Routes, dialer: Arc<DirectDialer>, limits: GatewayLimits) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
-    tokio::spawn(serve_gateway(l, routes, dialer, limits));
+    tokio::spawn(serve_gateway(l, None, routes, dialer, limits));
     port
 }
 
@@ -412,11 +412,15 @@ fn ambiguous_framing_is_refused() {
         "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
     ] {
-        assert!(Request::parse(head.as_bytes(), peer).is_err(), "{head}");
+        assert!(
+            Request::parse(head.as_bytes(), peer, Proto::Http).is_err(),
+            "{head}"
+        );
     }
     let r = Request::parse(
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
         peer,
+        Proto::Http,
     )
     .expect("chunked");
     assert_eq!(r.body, Body::Chunked);
@@ -498,4 +502,180 @@ fn host_parsing() {
     );
     assert!(host_of(b"GET / HTTP/1.1\r\n\r\n").is_err());
     assert!(host_of(b"\x00\x01garbage\r\n\r\n").is_err());
+}
+
+/// A gateway with HTTPS for `hello` (certificate for its host from `ca`) and `open` (same,
+/// `insecureHttp: Allow`): (http port, https port, CA PEM).
+async fn https_gateway() -> (u16, u16, String) {
+    https_gateway_with(GatewayLimits::default()).await
+}
+
+async fn https_gateway_with(limits: GatewayLimits) -> (u16, u16, String) {
+    use crate::tls::{
+        CertStore, load_tls_secret,
+        tests::{TestCa, secret},
+    };
+    let a = container("replica-a").await;
+    let b = container("replica-b").await;
+    let mut open = workload("open", 8080, None);
+    open.spec.expose.as_mut().expect("expose").insecure_http = Some(InsecureHttp::Allow);
+    let r = routes(
+        vec![workload("hello", 8080, None), open],
+        vec![
+            pod("hello-a", "hello", "p1", true),
+            pod("open-a", "open", "p1", true),
+        ],
+    );
+    let dialer = Arc::new(DirectDialer {
+        ports: [
+            ("uid-hello-a".to_string(), a),
+            ("uid-open-a".to_string(), b),
+        ]
+        .into(),
+        dials: AtomicUsize::new(0),
+    });
+    let ca = TestCa::new();
+    let store = CertStore::new();
+    for wl in ["hello", "open"] {
+        let host = format!("{wl}.default.decloud.localhost");
+        let (crt, key) = ca.leaf(&[&host], 2025, 2100);
+        let cert = load_tls_secret(
+            &secret(crate::TLS_SECRET_TYPE, &crt, &key),
+            &host,
+            crate::tls::unix_now(),
+        )
+        .expect("loads");
+        store.install(&format!("default/{wl}"), &host, cert);
+    }
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let tl = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let tls_port = tl.local_addr().expect("addr").port();
+    let https = Https {
+        listener: tl,
+        certificates: store,
+        public_port: 8443,
+    };
+    tokio::spawn(serve_gateway(l, Some(https), r, dialer, limits));
+    (port, tls_port, ca.pem)
+}
+
+/// A TLS client trusting only `ca_pem`, connected to `port` with SNI `host`.
+async fn tls_connect(
+    port: u16,
+    host: &str,
+    ca_pem: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca pem"))
+        .expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(host.to_string()).expect("name"), tcp)
+        .await
+}
+
+#[tokio::test]
+async fn https_is_served_by_sni_through_the_same_proxy_path() {
+    let (_, tls_port, ca) = https_gateway().await;
+    let host = "hello.default.decloud.localhost";
+    let mut s = tls_connect(tls_port, host, &ca).await.expect("handshake");
+    s.write_all(
+        format!(
+            "GET /headers HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-Proto: http\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("X-Forwarded-Proto: https"), "{out}");
+    assert!(
+        !out.contains("X-Forwarded-Proto: http\r"),
+        "the client's forwarding headers are dropped: {out}"
+    );
+    // Unknown SNI (and a known Workload without a certificate) fail the handshake.
+    assert!(
+        tls_connect(tls_port, "nope.default.decloud.localhost", &ca)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn plain_http_for_a_host_with_a_certificate_is_redirected_unless_allowed() {
+    let (port, _, _) = https_gateway().await;
+    let out = request(
+        port,
+        "GET /a/b?c=d HTTP/1.1\r\nHost: hello.default.decloud.localhost:8080\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    assert!(
+        out.contains("location: https://hello.default.decloud.localhost:8443/a/b?c=d\r\n"),
+        "{out}"
+    );
+    let out = request(
+        port,
+        "GET / HTTP/1.1\r\nHost: open.default.decloud.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "insecureHttp: Allow: {out}"
+    );
+}
+
+#[tokio::test]
+async fn tls_handshakes_are_bounded_by_the_header_timeout_and_share_the_connection_cap() {
+    let limits = GatewayLimits {
+        header_timeout: Duration::from_millis(300),
+        max_connections: 1,
+        ..GatewayLimits::default()
+    };
+    let (port, tls_port, ca) = https_gateway_with(limits).await;
+    let host = "hello.default.decloud.localhost";
+    // A client that connects and never says hello is closed after the header timeout.
+    let mut silent = TcpStream::connect(("127.0.0.1", tls_port))
+        .await
+        .expect("connect");
+    let out = read_until_closed(&mut silent, Duration::from_secs(3)).await;
+    assert!(out.is_empty(), "{out}");
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One plain HTTP connection holds the only slot: a TLS client gets no handshake.
+    let mut held = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    held.write_all(b"GET / HTTP/1.1\r\nHost: open.default.decloud.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = [0u8; 12];
+    held.read_exact(&mut first).await.expect("answer");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    assert!(
+        tls_connect(tls_port, host, &ca).await.is_err(),
+        "the cap is shared by both listeners"
+    );
+    drop(held);
+    // The slot comes back once the gateway has seen the close.
+    let mut ok = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if tls_connect(tls_port, host, &ca).await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "a slot is free again");
 }

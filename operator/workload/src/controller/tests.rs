@@ -123,6 +123,7 @@ fn context(client: Client, providers: Vec<Provider>) -> Arc<Context> {
     Arc::new(Context {
         recorder: Recorder::new(client.clone(), WORKLOAD_FIELD_MANAGER.into()),
         client,
+        certificates: None,
         config: Config::default(),
         providers: writer.as_reader(),
         pods: Writer::<Pod>::new(()).as_reader(),

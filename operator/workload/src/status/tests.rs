@@ -1,4 +1,5 @@
 use super::*;
+use decloud_crds::find_condition;
 
 fn placement(pod: &str, provider: &str, ready: bool) -> ReplicaPlacement {
     ReplicaPlacement {
@@ -16,6 +17,7 @@ fn input<'a>(previous: Option<&'a WorkloadStatus>, now: &'a str) -> StatusInput<
         selector: "decloud.dev/workload=hello".into(),
         url: Some("http://hello.default.decloud.localhost".into()),
         host: HostClaim::Owner("hello.default.decloud.localhost".into()),
+        certificate: None,
         placements: vec![
             placement("w-b", "bob", true),
             placement("w-a", "alice", true),
@@ -150,4 +152,36 @@ fn a_host_conflict_names_the_owners_namespace_only() {
         ..input(Some(&s), "t2")
     });
     assert!(decloud_crds::find_condition(&later.conditions, HOST_ACCEPTED).is_none());
+}
+
+#[test]
+fn certificate_condition_only_when_a_secret_is_named() {
+    let s = compute_status(input(None, "t1"));
+    assert!(find_condition(&s.conditions, CERTIFICATE_READY).is_none());
+    let refused = compute_status(StatusInput {
+        certificate: Some(Err(CertificateProblem {
+            reason: "HostNotCovered".into(),
+            message: "Secret shop: the certificate does not cover host x".into(),
+        })),
+        ..input(None, "t1")
+    });
+    let c = condition(&refused, CERTIFICATE_READY);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "HostNotCovered")
+    );
+    let served = compute_status(StatusInput {
+        certificate: Some(Ok(())),
+        ..input(Some(&refused), "t2")
+    });
+    let c = condition(&served, CERTIFICATE_READY);
+    assert_eq!(
+        (c.status.as_str(), c.last_transition_time.as_deref()),
+        ("True", Some("t2"))
+    );
+    let dropped = compute_status(input(Some(&served), "t3"));
+    assert!(
+        find_condition(&dropped.conditions, CERTIFICATE_READY).is_none(),
+        "the condition goes with spec.expose.tls"
+    );
 }
