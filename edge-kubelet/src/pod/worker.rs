@@ -574,6 +574,8 @@ impl PodWorker {
         tracing::warn!(pod = %self.key(), ?usage, %message, "evicting pod for its storage use");
         self.evicted = Some(message.clone());
         self.remove_all(Some(Duration::ZERO)).await;
+        // Removed with its containers: the pod holds nothing any more.
+        self.storage_used = 0;
         let now = now_millis();
         for s in &mut self.slots {
             let started = match s.state {
