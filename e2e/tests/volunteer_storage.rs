@@ -288,6 +288,42 @@ async fn a_pods_disk_stays_within_the_offer() -> anyhow::Result<()> {
         !containers_of(&small.uid().unwrap_or_default())?.is_empty(),
         "stor-small lost its container"
     );
+    // An eviction is final: a restarted edge (same state) does not start the pod again,
+    // while it re-adopts the one that runs.
+    edge.child.kill();
+    let small_uid = small.uid().unwrap_or_default();
+    let small_container = containers_of(&small_uid)?;
+    let mut edge = EdgeProcess::start_with(&env, &name, &[], &connect)?;
+    eventually(Duration::from_secs(60), || async {
+        let out = Command::new(binary("edge-kubelet")?)
+            .args(["status", "--name", &name, "--state-dir"])
+            .arg(&edge.state_dir)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(text.contains("session:    connected"), "{text}");
+        ensure!(
+            text.lines()
+                .any(|l| l.contains("default/stor-hog") && l.contains("failed")),
+            "{text}"
+        );
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("edge log:\n{}", edge.child.log_tail(30)))?;
+    // Two polls of the restarted edge: nothing of the evicted pod comes back.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let back = containers_of(&hog_uid)?;
+    ensure!(back.is_empty(), "the evicted pod was started again: {back}");
+    let (phase, reason, _) = phase_of(&pods, "stor-hog").await?;
+    ensure!(
+        (phase.as_str(), reason.as_str()) == ("Failed", "Evicted"),
+        "after the restart stor-hog is {phase} {reason}"
+    );
+    ensure!(
+        containers_of(&small_uid)? == small_container,
+        "stor-small was not re-adopted as it ran"
+    );
+
     let used = providers
         .get(&name)
         .await?

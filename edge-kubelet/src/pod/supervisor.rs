@@ -1,7 +1,7 @@
 //! The pod side of the edge: one [`PodWorker`] per assigned pod, the assigned set persisted,
 //! engine events routed to the right worker.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ pub struct PodSupervisor {
     /// Pods refused at admission (`OutOfpods`): like kubelet's, the refusal is final, so the
     /// same pod sent again (a reconnect's `PodSet`) is not admitted later.
     rejected: Mutex<HashSet<String>>,
+    /// Pods evicted for their storage use (uid → message), saved beside the assigned set so
+    /// that a restart does not start them again; the workers report them on `evictions`.
+    evicted: Mutex<BTreeMap<String, String>>,
+    evictions: mpsc::UnboundedSender<(String, String)>,
 }
 
 /// Pod-level reason of a pod refused because the edge already runs `--max-pods` pods
@@ -138,7 +142,16 @@ impl PodSupervisor {
             Some(f) => f.load()?,
             None => Vec::new(),
         };
+        let mut evicted = match &state_file {
+            Some(f) => f.load_evicted().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the evicted pods; forgetting them");
+                BTreeMap::new()
+            }),
+            None => BTreeMap::new(),
+        };
+        evicted.retain(|uid, _| assigned.iter().any(|p| &p.uid == uid));
         let existing = runtime.list_containers().await?;
+        let (evictions, mut evicted_rx) = mpsc::unbounded_channel();
         let sup = Arc::new(PodSupervisor {
             runtime: runtime.clone(),
             board: Arc::new(StatusBoard::default()),
@@ -147,6 +160,18 @@ impl PodSupervisor {
             workers: Mutex::default(),
             terminating: Mutex::default(),
             rejected: Mutex::default(),
+            evicted: Mutex::new(evicted),
+            evictions,
+        });
+        let weak = Arc::downgrade(&sup);
+        tokio::spawn(async move {
+            while let Some((uid, message)) = evicted_rx.recv().await {
+                let Some(sup) = weak.upgrade() else { return };
+                if sup.workers().contains_key(&uid) {
+                    sup.evicted.lock().insert(uid, message);
+                    sup.persist_evicted();
+                }
+            }
         });
         let mut by_pod: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
         for c in existing {
@@ -240,12 +265,17 @@ impl PodSupervisor {
 
     fn spawn_worker(&self, spec: pb::PodSpec, adopted: Vec<ContainerInfo>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = PodWorker::new(
+        let mut worker = PodWorker::new(
             spec.clone(),
             self.runtime.clone(),
             self.board.clone(),
             self.cfg.clone(),
-        );
+        )
+        .with_evictions(self.evictions.clone());
+        if let Some(message) = self.evicted.lock().get(&spec.uid).cloned() {
+            tracing::info!(pod = %format!("{}/{}", spec.namespace, spec.name), "pod was evicted before the restart; it stays Failed");
+            worker = worker.already_evicted(message);
+        }
         tokio::spawn(worker.run(rx, adopted));
         self.workers()
             .insert(spec.uid.clone(), WorkerHandle { spec, commands: tx });
@@ -256,6 +286,14 @@ impl PodSupervisor {
         let specs: Vec<pb::PodSpec> = self.workers().values().map(|w| w.spec.clone()).collect();
         if let Err(e) = f.save(&specs) {
             tracing::error!(error = %e, "cannot save the assigned pod set");
+        }
+    }
+
+    fn persist_evicted(&self) {
+        let Some(f) = &self.state_file else { return };
+        let evicted = self.evicted.lock().clone();
+        if let Err(e) = f.save_evicted(&evicted) {
+            tracing::error!(error = %e, "cannot save the evicted pods");
         }
     }
 
@@ -386,6 +424,9 @@ impl PodSupervisor {
     pub fn delete(self: &Arc<Self>, uid: &str, grace: Option<Duration>) {
         let handle = self.workers().remove(uid);
         self.persist();
+        if self.evicted.lock().remove(uid).is_some() {
+            self.persist_evicted();
+        }
         let (done_tx, done_rx) = oneshot::channel();
         match handle {
             Some(h) => {

@@ -172,6 +172,8 @@ pub(crate) struct PodWorker {
     evicted: Option<String>,
     /// Bytes the containers held on disk at the last measurement.
     storage_used: i64,
+    /// Told (uid, message) when this pod is evicted, so the eviction outlives a restart.
+    evictions: Option<mpsc::UnboundedSender<(String, String)>>,
 }
 
 impl PodWorker {
@@ -202,7 +204,21 @@ impl PodWorker {
             usage: UsageMeter::default(),
             evicted: None,
             storage_used: 0,
+            evictions: None,
         }
+    }
+
+    /// Reports evictions on `tx`.
+    pub(crate) fn with_evictions(mut self, tx: mpsc::UnboundedSender<(String, String)>) -> Self {
+        self.evictions = Some(tx);
+        self
+    }
+
+    /// A pod evicted before the edge restarted: it stays `Failed` with `message`, and whatever
+    /// of it is left on the engine is removed.
+    pub(crate) fn already_evicted(mut self, message: String) -> Self {
+        self.evicted = Some(message);
+        self
     }
 
     fn key(&self) -> String {
@@ -220,7 +236,11 @@ impl PodWorker {
         mut commands: mpsc::UnboundedReceiver<PodCommand>,
         adopted: Vec<ContainerInfo>,
     ) {
-        self.adopt(adopted).await;
+        if let Some(message) = self.evicted.clone() {
+            self.evict(message).await;
+        } else {
+            self.adopt(adopted).await;
+        }
         self.publish();
         let mut poll = tokio::time::interval(self.cfg.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -572,6 +592,15 @@ impl PodWorker {
             return;
         };
         tracing::warn!(pod = %self.key(), ?usage, %message, "evicting pod for its storage use");
+        if let Some(tx) = &self.evictions {
+            let _ = tx.send((self.spec.uid.clone(), message.clone()));
+        }
+        self.evict(message).await;
+    }
+
+    /// Kills and removes every container at once and leaves the pod `Failed` (`Evicted`) for
+    /// good.
+    async fn evict(&mut self, message: String) {
         self.evicted = Some(message.clone());
         self.remove_all(Some(Duration::ZERO)).await;
         // Removed with its containers: the pod holds nothing any more.
