@@ -132,7 +132,8 @@ mod tests {
     #[test]
     fn evicts_as_kubelet_does() {
         // (containers' limits, containers' usage, default pod limit, expected message)
-        let table: &[(&[i64], &[i64], i64, Option<&str>)] = &[
+        type Row = (&'static [i64], &'static [i64], i64, Option<&'static str>);
+        let table: &[Row] = &[
             (&[20 * MI], &[5 * MI], 0, None),
             (&[20 * MI], &[20 * MI], 0, None),
             (
@@ -153,14 +154,14 @@ mod tests {
             ),
             (
                 &[10 * MI, 30 * MI],
-                &[15 * MI, 1 * MI],
+                &[15 * MI, MI],
                 0,
                 Some("Container c0 exceeded its local ephemeral storage limit \"10Mi\". "),
             ),
             // A container without a limit counts toward the pod's usage, not its limit.
             (
                 &[10 * MI, 0],
-                &[1 * MI, 10 * MI],
+                &[MI, 10 * MI],
                 0,
                 Some(
                     "Pod ephemeral local storage usage exceeds the total limit of containers 10Mi. ",
