@@ -170,3 +170,29 @@ pub struct Platform {
     #[schemars(length(max = 256))]
     pub container_runtime_version: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn kubectl_get_prov_shows_the_storage_offer() {
+        let crd = Provider::crd();
+        let columns = crd.spec.versions[0]
+            .additional_printer_columns
+            .clone()
+            .unwrap_or_default();
+        let storage = columns
+            .iter()
+            .find(|c| c.name == "Storage")
+            .expect("a Storage column");
+        assert_eq!(storage.json_path, ".status.allocatable.storage");
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        let offered = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["offered"]["properties"]
+            ["storage"];
+        assert_eq!(offered["maxLength"], 32, "{offered}");
+        let rules = offered["x-kubernetes-validations"].to_string();
+        assert!(rules.contains("quantity('1Pi')"), "{rules}");
+    }
+}
