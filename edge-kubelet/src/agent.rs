@@ -58,7 +58,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         offered_cpu_millis: offered.cpu_millis,
         offered_memory_bytes: offered.memory_bytes,
         offered_storage_bytes: offered.storage_bytes,
-        default_pod_storage_bytes: default_pod_storage(offered.storage_bytes, args.max_pods),
+        default_pod_storage_bytes: capacity::default_pod_storage(
+            offered.storage_bytes,
+            args.max_pods,
+        ),
         ..PodWorkerConfig::default()
     };
     let pods = PodSupervisor::start(runtime, Some(state_file), worker_config).await?;
@@ -118,12 +121,6 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
     shutdown.cancel();
     let _ = reporter.await;
     Ok(())
-}
-
-/// The storage bound of a pod that sets no ephemeral-storage limit: an equal share of the
-/// offer among `--max-pods` pods, so pods without limits can never fill it together.
-fn default_pod_storage(offered: i64, max_pods: i64) -> i64 {
-    offered.max(0) / max_pods.max(1)
 }
 
 /// What the edge did to keep the machine safe, for the report and the Hello.
@@ -238,7 +235,7 @@ async fn secure_docker(
             cpu_millis: offered.cpu_millis,
             memory_bytes: offered.memory_bytes,
             storage_quota_default: quota
-                .then(|| default_pod_storage(offered.storage_bytes, offered.pods))
+                .then(|| capacity::default_pod_storage(offered.storage_bytes, offered.pods))
                 .filter(|d| *d > 0),
         });
     docker.prepare().await?;

@@ -69,6 +69,12 @@ pub(crate) fn storage_offer(flag: Option<i64>, disk: Option<(i64, i64)>) -> i64 
     offer.clamp(0, decloud_crds::MAX_STORAGE_BYTES)
 }
 
+/// The storage bound of a pod that sets no ephemeral-storage limit: an equal share of the
+/// offer among `--max-pods` pods, so pods without limits can never fill it together.
+pub(crate) fn default_pod_storage(offered: i64, max_pods: i64) -> i64 {
+    offered.max(0) / max_pods.max(1)
+}
+
 /// The machine's CPUs and memory.
 pub(crate) fn detect() -> pb::Resources {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -179,5 +185,8 @@ mod tests {
             assert_eq!(storage_offer(flag, disk), want, "{flag:?} {disk:?}");
         }
         assert!(disk_of(std::path::Path::new("/")).is_some_and(|(t, _)| t > 0));
+        for (offer, pods, want) in [(256 << 20, 20, (256 << 20) / 20), (GI, 0, GI), (-1, 5, 0)] {
+            assert_eq!(default_pod_storage(offer, pods), want, "{offer} {pods}");
+        }
     }
 }
