@@ -31,6 +31,10 @@ pub const MAX_CPU_MILLIS: i64 = 1024 * 1000;
 pub const MAX_MEMORY: &str = "64Ti";
 /// [`MAX_MEMORY`] in bytes.
 pub const MAX_MEMORY_BYTES: i64 = 64 << 40;
+/// Largest ephemeral-storage quantity a provider may offer: 1 PiB.
+pub const MAX_STORAGE: &str = "1Pi";
+/// [`MAX_STORAGE`] in bytes.
+pub const MAX_STORAGE_BYTES: i64 = 1 << 50;
 
 /// Label (and annotation) keys: an optional DNS-subdomain prefix and `/`, then a name of at
 /// most 63 characters, as `metav1` validates them.
@@ -107,6 +111,12 @@ pub(crate) fn cpu_quantity(schema: &mut Schema) {
 pub(crate) fn memory_quantity(schema: &mut Schema) {
     quantity_syntax(schema);
     add_rules(schema, [at_most(MAX_MEMORY, "must be at most 64Ti")]);
+}
+
+/// An ephemeral-storage quantity of at most [`MAX_STORAGE`].
+pub(crate) fn storage_quantity(schema: &mut Schema) {
+    quantity_syntax(schema);
+    add_rules(schema, [at_most(MAX_STORAGE, "must be at most 1Pi")]);
 }
 
 /// Valid label keys, as a CEL condition on `k`.
@@ -206,6 +216,7 @@ mod tests {
         use crate::quantity::{to_millis, to_units};
         assert_eq!(to_millis(MAX_CPU), Ok(MAX_CPU_MILLIS));
         assert_eq!(to_units(MAX_MEMORY), Ok(MAX_MEMORY_BYTES));
+        assert_eq!(to_units(MAX_STORAGE), Ok(MAX_STORAGE_BYTES));
     }
 
     /// The pattern, checked by hand (no regex crate): what it accepts, what it refuses.

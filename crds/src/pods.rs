@@ -20,6 +20,8 @@ pub struct PodRequests {
     pub cpu_millis: i64,
     /// Memory in bytes.
     pub memory_bytes: i64,
+    /// Ephemeral storage in bytes.
+    pub ephemeral_storage_bytes: i64,
 }
 
 /// What `container` requests. As Kubernetes does, a resource without a request but with a limit
@@ -39,6 +41,8 @@ pub fn container_requests(container: &Container) -> PodRequests {
     PodRequests {
         cpu_millis: pick("cpu").map_or(0, |q| saturating(to_millis(&q.0))),
         memory_bytes: pick("memory").map_or(0, |q| saturating(to_units(&q.0))),
+        ephemeral_storage_bytes: pick("ephemeral-storage")
+            .map_or(0, |q| saturating(to_units(&q.0))),
     }
 }
 
@@ -51,6 +55,9 @@ pub fn pod_requests(pod: &Pod) -> PodRequests {
         .fold(PodRequests::default(), |acc, r| PodRequests {
             cpu_millis: acc.cpu_millis.saturating_add(r.cpu_millis),
             memory_bytes: acc.memory_bytes.saturating_add(r.memory_bytes),
+            ephemeral_storage_bytes: acc
+                .ephemeral_storage_bytes
+                .saturating_add(r.ephemeral_storage_bytes),
         })
 }
 
@@ -66,15 +73,16 @@ mod tests {
     #[test]
     fn requests_sum_containers_and_limits_stand_in() {
         let p = pod(json!({"spec": {"containers": [
-            {"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "1Mi"}}},
-            {"name": "b", "resources": {"limits": {"cpu": "1", "memory": "1Ki"}}},
+            {"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "1Mi", "ephemeral-storage": "1Gi"}}},
+            {"name": "b", "resources": {"limits": {"cpu": "1", "memory": "1Ki", "ephemeral-storage": "2Mi"}}},
             {"name": "c"}
         ]}}));
         assert_eq!(
             pod_requests(&p),
             PodRequests {
                 cpu_millis: 1100,
-                memory_bytes: 1024 * 1024 + 1024
+                memory_bytes: 1024 * 1024 + 1024,
+                ephemeral_storage_bytes: (1 << 30) + (2 << 20),
             }
         );
     }
@@ -92,7 +100,8 @@ mod tests {
             pod_requests(&p),
             PodRequests {
                 cpu_millis: i64::MAX,
-                memory_bytes: 0
+                memory_bytes: 0,
+                ephemeral_storage_bytes: 0,
             }
         );
     }

@@ -19,6 +19,7 @@ use crate::{Condition, Usage};
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","priority":1}"#,
     printcolumn = r#"{"name":"CPU","type":"string","jsonPath":".status.allocatable.cpu"}"#,
     printcolumn = r#"{"name":"Memory","type":"string","jsonPath":".status.allocatable.memory"}"#,
+    printcolumn = r#"{"name":"Storage","type":"string","jsonPath":".status.allocatable.storage"}"#,
     printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.allocated.pods"}"#,
     printcolumn = r#"{"name":"Reliability","type":"string","jsonPath":".status.reliability"}"#,
     printcolumn = r#"{"name":"Last-Seen","type":"date","jsonPath":".status.lastHeartbeatTime"}"#
@@ -52,6 +53,11 @@ pub struct ResourceOffer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub pods: Option<i32>,
+    /// Ephemeral storage (containers' writable layers and logs), e.g. `50Gi`; at most 1Pi.
+    /// The virtual Node's `ephemeral-storage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::bounds::storage_quantity)]
+    pub storage: Option<String>,
 }
 
 /// Lifecycle phase of a provider.
@@ -163,4 +169,30 @@ pub struct Platform {
     #[serde(default)]
     #[schemars(length(max = 256))]
     pub container_runtime_version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn kubectl_get_prov_shows_the_storage_offer() {
+        let crd = Provider::crd();
+        let columns = crd.spec.versions[0]
+            .additional_printer_columns
+            .clone()
+            .unwrap_or_default();
+        let storage = columns
+            .iter()
+            .find(|c| c.name == "Storage")
+            .expect("a Storage column");
+        assert_eq!(storage.json_path, ".status.allocatable.storage");
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        let offered = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["offered"]["properties"]
+            ["storage"];
+        assert_eq!(offered["maxLength"], 32, "{offered}");
+        let rules = offered["x-kubernetes-validations"].to_string();
+        assert!(rules.contains("quantity('1Pi')"), "{rules}");
+    }
 }

@@ -174,6 +174,7 @@ async fn a_hostile_providers_claims_are_not_taken_as_sent() -> anyhow::Result<()
         cpu_millis: 10_i64.pow(18), // 10^15 cores
         memory_bytes: i64::MAX,
         pods: i64::MAX,
+        storage_bytes: i64::MAX,
     };
     let claimed: HashMap<String, String> = [
         ("node-restriction.kubernetes.io/x", "y"),

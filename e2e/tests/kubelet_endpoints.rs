@@ -542,11 +542,13 @@ async fn a_modified_edge_can_neither_forge_nor_flood_events() -> anyhow::Result<
             cpu_millis: 2000,
             memory_bytes: 1 << 30,
             pods: 10,
+            ..Default::default()
         }),
         offered: Some(pb::Resources {
             cpu_millis: 2000,
             memory_bytes: 1 << 30,
             pods: 10,
+            ..Default::default()
         }),
         ..Default::default()
     })))

@@ -68,6 +68,7 @@ async fn open_session(
             cpu_millis: 1000,
             memory_bytes: 1 << 30,
             pods: 10,
+            ..Default::default()
         }),
         runtime: "docker".into(),
         ..Default::default()

@@ -16,7 +16,7 @@ use crate::metrics::{self, Metrics};
 use crate::pod::{PodSupervisor, PodWorkerConfig};
 use crate::runtime::{
     ContainerRuntime, DockerRuntime, ImageRules, ResourceCeiling, SimulatedRuntime,
-    SimulatedTimings,
+    SimulatedTimings, storage_quota_supported,
 };
 use crate::session::{self, SessionConfig};
 use crate::{capacity, platform};
@@ -27,16 +27,18 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
     let node = args.node_name();
     // First: an edge that cannot prove who it is starts nothing.
     let credential = credential_for_run(&args, &args.state_dir(), &shutdown).await?;
-    let capacity = capacity::detect();
-    let offered = capacity::offered(&capacity, args.cpu, args.memory, args.max_pods);
+    let mut capacity = capacity::detect();
+    let mut offered = capacity::offered(&capacity, args.cpu, args.memory, args.max_pods);
     let mut safety = HostSafety::default();
     let runtime: Arc<dyn ContainerRuntime> = match args.runtime {
         RuntimeKind::Docker => {
-            let (docker, s) = secure_docker(&args, &node, &offered).await?;
+            let (docker, s) = secure_docker(&args, &node, &mut capacity, &mut offered).await?;
             safety = s;
             Arc::new(docker)
         }
         RuntimeKind::Simulated => {
+            capacity.storage_bytes = args.storage.unwrap_or(0);
+            offered.storage_bytes = capacity.storage_bytes;
             tracing::warn!("using the SIMULATED runtime: no container really runs");
             safety.egress = "not applicable (simulated runtime)".into();
             Arc::new(SimulatedRuntime::new(&node, SimulatedTimings::default()))
@@ -55,9 +57,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         max_pods: usize::try_from(args.max_pods).unwrap_or(usize::MAX),
         offered_cpu_millis: offered.cpu_millis,
         offered_memory_bytes: offered.memory_bytes,
+        offered_storage_bytes: offered.storage_bytes,
+        default_pod_storage_bytes: capacity::default_pod_storage(
+            offered.storage_bytes,
+            args.max_pods,
+        ),
         ..PodWorkerConfig::default()
     };
     let pods = PodSupervisor::start(runtime, Some(state_file), worker_config).await?;
+    tracing::info!(storage_bytes = offered.storage_bytes, enforcement = %safety.storage, "ephemeral storage offered");
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = args.metrics_listen {
         let (m, b, s) = (metrics.clone(), pods.board().clone(), shutdown.clone());
@@ -89,6 +97,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         offered_cpu_millis: offered.cpu_millis,
         offered_memory_bytes: offered.memory_bytes,
         offered_pods: offered.pods,
+        offered_storage_bytes: offered.storage_bytes,
+        storage_enforcement: safety.storage.clone(),
         allowed_images: args.allowed_images.clone(),
         egress: safety.egress.clone(),
         egress_rules: safety.rules.clone(),
@@ -120,6 +130,8 @@ struct HostSafety {
     egress: String,
     rules: Vec<String>,
     cgroup_parent: String,
+    /// How writable layers are bounded: by measurement and eviction, plus the driver's quota.
+    storage: String,
     userns_remap: Option<bool>,
     /// The rules in force, re-checked while the edge runs.
     installed: Option<Vec<host::FamilyRules>>,
@@ -149,10 +161,41 @@ impl HostSafety {
 async fn secure_docker(
     args: &RunArgs,
     node: &str,
-    offered: &decloud_proto::Resources,
+    capacity: &mut decloud_proto::Resources,
+    offered: &mut decloud_proto::Resources,
 ) -> Result<(DockerRuntime, HostSafety)> {
     let docker = DockerRuntime::connect(node, &args.docker_network).await?;
     let facts = docker.engine_facts().await?;
+    let data_root = std::path::PathBuf::from(if facts.data_root.is_empty() {
+        "/var/lib/docker"
+    } else {
+        &facts.data_root
+    });
+    let disk = capacity::disk_of(&data_root);
+    capacity.storage_bytes = disk.map_or(0, |(total, _)| total);
+    offered.storage_bytes = capacity::storage_offer(args.storage, disk);
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let quota = storage_quota_supported(
+        &facts.storage_driver,
+        &facts.backing_filesystem,
+        &crate::runtime::mount_options_of(&mounts, &data_root.to_string_lossy()),
+    );
+    let storage = if quota {
+        format!(
+            "evicted above their limits; writable layers also capped by the {} driver (--storage-opt size)",
+            facts.storage_driver
+        )
+    } else {
+        format!(
+            "evicted above their limits (measured every poll); the {} driver on {} cannot cap writable layers (--storage-opt size needs overlay2 on xfs with pquota, btrfs or zfs)",
+            facts.storage_driver,
+            if facts.backing_filesystem.is_empty() {
+                "this filesystem"
+            } else {
+                &facts.backing_filesystem
+            }
+        )
+    };
     if facts.userns_remap {
         tracing::info!(
             "the engine runs with userns-remap: root in a container is unprivileged here"
@@ -192,11 +235,15 @@ async fn secure_docker(
             cgroup_parent: Some(ceiling.parent.clone()),
             cpu_millis: offered.cpu_millis,
             memory_bytes: offered.memory_bytes,
+            storage_quota_default: quota
+                .then(|| capacity::default_pod_storage(offered.storage_bytes, offered.pods))
+                .filter(|d| *d > 0),
         });
     docker.prepare().await?;
     let bridge = docker.bridge_interface().await?;
     let mut safety = HostSafety {
         cgroup_parent: ceiling.parent.clone(),
+        storage,
         userns_remap: Some(facts.userns_remap),
         ..Default::default()
     };

@@ -170,6 +170,13 @@ pub struct RunArgs {
     #[arg(long, env = "DECLOUD_MEMORY", value_parser = parse_memory)]
     pub memory: Option<i64>,
 
+    /// Disk offered for pods' writable layers and logs (e.g. 50Gi; at most 1Pi): the node's
+    /// `ephemeral-storage`. A pod above its ephemeral-storage limit (or, without one, above
+    /// this offer / --max-pods) is evicted, as kubelet does. Default: half the space free on
+    /// the engine's data root when the edge starts.
+    #[arg(long, env = "DECLOUD_STORAGE", value_parser = parse_storage)]
+    pub storage: Option<i64>,
+
     /// Most pods this machine runs at once: offered as the node's `pods` capacity, and pods
     /// beyond it are refused on arrival (phase Failed, reason OutOfpods), as kubelet does.
     #[arg(long, env = "DECLOUD_MAX_PODS", default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
@@ -300,6 +307,10 @@ fn parse_cpu(s: &str) -> Result<i64, String> {
 
 fn parse_memory(s: &str) -> Result<i64, String> {
     crate::capacity::parse_memory_bytes(s).map_err(|e| e.to_string())
+}
+
+fn parse_storage(s: &str) -> Result<i64, String> {
+    crate::capacity::parse_storage_bytes(s).map_err(|e| e.to_string())
 }
 
 /// The longest duration flag accepted: a heartbeat or back-off of more than a day is a typo.

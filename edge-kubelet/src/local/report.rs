@@ -41,6 +41,12 @@ pub struct EdgeReport {
     pub offered_memory_bytes: i64,
     /// Most pods at once.
     pub offered_pods: i64,
+    /// Ephemeral storage offered (writable layers and logs), bytes; 0: not stated.
+    #[serde(default)]
+    pub offered_storage_bytes: i64,
+    /// How the storage bound is enforced on this machine.
+    #[serde(default)]
+    pub storage_enforcement: String,
     /// Accepted images (empty: any).
     pub allowed_images: Vec<String>,
     /// The egress policy: `enforced`, `OFF (--unsafe-no-egress-policy)` or `not applicable`.
@@ -80,6 +86,9 @@ pub struct PodLine {
     pub cpu_seconds: f64,
     /// Memory held over time, GiB-hours.
     pub memory_gib_hours: f64,
+    /// Bytes its writable layers and logs hold (last measured).
+    #[serde(default)]
+    pub storage_bytes: i64,
 }
 
 impl PodLine {
@@ -96,6 +105,7 @@ impl PodLine {
             restarts: s.containers.iter().map(|c| c.restart_count).sum(),
             cpu_seconds: usage.cpu_seconds,
             memory_gib_hours: usage.memory_gib_hours,
+            storage_bytes: usage.ephemeral_storage_bytes,
         }
     }
 }
@@ -233,15 +243,35 @@ egress:     {}
     for rule in &r.egress_rules {
         out.push_str(&format!("  {rule}\n"));
     }
+    let stored = r
+        .pods
+        .iter()
+        .fold(0i64, |a, p| a.saturating_add(p.storage_bytes.max(0)));
+    out.push_str(&format!(
+        "storage:    {} MiB used of {} MiB offered (writable layers and logs); pods {}\n",
+        stored >> 20,
+        r.offered_storage_bytes >> 20,
+        if r.storage_enforcement.is_empty() {
+            "unbounded"
+        } else {
+            &r.storage_enforcement
+        },
+    ));
     if !r.pods.is_empty() {
         out.push_str(&format!(
-            "\n{:<48} {:<10} {:<6} {:>8} {:>10} {:>12}\n",
-            "POD", "PHASE", "READY", "RESTARTS", "CPU-S", "GIB-HOURS"
+            "\n{:<48} {:<10} {:<6} {:>8} {:>10} {:>12} {:>10}\n",
+            "POD", "PHASE", "READY", "RESTARTS", "CPU-S", "GIB-HOURS", "DISK-MIB"
         ));
         for p in &r.pods {
             out.push_str(&format!(
-                "{:<48} {:<10} {:<6} {:>8} {:>10.3} {:>12.4}\n",
-                p.pod, p.phase, p.ready, p.restarts, p.cpu_seconds, p.memory_gib_hours
+                "{:<48} {:<10} {:<6} {:>8} {:>10.3} {:>12.4} {:>10}\n",
+                p.pod,
+                p.phase,
+                p.ready,
+                p.restarts,
+                p.cpu_seconds,
+                p.memory_gib_hours,
+                p.storage_bytes >> 20
             ));
         }
     }
@@ -265,6 +295,8 @@ mod tests {
             offered_cpu_millis: 2000,
             offered_memory_bytes: 4 << 30,
             offered_pods: 10,
+            offered_storage_bytes: 256 << 20,
+            storage_enforcement: "evicted above their limits".into(),
             allowed_images: vec![],
             egress: "enforced".into(),
             egress_rules: vec!["iptables: -N DECLOUD-0-IN".into()],
@@ -279,6 +311,7 @@ mod tests {
                 restarts: 1,
                 cpu_seconds: 12.5,
                 memory_gib_hours: 0.25,
+                storage_bytes: 5 << 20,
             }],
         };
         write(dir.path(), &report).expect("write");
@@ -295,6 +328,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("userns-remap off"), "{text}");
+        assert!(
+            text.contains("storage:    5 MiB used of 256 MiB offered"),
+            "{text}"
+        );
         assert!(render(&report, 103, false).contains("agent not running"));
         let missing = read(&dir.path().join("nope")).expect_err("no report");
         assert!(

@@ -14,6 +14,11 @@ use decloud_proto as pb;
 use crate::error::{Error, Result};
 
 const FILE_NAME: &str = "assigned-pods.json";
+/// Pods evicted for their storage use (uid → kubelet's message), kept so that a restarted
+/// edge does not start them again.
+const EVICTED_FILE_NAME: &str = "evicted-pods.json";
+/// Most evictions remembered (one per assigned pod at most; the file is bounded regardless).
+const MAX_EVICTED: usize = 10_000;
 const VERSION: u32 = 1;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,6 +93,40 @@ impl StateFile {
             .collect()
     }
 
+    fn evicted_path(&self) -> PathBuf {
+        self.path.with_file_name(EVICTED_FILE_NAME)
+    }
+
+    /// The pods evicted here (uid → message); empty when there is no file. At most
+    /// [`MAX_EVICTED`] entries are read.
+    pub(crate) fn load_evicted(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let text = match std::fs::read_to_string(self.evicted_path()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let all: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&text).map_err(|e| self.err(e))?;
+        Ok(all.into_iter().take(MAX_EVICTED).collect())
+    }
+
+    /// Replaces the saved evictions with `evicted` (at most [`MAX_EVICTED`]).
+    pub(crate) fn save_evicted(
+        &self,
+        evicted: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let kept: std::collections::BTreeMap<&String, &String> =
+            evicted.iter().take(MAX_EVICTED).collect();
+        let json = serde_json::to_vec_pretty(&kept).map_err(|e| self.err(e))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
+        }
+        let path = self.evicted_path();
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json).map_err(|e| self.err(e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| self.err(e))
+    }
+
     /// Replaces the saved set with `pods`.
     pub(crate) fn save<'a>(&self, pods: impl IntoIterator<Item = &'a pb::PodSpec>) -> Result<()> {
         let mut stored: Vec<StoredPod> = pods
@@ -148,6 +187,22 @@ mod tests {
         assert_eq!(back, vec![pod("a"), pod("b")]);
         f.save(&[]).unwrap();
         assert!(f.load().unwrap().is_empty());
+    }
+
+    #[test]
+    fn evictions_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path(), "edge-a");
+        assert!(f.load_evicted().unwrap().is_empty());
+        let evicted = std::collections::BTreeMap::from([("u1".to_string(), "m".to_string())]);
+        f.save_evicted(&evicted).unwrap();
+        assert_eq!(f.load_evicted().unwrap(), evicted);
+        assert!(
+            f.load().unwrap().is_empty(),
+            "the assigned set is its own file"
+        );
+        std::fs::write(dir.path().join(EVICTED_FILE_NAME), "[").unwrap();
+        assert!(f.load_evicted().is_err());
     }
 
     #[test]

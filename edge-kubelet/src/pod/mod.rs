@@ -5,12 +5,13 @@
 //! - `supervisor`: admission (`--max-pods`), the assigned set, engine events to workers;
 //! - `worker`: one task per pod, carrying out what `lifecycle` decides;
 //! - `lifecycle`: the pure per-container state machine and the pod phase;
-//! - `readiness`: when to probe; `usage`: the meters. Image rules live in `crate::images`.
+//! - `readiness`: when to probe; `usage`: the meters; `storage`: ephemeral-storage eviction. Image rules live in `crate::images`.
 
 mod kubelet_events;
 mod lifecycle;
 mod readiness;
 mod status_board;
+mod storage;
 mod supervisor;
 mod usage;
 mod worker;

@@ -1,7 +1,7 @@
 //! The pod side of the edge: one [`PodWorker`] per assigned pod, the assigned set persisted,
 //! engine events routed to the right worker.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ pub struct PodSupervisor {
     /// Pods refused at admission (`OutOfpods`): like kubelet's, the refusal is final, so the
     /// same pod sent again (a reconnect's `PodSet`) is not admitted later.
     rejected: Mutex<HashSet<String>>,
+    /// Pods evicted for their storage use (uid → message), saved beside the assigned set so
+    /// that a restart does not start them again; the workers report them on `evictions`.
+    evicted: Mutex<BTreeMap<String, String>>,
+    evictions: mpsc::UnboundedSender<(String, String)>,
 }
 
 /// Pod-level reason of a pod refused because the edge already runs `--max-pods` pods
@@ -45,10 +49,14 @@ pub const OUT_OF_CPU: &str = "OutOfcpu";
 /// Pod-level reason of a pod whose memory does not fit the offer (kubelet's word).
 pub const OUT_OF_MEMORY: &str = "OutOfmemory";
 
-/// A pod's CPU (millicores) and memory (bytes): summed requests, summed limits. A container
-/// with a limit but no request counts its limit as request, as the API server defaults it.
-fn pod_resources(spec: &pb::PodSpec) -> ((i64, i64), (i64, i64)) {
-    let (mut req, mut lim) = ((0i64, 0i64), (0i64, 0i64));
+/// Pod-level reason of a pod whose ephemeral storage does not fit the offer (kubelet's word).
+pub(crate) const OUT_OF_EPHEMERAL_STORAGE: &str = "OutOfephemeral-storage";
+
+/// A pod's CPU (millicores), memory and ephemeral storage (bytes): summed requests, summed
+/// limits. A container with a limit but no request counts its limit as request, as the API
+/// server defaults it.
+fn pod_resources(spec: &pb::PodSpec) -> ([i64; 3], [i64; 3]) {
+    let (mut req, mut lim) = ([0i64; 3], [0i64; 3]);
     for c in &spec.containers {
         let r = c.resources.unwrap_or_default();
         let cpu_req = if r.cpu_request_millis > 0 {
@@ -61,29 +69,33 @@ fn pod_resources(spec: &pb::PodSpec) -> ((i64, i64), (i64, i64)) {
         } else {
             r.memory_limit_bytes
         };
-        req.0 = req.0.saturating_add(cpu_req.max(0));
-        req.1 = req.1.saturating_add(mem_req.max(0));
-        lim.0 = lim.0.saturating_add(r.cpu_limit_millis.max(0));
-        lim.1 = lim.1.saturating_add(r.memory_limit_bytes.max(0));
+        req[0] = req[0].saturating_add(cpu_req.max(0));
+        req[1] = req[1].saturating_add(mem_req.max(0));
+        lim[0] = lim[0].saturating_add(r.cpu_limit_millis.max(0));
+        lim[1] = lim[1].saturating_add(r.memory_limit_bytes.max(0));
     }
+    (req[2], lim[2]) = super::storage::pod_storage(spec);
     (req, lim)
 }
 
 /// Why a pod cannot run within the offer, as kubelet words it: (reason, message). `used`:
-/// the requests of the pods already admitted; `offer`: (CPU millicores, memory bytes), 0 for
-/// no limit. Requests must fit next to the admitted pods; limits must fit the offer alone,
-/// since the ceiling cgroup would never let a pod have more.
+/// the requests of the pods already admitted; `offer`: (CPU millicores, memory bytes,
+/// ephemeral-storage bytes), 0 for no limit. Requests must fit next to the admitted pods;
+/// limits must fit the offer alone, since the ceiling (cgroup, eviction) would never let a
+/// pod have more.
 pub(crate) fn misfit(
     spec: &pb::PodSpec,
-    used: (i64, i64),
-    offer: (i64, i64),
+    used: [i64; 3],
+    offer: [i64; 3],
 ) -> Option<(&'static str, String)> {
     let (req, lim) = pod_resources(spec);
-    let checks = [
-        (OUT_OF_CPU, "cpu", req.0, lim.0, used.0, offer.0),
-        (OUT_OF_MEMORY, "memory", req.1, lim.1, used.1, offer.1),
+    let names = [
+        (OUT_OF_CPU, "cpu"),
+        (OUT_OF_MEMORY, "memory"),
+        (OUT_OF_EPHEMERAL_STORAGE, "ephemeral-storage"),
     ];
-    for (reason, what, req, lim, used, cap) in checks {
+    for (i, (reason, what)) in names.into_iter().enumerate() {
+        let (req, lim, used, cap) = (req[i], lim[i], used[i], offer[i]);
         if cap <= 0 {
             continue;
         }
@@ -130,7 +142,16 @@ impl PodSupervisor {
             Some(f) => f.load()?,
             None => Vec::new(),
         };
+        let mut evicted = match &state_file {
+            Some(f) => f.load_evicted().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the evicted pods; forgetting them");
+                BTreeMap::new()
+            }),
+            None => BTreeMap::new(),
+        };
+        evicted.retain(|uid, _| assigned.iter().any(|p| &p.uid == uid));
         let existing = runtime.list_containers().await?;
+        let (evictions, mut evicted_rx) = mpsc::unbounded_channel();
         let sup = Arc::new(PodSupervisor {
             runtime: runtime.clone(),
             board: Arc::new(StatusBoard::default()),
@@ -139,6 +160,18 @@ impl PodSupervisor {
             workers: Mutex::default(),
             terminating: Mutex::default(),
             rejected: Mutex::default(),
+            evicted: Mutex::new(evicted),
+            evictions,
+        });
+        let weak = Arc::downgrade(&sup);
+        tokio::spawn(async move {
+            while let Some((uid, message)) = evicted_rx.recv().await {
+                let Some(sup) = weak.upgrade() else { return };
+                if sup.workers().contains_key(&uid) {
+                    sup.evicted.lock().insert(uid, message);
+                    sup.persist_evicted();
+                }
+            }
         });
         let mut by_pod: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
         for c in existing {
@@ -232,12 +265,17 @@ impl PodSupervisor {
 
     fn spawn_worker(&self, spec: pb::PodSpec, adopted: Vec<ContainerInfo>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = PodWorker::new(
+        let mut worker = PodWorker::new(
             spec.clone(),
             self.runtime.clone(),
             self.board.clone(),
             self.cfg.clone(),
-        );
+        )
+        .with_evictions(self.evictions.clone());
+        if let Some(message) = self.evicted.lock().get(&spec.uid).cloned() {
+            tracing::info!(pod = %format!("{}/{}", spec.namespace, spec.name), "pod was evicted before the restart; it stays Failed");
+            worker = worker.already_evicted(message);
+        }
         tokio::spawn(worker.run(rx, adopted));
         self.workers()
             .insert(spec.uid.clone(), WorkerHandle { spec, commands: tx });
@@ -248,6 +286,14 @@ impl PodSupervisor {
         let specs: Vec<pb::PodSpec> = self.workers().values().map(|w| w.spec.clone()).collect();
         if let Err(e) = f.save(&specs) {
             tracing::error!(error = %e, "cannot save the assigned pod set");
+        }
+    }
+
+    fn persist_evicted(&self) {
+        let Some(f) = &self.state_file else { return };
+        let evicted = self.evicted.lock().clone();
+        if let Err(e) = f.save_evicted(&evicted) {
+            tracing::error!(error = %e, "cannot save the evicted pods");
         }
     }
 
@@ -276,7 +322,7 @@ impl PodSupervisor {
     /// Adds or updates one pod. A changed spec replaces the pod's containers. A new pod beyond
     /// `max_pods` admitted ones is not started: it fails with [`OUT_OF_PODS`], as on kubelet;
     /// nor one whose requests do not fit next to the admitted pods' within the offer, or whose
-    /// limits exceed the offer ([`OUT_OF_CPU`], [`OUT_OF_MEMORY`]).
+    /// limits exceed the offer ([`OUT_OF_CPU`], [`OUT_OF_MEMORY`], [`OUT_OF_EPHEMERAL_STORAGE`]).
     pub fn upsert(&self, spec: pb::PodSpec) -> Result<()> {
         Self::validate(&spec)?;
         {
@@ -311,10 +357,18 @@ impl PodSupervisor {
                 .iter()
                 .filter(|(uid, _)| !self.board.get(uid).is_some_and(|s| is_terminal(&s)))
                 .map(|(_, w)| pod_resources(&w.spec).0)
-                .fold((0i64, 0i64), |a, b| {
-                    (a.0.saturating_add(b.0), a.1.saturating_add(b.1))
+                .fold([0i64; 3], |a, b| {
+                    [
+                        a[0].saturating_add(b[0]),
+                        a[1].saturating_add(b[1]),
+                        a[2].saturating_add(b[2]),
+                    ]
                 });
-            let offer = (self.cfg.offered_cpu_millis, self.cfg.offered_memory_bytes);
+            let offer = [
+                self.cfg.offered_cpu_millis,
+                self.cfg.offered_memory_bytes,
+                self.cfg.offered_storage_bytes,
+            ];
             if let Some((reason, message)) = misfit(&spec, used, offer) {
                 drop(workers);
                 self.reject(&spec, reason, message);
@@ -328,7 +382,7 @@ impl PodSupervisor {
     }
 
     /// Refuses `spec` for good: the operator sees it Failed with `reason` ([`OUT_OF_PODS`],
-    /// [`OUT_OF_CPU`], [`OUT_OF_MEMORY`]).
+    /// [`OUT_OF_CPU`], [`OUT_OF_MEMORY`], [`OUT_OF_EPHEMERAL_STORAGE`]).
     fn reject(&self, spec: &pb::PodSpec, reason: &'static str, message: String) {
         tracing::warn!(pod = %format!("{}/{}", spec.namespace, spec.name), uid = %spec.uid, reason, %message, "pod rejected");
         self.rejected().insert(spec.uid.clone());
@@ -370,6 +424,9 @@ impl PodSupervisor {
     pub fn delete(self: &Arc<Self>, uid: &str, grace: Option<Duration>) {
         let handle = self.workers().remove(uid);
         self.persist();
+        if self.evicted.lock().remove(uid).is_some() {
+            self.persist_evicted();
+        }
         let (done_tx, done_rx) = oneshot::channel();
         match handle {
             Some(h) => {
@@ -471,6 +528,7 @@ mod admission_tests {
                         cpu_limit_millis: cl,
                         memory_request_bytes: mr,
                         memory_limit_bytes: ml,
+                        ..Default::default()
                     }),
                     ..Default::default()
                 })
@@ -482,7 +540,7 @@ mod admission_tests {
     #[test]
     fn misfits_like_kubelet() {
         const MI: i64 = 1 << 20;
-        let offer = (1000, 256 * MI);
+        let offer = [1000, 256 * MI, 0];
         type Row = (
             &'static [(i64, i64, i64, i64)],
             (i64, i64),
@@ -503,21 +561,59 @@ mod admission_tests {
             (&[(0, 0, 1, 0)], (0, 0), None),
         ];
         for (containers, used, want) in table {
-            let got = misfit(&pod(containers), *used, offer);
+            let got = misfit(&pod(containers), [used.0, used.1, 0], offer);
             assert_eq!(
                 got.as_ref().map(|g| g.0),
                 *want,
                 "{containers:?} {used:?}: {got:?}"
             );
         }
-        let (_, msg) = misfit(&pod(&[(0, 0, 0, 512 * MI)]), (0, 0), offer).unwrap();
+        let (_, msg) = misfit(&pod(&[(0, 0, 0, 512 * MI)]), [0; 3], offer).unwrap();
         assert!(
             msg.starts_with("Pod was rejected: Node didn't have enough resource: memory, "),
             "{msg}"
         );
         assert!(
-            misfit(&pod(&[(0, 0, 0, 512 * MI)]), (0, 0), (0, 0)).is_none(),
+            misfit(&pod(&[(0, 0, 0, 512 * MI)]), [0; 3], [0; 3]).is_none(),
             "no offer, no limit"
+        );
+    }
+
+    #[test]
+    fn storage_misfits_like_kubelet() {
+        const MI: i64 = 1 << 20;
+        let offer = [0, 0, 256 * MI];
+        let storage = |req: i64, lim: i64| {
+            let mut p = pod(&[(0, 0, 0, 0)]);
+            p.containers[0].resources = Some(pb::ResourceSpec {
+                ephemeral_storage_request_bytes: req,
+                ephemeral_storage_limit_bytes: lim,
+                ..Default::default()
+            });
+            p
+        };
+        // (request, limit, used by admitted pods, refused)
+        let table = [
+            (512 * MI, 0, 0, true),
+            (0, 512 * MI, 0, true),
+            (10 * MI, 512 * MI, 0, true),
+            (0, 20 * MI, 0, false),
+            (100 * MI, 0, 150 * MI, false),
+            (100 * MI, 0, 157 * MI, true),
+            (0, 0, 256 * MI, false),
+        ];
+        for (req, lim, used, refused) in table {
+            let got = misfit(&storage(req, lim), [0, 0, used], offer);
+            assert_eq!(
+                got.as_ref().map(|g| g.0),
+                refused.then_some(OUT_OF_EPHEMERAL_STORAGE),
+                "{req} {lim} {used}: {got:?}"
+            );
+        }
+        let (_, msg) = misfit(&storage(512 * MI, 0), [0; 3], offer).unwrap();
+        assert_eq!(
+            msg,
+            "Pod was rejected: Node didn't have enough resource: ephemeral-storage, requested: 536870912, used: 0, capacity: 268435456"
         );
     }
 }

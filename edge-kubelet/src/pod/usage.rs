@@ -55,6 +55,7 @@ impl UsageMeter {
         pb::Usage {
             cpu_seconds: self.retired_cpu + self.cpu_by_instance.values().sum::<f64>(),
             memory_gib_hours: self.memory_gib_hours,
+            ephemeral_storage_bytes: 0,
         }
     }
 }

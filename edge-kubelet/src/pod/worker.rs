@@ -21,6 +21,7 @@ use super::lifecycle::{
 };
 use super::readiness::{ReadinessChange, readiness_loop};
 use super::status_board::StatusBoard;
+use super::storage::{ContainerDisk, EVICTED, eviction};
 use super::usage::UsageMeter;
 use crate::clock::now_millis;
 use crate::error::{Error, Result};
@@ -44,6 +45,11 @@ pub struct PodWorkerConfig {
     pub offered_cpu_millis: i64,
     /// Offered memory (bytes), likewise with `OutOfmemory`. 0: no limit.
     pub offered_memory_bytes: i64,
+    /// Offered ephemeral storage (bytes), likewise with `OutOfephemeral-storage`. 0: no limit.
+    pub offered_storage_bytes: i64,
+    /// Storage bound of a pod that sets no `ephemeral-storage` limit (bytes); above it the pod
+    /// is evicted. 0: none.
+    pub default_pod_storage_bytes: i64,
 }
 
 impl Default for PodWorkerConfig {
@@ -55,6 +61,8 @@ impl Default for PodWorkerConfig {
             max_pods: 0,
             offered_cpu_millis: 0,
             offered_memory_bytes: 0,
+            offered_storage_bytes: 0,
+            default_pod_storage_bytes: 0,
         }
     }
 }
@@ -162,6 +170,13 @@ pub(crate) struct PodWorker {
     usage: UsageMeter,
     /// Re-adopting containers found at start: what happens then is not news (no events).
     adopting: bool,
+    /// Set once the pod is evicted (its message): the containers are gone, the pod is
+    /// `Failed` for good and the worker only waits to be terminated.
+    evicted: Option<String>,
+    /// Bytes the containers held on disk at the last measurement.
+    storage_used: i64,
+    /// Told (uid, message) when this pod is evicted, so the eviction outlives a restart.
+    evictions: Option<mpsc::UnboundedSender<(String, String)>>,
 }
 
 impl PodWorker {
@@ -191,6 +206,9 @@ impl PodWorker {
             probe_rx,
             usage: UsageMeter::default(),
             adopting: false,
+            evicted: None,
+            storage_used: 0,
+            evictions: None,
         }
     }
 
@@ -222,6 +240,19 @@ impl PodWorker {
         }
     }
 
+    /// Reports evictions on `tx`.
+    pub(crate) fn with_evictions(mut self, tx: mpsc::UnboundedSender<(String, String)>) -> Self {
+        self.evictions = Some(tx);
+        self
+    }
+
+    /// A pod evicted before the edge restarted: it stays `Failed` with `message`, and whatever
+    /// of it is left on the engine is removed.
+    pub(crate) fn already_evicted(mut self, message: String) -> Self {
+        self.evicted = Some(message);
+        self
+    }
+
     fn key(&self) -> String {
         format!("{}/{}", self.spec.namespace, self.spec.name)
     }
@@ -237,7 +268,11 @@ impl PodWorker {
         mut commands: mpsc::UnboundedReceiver<PodCommand>,
         adopted: Vec<ContainerInfo>,
     ) {
-        self.adopt(adopted).await;
+        if let Some(message) = self.evicted.clone() {
+            self.evict(message).await;
+        } else {
+            self.adopt(adopted).await;
+        }
         self.publish();
         let mut poll = tokio::time::interval(self.cfg.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,6 +285,7 @@ impl PodWorker {
                         self.abandon();
                         return;
                     }
+                    Some(PodCommand::Update(_)) | Some(PodCommand::Runtime(_)) if self.evicted.is_some() => {}
                     Some(PodCommand::Update(spec)) => self.update(*spec).await,
                     Some(PodCommand::Terminate { grace, done }) => {
                         self.terminate(grace).await;
@@ -269,10 +305,10 @@ impl PodWorker {
                     }
                 }
                 Some(change) = self.probe_rx.recv() => self.on_readiness(change),
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && self.evicted.is_none() => {
                     self.fire_timers();
                 }
-                _ = poll.tick() => self.poll().await,
+                _ = poll.tick(), if self.evicted.is_none() => self.poll().await,
             }
             while self.pulls.try_join_next().is_some() {}
             while self.creates.try_join_next().is_some() {}
@@ -604,6 +640,70 @@ impl PodWorker {
             }
         }
         self.sample_usage().await;
+        self.check_storage().await;
+    }
+
+    /// Measures the containers' writable layers and logs; a pod above its bound is evicted
+    /// as kubelet's eviction manager does it: killed at once (no grace), containers removed,
+    /// `Failed` with reason `Evicted` for good.
+    async fn check_storage(&mut self) {
+        let mut usage = Vec::new();
+        for slot in &self.slots {
+            let Some(id) = slot.container_id.clone() else {
+                continue;
+            };
+            match self.runtime.disk_usage(&id).await {
+                Ok(Some(bytes)) => usage.push(ContainerDisk {
+                    name: slot.spec.name.clone(),
+                    bytes,
+                }),
+                // The runtime cannot tell: nothing to hold the pod to.
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(pod = %self.key(), error = %e, "storage sample failed");
+                }
+            }
+        }
+        self.storage_used = usage
+            .iter()
+            .fold(0i64, |a, c| a.saturating_add(c.bytes.max(0)));
+        let Some(message) = eviction(&self.spec, &usage, self.cfg.default_pod_storage_bytes) else {
+            return;
+        };
+        tracing::warn!(pod = %self.key(), ?usage, %message, "evicting pod for its storage use");
+        if let Some(tx) = &self.evictions {
+            let _ = tx.send((self.spec.uid.clone(), message.clone()));
+        }
+        self.evict(message).await;
+    }
+
+    /// Kills and removes every container at once and leaves the pod `Failed` (`Evicted`) for
+    /// good.
+    async fn evict(&mut self, message: String) {
+        self.evicted = Some(message.clone());
+        self.remove_all(Some(Duration::ZERO)).await;
+        // Removed with its containers: the pod holds nothing any more.
+        self.storage_used = 0;
+        let now = now_millis();
+        for s in &mut self.slots {
+            let started = match s.state {
+                ContainerLifecycle::Running {
+                    started_unix_millis,
+                } => started_unix_millis,
+                _ => 0,
+            };
+            if !matches!(s.state, ContainerLifecycle::Terminated(_)) {
+                s.state = ContainerLifecycle::Terminated(TerminatedInfo {
+                    exit_code: 137,
+                    reason: EVICTED.into(),
+                    message: message.clone(),
+                    started_unix_millis: started,
+                    finished_unix_millis: now,
+                });
+            }
+            s.ready = false;
+            s.deadline = None;
+        }
     }
 
     /// Adds the running containers' CPU and memory to the pod's usage meter.
@@ -864,7 +964,13 @@ impl PodWorker {
             })
             .collect();
         let containers_ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
-        let (reason, message) = if phase == pb::PodPhase::Pending {
+        let (phase, evicted) = match &self.evicted {
+            Some(m) => (pb::PodPhase::Failed, Some((EVICTED.to_string(), m.clone()))),
+            None => (phase, None),
+        };
+        let (reason, message) = if let Some(e) = evicted {
+            e
+        } else if phase == pb::PodPhase::Pending {
             self.slots
                 .iter()
                 .find_map(|s| s.state.pending_reason())
@@ -885,7 +991,10 @@ impl PodWorker {
             ready: containers_ready && phase == pb::PodPhase::Running,
             containers_ready,
             containers,
-            usage: Some(self.usage.usage()),
+            usage: Some(pb::Usage {
+                ephemeral_storage_bytes: self.storage_used,
+                ..self.usage.usage()
+            }),
         };
         status.set_phase(phase);
         status

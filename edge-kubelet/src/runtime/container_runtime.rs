@@ -96,6 +96,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Bytes container `id` holds on this machine's disk: its writable layer plus its log
+    /// files (for ephemeral-storage eviction); `None` when the runtime cannot tell. The
+    /// default tells nothing.
+    async fn disk_usage(&self, _id: &str) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
     /// The pod network as a CIDR (`172.18.0.0/16`), announced in the Hello: the operator
     /// accepts a reported pod IP only inside it. `None` when unknown (no pod IP is accepted).
     async fn pod_cidr(&self) -> Option<String> {

@@ -27,8 +27,9 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    InspectContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    InspectContainerOptions, InspectContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -67,6 +68,56 @@ pub(crate) const PIDS_LIMIT: i64 = 256;
 pub(crate) const DEFAULT_MEMORY_LIMIT: i64 = 512 << 20;
 /// CPU limit of a container whose pod sets none (millicores).
 pub(crate) const DEFAULT_CPU_LIMIT_MILLIS: i64 = 1000;
+/// A container's log file is rotated at this size (json-file `max-size`, bytes) ...
+pub(crate) const LOG_MAX_BYTES: i64 = 10 << 20;
+/// ... and this many files are kept (json-file `max-file`): at most 20 MiB of logs each,
+/// counted in the pod's ephemeral-storage use.
+pub(crate) const LOG_MAX_FILES: u32 = 2;
+
+/// Whether the engine's storage driver enforces `--storage-opt size=` on this machine:
+/// btrfs and zfs do; overlay2 only on xfs mounted with project quotas (`prjquota`/`pquota`);
+/// the others (overlay2 on ext4, vfs, ...) refuse it, and the edge bounds writable layers by
+/// measuring and evicting alone. `mount_options`: those of the filesystem holding the engine's
+/// data root.
+pub(crate) fn storage_quota_supported(
+    driver: &str,
+    backing_filesystem: &str,
+    mount_options: &str,
+) -> bool {
+    match driver {
+        "btrfs" | "zfs" => true,
+        "overlay2" => {
+            backing_filesystem == "xfs"
+                && mount_options
+                    .split(',')
+                    .any(|o| matches!(o, "prjquota" | "pquota"))
+        }
+        _ => false,
+    }
+}
+
+/// The options of the mount holding `path`, from `/proc/mounts` text (the longest mount point
+/// that is a prefix of `path`).
+pub(crate) fn mount_options_of(mounts: &str, path: &str) -> String {
+    let within = |mount: &str| {
+        mount == "/"
+            || path == mount
+            || path
+                .strip_prefix(mount)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    mounts
+        .lines()
+        .take(10_000)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, mount, _fs, opts) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            within(mount).then(|| (mount.len(), opts.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, o)| o)
+        .unwrap_or_default()
+}
 
 /// Which images an edge may use for tenants, and from where it may pull.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +140,10 @@ pub struct ResourceCeiling {
     pub cpu_millis: i64,
     /// Offered memory (bytes); container defaults never exceed it. 0: unknown.
     pub memory_bytes: i64,
+    /// When the storage driver enforces `--storage-opt size=`: each container's writable
+    /// layer is capped there at its `ephemeral-storage` limit, else at this (bytes) — the
+    /// per-pod default share. `None`: the driver cannot (eviction alone bounds it).
+    pub storage_quota_default: Option<i64>,
 }
 
 /// What `docker info` says about the engine that matters for safety.
@@ -103,6 +158,10 @@ pub struct EngineFacts {
     pub userns_remap: bool,
     /// Storage driver (`overlay2`, …).
     pub storage_driver: String,
+    /// The filesystem under it (`Backing Filesystem`: `extfs`, `xfs`, …), if reported.
+    pub backing_filesystem: String,
+    /// The engine's data root (`/var/lib/docker`).
+    pub data_root: String,
     /// `SecurityOptions` as reported (`name=seccomp,profile=default`, `name=userns`, …).
     pub security_options: Vec<String>,
 }
@@ -270,6 +329,14 @@ impl DockerRuntime {
                 .iter()
                 .any(|o| o.split(',').any(|kv| kv == "name=userns")),
             storage_driver: info.driver.unwrap_or_default(),
+            backing_filesystem: info
+                .driver_status
+                .unwrap_or_default()
+                .into_iter()
+                .find(|kv| kv.first().is_some_and(|k| k == "Backing Filesystem"))
+                .and_then(|kv| kv.get(1).cloned())
+                .unwrap_or_default(),
+            data_root: info.docker_root_dir.unwrap_or_default(),
             security_options,
         })
     }
@@ -410,9 +477,17 @@ impl DockerRuntime {
             log_config: Some(HostConfigLogConfig {
                 typ: Some("json-file".to_string()),
                 config: Some(HashMap::from([
-                    ("max-size".to_string(), "10m".to_string()),
-                    ("max-file".to_string(), "2".to_string()),
+                    ("max-size".to_string(), LOG_MAX_BYTES.to_string()),
+                    ("max-file".to_string(), LOG_MAX_FILES.to_string()),
                 ])),
+            }),
+            storage_opt: self.ceiling.storage_quota_default.map(|default| {
+                let size = if res.ephemeral_storage_limit_bytes > 0 {
+                    res.ephemeral_storage_limit_bytes
+                } else {
+                    default
+                };
+                HashMap::from([("size".to_string(), size.to_string())])
             }),
             ..Default::default()
         };
@@ -711,6 +786,47 @@ impl ContainerRuntime for DockerRuntime {
             m.rootfs_used_bytes = r.size_rw.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
         }
         Ok(Some(m))
+    }
+
+    async fn disk_usage(&self, id: &str) -> Result<Option<i64>> {
+        let r = self
+            .docker
+            .inspect_container(id, Some(InspectContainerOptions { size: true }))
+            .await
+            .map_err(map_err)?;
+        let own = r
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .is_some_and(|l| self.is_own(l));
+        if !own {
+            return Err(Error::NotFound(format!(
+                "{id} is not this edge's container"
+            )));
+        }
+        let Some(layer) = r.size_rw else {
+            return Ok(None);
+        };
+        // The log file and its rotated predecessors (`…-json.log.1`, …), on this machine.
+        let logs = match r.log_path.as_deref().filter(|p| !p.is_empty()) {
+            Some(path) => {
+                let path = path.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let size = |p: &str| std::fs::metadata(p).map_or(0, |m| m.len());
+                    (1..=LOG_MAX_FILES)
+                        .map(|i| format!("{path}.{i}"))
+                        .fold(size(&path), |a, p| a.saturating_add(size(&p)))
+                })
+                .await
+                .unwrap_or(0)
+            }
+            None => 0,
+        };
+        Ok(Some(
+            layer
+                .max(0)
+                .saturating_add(i64::try_from(logs).unwrap_or(i64::MAX)),
+        ))
     }
 
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>> {
@@ -1026,6 +1142,49 @@ mod tests {
     }
 
     #[test]
+    fn storage_quota_only_where_the_driver_enforces_it() {
+        let table = [
+            ("overlay2", "extfs", "rw,relatime", false),
+            (
+                "overlay2",
+                "xfs",
+                "rw,relatime,attr2,inode64,noquota",
+                false,
+            ),
+            (
+                "overlay2",
+                "xfs",
+                "rw,relatime,attr2,inode64,prjquota",
+                true,
+            ),
+            ("overlay2", "xfs", "rw,pquota", true),
+            ("btrfs", "btrfs", "rw", true),
+            ("zfs", "", "rw", true),
+            ("vfs", "extfs", "rw,prjquota", false),
+            ("fuse-overlayfs", "xfs", "prjquota", false),
+        ];
+        for (driver, fs, opts, want) in table {
+            assert_eq!(
+                storage_quota_supported(driver, fs, opts),
+                want,
+                "{driver} {fs} {opts}"
+            );
+        }
+        let mounts = "/dev/vda / ext4 rw,relatime 0 0\n\
+                      /dev/vdb /var/lib/docker xfs rw,prjquota 0 0\n\
+                      /dev/vdc /var/lib/dockerx xfs rw,noquota 0 0\n\
+                      garbage\n";
+        assert_eq!(mount_options_of(mounts, "/var/lib/docker"), "rw,prjquota");
+        assert_eq!(
+            mount_options_of(mounts, "/var/lib/docker/overlay2"),
+            "rw,prjquota"
+        );
+        assert_eq!(mount_options_of(mounts, "/var/lib/dockerx"), "rw,noquota");
+        assert_eq!(mount_options_of(mounts, "/srv/docker"), "rw,relatime");
+        assert_eq!(mount_options_of("", "/var/lib/docker"), "");
+    }
+
+    #[test]
     fn limits_default_below_the_offer_and_never_under_docker_minimum() {
         const MI: i64 = 1 << 20;
         let res = |cr, cl, mr, ml| pb::ResourceSpec {
@@ -1033,11 +1192,13 @@ mod tests {
             cpu_limit_millis: cl,
             memory_request_bytes: mr,
             memory_limit_bytes: ml,
+            ..Default::default()
         };
         let offer = ResourceCeiling {
             cgroup_parent: Some("/decloud-x".into()),
             cpu_millis: 500,
             memory_bytes: 256 * MI,
+            storage_quota_default: None,
         };
         // (resources, ceiling, (memory limit, reservation, cpu limit))
         let table = [

@@ -12,6 +12,7 @@ mod types;
 
 pub use container_runtime::ContainerRuntime;
 pub use docker::{DockerRuntime, EngineFacts, ImageRules, ResourceCeiling};
+pub(crate) use docker::{mount_options_of, storage_quota_supported};
 pub use simulated::{SimulatedRuntime, SimulatedTimings};
 pub use types::{
     ContainerInfo, ContainerMeasurements, ContainerStream, ContainerUsage, CreateRequest,

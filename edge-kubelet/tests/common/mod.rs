@@ -168,6 +168,7 @@ pub(crate) fn httpd_pod(uid: &str, name: &str, image: &str) -> pb::PodSpec {
         cpu_limit_millis: 500,
         memory_request_bytes: 16 << 20,
         memory_limit_bytes: 64 << 20,
+        ..Default::default()
     });
     c.env = vec![pb::EnvVar {
         name: "GREETING".into(),

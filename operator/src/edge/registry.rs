@@ -65,6 +65,7 @@ pub(crate) fn clamp_resources(r: pb::Resources) -> pb::Resources {
         cpu_millis: r.cpu_millis.clamp(0, MAX_CPU_MILLIS),
         memory_bytes: r.memory_bytes.clamp(0, MAX_MEMORY_BYTES),
         pods: r.pods.clamp(0, MAX_PODS),
+        storage_bytes: r.storage_bytes.clamp(0, decloud_crds::MAX_STORAGE_BYTES),
     }
 }
 
@@ -616,7 +617,19 @@ mod tests {
             cpu_millis,
             memory_bytes,
             pods,
+            storage_bytes: 0,
         };
+        for (claim, want) in [
+            (i64::MAX, decloud_crds::MAX_STORAGE_BYTES),
+            (-1, 0),
+            (50 << 30, 50 << 30),
+        ] {
+            let claim = pb::Resources {
+                storage_bytes: claim,
+                ..Default::default()
+            };
+            assert_eq!(clamp_resources(claim).storage_bytes, want);
+        }
         let cases = [
             (r(4000, 8 << 30, 110), r(4000, 8 << 30, 110)),
             (

@@ -216,11 +216,15 @@ fn resources(c: &Container) -> Result<pb::ResourceSpec> {
     // As in Kubernetes, a missing request defaults to the limit.
     let cpu_request = millis(get(&res.requests, "cpu"))?.or(cpu_limit);
     let mem_request = bytes(get(&res.requests, "memory"))?.or(mem_limit);
+    let eph_limit = bytes(get(&res.limits, "ephemeral-storage"))?;
+    let eph_request = bytes(get(&res.requests, "ephemeral-storage"))?.or(eph_limit);
     Ok(pb::ResourceSpec {
         cpu_request_millis: cpu_request.unwrap_or(0),
         cpu_limit_millis: cpu_limit.unwrap_or(0),
         memory_request_bytes: mem_request.unwrap_or(0),
         memory_limit_bytes: mem_limit.unwrap_or(0),
+        ephemeral_storage_request_bytes: eph_request.unwrap_or(0),
+        ephemeral_storage_limit_bytes: eph_limit.unwrap_or(0),
     })
 }
 
@@ -300,7 +304,7 @@ mod tests {
                     {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
                 ],
                 "ports": [{"name": "http", "containerPort": 8080}],
-                "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "0.5", "memory": "128Mi"}},
+                "resources": {"requests": {"cpu": "100m", "memory": "32Mi", "ephemeral-storage": "10Mi"}, "limits": {"cpu": "0.5", "memory": "128Mi", "ephemeral-storage": "20Mi"}},
                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 2},
             }],
         }));
@@ -330,6 +334,8 @@ mod tests {
                 cpu_limit_millis: 500,
                 memory_request_bytes: 32 << 20,
                 memory_limit_bytes: 128 << 20,
+                ephemeral_storage_request_bytes: 10 << 20,
+                ephemeral_storage_limit_bytes: 20 << 20,
             })
         );
         let probe = c.readiness_probe.as_ref().unwrap();

@@ -183,7 +183,14 @@ fn offer(r: &pb::Resources) -> ResourceOffer {
         cpu: Some(format_millis(r.cpu_millis)),
         memory: Some(format_bytes(memory)),
         pods: (r.pods > 0).then(|| r.pods.min(i64::from(i32::MAX)) as i32),
+        storage: (r.storage_bytes > 0).then(|| format_bytes(round_down_mi(r.storage_bytes))),
     }
+}
+
+/// `bytes` rounded down to whole MiB when at least one.
+fn round_down_mi(bytes: i64) -> i64 {
+    const MI: i64 = 1 << 20;
+    if bytes >= MI { bytes / MI * MI } else { bytes }
 }
 
 /// Component-wise minimum of what is set (cpu/memory compared as quantities).
@@ -202,6 +209,7 @@ fn cap(limits: &[Option<&ResourceOffer>]) -> ResourceOffer {
         cpu: min_by(&|r| r.cpu.clone(), cpu_millis),
         memory: min_by(&|r| r.memory.clone(), memory_bytes),
         pods: limits.iter().flatten().filter_map(|r| r.pods).min(),
+        storage: min_by(&|r| r.storage.clone(), memory_bytes),
     }
 }
 
@@ -302,15 +310,16 @@ pub(crate) fn desired_status(
         a.pods = a.pods.or(Some(DEFAULT_MAX_PODS));
     }
     let live: Vec<&Arc<Pod>> = pods.iter().filter(|p| !is_terminal(p)).collect();
-    let (cpu, mem) = live
-        .iter()
-        .map(|p| pod_requests(p))
-        .fold((0i64, 0i64), |(c, m), r| {
-            (
-                c.saturating_add(r.cpu_millis),
-                m.saturating_add(r.memory_bytes),
-            )
-        });
+    let (cpu, mem, storage) =
+        live.iter()
+            .map(|p| pod_requests(p))
+            .fold((0i64, 0i64, 0i64), |(c, m, s), r| {
+                (
+                    c.saturating_add(r.cpu_millis),
+                    m.saturating_add(r.memory_bytes),
+                    s.saturating_add(r.ephemeral_storage_bytes),
+                )
+            });
     ProviderStatus {
         phase,
         node_name: Some(node_name(&provider.name_any())),
@@ -324,6 +333,7 @@ pub(crate) fn desired_status(
             cpu: Some(format_millis(cpu)),
             memory: Some(format_bytes(mem)),
             pods: Some(live.len().min(i32::MAX as usize) as i32),
+            storage: Some(format_bytes(storage)),
         }),
         reliability: view
             .reliability

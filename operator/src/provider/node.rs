@@ -141,11 +141,17 @@ pub(crate) fn node_labels(provider: &Provider) -> serde_json::Map<String, Value>
 
 fn resource_list(r: Option<&ResourceOffer>) -> Value {
     let r = r.cloned().unwrap_or_default();
-    json!({
+    let mut list = json!({
         "cpu": r.cpu.unwrap_or_else(|| "0".into()),
         "memory": r.memory.unwrap_or_else(|| "0".into()),
         "pods": r.pods.unwrap_or(0).to_string(),
-    })
+    });
+    // An edge that states no storage (older agents) leaves it out, as kubelet does when it
+    // cannot measure its filesystem.
+    if let Some(storage) = r.storage {
+        list["ephemeral-storage"] = json!(storage);
+    }
+    list
 }
 
 /// The Node's metadata and spec, for server-side apply.
@@ -427,11 +433,13 @@ mod tests {
                 cpu: Some("8".into()),
                 memory: Some("16Gi".into()),
                 pods: Some(110),
+                storage: Some("100Gi".into()),
             }),
             allocatable: Some(ResourceOffer {
                 cpu: Some("2".into()),
                 memory: Some("4Gi".into()),
                 pods: Some(10),
+                storage: None,
             }),
             agent_version: Some("0.1.0".into()),
             ..Default::default()
@@ -449,6 +457,13 @@ mod tests {
         );
         assert_eq!(s["status"]["allocatable"]["pods"], "10");
         assert_eq!(s["status"]["capacity"]["memory"], "16Gi");
+        assert_eq!(s["status"]["capacity"]["ephemeral-storage"], "100Gi");
+        assert!(
+            s["status"]["allocatable"]
+                .get("ephemeral-storage")
+                .is_none(),
+            "no storage stated, none offered"
+        );
         assert_eq!(s["status"]["conditions"][0]["status"], "True");
         let down = desired_node_status(&provider(), &status, false, None, &config, 10250, now);
         assert_eq!(down["status"]["conditions"][0]["status"], "Unknown");

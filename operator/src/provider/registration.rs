@@ -119,6 +119,7 @@ impl Registration<'_> {
             cpu: (o.cpu_millis > 0).then(|| format_millis(o.cpu_millis)),
             memory: (o.memory_bytes > 0).then(|| format_bytes(o.memory_bytes)),
             pods: (o.pods > 0).then(|| o.pods.min(10_000) as i32),
+            storage: (o.storage_bytes > 0).then(|| format_bytes(o.storage_bytes)),
         })
     }
 }

@@ -36,11 +36,13 @@ fn hello() -> HelloInfo {
             cpu_millis: 8000,
             memory_bytes: 16 << 30,
             pods: 0,
+            storage_bytes: 100 << 30,
         },
         offered: pb::Resources {
             cpu_millis: 4000,
             memory_bytes: 2 << 30,
             pods: 5,
+            storage_bytes: (256 << 20) + 123,
         },
         runtime: "docker".into(),
         running: HashSet::new(),
@@ -55,7 +57,7 @@ fn pod(name: &str, phase: &str, cpu: &str) -> Arc<Pod> {
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "default", "uid": name},
             "spec": {"nodeName": "edge-alice", "containers": [{"name": "c", "image": "b:1",
-                "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]},
+                "resources": {"requests": {"cpu": cpu, "memory": "64Mi", "ephemeral-storage": "10Mi"}}}]},
             "status": {"phase": phase},
         }))
         .unwrap(),
@@ -156,7 +158,13 @@ fn resources_are_capped_and_summed() {
         (alloc.cpu.as_deref(), alloc.memory.as_deref(), alloc.pods),
         (Some("2"), Some("2Gi"), Some(5))
     );
+    assert_eq!(
+        (cap.storage.as_deref(), alloc.storage.as_deref()),
+        (Some("100Gi"), Some("256Mi")),
+        "the edge's storage offer, rounded down to MiB"
+    );
     let used = s.allocated.unwrap();
+    assert_eq!(used.storage.as_deref(), Some("20Mi"));
     assert_eq!(
         (used.cpu.as_deref(), used.memory.as_deref(), used.pods),
         (Some("350m"), Some("128Mi"), Some(2))
@@ -166,10 +174,15 @@ fn resources_are_capped_and_summed() {
         cpu_millis: 1500,
         memory_bytes: 25_276_063_744 + 123,
         pods: 0,
+        storage_bytes: 0,
     });
     assert_eq!(
         (odd.cpu.as_deref(), odd.memory.as_deref(), odd.pods),
         (Some("1500m"), Some("24105Mi"), None)
+    );
+    assert_eq!(
+        odd.storage, None,
+        "an edge that states no storage offers none"
     );
     assert_eq!(s.agent_version.as_deref(), Some("0.1.0"));
 }

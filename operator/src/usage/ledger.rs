@@ -158,6 +158,7 @@ mod tests {
         pb::Usage {
             cpu_seconds: cpu,
             memory_gib_hours: mem,
+            ..Default::default()
         }
     }
 

@@ -97,6 +97,7 @@ fn provider(name: &str, phase: ProviderPhase, reliability: &str) -> Provider {
             cpu: Some("2".into()),
             memory: Some("4Gi".into()),
             pods: Some(10),
+            storage: None,
         }),
         reliability: Some(reliability.into()),
         conditions: vec![Condition {
