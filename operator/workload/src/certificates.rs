@@ -15,7 +15,7 @@ use decloud_crds::{Workload, hosts::HostClaim};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use crate::{Result, controller::Context};
+use crate::Result;
 
 /// How often a served certificate's Secret is read again (rotation, expiry).
 pub(crate) const RECHECK_READY: Duration = Duration::from_secs(60);
@@ -55,13 +55,14 @@ pub trait Certificates: Send + Sync {
 /// or why no certificate is served. Installs or removes the certificate on the way.
 pub(crate) async fn reconcile_certificate(
     wl: &Workload,
-    ctx: &Context,
+    client: &kube::Client,
+    certificates: &SharedCertificates,
     host: &HostClaim,
 ) -> Result<Option<std::result::Result<String, CertificateProblem>>> {
     let ns = wl.namespace().unwrap_or_default();
     let owner = format!("{ns}/{}", wl.name_any());
     let tls = wl.spec.expose.as_ref().and_then(|e| e.tls.as_ref());
-    let certs = ctx.certificates.as_ref();
+    let certs = certificates.as_ref();
     let Some(tls) = tls else {
         if let Some(c) = certs {
             c.remove(&owner);
@@ -88,7 +89,7 @@ pub(crate) async fn reconcile_certificate(
         );
     };
     // By name, in the Workload's own namespace: no other namespace's Secret can be reached.
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
         .get_opt(&tls.secret_name)
         .await?;
     let Some(secret) = secret else {

@@ -375,7 +375,8 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
     if let Some(e) = outcome.failure {
         return Err(e.into());
     }
-    let certificate = reconcile_certificate(workload, ctx, &snapshot.host).await?;
+    let certificate =
+        reconcile_certificate(workload, &ctx.client, &ctx.certificates, &snapshot.host).await?;
     let requeue = match &certificate {
         None => step.plan.requeue,
         Some(Ok(_)) => step.plan.requeue.min(RECHECK_READY),
