@@ -287,10 +287,35 @@ async fn chaos() -> anyhow::Result<()> {
         let left = Api::<Pod>::namespaced(client.clone(), NS)
             .list(&ListParams::default())
             .await?;
-        ensure!(left.items.is_empty(), "{} pods left", left.items.len());
+        let left: Vec<String> = left
+            .items
+            .iter()
+            .map(|p| {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+                format!(
+                    "{} on {node:?} ({phase:?}, deleting: {})",
+                    p.name_any(),
+                    p.metadata.deletion_timestamp.is_some()
+                )
+            })
+            .collect();
+        ensure!(left.is_empty(), "{} pods left: {left:?}", left.len());
         Ok(())
     })
-    .await?;
+    .await
+    .with_context(|| {
+        let tails: Vec<String> = edges
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some(format!("edge {i}:\n{}", e.as_ref()?.child.log_tail(15))))
+            .collect();
+        format!(
+            "pods not gone after the Workloads were deleted (seed {seed}); operator log:\n{}\n{}",
+            operator.child.log_tail(30),
+            tails.join("\n")
+        )
+    })?;
     drop(edges);
     sweeper.sweep();
     Ok(())
