@@ -191,3 +191,43 @@ fn ranges_parse_within_bounds() {
         assert!(bad.parse::<TcpPortRange>().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_waiting_request_gets_the_port_its_holder_gave_up() {
+    let deleting = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    );
+    let mut echo = wl(("tcp-a", "echo", 1, Some(30001), Some(30001)));
+    let wls = |echo: &Workload| {
+        vec![
+            echo.clone(),
+            wl(("tcp-b", "thief", 2, Some(30001), None)),
+            wl(("tcp-a", "second", 3, None, Some(30000))),
+            wl(("tcp-a", "third", 4, None, None)),
+            wl(("tcp-b", "last", 5, None, Some(30002))),
+            wl(("tcp-b", "late", 6, None, None)),
+        ]
+    };
+    assert_eq!(
+        show(&assign_ports(&wls(&echo), Some(RANGE), 2)),
+        [
+            "tcp-a/echo=30001",
+            "tcp-a/second=30000",
+            "tcp-a/third:PortQuotaExceeded",
+            "tcp-b/last=30002",
+            "tcp-b/late:NoPortAvailable",
+            "tcp-b/thief:PortTaken"
+        ]
+    );
+    echo.metadata.deletion_timestamp = Some(deleting);
+    assert_eq!(
+        show(&assign_ports(&wls(&echo), Some(RANGE), 2)),
+        [
+            "tcp-a/second=30000",
+            "tcp-a/third:NoPortAvailable",
+            "tcp-b/last=30002",
+            "tcp-b/late:PortQuotaExceeded",
+            "tcp-b/thief=30001"
+        ]
+    );
+}

@@ -53,7 +53,18 @@ pub(crate) async fn serve_tcp(
     let mut open: BTreeMap<u16, (WorkloadKey, AbortOnDrop)> = BTreeMap::new();
     loop {
         let want = routes.tcp_owners(tcp.range, tcp.per_namespace);
-        open.retain(|port, (key, _)| want.get(port) == Some(key));
+        // Close the ports that changed hands or are free; wait for each listener to be gone,
+        // so that a port passing to a new holder can be bound again at once.
+        let closing: Vec<u16> = open
+            .iter()
+            .filter(|(port, (key, _))| want.get(port) != Some(key))
+            .map(|(port, _)| *port)
+            .collect();
+        for port in closing {
+            if let Some((_, task)) = open.remove(&port) {
+                task.close().await;
+            }
+        }
         for (port, key) in want {
             if open.contains_key(&port) || !tcp.range.contains(i32::from(port)) {
                 continue;
@@ -82,6 +93,14 @@ pub(crate) async fn serve_tcp(
 
 /// Aborts its task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Aborts the task and waits until it is dropped (its listener closed).
+    async fn close(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
