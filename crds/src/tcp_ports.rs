@@ -13,6 +13,10 @@
 //! - At most `per_namespace` ports per namespace (else `PortQuotaExceeded`), so that one tenant
 //!   cannot exhaust the range.
 //! - A Workload being deleted holds nothing: its port is free at once.
+//! - No grant per namespace, unlike custom hosts: a host name means something outside the
+//!   platform (DNS points it at someone), a port of the platform's own range does not, so any
+//!   namespace may take ports up to the cap. (A Namespace annotation limiting a namespace to
+//!   some ports could be added on top if the platform team needs fixed ports per tenant.)
 //!
 //! Because the assignment is a function of the Workloads alone (with the ports recorded in
 //! their status), an operator that restarts rebuilds the same allocation.

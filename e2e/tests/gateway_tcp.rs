@@ -265,6 +265,27 @@ async fn tcp_workloads_get_their_own_gateway_port() -> anyhow::Result<()> {
         refused(outside).await,
         "port {outside} outside the range is listened on"
     );
+    // The API server refuses HTTP-only fields on a TCP Workload, and tcpPort on an HTTP one.
+    let with_host = workload(NS_B, "hosted", 0, ECHO_SCRIPT, None).replace(
+        "protocol: TCP",
+        "protocol: TCP, host: x.tcp-b.decloud.localhost",
+    );
+    let refused_host = env.kubectl_stdin(&["apply", "-f", "-"], &with_host);
+    ensure!(
+        refused_host
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("apply only to protocol HTTP")),
+        "{refused_host:?}"
+    );
+    let http_port = workload(NS_B, "httpport", 0, ECHO_SCRIPT, Some(last))
+        .replace("protocol: TCP, ", "protocol: HTTP, ");
+    let refused_port = env.kubectl_stdin(&["apply", "-f", "-"], &http_port);
+    ensure!(
+        refused_port
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("tcpPort applies only to protocol TCP")),
+        "{refused_port:?}"
+    );
     echo(port, b"still mine\n").await?;
     println!("PortTaken and PortOutOfRange refused; the owner still answers on {port}");
 
