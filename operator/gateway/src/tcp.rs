@@ -199,3 +199,6 @@ async fn carry(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
