@@ -186,22 +186,19 @@ async fn tcp_workloads_get_their_own_gateway_port() -> anyhow::Result<()> {
     let (last, outside) = (base + RANGE_LEN - 1, base + RANGE_LEN);
     let gateway_listen = format!("127.0.0.1:{}", free_port()?);
     let range = format!("{base}-{last}");
-    let operator = OperatorProcess::start(
-        &env,
-        &[
-            "--gateway-listen",
-            &gateway_listen,
-            "--tcp-port-range",
-            &range,
-            "--tcp-ports-per-namespace",
-            "2",
-            "--tcp-public-host",
-            "127.0.0.1",
-            "--identity",
-            "e2e-gateway-tcp",
-        ],
-    )
-    .await?;
+    let operator_args = [
+        "--gateway-listen",
+        &gateway_listen,
+        "--tcp-port-range",
+        &range,
+        "--tcp-ports-per-namespace",
+        "2",
+        "--tcp-public-host",
+        "127.0.0.1",
+        "--identity",
+        "e2e-gateway-tcp",
+    ];
+    let mut operator = OperatorProcess::start(&env, &operator_args).await?;
     let mut edges = Vec::new();
     for n in &names {
         edges.push(EdgeProcess::start(&env, &operator, n, &[])?);
@@ -315,6 +312,35 @@ async fn tcp_workloads_get_their_own_gateway_port() -> anyhow::Result<()> {
     )?;
     wait_reason(&operator, &client, NS_B, "late", "NoPortAvailable").await?;
     println!("cap: tcp-a/third PortQuotaExceeded; range exhausted: tcp-b/late NoPortAvailable");
+
+    // 3b. An operator restart rebuilds the same allocation from the Workloads: every holder
+    //     keeps its port, every refusal stands, and the echo answers on its port again.
+    let holders = [(NS_A, "echo"), (NS_A, "second"), (NS_B, "last")];
+    let mut before = Vec::new();
+    for (ns, n) in holders {
+        before.push(status_of(&client, ns, n).await?.tcp_port);
+    }
+    operator.child.kill();
+    let mut next = operator.respawn(&env, &operator_args)?;
+    next.wait_ready().await?;
+    operator = next;
+    eventually(Duration::from_secs(60), || async {
+        echo(port, b"after restart\n").await?;
+        Ok(())
+    })
+    .await
+    .context("echo not served after the operator restart")?;
+    wait_reason(&operator, &client, NS_B, "thief", "PortTaken").await?;
+    wait_reason(&operator, &client, NS_A, "third", "PortQuotaExceeded").await?;
+    for ((ns, n), was) in holders.into_iter().zip(before) {
+        let s = wait_reason(&operator, &client, ns, n, "PortAssigned").await?;
+        ensure!(
+            s.tcp_port == was,
+            "{ns}/{n}: {:?} after the restart, {was:?} before",
+            s.tcp_port
+        );
+    }
+    println!("operator restarted: every port kept, every refusal stands");
 
     // 4. A killed container: the next connections reach a replica that answers.
     let pods = workload_pods(&client, NS_A, "echo").await?;
