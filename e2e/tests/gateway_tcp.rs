@@ -305,7 +305,15 @@ async fn tcp_workloads_get_their_own_gateway_port() -> anyhow::Result<()> {
     )?;
     let s = wait_reason(&operator, &client, NS_B, "last", "PortAssigned").await?;
     ensure!(s.tcp_port == Some(i32::from(last)), "{:?}", s.tcp_port);
-    env.kubectl(&["delete", "wl", "-n", NS_B, "far", "--wait=true"])?;
+    env.kubectl(&[
+        "delete",
+        "wl",
+        "-n",
+        NS_B,
+        "far",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
     env.kubectl_stdin(
         &["apply", "-f", "-"],
         &workload(NS_B, "late", 0, ECHO_SCRIPT, None),
@@ -395,7 +403,7 @@ async fn tcp_workloads_get_their_own_gateway_port() -> anyhow::Result<()> {
     // 6. Deleting the owner frees its port: refused, and a new Workload may take it. (The
     //    other claimants go first, so that no one takes the port over at once.)
     for (ns, n) in [(NS_B, "thief"), (NS_A, "third"), (NS_B, "late")] {
-        env.kubectl(&["delete", "wl", "-n", ns, n, "--wait=true"])?;
+        env.kubectl(&["delete", "wl", "-n", ns, n, "--wait=true", "--timeout=60s"])?;
     }
     env.kubectl(&["delete", "wl", "-n", NS_A, "echo", "--wait=false"])?;
     eventually(Duration::from_secs(30), || async {
