@@ -108,7 +108,10 @@ pub fn admit_host(
 
 /// The host `wl` claims, lower-cased: `None` when it exposes nothing or is being deleted.
 pub fn claimed_host(wl: &Workload, base_domain: &str) -> Option<String> {
-    if wl.spec.expose.is_none() || wl.metadata.deletion_timestamp.is_some() {
+    // A TCP Workload is reached by port, not host: it claims none.
+    if wl.spec.expose.as_ref().is_none_or(|e| e.is_tcp())
+        || wl.metadata.deletion_timestamp.is_some()
+    {
         return None;
     }
     Some(wl.public_host(base_domain).to_ascii_lowercase())
@@ -130,7 +133,9 @@ fn may_claim(
 
 /// The order of ownership: oldest first (a Workload without a creation time last), then by
 /// namespace, then by name.
-fn seniority(wl: &Workload) -> (bool, Option<k8s_openapi::jiff::Timestamp>, String, String) {
+pub(crate) fn seniority(
+    wl: &Workload,
+) -> (bool, Option<k8s_openapi::jiff::Timestamp>, String, String) {
     let created = wl.metadata.creation_timestamp.as_ref().map(|t| t.0);
     (
         created.is_none(),

@@ -464,10 +464,29 @@ impl LabelSelector {
 
 /// How the app is exposed through the gateway.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.protocol) || self.protocol == 'HTTP' || (!has(self.host) && !has(self.tls) && !has(self.insecureHttp))",
+    "message": "host, tls and insecureHttp apply only to protocol HTTP",
+}, {
+    "rule": "!has(self.tcpPort) || (has(self.protocol) && self.protocol == 'TCP')",
+    "message": "tcpPort applies only to protocol TCP",
+    "fieldPath": ".tcpPort",
+}]))]
 pub struct Expose {
     /// Container port the gateway forwards to.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// `HTTP` (the default: routed by host name) or `TCP` (raw bytes: the gateway gives the
+    /// Workload a port of its own from the platform's TCP port range, recorded in
+    /// `status.tcpPort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<ExposeProtocol>,
+    /// For `TCP`: the gateway port wanted. Honoured when it is in the platform's range and no
+    /// older Workload holds it; otherwise condition `TcpPortAssigned` says why not
+    /// (`PortOutOfRange`, `PortTaken`). Unset: any free port of the range.
+    #[serde(default, rename = "tcpPort", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub tcp_port: Option<i32>,
     /// Public host name; `<name>.<namespace>.<base-domain>` when unset. Under the base domain
     /// only `*.<namespace>.<base-domain>`; other hosts only when the platform team granted them
     /// to the namespace (Namespace annotation `decloud.dev/allowed-hosts`). The oldest Workload
@@ -493,6 +512,25 @@ pub struct Expose {
         skip_serializing_if = "Option::is_none"
     )]
     pub insecure_http: Option<InsecureHttp>,
+}
+
+/// How the gateway carries an exposed Workload's traffic.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ExposeProtocol {
+    /// HTTP (and HTTPS) routed by host name.
+    #[default]
+    #[serde(rename = "HTTP")]
+    Http,
+    /// Raw TCP on a gateway port of the Workload's own.
+    #[serde(rename = "TCP")]
+    Tcp,
+}
+
+impl Expose {
+    /// Whether this is raw TCP exposure.
+    pub fn is_tcp(&self) -> bool {
+        self.protocol == Some(ExposeProtocol::Tcp)
+    }
 }
 
 /// The certificate of an exposed host.
@@ -567,6 +605,10 @@ pub struct WorkloadStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub url: Option<String>,
+    /// The gateway port assigned to a `TCP` Workload (kept across operator restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub tcp_port: Option<i32>,
     /// Where each replica runs (replicas are at most 1000; room for old and new at once).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 2048))]

@@ -178,6 +178,17 @@ pub struct RunArgs {
     /// when 443).
     #[arg(long, default_value_t = 443)]
     pub(crate) https_public_port: u16,
+    /// Gateway ports for Workloads exposed with `protocol: TCP`, e.g. `30000-30099` (at most
+    /// 4096 ports; bound on the gateway's listen address); off unless given.
+    #[arg(long, env = "DECLOUD_TCP_PORT_RANGE")]
+    pub(crate) tcp_port_range: Option<decloud_crds::tcp_ports::TcpPortRange>,
+    /// TCP ports one namespace may hold at once (beyond: `PortQuotaExceeded`).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub(crate) tcp_ports_per_namespace: u16,
+    /// The host TCP Workloads' `status.url` names (`tcp://<host>:<port>`); default: the base
+    /// domain.
+    #[arg(long)]
+    pub(crate) tcp_public_host: Option<String>,
     /// How long a gateway client may take to send a request head (then 408).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) gateway_header_timeout: Duration,

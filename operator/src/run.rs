@@ -314,6 +314,13 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
             .zip(certificates.clone())
             .map(|(listen, store)| (listen, store, args.https_public_port)),
         base_domain: args.base_domain.clone(),
+        tcp: args
+            .tcp_port_range
+            .map(|range| decloud_gateway::TcpExposure {
+                bind: args.gateway_listen.ip(),
+                range,
+                per_namespace: usize::from(args.tcp_ports_per_namespace),
+            }),
         limits: decloud_gateway::GatewayLimits {
             header_timeout: args.gateway_header_timeout,
             max_header_bytes: args.gateway_max_header_bytes,
@@ -334,6 +341,16 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
     let workload_config = decloud_workload::Config {
         base_domain: args.base_domain.clone(),
         url_template: args.url_template.clone(),
+        tcp: args
+            .tcp_port_range
+            .map(|range| decloud_workload::TcpConfig {
+                range,
+                per_namespace: usize::from(args.tcp_ports_per_namespace),
+                host: args
+                    .tcp_public_host
+                    .clone()
+                    .unwrap_or_else(|| args.base_domain.clone()),
+            }),
     };
     let certificates = certificates.map(|store| {
         Arc::new(relay::GatewayCertificates::new(

@@ -12,6 +12,7 @@ mod kubelet_api;
 mod proxy;
 mod routes;
 mod seams;
+mod tcp;
 mod tls;
 
 pub use error::{DialError, Error, LogError, Result, StreamError};
@@ -19,12 +20,13 @@ pub use kubelet_api::{
     Access, AccessReview, KubeAccessReview, KubeletAuth, REVIEW_CACHE_ENTRIES, REVIEW_TTL,
     ReviewError, ServingNode, User, self_signed_tls, serve_kubelet_api, serve_node_kubelet_api,
 };
-pub use proxy::{GatewayLimits, Https, serve_gateway};
+pub use proxy::{GatewayLimits, Https, serve_gateway, serve_gateway_with_tcp};
 pub use routes::{Backend, Route, Routes, workload_host};
 pub use seams::{
     ContainerStreams, ExecInput, ExecIo, ExecOutput, ExecRequest, LogQuery, LogSource, LogStream,
     NodeReadings, TunnelDialer, TunnelIo,
 };
+pub use tcp::TcpExposure;
 pub use tls::{
     CertError, CertStore, LoadedCert, MAX_CHAIN, MAX_PEM_BYTES, TLS_SECRET_TYPE, load_tls_secret,
 };

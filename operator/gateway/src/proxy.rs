@@ -40,6 +40,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::routes::{Route, Routes};
 use crate::seams::TunnelDialer;
+use crate::tcp::{TcpExposure, serve_tcp};
 use crate::tls::{CertStore, SniResolver, server_config};
 
 /// Splice buffer per direction: one tunnel frame's worth, so bulk data moves in big frames.
@@ -139,6 +140,19 @@ pub async fn serve_gateway(
     dialer: Arc<dyn TunnelDialer>,
     limits: GatewayLimits,
 ) {
+    serve_gateway_with_tcp(listener, https, None, routes, dialer, limits).await;
+}
+
+/// [`serve_gateway`], plus raw TCP exposure on the ports of `tcp` (see `tcp`), all under one
+/// connection cap.
+pub async fn serve_gateway_with_tcp(
+    listener: TcpListener,
+    https: Option<Https>,
+    tcp: Option<TcpExposure>,
+    routes: Routes,
+    dialer: Arc<dyn TunnelDialer>,
+    limits: GatewayLimits,
+) {
     let (https_listener, acceptor, resolver) = match https {
         Some(h) => {
             let resolver = Arc::new(SniResolver::new(h.certificates, routes.clone()));
@@ -160,11 +174,25 @@ pub async fn serve_gateway(
         https: resolver,
     });
     let http = accept_loop(listener, shared.clone(), None);
+    let tcp = async {
+        if let Some(tcp) = tcp {
+            serve_tcp(
+                tcp,
+                shared.routes.clone(),
+                shared.dialer.clone(),
+                shared.limits.clone(),
+                shared.slots.clone(),
+            )
+            .await;
+        }
+    };
     match (https_listener, acceptor) {
         (Some(l), Some(a)) => {
-            tokio::join!(http, accept_loop(l, shared, Some(a)));
+            tokio::join!(http, accept_loop(l, shared.clone(), Some(a)), tcp);
         }
-        _ => http.await,
+        _ => {
+            tokio::join!(http, tcp);
+        }
     }
 }
 
@@ -561,13 +589,13 @@ fn host_of(head: &[u8]) -> Result<String, &'static str> {
 
 /// When a byte last moved on a connection, for the idle timeout.
 #[derive(Clone)]
-struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     last_ms: Arc<AtomicU64>,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             start: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
@@ -580,7 +608,7 @@ impl Activity {
     }
 
     /// Resolves once nothing moved for `idle`.
-    async fn idle_for(&self, idle: Duration) {
+    pub(crate) async fn idle_for(&self, idle: Duration) {
         loop {
             let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let deadline = last + idle;
@@ -592,7 +620,11 @@ impl Activity {
     }
 }
 
-async fn copy_marking<R, W>(mut from: R, to: &mut W, activity: &Activity) -> std::io::Result<()>
+pub(crate) async fn copy_marking<R, W>(
+    mut from: R,
+    to: &mut W,
+    activity: &Activity,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

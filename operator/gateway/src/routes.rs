@@ -1,7 +1,7 @@
 //! Which replicas serve which host, from the operator's shared caches of Workloads and pods.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
@@ -9,6 +9,7 @@ use decloud_crds::{
     Workload,
     contracts::{WORKLOAD_LABEL, provider_of_node},
     hosts::{granted_hosts, host_owner},
+    tcp_ports::{PortClaim, TcpPortRange, WorkloadKey, assign_ports, wants_port},
 };
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
@@ -122,6 +123,39 @@ impl Routes {
         let Some(wl) = self.owner_workload(host) else {
             return Route::Unknown;
         };
+        self.resolve_workload(&wl)
+    }
+
+    /// Which Workload holds each gateway TCP port, by `decloud_crds::tcp_ports` (the rule the
+    /// Workload controller writes `status.tcpPort` by).
+    pub fn tcp_owners(
+        &self,
+        range: TcpPortRange,
+        per_namespace: usize,
+    ) -> BTreeMap<u16, WorkloadKey> {
+        let workloads = self.workloads.state();
+        assign_ports(
+            workloads.iter().map(AsRef::as_ref),
+            Some(range),
+            per_namespace,
+        )
+        .into_iter()
+        .filter_map(|(key, claim)| match claim {
+            PortClaim::Assigned(port) => Some((port, key)),
+            PortClaim::Refused { .. } => None,
+        })
+        .collect()
+    }
+
+    /// Resolves Workload `namespace/name` (still exposed over TCP) to its ready replicas.
+    pub fn resolve_tcp(&self, key: &WorkloadKey) -> Route {
+        match self.workloads.get(&ObjectRef::new(&key.1).within(&key.0)) {
+            Some(wl) if wants_port(&wl) => self.resolve_workload(&wl),
+            _ => Route::Unknown,
+        }
+    }
+
+    fn resolve_workload(&self, wl: &Workload) -> Route {
         let ns = wl.namespace().unwrap_or_default();
         let name = wl.name_any();
         let key = format!("{ns}/{name}");

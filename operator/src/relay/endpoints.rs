@@ -11,7 +11,7 @@ use decloud_crds::Workload;
 use decloud_gateway::{
     CertStore, ContainerStreams, GatewayLimits, Https, KubeAccessReview, KubeletAuth, LogError,
     LogQuery, LogSource, LogStream, NodeReadings, Routes, ServingNode, self_signed_tls,
-    serve_gateway, serve_kubelet_api, serve_node_kubelet_api,
+    serve_gateway_with_tcp, serve_kubelet_api, serve_node_kubelet_api,
 };
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
@@ -34,6 +34,8 @@ pub(crate) struct GatewayConfig {
     pub(crate) https: Option<(SocketAddr, CertStore, u16)>,
     /// Domain of Workloads without `expose.host` (`<name>.<namespace>.<base-domain>`).
     pub(crate) base_domain: String,
+    /// Raw TCP exposure, if on.
+    pub(crate) tcp: Option<decloud_gateway::TcpExposure>,
     /// Limits of the public listener.
     pub(crate) limits: GatewayLimits,
     /// PEM file of the CA that signs the API server's kubelet client certificate; without
@@ -186,7 +188,7 @@ pub(crate) async fn run(
     };
     ctx.node_ports.serve_with(node, node_server);
     tokio::join!(
-        serve_gateway(gateway, https, routes, dialer, cfg.limits),
+        serve_gateway_with_tcp(gateway, https, cfg.tcp, routes, dialer, cfg.limits),
         serve_kubelet_api(kubelet, tls, logs, streams, auth),
     );
     Ok(())

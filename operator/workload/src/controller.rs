@@ -15,6 +15,7 @@ use decloud_crds::{
     hosts::{HostClaim, granted_hosts, host_claim},
     pods::is_terminal,
     quantity::{cpu_millis, memory_bytes},
+    tcp_ports::PortClaim,
 };
 use futures::StreamExt;
 use k8s_openapi::{
@@ -45,7 +46,9 @@ use crate::{
     placement::{ARCH_LABEL, Allocatable, Candidate, OS_LABEL, Resources, is_platform_key},
     pod::{Replica, build_pod, replica_requests, requests_of, template_hash},
     rollout::{self, DeleteReason, Deletion, Observed, PlanInput},
-    status::{CERTIFICATE_READY, DEGRADED, HOST_ACCEPTED, StatusInput, compute_status},
+    status::{
+        CERTIFICATE_READY, DEGRADED, HOST_ACCEPTED, StatusInput, TCP_PORT_ASSIGNED, compute_status,
+    },
     watches::{Resumed, Watches},
 };
 
@@ -57,6 +60,8 @@ const ASSUME_FOR: Duration = Duration::from_secs(30);
 const ERROR_REQUEUE: Duration = Duration::from_secs(5);
 /// Retry delay while a deleted Workload waits for its pods to go.
 const CLEANUP_REQUEUE: Duration = Duration::from_secs(1);
+/// How soon a TCP Workload refused a port looks again.
+const TCP_RECHECK: Duration = Duration::from_secs(5);
 
 // === impl Context ===
 
@@ -382,6 +387,11 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
         Some(Ok(_)) => step.plan.requeue.min(RECHECK_READY),
         Some(Err(_)) => step.plan.requeue.min(RECHECK_NOT_READY),
     };
+    // A refused TCP claim is looked at again: ports free up as other Workloads go.
+    let requeue = match &snapshot.tcp {
+        Some(PortClaim::Refused { .. }) => requeue.min(TCP_RECHECK),
+        _ => requeue,
+    };
     let status = summarize(
         workload,
         &ctx.config,
@@ -421,6 +431,8 @@ struct Snapshot {
     nodes: HashMap<String, String>,
     /// What the Workload's claim on its public host comes to.
     host: HostClaim,
+    /// Its gateway TCP port (`TCP` Workloads only).
+    tcp: Option<PortClaim>,
     /// When the snapshot was taken.
     now: Timestamp,
 }
@@ -440,6 +452,9 @@ fn observe(
         &ctx.config.base_domain,
         &|ns: &str| granted_hosts(&ctx.namespaces, ns),
     );
+    let tcp = ctx
+        .config
+        .tcp_claim(workload, ctx.workloads.state().iter().map(AsRef::as_ref));
     let grace_seconds = spec
         .failover
         .as_ref()
@@ -502,6 +517,7 @@ fn observe(
             .map(|(node, p)| (p.name_any(), node.clone()))
             .collect(),
         host,
+        tcp,
         now,
     }
 }
@@ -734,11 +750,16 @@ fn summarize(
         selector: workload.pod_selector(),
         // Only the owner of a host (or a Workload exposing nothing) shows a URL.
         // With its certificate in force, the URL is https.
-        url: match (&s.host, &certificate) {
-            (HostClaim::Owner(_), Some(Ok(https))) => Some(https.clone()),
-            (HostClaim::None | HostClaim::Owner(_), _) => Some(config.url(workload)),
-            (HostClaim::Conflict { .. } | HostClaim::NotAllowed(..), _) => None,
+        url: match (&s.tcp, &s.host, &certificate) {
+            (Some(PortClaim::Assigned(port)), ..) => Some(config.tcp_url(*port)),
+            (Some(PortClaim::Refused { .. }), ..) => None,
+            (None, host, certificate) => match (host, certificate) {
+                (HostClaim::Owner(_), Some(Ok(https))) => Some(https.clone()),
+                (HostClaim::None | HostClaim::Owner(_), _) => Some(config.url(workload)),
+                (HostClaim::Conflict { .. } | HostClaim::NotAllowed(..), _) => None,
+            },
         },
+        tcp: s.tcp.clone(),
         certificate: certificate.map(|c| c.map(|_| ())),
         host: s.host.clone(),
         placements,
@@ -826,6 +847,7 @@ async fn write_status(workload: &Workload, ctx: &Context, status: WorkloadStatus
     }
     condition_event(workload, ctx, previous.as_ref(), &status, HOST_ACCEPTED).await;
     condition_event(workload, ctx, previous.as_ref(), &status, CERTIFICATE_READY).await;
+    condition_event(workload, ctx, previous.as_ref(), &status, TCP_PORT_ASSIGNED).await;
     let api = Api::<Workload>::namespaced(
         ctx.client.clone(),
         &workload.namespace().unwrap_or_default(),

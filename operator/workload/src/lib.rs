@@ -54,7 +54,7 @@ mod status;
 mod watches;
 
 pub use certificates::{CertificateProblem, Certificates};
-pub use config::Config;
+pub use config::{Config, TcpConfig};
 pub use controller::{run, run_with_certificates};
 pub use error::{Error, Result};
 pub use watches::{Resumed, SharedWatch, Watches};

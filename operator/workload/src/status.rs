@@ -1,7 +1,10 @@
 //! The Workload's status, computed from one step's outcome. Pure and idempotent: the same
 //! inputs give the same status, and conditions keep their transition times while unchanged.
 
-use decloud_crds::{Condition, ReplicaPlacement, WorkloadStatus, hosts::HostClaim, set_condition};
+use decloud_crds::{
+    Condition, ReplicaPlacement, WorkloadStatus, hosts::HostClaim, set_condition,
+    tcp_ports::PortClaim,
+};
 
 use crate::certificates::CertificateProblem;
 
@@ -20,6 +23,8 @@ pub(crate) struct StatusInput<'a> {
     pub host: HostClaim,
     /// Whether the certificate the Workload names is served; `None` when it names none.
     pub certificate: Option<Result<(), CertificateProblem>>,
+    /// The gateway port of a `TCP` Workload; `None` for others.
+    pub tcp: Option<PortClaim>,
     /// Replicas that exist after this step (any order).
     pub placements: Vec<ReplicaPlacement>,
     /// How many of them run the current template.
@@ -48,6 +53,8 @@ pub(crate) const HOST_ACCEPTED: &str = "HostAccepted";
 /// Condition type: the gateway serves HTTPS for the host with the certificate the Workload
 /// names (only on Workloads that name one).
 pub(crate) const CERTIFICATE_READY: &str = "CertificateReady";
+/// Condition type: the gateway holds a TCP port for the Workload (only on `TCP` Workloads).
+pub(crate) const TCP_PORT_ASSIGNED: &str = "TcpPortAssigned";
 
 /// Computes the status to write.
 pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
@@ -166,16 +173,30 @@ pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
         Err(p) => cond(CERTIFICATE_READY, false, &p.reason, p.message.clone()),
     });
 
+    let tcp = input.tcp.as_ref().map(|c| match c {
+        PortClaim::Assigned(port) => cond(
+            TCP_PORT_ASSIGNED,
+            true,
+            "PortAssigned",
+            format!("the gateway serves TCP port {port} for the Workload"),
+        ),
+        PortClaim::Refused { reason, message } => {
+            cond(TCP_PORT_ASSIGNED, false, reason, message.clone())
+        }
+    });
+
     let mut conditions = input
         .previous
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     conditions.retain(|c| c.type_ != HOST_ACCEPTED || host.is_some());
     conditions.retain(|c| c.type_ != CERTIFICATE_READY || certificate.is_some());
+    conditions.retain(|c| c.type_ != TCP_PORT_ASSIGNED || tcp.is_some());
     for c in [available, progressing, degraded]
         .into_iter()
         .chain(host)
         .chain(certificate)
+        .chain(tcp)
     {
         set_condition(&mut conditions, c);
     }
@@ -187,6 +208,10 @@ pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
         ready_replicas: ready as i32,
         label_selector: Some(input.selector),
         url: input.url,
+        tcp_port: match input.tcp {
+            Some(PortClaim::Assigned(port)) => Some(i32::from(port)),
+            _ => None,
+        },
         placements,
         conditions,
         // Written by the operator's accounting, not here.

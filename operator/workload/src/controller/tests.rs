@@ -289,6 +289,7 @@ fn snapshot(observed: Vec<Observed>, candidates: Vec<Candidate>) -> Snapshot {
         observed,
         candidates,
         host: HostClaim::None,
+        tcp: None,
         now: Timestamp::now(),
     }
 }

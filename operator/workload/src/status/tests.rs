@@ -18,6 +18,7 @@ fn input<'a>(previous: Option<&'a WorkloadStatus>, now: &'a str) -> StatusInput<
         url: Some("http://hello.default.decloud.localhost".into()),
         host: HostClaim::Owner("hello.default.decloud.localhost".into()),
         certificate: None,
+        tcp: None,
         placements: vec![
             placement("w-b", "bob", true),
             placement("w-a", "alice", true),
