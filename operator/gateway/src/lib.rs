@@ -7,8 +7,10 @@
 //! provider address passes through here.
 #![forbid(unsafe_code)]
 
+mod activity;
 mod error;
 mod kubelet_api;
+mod limits;
 mod proxy;
 mod routes;
 mod seams;
@@ -20,7 +22,8 @@ pub use kubelet_api::{
     Access, AccessReview, KubeAccessReview, KubeletAuth, REVIEW_CACHE_ENTRIES, REVIEW_TTL,
     ReviewError, ServingNode, User, self_signed_tls, serve_kubelet_api, serve_node_kubelet_api,
 };
-pub use proxy::{GatewayLimits, Https, serve_gateway, serve_gateway_with_tcp};
+pub use limits::GatewayLimits;
+pub use proxy::{Https, serve_gateway, serve_gateway_with_tcp};
 pub use routes::{Backend, Route, Routes, workload_host};
 pub use seams::{
     ContainerStreams, ExecInput, ExecIo, ExecOutput, ExecRequest, LogQuery, LogSource, LogStream,

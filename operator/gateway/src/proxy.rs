@@ -20,14 +20,7 @@
 //! handshake). Plain HTTP requests for a host whose certificate is in force get `308` to
 //! `https://` unless its Workload says `insecureHttp: Allow`.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -38,53 +31,19 @@ use tokio::{
 use decloud_crds::InsecureHttp;
 use tokio_rustls::TlsAcceptor;
 
+use crate::activity::{Activity, COPY_BUFFER, copy_marking};
+use crate::limits::GatewayLimits;
 use crate::routes::{Route, Routes};
 use crate::seams::TunnelDialer;
 use crate::tcp::{TcpExposure, serve_tcp};
 use crate::tls::{CertStore, SniResolver, server_config};
 
-/// Splice buffer per direction: one tunnel frame's worth, so bulk data moves in big frames.
-const COPY_BUFFER: usize = 64 * 1024;
 /// Longest chunk-size or trailer line of a chunked request body.
 const MAX_CHUNK_LINE: usize = 4096;
 /// Connections over the cap being answered 503 at once; beyond that they are just closed.
 const REFUSING: usize = 256;
 /// How long an over-the-cap client is given to take its 503.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Limits of the public gateway.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GatewayLimits {
-    /// How long a client may take to send a request head (from its first byte, after the
-    /// first request). Slower clients get 408 and are closed.
-    pub header_timeout: Duration,
-    /// Largest request head; larger ones get 431.
-    pub max_header_bytes: usize,
-    /// Client connections served at once; more get 503 with `Retry-After`.
-    pub max_connections: usize,
-    /// A connection with no byte in either direction for this long is closed.
-    pub idle_timeout: Duration,
-    /// What `Retry-After` tells clients refused with 503 (whole seconds, at least 1).
-    pub retry_after: Duration,
-}
-
-impl Default for GatewayLimits {
-    fn default() -> Self {
-        Self {
-            header_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            max_connections: 10_000,
-            idle_timeout: Duration::from_secs(300),
-            retry_after: Duration::from_secs(1),
-        }
-    }
-}
-
-impl GatewayLimits {
-    fn retry_after_secs(&self) -> u64 {
-        self.retry_after.as_secs().max(1)
-    }
-}
 
 /// The HTTPS listener of the gateway.
 pub struct Https {
@@ -583,62 +542,6 @@ fn bare_host(raw: &str) -> String {
 #[cfg(test)]
 fn host_of(head: &[u8]) -> Result<String, &'static str> {
     Request::parse(head, SocketAddr::from(([127, 0, 0, 1], 1)), Proto::Http).map(|r| r.host)
-}
-
-// === impl Activity ===
-
-/// When a byte last moved on a connection, for the idle timeout.
-#[derive(Clone)]
-pub(crate) struct Activity {
-    start: Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Activity {
-    pub(crate) fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn mark(&self) {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing moved for `idle`.
-    pub(crate) async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
-}
-
-pub(crate) async fn copy_marking<R, W>(
-    mut from: R,
-    to: &mut W,
-    activity: &Activity,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; COPY_BUFFER];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        activity.mark();
-        to.write_all(&buf[..n]).await?;
-        activity.mark();
-    }
 }
 
 /// What [`copy_responses`] reports when the app's first bytes are no HTTP status line.

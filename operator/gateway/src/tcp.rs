@@ -24,7 +24,8 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 
-use crate::proxy::{Activity, GatewayLimits, copy_marking};
+use crate::activity::{Activity, copy_marking};
+use crate::limits::GatewayLimits;
 use crate::routes::{Route, Routes};
 use crate::seams::TunnelDialer;
 
