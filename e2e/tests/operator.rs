@@ -388,12 +388,24 @@ async fn edges_register_as_ready_nodes(
         addresses.contains(&"127.0.0.1".to_string()),
         "{addresses:?}"
     );
+    // Each virtual node has a kubelet port of its own on the operator (node-level kubelet
+    // paths name no node): one that answers, and not the shared one.
+    let port = ns
+        .daemon_endpoints
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .context("no kubelet endpoint port on the node")?;
     ensure!(
-        ns.daemon_endpoints
-            .and_then(|d| d.kubelet_endpoint)
-            .map(|e| e.port)
-            == Some(i32::from(operator.kubelet_port))
+        port != operator.kubelet_port,
+        "the node advertises the shared kubelet port {port}"
     );
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .with_context(|| format!("the node's kubelet port {port} does not answer"))?;
     let lease_args = [
         "get",
         "lease",

@@ -167,6 +167,28 @@ impl Context {
 /// Runs the Workload controller over the process's shared watches until the process ends (or
 /// the watches end).
 ///
+/// How long a start-up step may take before the log says it is still waiting.
+const STILL_WAITING: Duration = Duration::from_secs(15);
+
+/// Awaits `step`, warning every [`STILL_WAITING`] that `what` has not finished yet.
+async fn warn_while_pending<F: std::future::Future>(what: &str, step: F) -> F::Output {
+    let mut step = std::pin::pin!(step);
+    let mut waited = Duration::ZERO;
+    loop {
+        match tokio::time::timeout(STILL_WAITING, step.as_mut()).await {
+            Ok(out) => return out,
+            Err(_) => {
+                waited += STILL_WAITING;
+                warn!(
+                    step = what,
+                    waited_secs = waited.as_secs(),
+                    "the Workload controller is still waiting to start"
+                );
+            }
+        }
+    }
+}
+
 /// Checks first that the CRDs are installed and says how to install them if not, then waits
 /// until the Provider and pod caches are complete.
 pub async fn run(client: Client, config: Config, watches: Watches) -> Result<()> {
@@ -181,12 +203,13 @@ pub async fn run_with_certificates(
     watches: Watches,
     certificates: Option<Arc<dyn Certificates>>,
 ) -> Result<()> {
-    Api::<Workload>::all(client.clone())
-        .list(&ListParams::default().limit(1))
+    let workloads_api = Api::<Workload>::all(client.clone());
+    let one = ListParams::default().limit(1);
+    warn_while_pending("the Workload CRD check", workloads_api.list(&one))
         .await
         .map_err(|e| Error::CrdMissing("workloads.decloud.dev", e))?;
-    Api::<Provider>::all(client.clone())
-        .list(&ListParams::default().limit(1))
+    let providers_api = Api::<Provider>::all(client.clone());
+    warn_while_pending("the Provider CRD check", providers_api.list(&one))
         .await
         .map_err(|e| Error::CrdMissing("providers.decloud.dev", e))?;
 
@@ -206,10 +229,11 @@ pub async fn run_with_certificates(
     } = watches;
     // Without a full view of providers every replica would look lost; without one of Workloads
     // and Namespaces, hosts would change hands (and Warning events fly) at every start.
-    let _ = providers.wait_until_ready().await;
-    let _ = pods.wait_until_ready().await;
-    let _ = workloads.wait_until_ready().await;
-    let _ = namespaces.wait_until_ready().await;
+    // Each wait says so while it lasts: a cache that never fills must show in the log.
+    let _ = warn_while_pending("the Provider cache", providers.wait_until_ready()).await;
+    let _ = warn_while_pending("the pod cache", pods.wait_until_ready()).await;
+    let _ = warn_while_pending("the Workload cache", workloads.wait_until_ready()).await;
+    let _ = warn_while_pending("the Namespace cache", namespaces.wait_until_ready()).await;
     info!("provider, pod, Workload and Namespace caches ready; starting the Workload controller");
 
     let reporter = Reporter {
