@@ -423,6 +423,9 @@ async fn the_returning_edge_stops_its_stale_replica(
     lost: &Lost,
 ) -> anyhow::Result<()> {
     let client = &s.client;
+    // The killed edge's handle goes first: dropping it removes its egress rules, which must not
+    // race the new edge installing the same chains.
+    drop(edges.remove(&lost.victim));
     edges.insert(
         lost.victim.clone(),
         EdgeProcess::start(&s.env, operator, &lost.victim, &[])?,
