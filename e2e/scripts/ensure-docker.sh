@@ -12,7 +12,8 @@ if ! command -v dockerd >/dev/null; then
 fi
 log=${DOCKERD_LOG:-/tmp/decloud-dockerd.log}
 echo "ensure-docker: starting dockerd (log: $log)"
-nohup dockerd >"$log" 2>&1 &
+# In its own session: a Ctrl-C to the calling script (e2e/up.sh) never reaches it.
+setsid nohup dockerd >"$log" 2>&1 </dev/null &
 for _ in $(seq 1 60); do
   if docker version >/dev/null 2>&1; then
     echo "docker engine: $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"

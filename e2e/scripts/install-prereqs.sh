@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what DeCloud's local setup and tests need on a Debian machine (run as root):
-# Debian's Docker engine (started when none answers), busybox-static for locally built test
+# Debian's Docker engine (started when none answers; the suites start one more dockerd per
+# edge), Debian's docker-registry and htpasswd for the test registries, busybox-static for locally built test
 # images, openssl, and the Kubernetes control plane built from Go modules (cached).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,6 +16,9 @@ command -v file >/dev/null || need+=(file)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
+# The environment's own image registries (open and htpasswd, bcrypt) on loopback.
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "prereqs: apt-get install ${need[*]}"
   apt-get update -qq

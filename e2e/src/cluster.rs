@@ -4,6 +4,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,7 +21,8 @@ use decloud_crds::{Provider, ProviderPhase};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::ListParams};
 
-use crate::{ChildGuard, TestEnv, binary, eventually, free_port, repo_root};
+use crate::engine::{DockerEngine, Engines};
+use crate::{ChildGuard, TestEnv, binary, eventually, free_port};
 
 /// A running `decloud-operator`.
 pub struct OperatorProcess {
@@ -201,7 +203,8 @@ impl OperatorProcess {
     }
 }
 
-/// A running `edge-kubelet` on the local Docker engine.
+/// A running `edge-kubelet` on its own Docker engine (the environment's, per provider name:
+/// a restarted edge finds its engine and containers again).
 pub struct EdgeProcess {
     /// The process (SIGKILL-able).
     pub child: ChildGuard,
@@ -209,6 +212,8 @@ pub struct EdgeProcess {
     pub name: String,
     /// Its state folder (kept across restarts).
     pub state_dir: PathBuf,
+    /// Its Docker engine (none for the simulated runtime).
+    pub engine: Option<Arc<DockerEngine>>,
 }
 
 impl EdgeProcess {
@@ -254,6 +259,10 @@ impl EdgeProcess {
     ) -> anyhow::Result<Self> {
         let state_dir = Self::state_dir_of(env, name);
         std::fs::create_dir_all(&state_dir)?;
+        let engine = match runtime {
+            "docker" => Some(env.engine(name)?),
+            _ => None,
+        };
         let mut cmd = Command::new(binary("edge-kubelet")?);
         cmd.env(
             "RUST_LOG",
@@ -270,11 +279,13 @@ impl EdgeProcess {
             "1s",
             "--runtime",
             runtime,
-            // The test images are built on this machine (no registry): lent, as a volunteer
-            // would lend an image of their own.
-            "--lend-local-image",
-            TEST_IMAGES,
         ]);
+        if let Some(engine) = &engine {
+            // Its own engine; the test images come from the environment's loopback
+            // registries, which an edge refuses unless told (they are IP literals).
+            cmd.args(["--docker-host", &engine.host()])
+                .args(["--allow-registry", &crate::registry::allowed_registries()?]);
+        }
         for l in labels {
             cmd.args(["--label", l]);
         }
@@ -283,7 +294,20 @@ impl EdgeProcess {
             child,
             name: name.to_string(),
             state_dir,
+            engine,
         })
+    }
+
+    /// Its Docker engine (fails for the simulated runtime).
+    pub fn engine(&self) -> anyhow::Result<&DockerEngine> {
+        self.engine
+            .as_deref()
+            .with_context(|| format!("edge {} has no Docker engine", self.name))
+    }
+
+    /// Runs `docker args` against its engine.
+    pub fn docker(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.engine()?.docker(args)
     }
 
     /// The state folder edge `name` keeps in `env` (credential, CA, adopted containers).
@@ -338,57 +362,53 @@ pub fn create_join_token(kubeconfig: &Path, ttl: &str) -> anyhow::Result<(String
     Ok((field("Join token:")?, field("CA hash:")?))
 }
 
-/// The local test images every suite's edges lend (`--lend-local-image`).
-pub const TEST_IMAGES: &str = "decloud-test/*";
-
-/// Builds the test image `decloud-test/busybox:1` (idempotent).
+/// The test image `decloud-test/busybox:1`, built with the host's engine and pushed to the
+/// environment's registry: its reference there (`127.0.0.1:PORT/decloud-test/busybox:1`),
+/// which every edge pulls into its own engine.
 pub fn busybox_image() -> anyhow::Result<String> {
-    let out = Command::new("bash")
-        .arg(repo_root().join("e2e/images/busybox-image.sh"))
-        .output()
-        .context("running e2e/images/busybox-image.sh")?;
-    if !out.status.success() {
-        bail!(
-            "building the test image failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    crate::registry::test_image("decloud-test/busybox:1")
 }
 
-/// Runs `docker` with `args`, failing with its stderr.
-pub fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .context("running docker")?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+/// Runs `docker args` against `engine` (an edge's), failing with its stderr.
+pub fn docker(engine: &DockerEngine, args: &[&str]) -> anyhow::Result<String> {
+    engine.docker(args)
 }
 
-/// Ids of the containers (running or not) carrying `label` (`key=value`).
-pub fn containers_with_label(label: &str) -> anyhow::Result<Vec<String>> {
-    Ok(docker(&[
-        "ps",
-        "-aq",
-        "--no-trunc",
-        "--filter",
-        &format!("label={label}"),
-    ])?
+/// Ids of the containers (running or not) carrying `label` (`key=value`) on `engine`.
+pub fn containers_with_label(engine: &DockerEngine, label: &str) -> anyhow::Result<Vec<String>> {
+    Ok(docker(
+        engine,
+        &[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label={label}"),
+        ],
+    )?
     .lines()
     .map(str::to_string)
     .collect())
 }
 
-/// Ids of the containers (running or not) an edge created for the pod with `uid`.
-pub fn containers_of_pod(uid: &str) -> anyhow::Result<Vec<String>> {
-    containers_with_label(&format!("{}={uid}", container_labels::POD_UID))
+/// Ids of the containers (running or not) an edge created on `engine` for the pod with `uid`.
+pub fn containers_of_pod(engine: &DockerEngine, uid: &str) -> anyhow::Result<Vec<String>> {
+    containers_with_label(engine, &format!("{}={uid}", container_labels::POD_UID))
+}
+
+/// Ids of the containers (running or not) any edge of `env` created for the pod with `uid`,
+/// on every engine started so far: for a pod that may never have reached a node.
+pub fn containers_of_pod_anywhere(env: &TestEnv, uid: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for engine in env.engines().all() {
+        out.extend(containers_of_pod(&engine, uid)?);
+    }
+    Ok(out)
+}
+
+/// The engine of the node `pod` is bound to.
+pub fn engine_of_pod(env: &TestEnv, pod: &Pod) -> anyhow::Result<Arc<DockerEngine>> {
+    env.engine_of_node(&node_of(pod))
 }
 
 /// Removes, on drop, every container an edge of these nodes created (`decloud.dev/node`),
@@ -396,22 +416,33 @@ pub fn containers_of_pod(uid: &str) -> anyhow::Result<Vec<String>> {
 /// purpose: its containers keep running).
 pub struct ContainerSweeper {
     nodes: Vec<String>,
+    engines: Arc<Engines>,
 }
 
 impl ContainerSweeper {
-    /// Sweeps the containers of `nodes` (node names, `edge-<provider>`) when dropped.
-    pub fn new(nodes: &[String]) -> Self {
+    /// Sweeps the containers of `nodes` (node names, `edge-<provider>`) from their engines in
+    /// `env` when dropped.
+    pub fn new(env: &TestEnv, nodes: &[String]) -> Self {
+        Self::with_engines(env.engines(), nodes)
+    }
+
+    /// As [`ContainerSweeper::new`], with the engines of `engines`.
+    pub fn with_engines(engines: Arc<Engines>, nodes: &[String]) -> Self {
         Self {
             nodes: nodes.to_vec(),
+            engines,
         }
     }
 
     /// Removes them now.
     pub fn sweep(&self) {
         for node in &self.nodes {
-            if let Ok(ids) = containers_with_label(&format!("{}={node}", container_labels::NODE)) {
-                for id in ids {
-                    let _ = docker(&["rm", "-f", &id]);
+            if let Some(engine) = self.engines.of_node(node) {
+                let label = format!("{}={node}", container_labels::NODE);
+                if let Ok(ids) = containers_with_label(&engine, &label) {
+                    for id in ids {
+                        let _ = engine.docker(&["rm", "-f", &id]);
+                    }
                 }
             }
             if let Err(e) = edge_kubelet::remove_egress_policy(node) {

@@ -5,13 +5,15 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
+use crate::engine::{DockerEngine, Engines};
+use crate::registry::PrivateRegistry;
 use crate::{ChildGuard, eventually, free_port};
 
 const ADMIN_TOKEN: &str = "decloud-e2e-admin-token";
@@ -121,6 +123,8 @@ pub fn k8s_bin_dir() -> anyhow::Result<PathBuf> {
 /// A running control plane. Everything is torn down on drop, even when the test panics; if
 /// the test process is killed, each child's watchdog tears it down.
 pub struct TestEnv {
+    // First: the engines stop (and sweep what they ran) before the control plane.
+    engines: Arc<Engines>,
     client: kube::Client,
     kubeconfig: PathBuf,
     operator_kubeconfig: OnceLock<PathBuf>,
@@ -260,6 +264,7 @@ impl TestEnv {
         .context("kube-apiserver did not become ready")?;
 
         let env = Self {
+            engines: Arc::new(Engines::default()),
             client,
             kubeconfig,
             operator_kubeconfig: OnceLock::new(),
@@ -290,6 +295,30 @@ impl TestEnv {
                 .map(|_| ())
         })
         .await
+    }
+
+    /// The environment's Docker engines (one per provider, started on first use).
+    pub fn engines(&self) -> Arc<Engines> {
+        self.engines.clone()
+    }
+
+    /// The Docker engine of provider `provider`, started if it has none yet: an edge restarted
+    /// under the same name finds the same engine and its containers.
+    pub fn engine(&self, provider: &str) -> anyhow::Result<Arc<DockerEngine>> {
+        self.engines.get(provider)
+    }
+
+    /// The engine of the edge whose node is `node` (`edge-<provider>`); fails if none started.
+    pub fn engine_of_node(&self, node: &str) -> anyhow::Result<Arc<DockerEngine>> {
+        self.engines
+            .of_node(node)
+            .with_context(|| format!("no Docker engine runs for node {node:?}"))
+    }
+
+    /// A registry requiring credentials (htpasswd), with the busybox test image pushed there:
+    /// for `imagePullSecrets`. Every test edge may pull from it (`--allow-registry`).
+    pub fn private_registry(&self) -> anyhow::Result<PrivateRegistry> {
+        crate::registry::private_registry()
     }
 
     /// A client for the test cluster, with admin rights.

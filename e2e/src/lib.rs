@@ -1,5 +1,6 @@
 //! The real DeCloud test environment: a real etcd and kube-apiserver built from their Go
-//! modules, the real Docker engine and the real DeCloud binaries, all on loopback.
+//! modules, a Docker engine of its own per edge, real registries and the real DeCloud binaries,
+//! all on loopback.
 //!
 //! Nothing here is a mock. A suite that lacks a part fails with a message that says how to get
 //! it; it never skips.
@@ -7,10 +8,12 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod engine;
 mod env;
 pub mod metrics_server;
 mod process;
 pub mod raw_edge;
+pub mod registry;
 mod wait;
 
 pub use env::{OPERATOR_NAMESPACE, TestEnv, helm_binary, k8s_bin_dir, node_address, repo_root};

@@ -15,7 +15,7 @@ use anyhow::{Context as _, ensure};
 use decloud_crds::contracts::{container_labels, node_name};
 use decloud_crds::{Workload, find_condition};
 use decloud_e2e::cluster::{
-    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, docker, workload_pods,
+    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, workload_pods,
 };
 use decloud_e2e::{TestEnv, eventually};
 use k8s_openapi::api::core::v1::Pod;
@@ -58,7 +58,7 @@ fn workload(name: &str, replicas: i32) -> anyhow::Result<Workload> {
             "template": {"metadata": {"labels": {"app": name}}, "spec": {
                 "terminationGracePeriodSeconds": 2,
                 "containers": [{
-                    "name": "main", "image": "decloud-test/busybox:1", "imagePullPolicy": "IfNotPresent",
+                    "name": "main", "image": busybox_image()?, "imagePullPolicy": "IfNotPresent",
                     "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
                     "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}},
                 }]}},
@@ -74,10 +74,13 @@ async fn live_pods(client: &Client, name: &str) -> anyhow::Result<Vec<Pod>> {
 }
 
 /// Containers our edges created: (pod uid, state) per container.
-fn edge_containers(nodes: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+fn edge_containers(env: &TestEnv, nodes: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for node in nodes {
-        let text = docker(&[
+        let Ok(engine) = env.engine_of_node(node) else {
+            continue;
+        };
+        let text = engine.docker(&[
             "ps",
             "-a",
             "--filter",
@@ -104,7 +107,7 @@ fn edge_containers(nodes: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 
 /// The end state: every Workload Available with exactly its replicas as pods (none
 /// terminating) and as running containers, and no container without a pod.
-async fn check_recovered(client: &Client, nodes: &[String]) -> anyhow::Result<()> {
+async fn check_recovered(client: &Client, env: &TestEnv, nodes: &[String]) -> anyhow::Result<()> {
     let wls = Api::<Workload>::namespaced(client.clone(), NS);
     let all_pods = Api::<Pod>::namespaced(client.clone(), NS)
         .list(&ListParams::default())
@@ -120,7 +123,7 @@ async fn check_recovered(client: &Client, nodes: &[String]) -> anyhow::Result<()
         "pods still terminating: {terminating:?}"
     );
     let api_uids: BTreeSet<String> = all_pods.iter().filter_map(|p| p.uid()).collect();
-    let containers = edge_containers(nodes)?;
+    let containers = edge_containers(env, nodes)?;
     let leaked: Vec<&(String, String)> = containers
         .iter()
         .filter(|(uid, _)| !api_uids.contains(uid))
@@ -195,7 +198,7 @@ async fn chaos() -> anyhow::Result<()> {
     let run = std::process::id();
     let names: Vec<String> = (0..EDGES).map(|i| format!("chaos-{run}-{i}")).collect();
     let nodes: Vec<String> = names.iter().map(|n| node_name(n)).collect();
-    let sweeper = ContainerSweeper::new(&nodes);
+    let sweeper = ContainerSweeper::new(&env, &nodes);
     let operator_args = ["--heartbeat-interval", "1s", "--missed-heartbeats", "3"];
     let mut operator = OperatorProcess::start(&env, &operator_args).await?;
     let mut edges: Vec<Option<EdgeProcess>> = Vec::new();
@@ -207,9 +210,11 @@ async fn chaos() -> anyhow::Result<()> {
         wls.create(&PostParams::default(), &workload(name, replicas)?)
             .await?;
     }
-    eventually(Duration::from_secs(60), || check_recovered(&client, &nodes))
-        .await
-        .context("the Workloads did not start")?;
+    eventually(Duration::from_secs(60), || {
+        check_recovered(&client, &env, &nodes)
+    })
+    .await
+    .context("the Workloads did not start")?;
     println!("three Workloads Available on {EDGES} edges; chaos for {CHAOS_FOR:?}");
 
     let started = Instant::now();
@@ -264,7 +269,7 @@ async fn chaos() -> anyhow::Result<()> {
         }
     }
     let recovering = Instant::now();
-    eventually(RECOVER_WITHIN, || check_recovered(&client, &nodes))
+    eventually(RECOVER_WITHIN, || check_recovered(&client, &env, &nodes))
         .await
         .with_context(|| {
             format!(
@@ -278,7 +283,7 @@ async fn chaos() -> anyhow::Result<()> {
     );
     // Stays that way: no late duplicate appears.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    check_recovered(&client, &nodes).await?;
+    check_recovered(&client, &env, &nodes).await?;
 
     for (name, _) in WORKLOADS {
         wls.delete(name, &DeleteParams::default()).await?;

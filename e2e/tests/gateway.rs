@@ -12,8 +12,8 @@ use anyhow::{Context as _, bail, ensure};
 use decloud_crds::Workload;
 use decloud_crds::contracts::node_name;
 use decloud_e2e::cluster::{
-    ContainerSweeper, EdgeProcess, HttpReply, OperatorProcess, busybox_image, container_id, docker,
-    http_get_reply, node_of, pod_ready, wait_providers_ready, workload_pods,
+    ContainerSweeper, EdgeProcess, HttpReply, OperatorProcess, busybox_image, container_id,
+    engine_of_pod, http_get_reply, node_of, pod_ready, wait_providers_ready, workload_pods,
 };
 use decloud_e2e::{TestEnv, eventually, free_port};
 use k8s_openapi::api::core::v1::Pod;
@@ -27,6 +27,8 @@ const HELLO_HOST: &str = "hello.default.decloud.localhost";
 
 /// A Workload of busybox containers running `script`, exposing `port`.
 fn workload(name: &str, replicas: u32, script: &str, port: u16, probe: &str) -> String {
+    // The test registry's reference (built and pushed once per process).
+    let image = busybox_image().expect("the busybox test image");
     format!(
         r#"apiVersion: decloud.dev/v1alpha1
 kind: Workload
@@ -39,7 +41,7 @@ spec:
       terminationGracePeriodSeconds: 1
       containers:
         - name: web
-          image: decloud-test/busybox:1
+          image: {image}
           command: ["/bin/sh", "-c", {script:?}]
           ports: [{{containerPort: {port}}}]
           resources: {{requests: {{cpu: 50m, memory: 16Mi}}, limits: {{cpu: 500m, memory: 64Mi}}}}
@@ -142,7 +144,7 @@ impl Gateway {
         let nodes: Vec<String> = names.iter().map(|n| node_name(n)).collect();
         Ok(Self {
             client: env.client(),
-            sweeper: ContainerSweeper::new(&nodes),
+            sweeper: ContainerSweeper::new(&env, &nodes),
             names,
             port: free_port()?,
             env,
@@ -311,7 +313,7 @@ async fn a_10_mib_response_arrives_intact(g: &Gateway, served: &mut Served) -> a
     let mut sums = BTreeSet::new();
     for p in &served.hello_pods {
         let id = container_id(p)?;
-        let out = docker(&["exec", &id, "sha256sum", "/www/big"])?;
+        let out = engine_of_pod(&g.env, p)?.docker(&["exec", &id, "sha256sum", "/www/big"])?;
         sums.insert(
             out.split_whitespace()
                 .next()

@@ -13,8 +13,8 @@ use anyhow::{Context as _, bail, ensure};
 use decloud_crds::contracts::node_name;
 use decloud_crds::{Workload, WorkloadStatus, find_condition};
 use decloud_e2e::cluster::{
-    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, container_id, docker, node_of,
-    pod_ready, wait_providers_ready, workload_pods,
+    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, container_id, engine_of_pod,
+    node_of, pod_ready, wait_providers_ready, workload_pods,
 };
 use decloud_e2e::{TestEnv, eventually, free_port};
 use kube::api::Api;
@@ -34,6 +34,8 @@ const ECHO_SCRIPT: &str = "printf '#!/bin/sh\\nhostname\\nexec cat\\n' > /tmp/ec
 /// A TCP Workload in `ns` (`tcp_port` requested if given) of busybox containers running
 /// `script` on container port 7000.
 fn workload(ns: &str, name: &str, replicas: u32, script: &str, tcp_port: Option<u16>) -> String {
+    // The test registry's reference (built and pushed once per process).
+    let image = busybox_image().expect("the busybox test image");
     let request = tcp_port.map_or(String::new(), |p| format!(", tcpPort: {p}"));
     format!(
         r#"apiVersion: decloud.dev/v1alpha1
@@ -46,7 +48,7 @@ spec:
       terminationGracePeriodSeconds: 1
       containers:
         - name: echo
-          image: decloud-test/busybox:1
+          image: {image}
           command: ["/bin/sh", "-c", {script:?}]
           ports: [{{containerPort: 7000}}]
           resources: {{requests: {{cpu: 50m, memory: 16Mi}}, limits: {{cpu: 500m, memory: 64Mi}}}}
@@ -181,7 +183,7 @@ async fn tcp_workloads_get_their_own_gateway_port() -> anyhow::Result<()> {
         .map(|s| format!("tcp-{run}-{s}"))
         .collect();
     let nodes: Vec<String> = names.iter().map(|n| node_name(n)).collect();
-    let sweeper = ContainerSweeper::new(&nodes);
+    let sweeper = ContainerSweeper::new(&env, &nodes);
     let base = free_range()?;
     let (last, outside) = (base + RANGE_LEN - 1, base + RANGE_LEN);
     let gateway_listen = format!("127.0.0.1:{}", free_port()?);
@@ -355,7 +357,7 @@ async fn tcp_workloads_get_their_own_gateway_port() -> anyhow::Result<()> {
     ensure!(pods.len() == 2, "{} echo pods", pods.len());
     let victim = &pods[0];
     let survivor = pods[1].name_any();
-    docker(&["kill", &container_id(victim)?])?;
+    engine_of_pod(&env, victim)?.docker(&["kill", &container_id(victim)?])?;
     let killed = Instant::now();
     for i in 0..6 {
         let who = echo(port, format!("after kill {i}\n").as_bytes())

@@ -85,6 +85,8 @@ fn secret(ns: &str, name: &str, kind: &str, (crt, key): &(String, String)) -> St
 /// A Workload answering `answer` on `/`, with `replicas`, naming Secret `secret`; exposed as
 /// `host` if given.
 fn workload(ns: &str, name: &str, replicas: u32, secret: &str, host: Option<&str>) -> String {
+    // The test registry's reference (built and pushed once per process).
+    let image = busybox_image().expect("the busybox test image");
     let script = format!(
         "mkdir -p /www; echo 'app {name}' > /www/index.html; exec httpd -f -p 8080 -h /www"
     );
@@ -100,7 +102,7 @@ spec:
       terminationGracePeriodSeconds: 1
       containers:
         - name: web
-          image: decloud-test/busybox:1
+          image: {image}
           command: ["/bin/sh", "-c", {script:?}]
           ports: [{{containerPort: 8080}}]
           resources: {{requests: {{cpu: 50m, memory: 16Mi}}, limits: {{cpu: 500m, memory: 64Mi}}}}
@@ -186,7 +188,7 @@ async fn user_supplied_certificates_are_served_by_sni_and_checked() -> anyhow::R
     busybox_image()?;
     let client = env.client();
     let name = format!("gwtls-{}", std::process::id());
-    let sweeper = ContainerSweeper::new(&[node_name(&name)]);
+    let sweeper = ContainerSweeper::new(&env, &[node_name(&name)]);
     let https_port = free_port()?;
     let https_listen = format!("127.0.0.1:{https_port}");
     let public_port = https_port.to_string();

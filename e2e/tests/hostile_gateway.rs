@@ -22,6 +22,8 @@ const NS: &str = "default";
 const LOG_LINE: &str = "hostile-suite-log-line";
 
 fn workload(name: &str) -> String {
+    // The test registry's reference (built and pushed once per process).
+    let image = busybox_image().expect("the busybox test image");
     format!(
         r#"apiVersion: decloud.dev/v1alpha1
 kind: Workload
@@ -34,7 +36,7 @@ spec:
       terminationGracePeriodSeconds: 1
       containers:
         - name: web
-          image: decloud-test/busybox:1
+          image: {image}
           command: ["/bin/sh", "-c", "mkdir -p /www; echo hi > /www/index.html; echo {LOG_LINE}; exec httpd -f -p 8080 -h /www"]
           ports: [{{containerPort: 8080}}]
           resources: {{requests: {{cpu: 50m, memory: 16Mi}}, limits: {{cpu: 500m, memory: 64Mi}}}}
@@ -90,7 +92,7 @@ async fn kubelet_api_refuses_anonymous_and_unauthorized_callers() -> anyhow::Res
     busybox_image()?;
     let name = format!("hg-{}", std::process::id());
     let node = format!("edge-{name}");
-    let _sweeper = ContainerSweeper::new(std::slice::from_ref(&node));
+    let _sweeper = ContainerSweeper::new(&env, std::slice::from_ref(&node));
     let operator = OperatorProcess::start(&env, &["--identity", "e2e-hostile-gateway"]).await?;
     let _edge = EdgeProcess::start(&env, &operator, &name, &[])?;
     eventually(Duration::from_secs(60), || async {
@@ -239,7 +241,7 @@ async fn public_gateway_limits_hold_against_the_real_operator() -> anyhow::Resul
     let env = TestEnv::start().await?;
     busybox_image()?;
     let name = format!("hgw-{}", std::process::id());
-    let _sweeper = ContainerSweeper::new(&[format!("edge-{name}")]);
+    let _sweeper = ContainerSweeper::new(&env, &[format!("edge-{name}")]);
     let gw = free_port()?;
     let listen = format!("127.0.0.1:{gw}");
     let operator = OperatorProcess::start(

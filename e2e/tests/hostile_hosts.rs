@@ -47,6 +47,8 @@ metadata:
 
 /// A one-replica Workload whose app answers `answer` on `/`, exposed as `host`.
 fn workload(ns: &str, name: &str, host: &str, answer: &str) -> String {
+    // The test registry's reference (built and pushed once per process).
+    let image = busybox_image().expect("the busybox test image");
     let script =
         format!("mkdir -p /www; echo '{answer}' > /www/index.html; exec httpd -f -p 8080 -h /www");
     format!(
@@ -60,7 +62,7 @@ spec:
       terminationGracePeriodSeconds: 1
       containers:
         - name: web
-          image: decloud-test/busybox:1
+          image: {image}
           command: ["/bin/sh", "-c", {script:?}]
           ports: [{{containerPort: 8080}}]
           resources: {{requests: {{cpu: 50m, memory: 16Mi}}, limits: {{cpu: 500m, memory: 64Mi}}}}
@@ -141,7 +143,7 @@ async fn a_tenant_cannot_take_another_tenants_host() -> anyhow::Result<()> {
     let run = std::process::id();
     let names: Vec<String> = ["a", "b"].iter().map(|s| format!("hh-{run}-{s}")).collect();
     let nodes: Vec<String> = names.iter().map(|n| node_name(n)).collect();
-    let sweeper = ContainerSweeper::new(&nodes);
+    let sweeper = ContainerSweeper::new(&env, &nodes);
     let operator = OperatorProcess::start(&env, &["--identity", "e2e-hostile-hosts"]).await?;
     let mut edges = Vec::new();
     for n in &names {

@@ -25,6 +25,8 @@ const WL: &str = "streams";
 /// One replica that serves `/` ("streams ok") and a 2 MiB `/big` on 8080, and prints a
 /// numbered tick every second (for `kubectl attach`).
 fn workload() -> String {
+    // The test registry's reference (built and pushed once per process).
+    let image = busybox_image().expect("the busybox test image");
     let script = "echo 'streams ok' > /www/index.html; \
         dd if=/dev/zero of=/www/big bs=1048576 count=2 2>/dev/null; \
         (i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done) & \
@@ -41,7 +43,7 @@ spec:
       terminationGracePeriodSeconds: 1
       containers:
         - name: web
-          image: decloud-test/busybox:1
+          image: {image}
           command: ["/bin/sh", "-c", {script:?}]
           ports: [{{containerPort: 8080}}]
           resources: {{requests: {{cpu: 50m, memory: 16Mi}}, limits: {{cpu: 500m, memory: 64Mi}}}}
@@ -115,7 +117,7 @@ async fn start() -> anyhow::Result<Scenario> {
     let env = TestEnv::start().await?;
     busybox_image()?;
     let name = format!("streams-{}", std::process::id());
-    let sweeper = ContainerSweeper::new(&[node_name(&name)]);
+    let sweeper = ContainerSweeper::new(&env, &[node_name(&name)]);
     let gateway_listen = format!("127.0.0.1:{}", free_port()?);
     let operator = OperatorProcess::start(
         &env,

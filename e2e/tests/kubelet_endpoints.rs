@@ -75,7 +75,7 @@ async fn kubectl_scale_and_kubelet_events_on_a_real_edge() -> anyhow::Result<()>
     let name = format!("kev-{}", std::process::id());
     let edge = EdgeProcess::start(&env, &operator, &name, &[])?;
     let node = edge.node();
-    let _sweeper = ContainerSweeper::new(std::slice::from_ref(&node));
+    let _sweeper = ContainerSweeper::new(&env, std::slice::from_ref(&node));
     decloud_e2e::cluster::wait_providers_ready(&client, &operator, &[&name]).await?;
 
     // --- kubectl scale: the scale subresource, its selector, and the controller following.
@@ -282,7 +282,7 @@ async fn node_proxy_serves_kubelets_reads_with_real_figures() -> anyhow::Result<
     connect.extend(["--stats-interval".to_string(), "2s".to_string()]);
     let edge = EdgeProcess::start_with(&env, &name, &[], &connect)?;
     let node = edge.node();
-    let _sweeper = ContainerSweeper::new(std::slice::from_ref(&node));
+    let _sweeper = ContainerSweeper::new(&env, std::slice::from_ref(&node));
     decloud_e2e::cluster::wait_providers_ready(&client, &operator, &[&name]).await?;
 
     // The node is advertised at the routable address, on a kubelet port of its own.

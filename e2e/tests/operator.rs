@@ -11,8 +11,8 @@ use decloud_crds::contracts::{
 };
 use decloud_crds::{Provider, ProviderPhase, find_condition};
 use decloud_e2e::cluster::{
-    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, container_id, containers_of_pod,
-    docker,
+    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, container_id,
+    containers_of_pod_anywhere, engine_of_pod,
 };
 use decloud_e2e::{TestEnv, eventually};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
@@ -25,6 +25,8 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const MISSED: u32 = 3;
 
 fn pod_yaml(name: &str, node: &str, extra_container: &str) -> String {
+    // The test registry's reference (built and pushed once per process).
+    let image = busybox_image().expect("the busybox test image");
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -39,7 +41,7 @@ spec:
     - {{key: {EDGE_TAINT}, operator: Exists, effect: NoSchedule}}
   containers:
     - name: main
-      image: decloud-test/busybox:1
+      image: {image}
       imagePullPolicy: Never
       command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
       resources:
@@ -167,7 +169,12 @@ async fn running_pod(pods: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
 
 /// Waits for pod `name` to be Failed with reason Forbidden (message containing `needle`) and a
 /// Forbidden Event, then checks that no container was ever created for it.
-async fn expect_refused(client: &Client, name: &str, needle: &str) -> anyhow::Result<()> {
+async fn expect_refused(
+    env: &TestEnv,
+    client: &Client,
+    name: &str,
+    needle: &str,
+) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let failed = eventually(Duration::from_secs(30), || async {
         let pod = pods.get(name).await?;
@@ -204,7 +211,7 @@ async fn expect_refused(client: &Client, name: &str, needle: &str) -> anyhow::Re
     tokio::time::sleep(Duration::from_secs(2)).await;
     let uid = failed.uid().unwrap_or_default();
     ensure!(
-        containers_of_pod(&uid)?.is_empty(),
+        containers_of_pod_anywhere(env, &uid)?.is_empty(),
         "a container was created for {name}"
     );
     Ok(())
@@ -243,7 +250,7 @@ impl Scenario {
         let run = std::process::id();
         let (a, b) = (format!("op-{run}-a"), format!("op-{run}-b"));
         let (node_a, node_b) = (node_name(&a), node_name(&b));
-        let sweeper = ContainerSweeper::new(&[node_a.clone(), node_b.clone()]);
+        let sweeper = ContainerSweeper::new(&env, &[node_a.clone(), node_b.clone()]);
         Ok(Self {
             pods: Api::namespaced(client.clone(), NS),
             client,
@@ -503,7 +510,7 @@ async fn a_plain_pod_runs_in_a_real_container(
         cs.name == "main" && cs.ready && cs.restart_count == 0,
         "{cs:?}"
     );
-    ensure!(cs.image == "decloud-test/busybox:1", "{cs:?}");
+    ensure!(cs.image == busybox_image()?, "{cs:?}");
     ensure!(
         cs.state
             .as_ref()
@@ -530,7 +537,8 @@ async fn a_plain_pod_runs_in_a_real_container(
         );
     }
     let id = container_id(&pod)?;
-    let running = docker(&["inspect", "-f", "{{.State.Running}}", &id])?;
+    let running =
+        engine_of_pod(env, &pod)?.docker(&["inspect", "-f", "{{.State.Running}}", &id])?;
     ensure!(running == "true", "container {id} running={running}");
     println!("{}", env.kubectl(&["get", "pod", "plain", "-o", "wide"])?);
     eventually(Duration::from_secs(15), || async {
@@ -558,7 +566,7 @@ async fn deleting_the_pod_removes_its_container(s: &Scenario, pod: &Pod) -> anyh
     })
     .await?;
     eventually(Duration::from_secs(15), || async {
-        let left = containers_of_pod(&pod.uid().unwrap_or_default())?;
+        let left = containers_of_pod_anywhere(&s.env, &pod.uid().unwrap_or_default())?;
         ensure!(left.is_empty(), "containers left: {left:?}");
         Ok(())
     })
@@ -575,7 +583,8 @@ async fn sigkill_marks_the_edge_unreachable(
     env.kubectl_stdin(&["apply", "-f", "-"], &pod_yaml("survivor", &s.node_a, ""))?;
     let survivor = eventually(Duration::from_secs(60), || running_pod(&s.pods, "survivor")).await?;
     let id = container_id(&survivor)?;
-    let started_at = docker(&["inspect", "-f", "{{.State.StartedAt}}", &id])?;
+    let started_at =
+        engine_of_pod(env, &survivor)?.docker(&["inspect", "-f", "{{.State.StartedAt}}", &id])?;
     let killed = Instant::now();
     edge_a.child.kill();
     let window = HEARTBEAT * MISSED;
@@ -604,10 +613,20 @@ async fn sigkill_marks_the_edge_unreachable(
 
 /// `pod` (the survivor) still runs in the same, never restarted container; `when` ends the
 /// failure message.
-fn check_survivor_untouched(survivor: &Survivor, pod: &Pod, when: &str) -> anyhow::Result<()> {
+fn check_survivor_untouched(
+    env: &TestEnv,
+    survivor: &Survivor,
+    pod: &Pod,
+    when: &str,
+) -> anyhow::Result<()> {
     ensure!(container_id(pod)? == survivor.id, "container replaced");
     ensure!(
-        docker(&["inspect", "-f", "{{.State.StartedAt}}", &survivor.id])? == survivor.started_at,
+        engine_of_pod(env, pod)?.docker(&[
+            "inspect",
+            "-f",
+            "{{.State.StartedAt}}",
+            &survivor.id
+        ])? == survivor.started_at,
         "container restarted{when}"
     );
     Ok(())
@@ -627,7 +646,7 @@ async fn a_restarted_edge_keeps_its_containers(
         restarted.elapsed().as_secs_f64()
     );
     let pod = eventually(Duration::from_secs(30), || running_pod(&s.pods, "survivor")).await?;
-    check_survivor_untouched(survivor, &pod, "")?;
+    check_survivor_untouched(&s.env, survivor, &pod, "")?;
     let restarts = pod
         .status
         .and_then(|s| s.container_statuses)
@@ -670,7 +689,7 @@ async fn a_restarted_operator_keeps_the_containers(
         restarted.elapsed().as_secs_f64()
     );
     let pod = running_pod(&s.pods, "survivor").await?;
-    check_survivor_untouched(survivor, &pod, " across the operator restart")?;
+    check_survivor_untouched(&s.env, survivor, &pod, " across the operator restart")?;
     Ok(operator)
 }
 
@@ -685,7 +704,7 @@ async fn forbidden_pods_are_refused(s: &Scenario) -> anyhow::Result<()> {
         "      securityContext: {privileged: true}\n      resources:",
     );
     match env.kubectl_stdin(&["apply", "-f", "-"], &privileged) {
-        Ok(_) => expect_refused(client, "privileged", "privileged mode").await?,
+        Ok(_) => expect_refused(env, client, "privileged", "privileged mode").await?,
         Err(e) if e.to_string().contains("disallowed by cluster policy") => {
             println!(
                 "privileged pod: refused by the API server itself (no --allow-privileged): {e}"
@@ -704,7 +723,7 @@ async fn forbidden_pods_are_refused(s: &Scenario) -> anyhow::Result<()> {
             "      securityContext: {capabilities: {add: [NET_ADMIN]}}\n      resources:",
         );
     env.kubectl_stdin(&["apply", "-f", "-"], &host)?;
-    expect_refused(client, "host-access", "hostNetwork").await
+    expect_refused(env, client, "host-access", "hostNetwork").await
 }
 
 /// Deleting Provider b disconnects its edge and removes its Node (and its pods); the edge keeps

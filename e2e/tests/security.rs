@@ -13,7 +13,7 @@ use decloud_crds::contracts::{CREDENTIAL_ANNOTATION, EDGE_TAINT, node_name};
 use decloud_crds::{Provider, ProviderPhase};
 use decloud_e2e::cluster::{
     ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, containers_of_pod,
-    create_join_token, docker,
+    create_join_token,
 };
 use decloud_e2e::raw_edge::{channel, operator_ca, register};
 use decloud_e2e::{TestEnv, binary, eventually};
@@ -609,9 +609,14 @@ impl Confined {
         let operator = OperatorProcess::start(&env, &["--heartbeat-interval", "1s"]).await?;
         let (a, b) = (format!("conf-{run}-a"), format!("conf-{run}-b"));
         let (node_a, node_b) = (node_name(&a), node_name(&b));
-        let sweeper = ContainerSweeper::new(std::slice::from_ref(&node_a));
+        let sweeper = ContainerSweeper::new(&env, std::slice::from_ref(&node_a));
         let mut connect = operator.edge_args();
-        connect.extend(["--allowed-images".into(), "decloud-test/*".into()]);
+        // The test repository, in the test registry (where the edge pulls it from).
+        let allowed = format!(
+            "{}/decloud-test/*",
+            decloud_e2e::registry::registry()?.host()
+        );
+        connect.extend(["--allowed-images".into(), allowed]);
         let edge = EdgeProcess::start_with(&env, &a, &[], &connect)?;
         let ca = operator_ca(&client).await?;
         let ch = channel(&operator, &ca).await?;
@@ -700,10 +705,11 @@ async fn workloads_are_hardened_as_docker_sees_it(c: &Confined) -> anyhow::Resul
         )
     })?;
     let uid = web.uid().unwrap_or_default();
-    let id = containers_of_pod(&uid)?
+    let engine = c.edge.engine()?;
+    let id = containers_of_pod(engine, &uid)?
         .pop()
         .context("no container for web")?;
-    let inspect = docker(&[
+    let inspect = engine.docker(&[
         "inspect",
         "-f",
         "privileged={{.HostConfig.Privileged}} capdrop={{.HostConfig.CapDrop}} capadd={{.HostConfig.CapAdd}} secopt={{.HostConfig.SecurityOpt}} pids={{.HostConfig.PidsLimit}} memory={{.HostConfig.Memory}} nanocpus={{.HostConfig.NanoCpus}} net={{.HostConfig.NetworkMode}} binds={{.HostConfig.Binds}} pidmode={{.HostConfig.PidMode}}",
@@ -730,7 +736,7 @@ async fn workloads_are_hardened_as_docker_sees_it(c: &Confined) -> anyhow::Resul
             && !inspect.contains("NET_ADMIN"),
         "{inspect}"
     );
-    let seccomp = docker(&["exec", &id, "grep", "Seccomp:", "/proc/1/status"])?;
+    let seccomp = engine.docker(&["exec", &id, "grep", "Seccomp:", "/proc/1/status"])?;
     println!("inside web: {seccomp}");
     ensure!(
         seccomp.contains('2'),
@@ -780,7 +786,7 @@ async fn a_privileged_pod_never_reaches_docker(c: &Confined) -> anyhow::Result<(
     ensure!(root.contains("privileged"), "{root}");
     let root_uid = c.pods.get("root").await?.uid().unwrap_or_default();
     ensure!(
-        containers_of_pod(&root_uid)?.is_empty(),
+        containers_of_pod(c.edge.engine()?, &root_uid)?.is_empty(),
         "a container was created for the privileged pod"
     );
     Ok(())

@@ -1,5 +1,5 @@
 //! The volunteer's machine stays the volunteer's, end to end: a real kube-apiserver, the real
-//! `decloud-operator`, real `edge-kubelet` processes on the real Docker engine, and targets
+//! `decloud-operator`, real `edge-kubelet` processes each on a Docker engine of its own, and targets
 //! the test builds on this machine only (network namespaces with veth pairs, each serving
 //! HTTP with busybox): a "LAN host" at a private 192.168.x.2, the cloud metadata address
 //! 169.254.169.254, a listener on the edge bridge's gateway address on the host, and another
@@ -21,7 +21,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use decloud_crds::contracts::{EDGE_TAINT, container_labels, node_name};
 use decloud_crds::{EgressPolicyState, Provider};
-use decloud_e2e::cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, docker};
+use std::sync::Arc;
+
+use decloud_e2e::cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image};
+use decloud_e2e::engine::DockerEngine;
 use decloud_e2e::{TestEnv, binary, eventually, free_port};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -144,13 +147,19 @@ impl Drop for Targets {
 /// Removes, on drop, what the suite's edges put on the machine: `edge-kubelet uninstall`
 /// per edge (rules, containers, network, cgroup), run after the edges are stopped.
 struct Uninstall {
-    edges: Vec<(String, String, String)>,
+    edges: Vec<(String, String, String, Arc<DockerEngine>)>,
 }
 
 impl Uninstall {
-    fn run_one(name: &str, network: &str, state_dir: &str) -> anyhow::Result<String> {
+    fn run_one(
+        name: &str,
+        network: &str,
+        state_dir: &str,
+        engine: &DockerEngine,
+    ) -> anyhow::Result<String> {
         let out = Command::new(binary("edge-kubelet")?)
             .args(["uninstall", "--name", name, "--docker-network", network])
+            .args(["--docker-host", &engine.host()])
             .args(["--state-dir", state_dir])
             .output()?;
         ensure!(
@@ -164,11 +173,11 @@ impl Uninstall {
 
 impl Drop for Uninstall {
     fn drop(&mut self) {
-        for (name, network, state) in &self.edges {
-            if let Err(e) = Self::run_one(name, network, state) {
+        for (name, network, state, engine) in &self.edges {
+            if let Err(e) = Self::run_one(name, network, state, engine) {
                 eprintln!("{e:#}");
             }
-            let _ = docker(&["network", "rm", network]);
+            let _ = engine.docker(&["network", "rm", network]);
         }
     }
 }
@@ -190,20 +199,21 @@ async fn fetch(addr: &str) -> anyhow::Result<String> {
 
 /// Whether container `id` gets `marker` from `http://addr/` (`nc -w 2`, inside it; the test
 /// image's busybox `wget` crashes without NSS files).
-fn reaches(id: &str, addr: &str, marker: &str) -> bool {
+fn reaches(engine: &DockerEngine, id: &str, addr: &str, marker: &str) -> bool {
     let Some((ip, port)) = addr.rsplit_once(':') else {
         return false;
     };
     let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip} {port}");
-    let out = Command::new("docker")
+    let out = engine
+        .command()
         .args(["exec", id, "sh", "-c", &script])
         .output();
     matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains(marker))
 }
 
 /// The id of container `container` of pod `uid`.
-fn container_of(uid: &str, container: &str) -> anyhow::Result<String> {
-    let ids = docker(&[
+fn container_of(engine: &DockerEngine, uid: &str, container: &str) -> anyhow::Result<String> {
+    let ids = engine.docker(&[
         "ps",
         "-q",
         "--no-trunc",
@@ -219,8 +229,8 @@ fn container_of(uid: &str, container: &str) -> anyhow::Result<String> {
 }
 
 /// The gateway address of Docker network `net`.
-fn gateway_of(net: &str) -> anyhow::Result<String> {
-    docker(&[
+fn gateway_of(engine: &DockerEngine, net: &str) -> anyhow::Result<String> {
+    engine.docker(&[
         "network",
         "inspect",
         net,
@@ -321,12 +331,16 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
     let (safe, open) = (format!("vsafe-{pid}-a"), format!("vsafe-{pid}-u"));
     let (safe_net, open_net) = (format!("vsafe{pid}a"), format!("vsafe{pid}u"));
     let (safe_node, open_node) = (node_name(&safe), node_name(&open));
-    let _sweeper = ContainerSweeper::new(&[safe_node.clone(), open_node.clone()]);
+    let _sweeper = ContainerSweeper::new(&lab.env, &[safe_node.clone(), open_node.clone()]);
     let mut targets = Targets::default();
     // Networks made as an older edge made them (inter-container traffic on): what keeps pods
     // apart is the edge's own rule, which the control does not have.
-    for net in [&safe_net, &open_net] {
-        docker(&[
+    // Each edge's own engine; the refused edge's too (it must not touch the host's).
+    let (safe_engine, open_engine) = (lab.env.engine(&safe)?, lab.env.engine(&open)?);
+    let refused = format!("vsafe-{pid}-r");
+    let refused_engine = lab.env.engine(&refused)?;
+    for (engine, net) in [(&safe_engine, &safe_net), (&open_engine, &open_net)] {
+        engine.docker(&[
             "network",
             "create",
             "--label",
@@ -334,18 +348,18 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
             net,
         ])?;
     }
-    let refused = format!("vsafe-{pid}-r");
     let mut uninstall = Uninstall { edges: Vec::new() };
-    for (name, net) in [
-        (&safe, &safe_net),
-        (&open, &open_net),
-        (&refused, &safe_net),
+    for (name, net, engine) in [
+        (&safe, &safe_net, &safe_engine),
+        (&open, &open_net, &open_engine),
+        (&refused, &safe_net, &refused_engine),
     ] {
         let state = EdgeProcess::state_dir_of(&lab.env, name);
         uninstall.edges.push((
             name.clone(),
             net.clone(),
             state.to_string_lossy().into_owned(),
+            engine.clone(),
         ));
     }
 
@@ -374,7 +388,10 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
         "metadata",
     )?;
     let gw_port = free_port()?;
-    let (safe_gw, open_gw) = (gateway_of(&safe_net)?, gateway_of(&open_net)?);
+    let (safe_gw, open_gw) = (
+        gateway_of(&safe_engine, &safe_net)?,
+        gateway_of(&open_engine, &open_net)?,
+    );
     targets.serve(None, &format!("{safe_gw}:{gw_port}"), "host-service")?;
     targets.serve(None, &format!("{open_gw}:{gw_port}"), "host-service")?;
     // A listener standing for the engine's TCP API: no pull may ever reach it.
@@ -382,7 +399,7 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
         .await
         .context("127.0.0.1:2375 is taken; the registry check needs it free")?;
 
-    an_edge_without_its_rules_runs_nothing(&lab, &refused, &safe_net).await?;
+    an_edge_without_its_rules_runs_nothing(&lab, &refused, &safe_net, &refused_engine).await?;
 
     // The edges: one with the policy (offering 256Mi), the control without.
     let mut connect = lab.operator.edge_args();
@@ -462,27 +479,32 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
         ensure!(body.contains(marker), "{what} from the host: {body}");
     }
     // From a container on the protected edge, none does; localhost and the lent LAN host do.
-    let probe = container_of(&probe_uid, "main")?;
+    let probe = container_of(&safe_engine, &probe_uid, "main")?;
     for (what, addr, marker) in cases(&safe_gw, &other_ip) {
         ensure!(
-            !reaches(&probe, &addr, marker),
+            !reaches(&safe_engine, &probe, &addr, marker),
             "a DeCloud container reached {what} at {addr}"
         );
         println!("protected edge: {what} ({addr}) unreachable");
     }
     ensure!(
-        reaches(&probe, "127.0.0.1:9090", "sidecar"),
+        reaches(&safe_engine, &probe, "127.0.0.1:9090", "sidecar"),
         "the pod's second container does not answer on localhost"
     );
     ensure!(
-        reaches(&probe, &format!("{lan_allowed}:80"), "lent-lan-host"),
+        reaches(
+            &safe_engine,
+            &probe,
+            &format!("{lan_allowed}:80"),
+            "lent-lan-host"
+        ),
         "--allow-egress {lan_allowed}/32 did not open it"
     );
     // The control: without the policy the same probes connect, so the test can fail.
-    let probe_u = container_of(&probe_u_uid, "main")?;
+    let probe_u = container_of(&open_engine, &probe_u_uid, "main")?;
     for (what, addr, marker) in cases(&open_gw, &other_u_ip) {
         ensure!(
-            reaches(&probe_u, &addr, marker),
+            reaches(&open_engine, &probe_u, &addr, marker),
             "control: without the policy a container should reach {what} at {addr}"
         );
         println!("unprotected edge (control): {what} ({addr}) reached");
@@ -501,7 +523,7 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
 
     // Rules removed under a running edge (a firewall reload) come back within its 30 s check.
     let (fwd, _) = edge_kubelet::egress_chains(&safe_node);
-    let bridge_id = docker(&["network", "inspect", &safe_net, "-f", "{{.Id}}"])?;
+    let bridge_id = safe_engine.docker(&["network", "inspect", &safe_net, "-f", "{{.Id}}"])?;
     let jump = format!("-i br-{} -j {fwd}", &bridge_id[..12]);
     let jump_args: Vec<&str> = jump.split(' ').collect();
     run(
@@ -509,7 +531,7 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
         &[&["-w", "-D", "DOCKER-USER"][..], &jump_args].concat(),
     )?;
     ensure!(
-        reaches(&probe, &format!("{lan}:80"), "lan-host"),
+        reaches(&safe_engine, &probe, &format!("{lan}:80"), "lan-host"),
         "with its jump removed the policy should be off (the check would prove nothing)"
     );
     eventually(Duration::from_secs(45), || async {
@@ -520,14 +542,15 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
     .await
     .context("the edge did not put its rules back")?;
     ensure!(
-        !reaches(&probe, &format!("{lan}:80"), "lan-host"),
+        !reaches(&safe_engine, &probe, &format!("{lan}:80"), "lan-host"),
         "the LAN host is reachable again after the rules came back"
     );
     println!("protected edge: a removed jump was put back");
 
     // The Provider says so too (and whether the engine remaps users).
-    let userns =
-        run("docker", &["info", "-f", "{{json .SecurityOptions}}"])?.contains("name=userns");
+    let userns = safe_engine
+        .docker(&["info", "-f", "{{json .SecurityOptions}}"])?
+        .contains("name=userns");
     for (name, want) in [
         (&safe, EgressPolicyState::Enforced),
         (&open, EgressPolicyState::Disabled),
@@ -548,12 +571,12 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
     }
 
     offer_is_a_ceiling(&lab, &safe_edge, &safe_node).await?;
-    images_are_safe_for_the_host(&lab, &safe_node, &engine_api).await?;
+    images_are_safe_for_the_host(&lab, &safe_node, &safe_engine, &engine_api).await?;
 
     // Taking the machine back: stop the edges, uninstall, nothing of theirs is left.
     // Uninstall refuses while the agent runs.
-    let (name, net, state) = uninstall.edges[0].clone();
-    let early = Uninstall::run_one(&name, &net, &state);
+    let (name, net, state, engine) = uninstall.edges[0].clone();
+    let early = Uninstall::run_one(&name, &net, &state, &engine);
     ensure!(
         early
             .as_ref()
@@ -568,20 +591,20 @@ async fn a_lent_machine_stays_the_volunteers() -> anyhow::Result<()> {
         !chains.is_empty(),
         "the protected edge's chains are missing before uninstall"
     );
-    for (name, net, state) in std::mem::take(&mut uninstall.edges) {
-        let out = Uninstall::run_one(&name, &net, &state)?;
+    for (name, net, state, engine) in std::mem::take(&mut uninstall.edges) {
+        let out = Uninstall::run_one(&name, &net, &state, &engine)?;
         println!("uninstall {name}:\n{out}");
     }
     let left = iptables_chains_of_edges(&[&safe_node, &open_node])?;
     ensure!(left.is_empty(), "uninstall left rules: {left:?}");
-    for net in [&safe_net, &open_net] {
+    for (engine, net) in [(&safe_engine, &safe_net), (&open_engine, &open_net)] {
         ensure!(
-            docker(&["network", "inspect", net]).is_err(),
+            engine.docker(&["network", "inspect", net]).is_err(),
             "uninstall left network {net}"
         );
     }
-    for node in [&safe_node, &open_node] {
-        let ids = docker(&[
+    for (engine, node) in [(&safe_engine, &safe_node), (&open_engine, &open_node)] {
+        let ids = engine.docker(&[
             "ps",
             "-aq",
             "--filter",
@@ -599,6 +622,7 @@ async fn an_edge_without_its_rules_runs_nothing(
     lab: &Lab,
     name: &str,
     net: &str,
+    engine: &DockerEngine,
 ) -> anyhow::Result<()> {
     let state = EdgeProcess::state_dir_of(&lab.env, name);
     std::fs::create_dir_all(&state)?;
@@ -608,6 +632,7 @@ async fn an_edge_without_its_rules_runs_nothing(
         .arg("run")
         .args(lab.operator.edge_args())
         .args(["--name", name, "--docker-network", net])
+        .args(["--docker-host", &engine.host()])
         .arg("--state-dir")
         .arg(&state)
         .stdout(Stdio::null())
@@ -682,7 +707,7 @@ async fn egress_rules_are_as_documented(
     edge: &EdgeProcess,
     net: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let id = docker(&["network", "inspect", net, "-f", "{{.Id}}"])?;
+    let id = edge.docker(&["network", "inspect", net, "-f", "{{.Id}}"])?;
     let bridge = format!("br-{}", &id[..12]);
     let (fwd, inp) = edge_kubelet::egress_chains(&edge.node());
     let mut all = Vec::new();
@@ -783,8 +808,8 @@ async fn offer_is_a_ceiling(lab: &Lab, edge: &EdgeProcess, node: &str) -> anyhow
     )
     .await?;
     let (tiny_uid, _) = lab.running("tiny", edge).await?;
-    let tiny = container_of(&tiny_uid, "main")?;
-    let memory = docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &tiny])?;
+    let tiny = container_of(edge.engine()?, &tiny_uid, "main")?;
+    let memory = edge.docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &tiny])?;
     ensure!(
         memory == (6 * MI).to_string(),
         "a 4Mi limit became {memory}"
@@ -821,7 +846,7 @@ async fn offer_is_a_ceiling(lab: &Lab, edge: &EdgeProcess, node: &str) -> anyhow
         "the hog ended with {:?}",
         terminated.reason
     );
-    let id = docker(&[
+    let id = edge.docker(&[
         "ps",
         "-aq",
         "--no-trunc",
@@ -829,7 +854,7 @@ async fn offer_is_a_ceiling(lab: &Lab, edge: &EdgeProcess, node: &str) -> anyhow
         &format!("label={}={uid}", container_labels::POD_UID),
     ])?;
     let id = id.lines().next().context("no hog container")?;
-    let inspect = docker(&[
+    let inspect = edge.docker(&[
         "inspect",
         "-f",
         "{{.HostConfig.CgroupParent}} {{.HostConfig.Memory}} {{.State.OOMKilled}}",
@@ -860,11 +885,13 @@ async fn offer_is_a_ceiling(lab: &Lab, edge: &EdgeProcess, node: &str) -> anyhow
 async fn images_are_safe_for_the_host(
     lab: &Lab,
     node: &str,
+    engine: &Arc<DockerEngine>,
     engine_api: &tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
+    // On the edge's own engine (which pulled lab.image), under a name it never pulled.
     let private = format!("vsafe-private/busybox:{}", std::process::id());
-    docker(&["tag", &lab.image, &private])?;
-    let _untag = scopeguard(private.clone());
+    engine.docker(&["tag", &lab.image, &private])?;
+    let _untag = scopeguard(engine.clone(), private.clone());
     for (pod, image, policy) in [
         ("reg-lo", "127.0.0.1:2375/x:1", "IfNotPresent"),
         ("reg-ip", "10.1.2.3/x:1", "Always"),
@@ -910,14 +937,14 @@ async fn images_are_safe_for_the_host(
 }
 
 /// Removes image tag `0` on drop.
-struct Untag(String);
+struct Untag(Arc<DockerEngine>, String);
 
 impl Drop for Untag {
     fn drop(&mut self) {
-        let _ = docker(&["rmi", &self.0]);
+        let _ = self.0.docker(&["rmi", &self.1]);
     }
 }
 
-fn scopeguard(tag: String) -> Untag {
-    Untag(tag)
+fn scopeguard(engine: Arc<DockerEngine>, tag: String) -> Untag {
+    Untag(engine, tag)
 }

@@ -18,7 +18,8 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use decloud_crds::Provider;
 use decloud_crds::contracts::{EDGE_TAINT, container_labels, node_name};
-use decloud_e2e::cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, docker};
+use decloud_e2e::cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image};
+use decloud_e2e::engine::DockerEngine;
 use decloud_e2e::{TestEnv, binary, eventually};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
@@ -31,6 +32,7 @@ struct Uninstall {
     name: String,
     network: String,
     state_dir: String,
+    engine: std::sync::Arc<DockerEngine>,
 }
 
 impl Drop for Uninstall {
@@ -38,6 +40,7 @@ impl Drop for Uninstall {
         let out = Command::new(binary("edge-kubelet").expect("edge-kubelet built"))
             .args(["uninstall", "--name", &self.name])
             .args(["--docker-network", &self.network])
+            .args(["--docker-host", &self.engine.host()])
             .args(["--state-dir", &self.state_dir])
             .output();
         if let Ok(o) = out
@@ -45,7 +48,7 @@ impl Drop for Uninstall {
         {
             eprintln!("uninstall: {}", String::from_utf8_lossy(&o.stderr));
         }
-        let _ = docker(&["network", "rm", &self.network]);
+        let _ = self.engine.docker(&["network", "rm", &self.network]);
     }
 }
 
@@ -78,8 +81,8 @@ async fn phase_of(pods: &Api<Pod>, name: &str) -> anyhow::Result<(String, String
 }
 
 /// Containers (any state) of pod `uid` on the engine.
-fn containers_of(uid: &str) -> anyhow::Result<String> {
-    docker(&[
+fn containers_of(engine: &DockerEngine, uid: &str) -> anyhow::Result<String> {
+    engine.docker(&[
         "ps",
         "-aq",
         "--filter",
@@ -101,12 +104,14 @@ async fn a_pods_disk_stays_within_the_offer() -> anyhow::Result<()> {
     let name = format!("vstor-{pid}");
     let net = format!("vstor{pid}");
     let node = node_name(&name);
-    let _sweeper = ContainerSweeper::new(std::slice::from_ref(&node));
+    let _sweeper = ContainerSweeper::new(&env, std::slice::from_ref(&node));
     let state_dir = EdgeProcess::state_dir_of(&env, &name);
+    let engine = env.engine(&name)?;
     let _uninstall = Uninstall {
         name: name.clone(),
         network: net.clone(),
         state_dir: state_dir.to_string_lossy().into_owned(),
+        engine: engine.clone(),
     };
     let mut connect = operator.edge_args();
     connect.extend(["--docker-network", &net, "--storage", "256Mi"].map(String::from));
@@ -219,7 +224,7 @@ async fn a_pods_disk_stays_within_the_offer() -> anyhow::Result<()> {
         let p = pods.get("stor-hog").await?;
         let uid = p.uid().unwrap_or_default();
         ensure!(
-            !containers_of(&uid)?.is_empty(),
+            !containers_of(&engine, &uid)?.is_empty(),
             "stor-hog has no container yet"
         );
         Ok(uid)
@@ -240,7 +245,7 @@ async fn a_pods_disk_stays_within_the_offer() -> anyhow::Result<()> {
         "{message}"
     );
     eventually(Duration::from_secs(30), || async {
-        let left = containers_of(&hog_uid)?;
+        let left = containers_of(&engine, &hog_uid)?;
         ensure!(
             left.is_empty(),
             "the evicted pod's containers remain: {left}"
@@ -285,21 +290,21 @@ async fn a_pods_disk_stays_within_the_offer() -> anyhow::Result<()> {
     );
     let small = pods.get("stor-small").await?;
     ensure!(
-        !containers_of(&small.uid().unwrap_or_default())?.is_empty(),
+        !containers_of(&engine, &small.uid().unwrap_or_default())?.is_empty(),
         "stor-small lost its container"
     );
     // An eviction is final: a restarted edge (same state) does not start the pod again,
     // while it re-adopts the one that runs.
     edge.child.kill();
     let small_uid = small.uid().unwrap_or_default();
-    let small_container = containers_of(&small_uid)?;
+    let small_container = containers_of(&engine, &small_uid)?;
     let mut edge = EdgeProcess::start_with(&env, &name, &[], &connect)?;
     // From its start and over more than a poll, nothing of the evicted pod comes back (not
     // even briefly, to be evicted again), and the edge reports it failed whenever it names it.
     let watch_until = std::time::Instant::now() + Duration::from_secs(20);
     let mut reported_connected = false;
     while std::time::Instant::now() < watch_until {
-        let back = containers_of(&hog_uid)?;
+        let back = containers_of(&engine, &hog_uid)?;
         ensure!(back.is_empty(), "the evicted pod was started again: {back}");
         let out = Command::new(binary("edge-kubelet")?)
             .args(["status", "--name", &name, "--state-dir"])
@@ -325,7 +330,7 @@ async fn a_pods_disk_stays_within_the_offer() -> anyhow::Result<()> {
         "after the restart stor-hog is {phase} {reason}"
     );
     ensure!(
-        containers_of(&small_uid)? == small_container,
+        containers_of(&engine, &small_uid)? == small_container,
         "stor-small was not re-adopted as it ran"
     );
 

@@ -15,7 +15,7 @@ use decloud_e2e::{
     TestEnv,
     cluster::{
         ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, check_providers_ready,
-        docker, node_of, pod_ready, wait_providers_ready, workload_pods,
+        node_of, pod_ready, wait_providers_ready, workload_pods,
     },
     eventually,
 };
@@ -96,10 +96,18 @@ async fn check_available(client: &Client, want: usize, image: &str) -> anyhow::R
 }
 
 /// Running containers of this Workload's pods, per node, from Docker itself.
-fn running_containers(nodes: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+fn running_containers(
+    env: &TestEnv,
+    nodes: &[String],
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
     let mut out = BTreeMap::new();
     for node in nodes {
-        let ids = docker(&[
+        // An edge not started yet has no engine, hence no containers.
+        let Ok(engine) = env.engine_of_node(node) else {
+            out.insert(node.clone(), Vec::new());
+            continue;
+        };
+        let ids = engine.docker(&[
             "ps",
             "--filter",
             &format!("label={}={node}", container_labels::NODE),
@@ -140,8 +148,8 @@ impl Scenario {
     async fn start() -> anyhow::Result<Self> {
         let env = TestEnv::start().await?;
         let v1 = busybox_image()?;
-        let v2 = "decloud-test/busybox:2".to_string();
-        docker(&["tag", &v1, &v2])?;
+        // The same image under a second tag in the registry: the rollout pulls it.
+        let v2 = decloud_e2e::registry::test_image("decloud-test/busybox:2")?;
         let run = std::process::id();
         let names: Vec<String> = ["a", "b", "c", "d"]
             .iter()
@@ -152,7 +160,7 @@ impl Scenario {
             client: env.client(),
             v1,
             v2,
-            _sweeper: ContainerSweeper::new(&nodes),
+            _sweeper: ContainerSweeper::new(&env, &nodes),
             names,
             nodes,
             env,
@@ -213,7 +221,6 @@ async fn workloads_place_scale_roll_fail_over_and_clean_up() -> anyhow::Result<(
     );
     let warnings = operator.warnings();
     println!("operator warnings during the suite: {}", warnings.len());
-    docker(&["rmi", &s.v2]).ok();
     Ok(())
 }
 
@@ -236,7 +243,7 @@ async fn two_replicas_land_on_two_providers(
         )
     })?;
     println!("2 replicas Available in {:.1}s", t0.elapsed().as_secs_f64());
-    let containers = running_containers(&s.nodes)?;
+    let containers = running_containers(&s.env, &s.nodes)?;
     ensure!(
         containers.values().filter(|c| !c.is_empty()).count() == 2,
         "Docker should run the 2 replicas on 2 edges: {containers:?}"
@@ -338,9 +345,9 @@ async fn changing_the_image_rolls_every_replica(s: &Scenario) -> anyhow::Result<
         t0.elapsed().as_secs_f64()
     );
     eventually(Duration::from_secs(30), || async {
-        for (node, pods) in running_containers(&s.nodes)? {
+        for (node, pods) in running_containers(&s.env, &s.nodes)? {
             for pod in pods {
-                let image = docker(&[
+                let image = s.env.engine_of_node(&node)?.docker(&[
                     "ps",
                     "--filter",
                     &format!("label={}={node}", container_labels::NODE),
@@ -436,7 +443,7 @@ async fn the_returning_edge_stops_its_stale_replica(
     })
     .await?;
     eventually(Duration::from_secs(30), || async {
-        let containers = running_containers(&s.nodes)?;
+        let containers = running_containers(&s.env, &s.nodes)?;
         ensure!(
             containers
                 .get(&lost.node)
@@ -542,7 +549,7 @@ async fn deleting_the_workload_leaves_nothing(s: &Scenario) -> anyhow::Result<()
             .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={WORKLOAD}")))
             .await?;
         ensure!(reps.items.is_empty(), "{} pods remain", reps.items.len());
-        let containers = running_containers(&s.nodes)?;
+        let containers = running_containers(&s.env, &s.nodes)?;
         ensure!(
             containers.values().all(Vec::is_empty),
             "containers remain: {containers:?}"

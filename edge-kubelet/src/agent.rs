@@ -164,7 +164,8 @@ async fn secure_docker(
     capacity: &mut decloud_proto::Resources,
     offered: &mut decloud_proto::Resources,
 ) -> Result<(DockerRuntime, HostSafety)> {
-    let docker = DockerRuntime::connect(node, &args.docker_network).await?;
+    let docker =
+        DockerRuntime::connect_to(args.docker_host.as_deref(), node, &args.docker_network).await?;
     let facts = docker.engine_facts().await?;
     let data_root = std::path::PathBuf::from(if facts.data_root.is_empty() {
         "/var/lib/docker"
@@ -358,7 +359,8 @@ pub async fn uninstall(args: &UninstallArgs) -> Result<String> {
         .await
         .map_err(|e| Error::Runtime(e.to_string()))??;
     done.push("egress rules removed".to_string());
-    let docker = DockerRuntime::connect(&node, &args.docker_network).await?;
+    let docker =
+        DockerRuntime::connect_to(args.docker_host.as_deref(), &node, &args.docker_network).await?;
     let containers = docker.list_containers().await?;
     for c in &containers {
         docker

@@ -45,6 +45,10 @@ pub struct UninstallArgs {
     /// The Docker network the agent ran with (`run --docker-network`).
     #[arg(long, env = "DECLOUD_DOCKER_NETWORK", default_value = "decloud")]
     pub docker_network: String,
+
+    /// The Docker engine the agent ran with (`run --docker-host`).
+    #[arg(long = "docker-host", env = "DOCKER_HOST", value_parser = parse_docker_host)]
+    pub docker_host: Option<String>,
 }
 
 impl UninstallArgs {
@@ -207,6 +211,12 @@ pub struct RunArgs {
     #[arg(long, env = "DECLOUD_DOCKER_NETWORK", default_value = "decloud")]
     pub docker_network: String,
 
+    /// The Docker engine that runs the pods, e.g. unix:///run/decloud/docker.sock (a daemon of
+    /// its own keeps DeCloud's images and containers apart from yours). Default: DOCKER_HOST,
+    /// else /var/run/docker.sock.
+    #[arg(long = "docker-host", env = "DOCKER_HOST", value_parser = parse_docker_host)]
+    pub docker_host: Option<String>,
+
     /// Serve /healthz, /readyz and /metrics on this address (e.g. 127.0.0.1:9464). Off by default.
     #[arg(long, env = "DECLOUD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -246,6 +256,28 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub lend_local_image: Vec<String>,
+}
+
+/// Longest `--docker-host` accepted.
+const MAX_DOCKER_HOST: usize = 512;
+
+/// `--docker-host`: `unix://PATH`, `tcp://HOST:PORT` or `http://HOST:PORT`, bounded.
+fn parse_docker_host(s: &str) -> std::result::Result<String, String> {
+    if s.len() > MAX_DOCKER_HOST {
+        return Err(format!("longer than {MAX_DOCKER_HOST} bytes"));
+    }
+    let rest = ["unix://", "tcp://", "http://"]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
+        .ok_or_else(|| {
+            format!("{s:?}: expected unix://PATH, tcp://HOST:PORT or http://HOST:PORT")
+        })?;
+    if rest.is_empty() || rest.chars().any(char::is_control) {
+        return Err(format!(
+            "{s:?}: empty or control characters after the scheme"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 impl RunArgs {
@@ -362,6 +394,35 @@ mod tests {
                 assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
             }
         }
+    }
+
+    #[test]
+    fn docker_host_takes_a_socket_or_tcp_url_and_refuses_the_rest() {
+        let base = [
+            "edge-kubelet",
+            "run",
+            "--operator",
+            "http://o",
+            "--name",
+            "a",
+        ];
+        let parse = |host: &str| {
+            let mut args = base.to_vec();
+            args.extend(["--docker-host", host]);
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Command::Run(a) => a.docker_host,
+                _ => panic!("not run"),
+            })
+        };
+        assert_eq!(
+            parse("unix:///run/e/docker.sock").unwrap().as_deref(),
+            Some("unix:///run/e/docker.sock")
+        );
+        assert!(parse("tcp://127.0.0.1:2375").is_ok());
+        for bad in ["/run/docker.sock", "ssh://x", "unix://", "unix://a\nb"] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse(&format!("unix:///{}", "a".repeat(600))).is_err());
     }
 
     #[test]

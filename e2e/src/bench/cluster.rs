@@ -44,7 +44,7 @@ impl BenchCluster {
         let run = std::process::id();
         let names: Vec<String> = (0..edges).map(|i| format!("{tag}-{run}-{i}")).collect();
         let nodes: Vec<String> = names.iter().map(|n| node_name(n)).collect();
-        let sweeper = ContainerSweeper::new(&nodes);
+        let sweeper = ContainerSweeper::new(&env, &nodes);
         let mut procs = Vec::new();
         for n in &names {
             procs.push(Some(EdgeProcess::start(&env, &operator, n, &[])?));

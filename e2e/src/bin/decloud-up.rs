@@ -1,9 +1,12 @@
 //! `decloud-up`: brings up a working local DeCloud and runs its demo.
 //!
 //! With no cluster given it starts a real etcd and kube-apiserver on loopback (the e2e control
-//! plane), installs the CRDs, starts the operator and `--edges` edge-kubelet providers on the
-//! local Docker engine, applies the demo Workload and waits until it is ready. It then prints
-//! the kubeconfig to use and keeps everything running until Ctrl-C.
+//! plane), installs the CRDs, starts the operator and `--edges` edge-kubelet providers, each on
+//! a Docker engine of its own (a `dockerd` this program starts and stops), pulling the demo
+//! image from a loopback registry it runs, applies the demo Workload and waits until it is
+//! ready. It then prints the kubeconfig to use and keeps everything running until Ctrl-C,
+//! which stops the engines, sweeps what they ran and removes their folders; an engine that
+//! already ran on the machine is never touched.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,6 +16,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use decloud_e2e::engine::Engines;
 use decloud_e2e::{ChildGuard, TestEnv, binary, eventually, free_port, repo_root};
 
 /// Bring up a local DeCloud: control plane, operator, providers and a demo Workload.
@@ -22,7 +26,7 @@ struct Args {
     /// Use this cluster instead of starting a local control plane (CRDs are applied to it).
     #[arg(long, env = "DECLOUD_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
-    /// Number of edge-kubelet providers to start on the local Docker engine.
+    /// Number of edge-kubelet providers to start, each on a Docker engine of its own.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=20))]
     edges: u16,
     /// Workload manifest to apply as the demo.
@@ -86,6 +90,22 @@ fn kubectl(bin: &Path, kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Strin
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Outside `up`: a Ctrl-C at any step still stops the engines and removes their roots.
+    let engines = std::sync::Arc::new(Engines::default());
+    let res = tokio::select! {
+        res = up(args, &engines) => res,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: tearing down");
+            Ok(())
+        }
+    };
+    let n = engines.all().len();
+    engines.stop_all();
+    eprintln!("stopped {n} Docker engines of our own and removed their folders");
+    res
+}
+
+async fn up(args: Args, engines: &std::sync::Arc<Engines>) -> anyhow::Result<()> {
     let mut step = Step {
         n: 0,
         of: if args.no_demo { 4 } else { 6 },
@@ -198,23 +218,29 @@ async fn main() -> anyhow::Result<()> {
     );
 
     step.next(&format!(
-        "{} edge-kubelet providers on the local Docker engine",
+        "{} edge-kubelet providers, each on a Docker engine of its own",
         args.edges
     ));
-    let image = Command::new("bash")
-        .arg(root.join("e2e/images/busybox-image.sh"))
-        .output()?;
-    if !image.status.success() {
-        bail!(
-            "building the demo image failed: {}",
-            String::from_utf8_lossy(&image.stderr)
-        );
-    }
+    // Built with the machine's engine, pushed to our loopback registry; the edges pull it.
+    let image = decloud_e2e::cluster::busybox_image().context("the demo image")?;
+    let registry = decloud_e2e::registry::registry()?;
+    eprintln!(
+        "      registry http://{} (storage {}); demo image {image}",
+        registry.host(),
+        registry.dir().display()
+    );
+    let allowed = decloud_e2e::registry::allowed_registries()?;
     let mut edges = Vec::new();
     for i in 1..=args.edges {
         let name = format!("local-{i}");
         let state = scratch.join(format!("edge-{name}"));
         std::fs::create_dir_all(&state)?;
+        let engine = engines.get(&name)?;
+        eprintln!(
+            "      {name}: dockerd on {} (pool {})",
+            engine.host(),
+            engine.pool_range()
+        );
         let mut cmd = Command::new(binary("edge-kubelet")?);
         cmd.env(
             "RUST_LOG",
@@ -224,8 +250,8 @@ async fn main() -> anyhow::Result<()> {
         .args(["--token", &join_token, "--ca-hash", &ca_hash])
         .args(["--name", &name])
         .args(["--label", "topology.kubernetes.io/region=local"])
-        // The demo image is built on this machine (no registry): lent to the local edges.
-        .args(["--lend-local-image", "decloud-test/*"])
+        .args(["--docker-host", &engine.host()])
+        .args(["--allow-registry", &allowed])
         .args(["--state-dir", &state.to_string_lossy()]);
         edges.push(ChildGuard::spawn(
             &name,
@@ -256,7 +282,11 @@ async fn main() -> anyhow::Result<()> {
     let mut curl_lines = Vec::new();
     if !args.no_demo {
         step.next(&format!("demo Workload {}", args.workload.display()));
-        let manifest = root.join(&args.workload);
+        // The example names the test image as built locally; here it comes from our registry.
+        let text = std::fs::read_to_string(root.join(&args.workload))
+            .with_context(|| format!("reading {}", args.workload.display()))?;
+        let manifest = scratch.join("demo-workload.yaml");
+        std::fs::write(&manifest, text.replace("decloud-test/busybox:1", &image))?;
         kubectl(
             &kubectl_bin,
             &kubeconfig,
@@ -372,7 +402,7 @@ async fn main() -> anyhow::Result<()> {
     let nodes: Vec<String> = (1..=args.edges)
         .map(|i| format!("edge-local-{i}"))
         .collect();
-    let sweeper = decloud_e2e::cluster::ContainerSweeper::new(&nodes);
+    let sweeper = decloud_e2e::cluster::ContainerSweeper::with_engines(engines.clone(), &nodes);
     drop(edges);
     drop(operator);
     sweeper.sweep();

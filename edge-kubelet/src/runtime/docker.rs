@@ -282,15 +282,24 @@ impl DockerRuntime {
     /// Connects to the engine named by `DOCKER_HOST` (or the local socket) and negotiates the
     /// API version. `node` is the node name written to and filtered on in labels.
     pub async fn connect(node: &str, network: &str) -> Result<Self> {
-        let docker = Docker::connect_with_defaults()
-            .map_err(|e| Error::Runtime(format!("cannot reach the Docker engine: {e}")))?
-            .negotiate_version()
-            .await
-            .map_err(|e| {
-                Error::Runtime(format!(
-                    "cannot reach the Docker engine (is it running? DOCKER_HOST?): {e}"
-                ))
-            })?;
+        Self::connect_to(None, node, network).await
+    }
+
+    /// As [`DockerRuntime::connect`], to the engine at `host` (`unix://PATH`, `tcp://…`) when
+    /// given: an engine of the edge's own.
+    pub async fn connect_to(host: Option<&str>, node: &str, network: &str) -> Result<Self> {
+        let docker = match host {
+            Some(h) => Docker::connect_with_host(h),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(|e| Error::Runtime(format!("cannot reach the Docker engine: {e}")))?
+        .negotiate_version()
+        .await
+        .map_err(|e| {
+            Error::Runtime(format!(
+                "cannot reach the Docker engine (is it running? DOCKER_HOST?): {e}"
+            ))
+        })?;
         Ok(DockerRuntime {
             docker,
             node: node.to_string(),
