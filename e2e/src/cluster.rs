@@ -369,6 +369,17 @@ pub fn busybox_image() -> anyhow::Result<String> {
     crate::registry::test_image("decloud-test/busybox:1")
 }
 
+/// The size of the host engine's image behind registry reference `reference` (its local
+/// name `decloud-test/…`), as `docker images` shows it.
+pub fn docker_image_size(reference: &str) -> anyhow::Result<String> {
+    let local = reference.split_once('/').map_or(reference, |(_, r)| r);
+    let out = Command::new("docker")
+        .args(["image", "inspect", "-f", "{{.Size}}", local])
+        .output()?;
+    let bytes: u64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+    Ok(format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64))
+}
+
 /// Runs `docker args` against `engine` (an edge's), failing with its stderr.
 pub fn docker(engine: &DockerEngine, args: &[&str]) -> anyhow::Result<String> {
     engine.docker(args)

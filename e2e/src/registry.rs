@@ -60,8 +60,15 @@ impl Registry {
             ));
         }
         std::fs::write(dir.join("config.yml"), config)?;
-        let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve").arg(dir.join("config.yml"));
+        // Under a shell that removes the folder when the registry goes, also when the
+        // process-wide registries are stopped by their watchdog at the process's exit.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(
+                "trap 'rm -rf \"$0\"' EXIT; trap 'exit 0' TERM INT; \
+                 docker-registry serve \"$0/config.yml\" & wait",
+            )
+            .arg(&dir);
         let mut child =
             ChildGuard::spawn(&format!("registry-{name}"), cmd, &dir.join("registry.log"))
                 .context("starting docker-registry (apt-get install docker-registry)")?;

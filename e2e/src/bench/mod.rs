@@ -9,6 +9,7 @@ pub mod footprint;
 pub mod harness;
 pub mod loadgen;
 pub mod procfs;
+pub mod pull;
 pub mod quantity;
 pub mod report;
 pub mod scale;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! cargo run -p decloud-e2e --release --bin decloud-bench -- <startup|failover|scale|tunnel|footprint|quantity|all> [--quick] [--json out.json]
+//! cargo run -p decloud-e2e --release --bin decloud-bench -- <startup|failover|scale|tunnel|footprint|quantity|pull|all> [--quick] [--json out.json]
 //! ```
 //! Each scenario starts its own etcd + kube-apiserver, the release `decloud-operator` and
 //! `edge-kubelet` binaries next to this one, and Docker containers it removes afterwards
@@ -64,6 +64,8 @@ enum Scenario {
     Failover,
     /// One operator with 1,000 and 5,000 simulated edges.
     Scale,
+    /// Pod created → Running through the test registry, cold (fresh engine) and warm.
+    Pull,
     /// HTTP through the gateway tunnel vs direct to the container.
     Tunnel,
     /// edge-kubelet memory and CPU, idle and with 10 pods.
@@ -99,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Tunnel,
             Scenario::Failover,
             Scenario::Scale,
+            Scenario::Pull,
         ],
         s => vec![s],
     };
@@ -114,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Startup => bench::startup::run(opts.clone()).await,
             Scenario::Failover => bench::failover::run(opts.clone()).await,
             Scenario::Scale => bench::scale::run(opts.clone()).await,
+            Scenario::Pull => bench::pull::run(opts.clone()).await,
             Scenario::Tunnel => bench::tunnel::run(opts.clone()).await,
             Scenario::Footprint => bench::footprint::run(opts.clone()).await,
             Scenario::Quantity => bench::quantity::run(opts.clone()).await,

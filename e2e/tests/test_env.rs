@@ -1,0 +1,236 @@
+//! The test environment is as in production: each edge runs on a Docker engine of its own
+//! (the environment's `dockerd`, its own socket, data root and address pool) and pulls the
+//! test image from a real registry on loopback, so an image one edge pulled is not on another
+//! edge's engine. A registry behind htpasswd refuses an anonymous pull: the pod waits with
+//! `ErrImagePull`/`ImagePullBackOff` and the registry's own refusal. An edge restarted under
+//! the same name finds its engine and its running container again.
+//!
+//! Needs root (dockerd, iptables), Debian's docker-registry and apache2-utils, and
+//! `cargo build --workspace --bins`.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use decloud_e2e::cluster::{
+    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, container_id, pod_ready,
+    wait_providers_ready,
+};
+use decloud_e2e::{TestEnv, eventually};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+const NS: &str = "default";
+
+fn bound_pod(name: &str, node: &str, image: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "main", "image": image,
+                "command": ["sleep", "3600"],
+                "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}}}],
+        }
+    }))?)
+}
+
+/// The image references an engine holds.
+fn images_of(edge: &EdgeProcess) -> anyhow::Result<Vec<String>> {
+    Ok(edge
+        .docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_have_their_own_engines_and_pull_from_real_registries() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let client = env.client();
+    let image = busybox_image()?;
+    ensure!(
+        image.starts_with("127.0.0.1:") && image.ends_with("/decloud-test/busybox:1"),
+        "the test image is not a registry reference: {image}"
+    );
+    let operator = OperatorProcess::start(&env, &["--heartbeat-interval", "1s"]).await?;
+    let run = std::process::id();
+    let (a, b) = (format!("tenv-{run}-a"), format!("tenv-{run}-b"));
+    let mut edge_a = EdgeProcess::start(&env, &operator, &a, &[])?;
+    let edge_b = EdgeProcess::start(&env, &operator, &b, &[])?;
+    let (node_a, node_b) = (edge_a.node(), edge_b.node());
+    let _sweeper = ContainerSweeper::new(&env, &[node_a.clone(), node_b.clone()]);
+    wait_providers_ready(&client, &operator, &[&a, &b]).await?;
+
+    // Two engines: distinct sockets, data roots and address pools, none the host's.
+    let (ea, eb) = (edge_a.engine()?, edge_b.engine()?);
+    ensure!(ea.socket() != eb.socket(), "one socket for two edges");
+    ensure!(ea.pool_range() != eb.pool_range(), "one pool for two edges");
+    for e in [ea, eb] {
+        let root = e.docker(&["info", "--format", "{{.DockerRootDir}}"])?;
+        ensure!(
+            root == e.data_root().to_string_lossy(),
+            "{}: engine root {root}",
+            e.provider()
+        );
+        ensure!(
+            root != "/var/lib/docker",
+            "an edge runs on the host's engine"
+        );
+    }
+    // Nothing pulled yet: the fresh engines hold no image at all.
+    ensure!(images_of(&edge_a)?.is_empty(), "{:?}", images_of(&edge_a)?);
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.create(
+        &PostParams::default(),
+        &bound_pod("pulled", &node_a, &image)?,
+    )
+    .await?;
+    let pod = eventually(Duration::from_secs(90), || async {
+        let p = pods.get("pulled").await?;
+        ensure!(pod_ready(&p), "not ready: {:?}", p.status);
+        Ok(p)
+    })
+    .await
+    .with_context(|| format!("edge a log:\n{}", edge_a.child.log_tail(30)))?;
+    // The image was really pulled, into a's engine only.
+    ensure!(
+        images_of(&edge_a)?.contains(&image),
+        "{:?}",
+        images_of(&edge_a)?
+    );
+    ensure!(
+        !images_of(&edge_b)?.contains(&image),
+        "b's engine has a's image"
+    );
+    let id = container_id(&pod)?;
+    ensure!(
+        edge_b.docker(&["inspect", &id]).is_err(),
+        "b's engine sees a's container"
+    );
+    let network = edge_a.docker(&[
+        "network",
+        "inspect",
+        "decloud",
+        "-f",
+        "{{(index .IPAM.Config 0).Subnet}}",
+    ])?;
+    println!(
+        "edge a: network decloud {network}, engine pool {}",
+        ea.pool()
+    );
+    ensure!(
+        network.starts_with(&ea.pool_range()[..ea.pool_range().rfind('.').unwrap_or(0)]),
+        "the edge's network {network} is not from its engine's pool {}",
+        ea.pool_range()
+    );
+
+    // A private registry refuses the anonymous pull: a real auth failure, reported as such.
+    let private = env.private_registry()?;
+    pods.create(
+        &PostParams::default(),
+        &bound_pod("anonymous", &node_a, &private.image)?,
+    )
+    .await?;
+    let (reason, message) = eventually(Duration::from_secs(60), || async {
+        let w = pods
+            .get("anonymous")
+            .await?
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c.first().cloned())
+            .and_then(|c| c.state)
+            .and_then(|s| s.waiting)
+            .context("not waiting")?;
+        let reason = w.reason.unwrap_or_default();
+        ensure!(
+            reason == "ErrImagePull" || reason == "ImagePullBackOff",
+            "reason {reason}"
+        );
+        Ok((reason, w.message.unwrap_or_default()))
+    })
+    .await
+    .with_context(|| format!("edge a log:\n{}", edge_a.child.log_tail(30)))?;
+    println!("anonymous pull from {}: {reason}: {message}", private.host);
+    let lower = message.to_lowercase();
+    ensure!(
+        lower.contains("unauthorized")
+            || lower.contains("authentication required")
+            || lower.contains("no basic auth credentials"),
+        "not an auth failure: {message}"
+    );
+    ensure!(
+        !images_of(&edge_a)?.contains(&private.image),
+        "pulled without credentials"
+    );
+    // With the credentials the same image pulls (the fixture works), and only with them.
+    let config = env.dir().join("docker-config");
+    std::fs::create_dir_all(&config)?;
+    let cli = |args: &[&str], stdin: &str| -> anyhow::Result<bool> {
+        use std::io::Write as _;
+        let mut child = ea
+            .command()
+            .env("DOCKER_CONFIG", &config)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
+        Ok(child.wait()?.success())
+    };
+    ensure!(
+        !cli(&["pull", "-q", &private.image], "")?,
+        "an anonymous CLI pull from the private registry worked"
+    );
+    ensure!(
+        cli(
+            &[
+                "login",
+                "-u",
+                &private.user,
+                "--password-stdin",
+                &private.host
+            ],
+            &private.password
+        )?,
+        "docker login to the private registry failed"
+    );
+    ensure!(
+        cli(&["pull", "-q", &private.image], "")?,
+        "a pull with the credentials failed"
+    );
+    let _ = ea.docker(&["rmi", &private.image]);
+
+    // Restarted under its name, edge a finds its engine and the same running container.
+    let started = ea.docker(&["inspect", "-f", "{{.State.StartedAt}}", &id])?;
+    let engine_pid = ea.pid();
+    edge_a.child.kill();
+    drop(edge_a);
+    let edge_a = EdgeProcess::start(&env, &operator, &a, &[])?;
+    wait_providers_ready(&client, &operator, &[&a]).await?;
+    let ea = edge_a.engine()?;
+    ensure!(
+        ea.pid() == engine_pid,
+        "a new engine after the edge restart"
+    );
+    ensure!(
+        ea.docker(&["inspect", "-f", "{{.State.StartedAt}}", &id])? == started,
+        "the container was restarted or replaced"
+    );
+    eventually(Duration::from_secs(30), || async {
+        let p = pods.get("pulled").await?;
+        ensure!(pod_ready(&p), "not ready again");
+        ensure!(container_id(&p)? == id, "another container");
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
