@@ -42,7 +42,7 @@ spec:
   containers:
     - name: main
       image: {image}
-      imagePullPolicy: Never
+      imagePullPolicy: IfNotPresent
       command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
       resources:
         requests: {{cpu: 100m, memory: 16Mi}}

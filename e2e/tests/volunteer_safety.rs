@@ -277,7 +277,7 @@ impl Lab {
         resources: serde_json::Value,
     ) -> serde_json::Value {
         serde_json::json!({
-            "name": name, "image": self.image, "imagePullPolicy": "Never",
+            "name": name, "image": self.image, "imagePullPolicy": "IfNotPresent",
             "command": ["sh", "-c", script], "resources": resources,
         })
     }

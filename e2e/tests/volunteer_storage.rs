@@ -62,7 +62,7 @@ fn pod(name: &str, node: &str, image: &str, script: &str, resources: serde_json:
             "restartPolicy": "Always",
             "tolerations": [{"key": EDGE_TAINT, "operator": "Exists"}],
             "containers": [{
-                "name": "main", "image": image, "imagePullPolicy": "Never",
+                "name": "main", "image": image, "imagePullPolicy": "IfNotPresent",
                 "command": ["sh", "-c", script], "resources": resources,
             }],
         }

@@ -295,10 +295,11 @@ async fn stock_kubernetes(cluster: &mut BenchCluster) -> anyhow::Result<StockOut
             ),
         ),
     ] {
+        let image = super::harness::test_image();
         let yaml = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  nodeName: {node}\n  \
              terminationGracePeriodSeconds: 1\n  tolerations:\n    - {{key: {EDGE_TAINT}, operator: Exists, effect: NoSchedule}}{tolerations}\n  \
-             containers:\n    - name: main\n      image: decloud-test/busybox:1\n      imagePullPolicy: Never\n      \
+             containers:\n    - name: main\n      image: {image}\n      imagePullPolicy: IfNotPresent\n      \
              command: [/bin/sh, -c, \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
         );
         cluster.env.kubectl_stdin(&["apply", "-f", "-"], &yaml)?;

@@ -39,10 +39,15 @@ pub struct Opts {
     pub tunnel_mib: Option<u32>,
 }
 
+/// The busybox test image in the environment's registry (edges pull it into their engines).
+pub fn test_image() -> String {
+    crate::cluster::busybox_image().expect("the busybox test image in the test registry")
+}
+
 /// A container that idles and stops at once on SIGTERM.
 pub fn sleeper() -> Value {
     json!({
-        "name": "main", "image": "decloud-test/busybox:1", "imagePullPolicy": "IfNotPresent",
+        "name": "main", "image": test_image(), "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
         "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}},
     })
@@ -60,7 +65,7 @@ pub fn web_server(big_mib: u32, probe_period: u32) -> Value {
          exec httpd -f -p 8080 -h /tmp/w"
     );
     json!({
-        "name": "web", "image": "decloud-test/busybox:1", "imagePullPolicy": "IfNotPresent",
+        "name": "web", "image": test_image(), "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/sh", "-c", setup],
         "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
