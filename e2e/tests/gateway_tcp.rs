@@ -1,5 +1,5 @@
 //! Raw TCP exposure, end to end: a real kube-apiserver, the real `decloud-operator` (gateway
-//! with `--tcp-port-range`), two real `edge-kubelet`s and the real Docker engine. A busybox
+//! with `--tcp-port-range`), two real `edge-kubelet`s and a Docker engine of its own per edge. A busybox
 //! `nc` echo server (it names its replica first) is reached on its assigned gateway port;
 //! ports have one owner, a per-namespace cap, and are freed on deletion; a killed container
 //! or edge sends the next connection to the other replica. Traffic goes only to 127.0.0.1 and

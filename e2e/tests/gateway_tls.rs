@@ -1,6 +1,6 @@
 //! Issue 17, HTTPS with a user-supplied certificate. Against a real kube-apiserver, the real
 //! `decloud-operator` (Workload controller and gateway, with `--https-listen`) and a real
-//! `edge-kubelet` on the real Docker engine; traffic only to 127.0.0.1 and the suite's own
+//! `edge-kubelet` on a Docker engine of its own per edge; traffic only to 127.0.0.1 and the suite's own
 //! container.
 //!
 //! The suite makes its own CA and leaves (rcgen), stores them as `kubernetes.io/tls` Secrets

@@ -1,6 +1,6 @@
 //! Hostile callers of the operator's kubelet API and public gateway (issue 14, items 2 and 7),
 //! end to end: a real kube-apiserver with a kubelet client certificate, the real
-//! `decloud-operator`, one real `edge-kubelet` on the real Docker engine, and plain clients
+//! `decloud-operator`, one real `edge-kubelet` on a Docker engine of its own per edge, and plain clients
 //! (curl for HTTPS, raw TCP for HTTP) calling the operator directly as anyone could.
 //!
 //! Needs `cargo build -p decloud-operator -p edge-kubelet --bins` first.

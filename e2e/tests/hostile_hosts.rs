@@ -1,6 +1,6 @@
 //! Issue 14, item 3: a tenant cannot take another tenant's public host. Against a real
 //! kube-apiserver, the real `decloud-operator` (Workload controller and gateway) and two real
-//! `edge-kubelet`s on the real Docker engine; traffic only to 127.0.0.1 and the suite's own
+//! `edge-kubelet`s on a Docker engine of its own per edge; traffic only to 127.0.0.1 and the suite's own
 //! containers.
 //!
 //! - Two Workloads in two namespaces, both granted the custom host: the older serves it, the

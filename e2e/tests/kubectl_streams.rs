@@ -1,6 +1,6 @@
 //! `kubectl exec`, `attach` and `port-forward`, end to end: the stock pinned kubectl against
 //! a real kube-apiserver, the real `decloud-operator` (its kubelet API) and a real
-//! `edge-kubelet` on the real Docker engine. The API server speaks SPDY/3.1 to the kubelet API
+//! `edge-kubelet` on a Docker engine of its own per edge. The API server speaks SPDY/3.1 to the kubelet API
 //! (the operator logs the negotiated protocols; the test prints them); the streams ride on the
 //! edge's own outbound connection. Traffic goes only to 127.0.0.1 and the suite's containers.
 //!

@@ -1,5 +1,5 @@
 //! What kubectl users reach for on a DeCloud node (issue 18), against a real kube-apiserver,
-//! the real operator and edge-kubelet on the real Docker engine, with the pinned kubectl:
+//! the real operator and edge-kubelet on a Docker engine of its own per edge, with the pinned kubectl:
 //! - `kubectl scale` on a Workload (its scale subresource shows the pods' selector, the
 //!   Workload controller follows, `kubectl wait --for=condition=Available` returns) and
 //!   `kubectl describe` reading its usage fields well;
@@ -14,7 +14,8 @@
 //!   flood the API server with events.
 //!
 //! Needs `cargo build --workspace --bins` first (the suite says so if not). No pull ever
-//! dials out: the pods use the locally built test image or `imagePullPolicy: Never`.
+//! dials out: the pods pull the test image from the environment's loopback registry or use
+//! `imagePullPolicy: Never`.
 
 use std::time::Duration;
 

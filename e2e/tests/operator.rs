@@ -1,5 +1,5 @@
 //! The operator's virtual-kubelet side, end to end: a real kube-apiserver, the real
-//! `decloud-operator`, two real `edge-kubelet` processes and the real Docker engine.
+//! `decloud-operator`, two real `edge-kubelet` processes and a Docker engine of its own per edge.
 //!
 //! Needs `cargo build -p decloud-operator -p edge-kubelet` first (the suite says so if not).
 

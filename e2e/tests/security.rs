@@ -1,5 +1,5 @@
 //! The security model end to end: a real kube-apiserver, the real `decloud-operator` serving
-//! edges over TLS on loopback, real `edge-kubelet` processes, the real Docker engine, and a
+//! edges over TLS on loopback, real `edge-kubelet` processes, a Docker engine of its own per edge, and a
 //! hand-written tonic client speaking the real protocol with real credentials.
 //!
 //! Needs `cargo build -p decloud-operator -p edge-kubelet` first (the suite says so if not).

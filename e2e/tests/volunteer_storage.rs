@@ -1,5 +1,5 @@
 //! A pod's writable layer and logs stay within what the volunteer offered, end to end: a real
-//! kube-apiserver, the real `decloud-operator`, a real `edge-kubelet` on the real Docker engine
+//! kube-apiserver, the real `decloud-operator`, a real `edge-kubelet` on a Docker engine of its own per edge
 //! offering `--storage 256Mi`.
 //!
 //! - The Provider and its virtual Node show the offer (`ephemeral-storage: 256Mi`).

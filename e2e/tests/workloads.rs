@@ -1,7 +1,7 @@
 //! Workloads on real edges: placement across distinct providers, scaling, capacity shortage and
 //! recovery, rolling image updates, failover after SIGKILL of an edge, no duplicates when it
 //! returns, and clean deletion — against a real kube-apiserver, the real operator and three to
-//! four real edge-kubelet processes on the real Docker engine.
+//! four real edge-kubelet processes on a Docker engine of its own per edge.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -1,5 +1,5 @@
 //! A bench cluster: the real control plane, one real operator (with the gateway when the
-//! operator has it) and real edge-kubelets on the local Docker engine.
+//! operator has it) and real edge-kubelets each on a Docker engine of its own.
 
 use std::time::Duration;
 

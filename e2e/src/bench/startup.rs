@@ -77,7 +77,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
     }
     report.set("sizes", json!(raw));
     report.note(format!(
-        "{EDGES} real edge-kubelets on the local Docker engine, spread Preferred, busybox image \
+        "{EDGES} real edge-kubelets, each on its own Docker engine, spread Preferred, busybox image \
          present; {rounds} round(s) per size, each Workload deleted before the next"
     ));
     report.note("times are observed by a pod watch in the bench (creation event → first event with Ready=True)");
