@@ -271,6 +271,7 @@ fn replica(pod: &str, provider: &str, verdict: crate::failover::Verdict) -> Obse
         ready: true,
         terminating: false,
         verdict,
+        draining: false,
     }
 }
 
