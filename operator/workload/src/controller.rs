@@ -845,6 +845,12 @@ fn candidate(provider: &Provider, used: Resources) -> Candidate {
         },
         used,
         replicas: 0,
+        available_until: status
+            .availability
+            .as_ref()
+            .and_then(|a| a.next_change_time.as_deref())
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .map(|t| t.as_second()),
     }
 }
 

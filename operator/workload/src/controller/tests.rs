@@ -259,6 +259,7 @@ fn ready_candidate(name: &str) -> Candidate {
         },
         used: Resources::default(),
         replicas: 0,
+        available_until: None,
     }
 }
 

@@ -15,6 +15,7 @@ fn provider(name: &str) -> Candidate {
         },
         used: Resources::default(),
         replicas: 0,
+        available_until: None,
     }
 }
 
