@@ -239,8 +239,8 @@ mod tests {
     #[test]
     fn in_the_owners_time_zone() {
         let s = Schedule::parse("Daily 09:00-10:00", "Europe/Paris").unwrap();
-        assert_eq!(s.at(ts("2030-01-07T08:30:00Z"), Duration::ZERO).0, true);
-        assert_eq!(s.at(ts("2030-01-07T09:30:00Z"), Duration::ZERO).0, false);
+        assert!(s.at(ts("2030-01-07T08:30:00Z"), Duration::ZERO).0);
+        assert!(!s.at(ts("2030-01-07T09:30:00Z"), Duration::ZERO).0);
         assert_eq!(s.describe(), "Daily 09:00-10:00 (Europe/Paris)");
         let always = Schedule::parse("daily 00:00-24:00", "UTC").unwrap();
         assert_eq!(
