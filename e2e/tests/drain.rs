@@ -329,8 +329,27 @@ async fn workload_events(client: &Client, name: &str) -> anyhow::Result<Vec<Stri
     Ok(events.items.into_iter().filter_map(|e| e.reason).collect())
 }
 
-/// Whether node `node` is cordoned as `kubectl cordon` leaves a node.
+/// Whether node `node` becomes (`want` true) or stops being cordoned within 10 s: the Node is
+/// written right after the Provider status, in the same reconcile.
 async fn cordoned(client: &Client, node: &str) -> anyhow::Result<bool> {
+    cordoned_as(client, node, true).await
+}
+
+async fn cordoned_as(client: &Client, node: &str, want: bool) -> anyhow::Result<bool> {
+    let got = eventually(Duration::from_secs(10), || async move {
+        let now = cordoned_now(client, node).await?;
+        ensure!(now == want, "{node}: cordoned {now}");
+        Ok(now)
+    })
+    .await;
+    match got {
+        Ok(v) => Ok(v),
+        Err(_) => cordoned_now(client, node).await,
+    }
+}
+
+/// Whether node `node` is cordoned as `kubectl cordon` leaves a node.
+async fn cordoned_now(client: &Client, node: &str) -> anyhow::Result<bool> {
     let n = Api::<Node>::all(client.clone()).get(node).await?;
     let spec = n.spec.unwrap_or_default();
     let tainted = spec
@@ -516,7 +535,10 @@ async fn drain_moves_every_replica_make_before_break_and_resume_takes_work_again
         Duration::from_secs(20),
     )
     .await?;
-    ensure!(!cordoned(&s.client, &vnode).await?, "resumed but cordoned");
+    ensure!(
+        !cordoned_as(&s.client, &vnode, false).await?,
+        "resumed but cordoned"
+    );
     ensure!(
         provider_events(&s.client, &vname)
             .await?
