@@ -743,3 +743,144 @@ async fn sigterm_a_closing_window_and_a_busy_machine_drain_the_edge() -> anyhow:
     s.sweeper.sweep();
     Ok(())
 }
+
+/// Provider reconciles `op` has run.
+async fn reconciles(op: &OperatorProcess) -> anyhow::Result<f64> {
+    Ok(op
+        .metric(
+            "decloud_operator_reconciles_total",
+            "controller=\"provider\"",
+        )
+        .await?
+        .unwrap_or(0.0))
+}
+
+/// A modified edge toggling pause / drain / resume as fast as it can, with overlong texts: the
+/// operator acts on at most one change per pacing interval (its Provider reconciles stay few),
+/// ends on the edge's last word, and keeps only bounded text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_toggling_in_a_loop_does_not_make_the_operator_thrash() -> anyhow::Result<()> {
+    use decloud_e2e::raw_edge::{channel, operator_ca, register};
+    use decloud_proto as pb;
+    use pb::edge_message::Kind as Out;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let env = TestEnv::start().await?;
+    let client = env.client();
+    let operator = OperatorProcess::start(&env, &[]).await?;
+    let name = format!("drn-{}-loop", std::process::id());
+    let ch = channel(&operator, &operator_ca(&client).await?).await?;
+    let credential = register(&ch, &operator.join_token, &name)
+        .await
+        .map_err(|s| anyhow::anyhow!("register: {s}"))?;
+    let msg = |kind| pb::EdgeMessage { kind: Some(kind) };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tx.send(msg(Out::Hello(pb::Hello {
+        provider_name: name.clone(),
+        agent_version: "looping".into(),
+        capacity: Some(pb::Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            pods: 10,
+            storage_bytes: 1 << 30,
+        }),
+        offered: None,
+        runtime: "docker".into(),
+        ..Default::default()
+    })))
+    .await?;
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {credential}").parse()?);
+    let mut inbound = pb::edge_client::EdgeClient::new(ch.clone())
+        .session(req)
+        .await?
+        .into_inner();
+    tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+    let beat = tx.clone();
+    let beats = tokio::spawn(async move {
+        for seq in 1.. {
+            let hb = pb::Heartbeat {
+                seq,
+                sent_unix_millis: 0,
+            };
+            if beat.send(msg(Out::Heartbeat(hb))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    wait_providers_ready(&client, &operator, &[&name]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = reconciles(&operator).await?;
+    let started = Instant::now();
+    let states = [
+        pb::availability::State::Paused,
+        pb::availability::State::Draining,
+        pb::availability::State::Available,
+    ];
+    let sent = 3000;
+    for i in 0..sent {
+        let a = pb::Availability {
+            state: states[i % 3] as i32,
+            reason: "owner\u{1b}[2J".repeat(50),
+            schedule: "Mon 00:00-24:00,".repeat(100),
+            next_change_unix_seconds: i64::MAX,
+        };
+        tx.send(msg(Out::Availability(a))).await?;
+    }
+    // The last word: paused, by "final".
+    tx.send(msg(Out::Availability(pb::Availability {
+        state: pb::availability::State::Paused as i32,
+        reason: "final".into(),
+        ..Default::default()
+    })))
+    .await?;
+    let took = started.elapsed();
+    let s = Scene {
+        client: client.clone(),
+        port: 0,
+        operator,
+        sweeper: ContainerSweeper::new(&[]),
+        env,
+    };
+    let p = eventually(Duration::from_secs(20), || async {
+        let p = s.provider(&name).await?;
+        let a = p.status.as_ref().and_then(|st| st.availability.clone());
+        ensure!(
+            a.as_ref().and_then(|a| a.reason.as_deref()) == Some("final"),
+            "{a:?}"
+        );
+        Ok(p)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = reconciles(&s.operator).await?;
+    let a = p
+        .status
+        .and_then(|st| st.availability)
+        .context("availability")?;
+    ensure!(a.state == AvailabilityState::Paused, "{a:?}");
+    // Pacing: one reconcile per 2 s for the changes, plus the periodic and pod-driven ones.
+    let budget = 10.0 + 2.0 * (took.as_secs_f64() + 25.0) / 2.0;
+    println!(
+        "{sent} availability changes in {:.1}s: {} provider reconciles (budget {budget:.0})",
+        took.as_secs_f64(),
+        after - before
+    );
+    ensure!(
+        after - before <= budget,
+        "{} reconciles for {sent} changes",
+        after - before
+    );
+    // The texts of the hostile changes were bounded (and stripped) when they were taken.
+    let kept = s.env.kubectl(&["get", "prov", &name, "-o", "json"])?;
+    ensure!(
+        !kept.contains('\u{1b}') && !kept.contains("\\u001b"),
+        "control characters kept"
+    );
+    let events = provider_events(&s.client, &name).await?;
+    ensure!(events.len() <= 40, "{} Events: {events:?}", events.len());
+    beats.abort();
+    Ok(())
+}
