@@ -53,6 +53,9 @@ pub const JOIN_TOKEN_LABEL: &str = "decloud.dev/join-token";
 pub const EDGE_TAINT: &str = "decloud.dev/edge";
 /// Kubernetes' own taint for an unreachable node.
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+/// Taint of a virtual node whose provider takes no new work (paused, draining, drained or
+/// cordoned), as `kubectl cordon` puts on a node.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
 // === annotations ===
 

@@ -17,6 +17,8 @@ use crate::{Condition, Usage};
     status = "ProviderStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","priority":1}"#,
+    printcolumn = r#"{"name":"Availability","type":"string","jsonPath":".status.availability.state"}"#,
+    printcolumn = r#"{"name":"Next-Change","type":"string","jsonPath":".status.availability.nextChangeTime","priority":1}"#,
     printcolumn = r#"{"name":"CPU","type":"string","jsonPath":".status.allocatable.cpu"}"#,
     printcolumn = r#"{"name":"Memory","type":"string","jsonPath":".status.allocatable.memory"}"#,
     printcolumn = r#"{"name":"Storage","type":"string","jsonPath":".status.allocatable.storage"}"#,
@@ -117,10 +119,85 @@ pub struct ProviderStatus {
     /// What protects the machine, as its edge reported it: `userns-remap`, the egress policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<HostIsolation>,
+    /// Whether the owner lends the machine now: `Available`, `Paused`, `Draining`, `Drained`
+    /// (a planned departure, unlike `NotReady`, which is a crash or a lost connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<ProviderAvailability>,
     /// `Ready` and friends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub conditions: Vec<Condition>,
+}
+
+/// Whether a provider takes work, as its owner (`edge-kubelet pause|drain|resume`), its
+/// schedule (`--schedule`) or its idle rule (`--when-idle`) decided.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderAvailability {
+    /// Where the provider stands.
+    #[serde(default)]
+    pub state: AvailabilityState,
+    /// Who or what decided: `owner`, `shutdown`, `schedule`, `busy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub reason: Option<String>,
+    /// Progress in words, e.g. `2 pods still running here; 1 replica waits for another
+    /// provider`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+    /// Pods still bound to the provider while it drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub pods_remaining: Option<i32>,
+    /// The owner's lending schedule (`--schedule`, with its time zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub schedule: Option<String>,
+    /// When the schedule next changes the state (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub next_change_time: Option<String>,
+}
+
+impl Provider {
+    /// Whether new pods may go here: not cordoned by an admin and not paused, draining or
+    /// drained by its owner.
+    pub fn takes_work(&self) -> bool {
+        !self.spec.cordoned
+            && self
+                .status
+                .as_ref()
+                .and_then(|s| s.availability.as_ref())
+                .is_none_or(|a| a.state == AvailabilityState::Available)
+    }
+
+    /// Whether its owner is taking it back: its pods are to be moved elsewhere.
+    pub fn is_draining(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.availability.as_ref())
+            .is_some_and(|a| {
+                matches!(
+                    a.state,
+                    AvailabilityState::Draining | AvailabilityState::Drained
+                )
+            })
+    }
+}
+
+/// Where a provider stands as far as new work is concerned.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AvailabilityState {
+    /// Takes work.
+    #[default]
+    Available,
+    /// Cordoned by its owner: running pods stay, no new ones come.
+    Paused,
+    /// Cordoned, its pods being moved elsewhere (make-before-break).
+    Draining,
+    /// Cordoned and empty: the owner may take the machine back.
+    Drained,
 }
 
 /// What keeps a provider's machine its owner's while strangers' pods run on it.

@@ -237,7 +237,7 @@ impl EdgeProcess {
         labels: &[&str],
         connect: &[String],
     ) -> anyhow::Result<Self> {
-        Self::spawn(env, name, labels, connect, "docker")
+        Self::spawn(env, name, labels, connect, "docker", &[])
     }
 
     /// Starts edge-kubelet `name` against `operator` with the SIMULATED runtime (no container
@@ -247,7 +247,18 @@ impl EdgeProcess {
         operator: &OperatorProcess,
         name: &str,
     ) -> anyhow::Result<Self> {
-        Self::spawn(env, name, &[], &operator.edge_args(), "simulated")
+        Self::spawn(env, name, &[], &operator.edge_args(), "simulated", &[])
+    }
+
+    /// [`EdgeProcess::start`] with `extra` flags for `edge-kubelet run` (e.g. `--schedule`).
+    pub fn start_args(
+        env: &TestEnv,
+        operator: &OperatorProcess,
+        name: &str,
+        labels: &[&str],
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(env, name, labels, &operator.edge_args(), "docker", extra)
     }
 
     fn spawn(
@@ -256,6 +267,7 @@ impl EdgeProcess {
         labels: &[&str],
         connect: &[String],
         runtime: &str,
+        extra: &[&str],
     ) -> anyhow::Result<Self> {
         let state_dir = Self::state_dir_of(env, name);
         std::fs::create_dir_all(&state_dir)?;
@@ -289,6 +301,7 @@ impl EdgeProcess {
         for l in labels {
             cmd.args(["--label", l]);
         }
+        cmd.args(extra);
         let child = ChildGuard::spawn(name, cmd, &env.dir().join(format!("edge-{name}.log")))?;
         Ok(Self {
             child,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{JoinArgs, RunArgs, RuntimeKind, UninstallArgs};
+use crate::control::{self, Availability, IdleRule, Schedule};
 use crate::error::{Error, Result};
 use crate::host::{self, Ceiling, CgroupLayout, EgressPolicy, Family};
 use crate::images::{ImagePolicy, PulledImages, RegistryGuard, check_patterns};
@@ -24,7 +25,25 @@ use crate::{capacity, platform};
 /// Runs the edge described by `args` until `shutdown` is cancelled. On shutdown the pods'
 /// containers keep running; the next start re-adopts them.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
+    let availability = Availability::new(Some(&args.state_dir()));
+    run_with(args, shutdown, availability).await
+}
+
+/// [`run`], with `availability` the handle that pauses, drains and resumes this edge (the
+/// control socket, SIGTERM and the local console all hold a clone).
+pub async fn run_with(
+    args: RunArgs,
+    shutdown: CancellationToken,
+    availability: Availability,
+) -> Result<()> {
     let node = args.node_name();
+    // A schedule that does not parse stops the edge before anything starts.
+    let schedule = args
+        .schedule
+        .as_deref()
+        .map(|s| Schedule::parse(s, &args.timezone))
+        .transpose()
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
     // First: an edge that cannot prove who it is starts nothing.
     let credential = credential_for_run(&args, &args.state_dir(), &shutdown).await?;
     let mut capacity = capacity::detect();
@@ -88,6 +107,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         credential,
         platform: platform::detect(runtime_version),
         isolation: safety.hello(),
+        availability: availability.clone(),
     };
     let report = EdgeReport {
         pid: std::process::id(),
@@ -111,6 +131,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
     if let Some(installed) = safety.installed.clone() {
         tokio::spawn(keep_egress_in_force(installed, shutdown.clone()));
     }
+    start_availability(
+        &args,
+        &availability,
+        schedule,
+        &pods,
+        &safety.cgroup_parent,
+        &shutdown,
+    )?;
     let (board, connected) = (pods.board().clone(), metrics.clone());
     let reporter = tokio::spawn(local::keep_writing(
         state_dir,
@@ -121,6 +149,78 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
     session::run(cfg, pods, metrics, shutdown.clone()).await;
     shutdown.cancel();
     let _ = reporter.await;
+    Ok(())
+}
+
+/// Starts what feeds `availability`: the control socket in the state folder, the pod count,
+/// the schedule's clock and the idle measure.
+fn start_availability(
+    args: &RunArgs,
+    availability: &Availability,
+    schedule: Option<Schedule>,
+    pods: &Arc<PodSupervisor>,
+    cgroup_parent: &str,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let state_dir = args.state_dir();
+    std::fs::create_dir_all(&state_dir).map_err(|e| Error::StateFile {
+        path: state_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let (a, s) = (availability.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = control::serve(&state_dir, a, s).await {
+            tracing::error!(error = %e, "control socket failed: pause, drain and resume need it");
+        }
+    });
+    let (a, board, s) = (availability.clone(), pods.board().clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let mut updates = board.subscribe();
+        loop {
+            a.set_pods(board.all().len());
+            tokio::select! {
+                _ = s.cancelled() => return,
+                u = updates.recv() => if matches!(u, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                },
+            }
+        }
+    });
+    if let Some(schedule) = schedule {
+        let (a, s, margin) = (availability.clone(), shutdown.clone(), args.schedule_margin);
+        tracing::info!(schedule = %schedule.describe(), ?margin, "lending only within the schedule");
+        tokio::spawn(async move {
+            loop {
+                let (open, next) = schedule.at(crate::clock::now(), margin);
+                a.set_schedule(Some(schedule.describe()), Some(open), next);
+                // Look again at the next change, and at least every 30 s (clock jumps, suspend).
+                let wait = next
+                    .and_then(|t| {
+                        std::time::Duration::try_from(t.duration_since(crate::clock::now())).ok()
+                    })
+                    .unwrap_or(std::time::Duration::from_secs(30))
+                    .clamp(
+                        std::time::Duration::from_millis(200),
+                        std::time::Duration::from_secs(30),
+                    );
+                tokio::select! {
+                    _ = s.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        });
+    }
+    if args.when_idle {
+        let rule = IdleRule {
+            threshold_percent: args.idle_threshold,
+            idle_for: args.idle_for,
+            every: std::time::Duration::from_secs(5),
+            decloud_usage: control::cpu_usage_file(cgroup_parent)
+                .filter(|_| !cgroup_parent.is_empty()),
+        };
+        tracing::info!(threshold = rule.threshold_percent, idle_for = ?rule.idle_for, usage = ?rule.decloud_usage, "lending only while the machine is idle");
+        tokio::spawn(rule.run(availability.clone(), shutdown.clone()));
+    }
     Ok(())
 }
 

@@ -29,6 +29,50 @@ pub enum Command {
     /// Take the machine back: remove the edge's egress rules, its containers, its Docker
     /// network (once no container uses it) and its ceiling cgroup. Stop `run` first.
     Uninstall(UninstallArgs),
+    /// Stop taking new work; running pods stay (as `kubectl cordon`). Kept across restarts
+    /// until `resume`. Talks to the running agent over its control socket.
+    Pause(ControlArgs),
+    /// Leave without breaking anyone: stop taking work and have the operator move every pod
+    /// elsewhere, each replica's replacement Ready before the pod here stops (as `kubectl
+    /// drain`); waits until nothing runs here. Kept across restarts until `resume`.
+    Drain(DrainArgs),
+    /// Take work again (as `kubectl uncordon`), as far as --schedule and --when-idle allow.
+    Resume(ControlArgs),
+}
+
+/// Flags of `edge-kubelet pause|resume`: which running agent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// Provider name (locates the default state folder).
+    #[arg(long, env = "DECLOUD_PROVIDER_NAME", value_parser = parse_name)]
+    pub name: String,
+
+    /// The state folder the agent runs with (`run --state-dir`); its control socket is there.
+    #[arg(long, env = "DECLOUD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    /// `--state-dir`, or the per-user default.
+    pub fn state_dir(&self) -> PathBuf {
+        default_state_dir(self.state_dir.as_ref(), &self.name)
+    }
+}
+
+/// Flags of `edge-kubelet drain`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DrainArgs {
+    /// Which running agent.
+    #[command(flatten)]
+    pub agent: ControlArgs,
+
+    /// Give up waiting after this long (the drain goes on in the agent), e.g. 10m.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Ask for the drain and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// Flags of `edge-kubelet uninstall`.
@@ -256,6 +300,45 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub lend_local_image: Vec<String>,
+
+    /// Lend the machine only within these weekly windows, in --timezone: entries
+    /// `DAYS HH:MM-HH:MM` separated by commas, DAYS a day (Mon), a range (Mon-Fri) or Daily;
+    /// an end at or before the start runs into the next day. E.g.
+    /// "Mon-Fri 19:00-07:00,Sat-Sun 00:00-24:00". Outside the windows the edge drains (pods are
+    /// moved elsewhere, make-before-break) and takes no work; --schedule-margin before a window
+    /// closes it starts draining.
+    #[arg(long, env = "DECLOUD_SCHEDULE")]
+    pub schedule: Option<String>,
+
+    /// Time zone of --schedule (IANA name, e.g. Europe/Paris, or UTC). Default: the system's
+    /// (TZ, then /etc/localtime).
+    #[arg(long, env = "DECLOUD_TIMEZONE", default_value = "")]
+    pub timezone: String,
+
+    /// How long before a --schedule window closes the edge starts draining (at most 6h).
+    #[arg(long, env = "DECLOUD_SCHEDULE_MARGIN", default_value = "10m", value_parser = parse_margin)]
+    pub schedule_margin: Duration,
+
+    /// Lend the machine only while its owner is not using it: the machine's busy CPU share
+    /// (/proc/stat, every CPU's time neither idle nor iowait) minus what DeCloud's own
+    /// containers used (their ceiling cgroup's CPU time) must stay under --idle-threshold for
+    /// --idle-for. One sample (every 5 s) at or over it and the edge drains.
+    #[arg(long, env = "DECLOUD_WHEN_IDLE")]
+    pub when_idle: bool,
+
+    /// Busy share of all CPUs, percent (0-100), at or above which the owner counts as using the
+    /// machine (--when-idle). 0: never idle.
+    #[arg(long, env = "DECLOUD_IDLE_THRESHOLD", default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub idle_threshold: u8,
+
+    /// How long the machine must stay idle before it is lent again (--when-idle).
+    #[arg(long, env = "DECLOUD_IDLE_FOR", default_value = "5m", value_parser = parse_duration)]
+    pub idle_for: Duration,
+
+    /// On SIGTERM (system shutdown) drain first, for at most this long, then exit anyway
+    /// (0s: exit at once, pods keep running as on SIGINT).
+    #[arg(long, env = "DECLOUD_SHUTDOWN_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_margin)]
+    pub shutdown_drain_timeout: Duration,
 }
 
 /// Longest `--docker-host` accepted.
@@ -360,6 +443,19 @@ fn parse_stats_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration of at most 6 h; `0s` allowed.
+fn parse_margin(s: &str) -> Result<Duration, String> {
+    let d = if s.trim() == "0" || s.trim() == "0s" {
+        Duration::ZERO
+    } else {
+        parse_duration(s)?
+    };
+    if d > Duration::from_secs(6 * 3600) {
+        return Err(format!("duration {s:?}: at most 6h"));
+    }
+    Ok(d)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = |why: String| format!("duration {s:?} (expected e.g. 1s, 500ms, 2m): {why}");
     let s = s.trim();
@@ -386,7 +482,15 @@ mod tests {
     fn cli_is_consistent_and_every_flag_has_help() {
         Cli::command().debug_assert();
         let cmd = Cli::command();
-        for sub in ["run", "join", "uninstall", "status"] {
+        for sub in [
+            "run",
+            "join",
+            "uninstall",
+            "status",
+            "pause",
+            "drain",
+            "resume",
+        ] {
             for arg in cmd.find_subcommand(sub).unwrap().get_arguments() {
                 if arg.get_id() == "help" || arg.get_id() == "version" {
                     continue;

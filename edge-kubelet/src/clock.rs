@@ -9,3 +9,8 @@ pub(crate) fn now_millis() -> i64 {
 pub(crate) fn now_unix_secs() -> i64 {
     jiff::Timestamp::now().as_second()
 }
+
+/// Now.
+pub(crate) fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}

@@ -50,6 +50,9 @@ pub enum Error {
     /// An operation did not finish in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The control socket (`pause`, `drain`, `resume`) could not be served or reached.
+    #[error("{0}")]
+    Control(String),
 }
 
 /// Result with the crate's [`Error`].
@@ -69,6 +72,7 @@ impl Error {
             Error::Session(_) => "session",
             Error::JoinRefused { .. } => "join_refused",
             Error::Timeout(_) => "timeout",
+            Error::Control(_) => "control",
         }
     }
 }

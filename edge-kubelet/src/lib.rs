@@ -17,6 +17,9 @@ mod capacity;
 /// The command line; public as a module for the e2e benches, which parse edge command lines.
 pub mod cli;
 mod clock;
+/// Whether this machine takes work (pause, drain, resume, --schedule, --when-idle): the
+/// in-process [`control::Availability`] handle and the control socket.
+pub mod control;
 mod error;
 mod host;
 mod images;
@@ -28,7 +31,7 @@ mod pod;
 mod runtime;
 mod session;
 
-pub use agent::{join, run, status, uninstall};
+pub use agent::{join, run, run_with, status, uninstall};
 pub use error::{Error, Result};
 pub use host::{Cidr, EgressPolicy};
 pub use images::{ImagePolicy, PulledImages, RegistryGuard};

@@ -57,6 +57,9 @@ pub fn edge_message(data: &[u8]) {
                 now,
             );
         }
+        Some(Kind::Availability(a)) => {
+            let _ = crate::edge::EdgeAvailability::from_proto(&a).state(1);
+        }
         Some(
             Kind::Heartbeat(_)
             | Kind::PodGone(_)

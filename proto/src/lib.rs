@@ -69,3 +69,13 @@ pub const MAX_STATS_CONTAINERS: usize = 16;
 /// Shortest interval between two `NodeStats` the operator takes from one edge; one sooner is
 /// dropped (and counted).
 pub const MIN_STATS_INTERVAL_MILLIS: u64 = 1000;
+
+/// Fewest milliseconds between two availability changes the operator acts on, per session
+/// (a looping edge cannot make it thrash; later changes wait for the next one it takes).
+pub const MIN_AVAILABILITY_INTERVAL_MILLIS: u64 = 2000;
+
+/// Longest `Availability.reason` the operator keeps (bytes).
+pub const MAX_AVAILABILITY_REASON: usize = 32;
+
+/// Longest `Availability.schedule` the operator keeps (bytes), and the longest `--schedule`.
+pub const MAX_SCHEDULE_BYTES: usize = 256;

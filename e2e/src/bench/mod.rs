@@ -4,6 +4,7 @@
 //! timed assertions in tests.
 
 pub mod cluster;
+pub mod drain;
 pub mod failover;
 pub mod footprint;
 pub mod harness;

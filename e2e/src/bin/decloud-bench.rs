@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! cargo run -p decloud-e2e --release --bin decloud-bench -- <startup|failover|scale|tunnel|footprint|quantity|pull|all> [--quick] [--json out.json]
+//! cargo run -p decloud-e2e --release --bin decloud-bench -- <SCENARIO|all> [--quick] [--json out.json]
+//! (`decloud-bench --help` lists the scenarios)
 //! ```
 //! Each scenario starts its own etcd + kube-apiserver, the release `decloud-operator` and
 //! `edge-kubelet` binaries next to this one, and Docker containers it removes afterwards
@@ -62,6 +63,9 @@ enum Scenario {
     Startup,
     /// SIGKILL of an edge → replacement Ready and the gateway answering again.
     Failover,
+    /// `edge-kubelet drain` of a provider carrying replicas of 3 Workloads under a request
+    /// loop: failed requests and time until the provider is empty.
+    Drain,
     /// One operator with 1,000 and 5,000 simulated edges.
     Scale,
     /// Pod created → Running through the test registry, cold (fresh engine) and warm.
@@ -100,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Startup,
             Scenario::Tunnel,
             Scenario::Failover,
+            Scenario::Drain,
             Scenario::Scale,
             Scenario::Pull,
         ],
@@ -116,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         let outcome = match s {
             Scenario::Startup => bench::startup::run(opts.clone()).await,
             Scenario::Failover => bench::failover::run(opts.clone()).await,
+            Scenario::Drain => bench::drain::run(opts.clone()).await,
             Scenario::Scale => bench::scale::run(opts.clone()).await,
             Scenario::Pull => bench::pull::run(opts.clone()).await,
             Scenario::Tunnel => bench::tunnel::run(opts.clone()).await,

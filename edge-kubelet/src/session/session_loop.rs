@@ -54,6 +54,8 @@ pub(crate) struct SessionConfig {
     pub(crate) isolation: Option<pb::HostIsolation>,
     /// How often the node's statistics are sent (for the kubelet API's `/stats/summary`).
     pub(crate) stats_interval: Duration,
+    /// Whether the machine takes work: in the Hello, then on every change.
+    pub(crate) availability: crate::control::Availability,
 }
 
 /// Runs sessions until `shutdown` is cancelled.
@@ -125,6 +127,9 @@ async fn session_inner(
     let (tx, rx) = mpsc::channel::<pb::EdgeMessage>(256);
     // Subscribe before taking the snapshot for Hello, so no change falls in between.
     let mut updates = pods.board().subscribe();
+    let mut availability = cfg.availability.watch();
+    availability.mark_unchanged();
+    let (availability_gen, availability_now) = cfg.availability.to_report();
     let hello = pb::Hello {
         provider_name: cfg.provider_name.clone(),
         agent_version: crate::AGENT_VERSION.to_string(),
@@ -137,6 +142,7 @@ async fn session_inner(
         platform: Some(cfg.platform.clone()),
         isolation: cfg.isolation.clone(),
         pod_cidr: pods.runtime().pod_cidr().await.unwrap_or_default(),
+        availability: Some(availability_now),
     };
     tx.send(msg(Out::Hello(hello)))
         .await
@@ -162,6 +168,8 @@ async fn session_inner(
     };
     *welcomed = true;
     metrics.set_connected(true);
+    cfg.availability.reported(availability_gen);
+    let mut sent_generation = availability_gen;
     let interval = if welcome.heartbeat_interval_millis > 0 {
         Duration::from_millis(u64::from(welcome.heartbeat_interval_millis))
     } else {
@@ -204,6 +212,22 @@ async fn session_inner(
                         break;
                     }
                 }
+            }
+            changed = availability.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                let (generation, report) = cfg.availability.to_report();
+                // Pod counts change the watched status too; only a new state is news.
+                if generation <= sent_generation {
+                    continue;
+                }
+                sent_generation = generation;
+                tracing::info!(state = report.state, reason = %report.reason, "telling the operator this machine's availability");
+                if tx.send(msg(Out::Availability(report))).await.is_err() {
+                    break Err(Error::Session("outbound stream closed".into()));
+                }
+                cfg.availability.reported(generation);
             }
             incoming = inbound.message() => {
                 match incoming {

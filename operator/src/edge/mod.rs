@@ -2,6 +2,7 @@
 //! sessions, liveness from heartbeats, and who is calling (auth).
 
 pub(crate) mod auth;
+mod availability;
 mod counting;
 pub(crate) mod liveness;
 mod registry;
@@ -13,6 +14,7 @@ mod tests;
 pub(crate) use auth::CredentialAuthenticator;
 #[cfg(test)]
 pub(crate) use auth::TrustingAuthenticator;
+pub(crate) use availability::EdgeAvailability;
 #[cfg(test)]
 pub(crate) use registry::SESSION_QUEUE;
 pub(crate) use registry::{

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::availability::{ChangePacer, EdgeAvailability};
 use super::liveness::{LivenessTracker, SweepEvent, Transition};
 use crate::metrics::Metrics;
 
@@ -49,6 +50,8 @@ pub(crate) struct HelloInfo {
     pub(crate) pod_network: Option<PodNetwork>,
     /// What protects the machine (None if the edge did not say).
     pub(crate) isolation: Option<HostIsolation>,
+    /// Whether the owner lends the machine now: from the Hello, then from each change.
+    pub(crate) availability: EdgeAvailability,
 }
 
 /// Most CPU an edge may claim: 1024 cores (the bound a Workload may request).
@@ -158,6 +161,11 @@ impl HelloInfo {
             platform: hello.platform.as_ref().and_then(platform),
             pod_network: PodNetwork::parse(&hello.pod_cidr),
             isolation: hello.isolation.as_ref().map(isolation),
+            availability: hello
+                .availability
+                .as_ref()
+                .map(EdgeAvailability::from_proto)
+                .unwrap_or_default(),
         }
     }
 }
@@ -188,6 +196,8 @@ pub(crate) struct EdgeSession {
     running_at_hello: HashSet<String>,
     /// What the machine is, as its Hello said (checked).
     platform: Option<Platform>,
+    /// Paces the reconciles its availability changes cause.
+    availability_pacer: ChangePacer,
 }
 
 impl EdgeSession {
@@ -376,6 +386,7 @@ impl ProviderRegistry {
             deleting: HashSet::new(),
             running_at_hello: hello.running.clone(),
             platform: hello.platform.clone(),
+            availability_pacer: ChangePacer::default(),
         };
         session.send(Kind::Welcome(welcome));
         initial(&mut session);
@@ -431,6 +442,27 @@ impl ProviderRegistry {
     /// Admits `provider` again (an admin re-created it).
     pub(crate) fn readmit(&self, provider: &str) {
         self.lock().revoked.remove(provider);
+    }
+
+    /// Records session `id`'s availability (stale sessions are ignored). Returns when to
+    /// reconcile the Provider: `None` when nothing changed or a reconcile is already due.
+    pub(crate) fn set_availability(
+        &self,
+        provider: &str,
+        id: u64,
+        availability: EdgeAvailability,
+    ) -> Option<Duration> {
+        let mut inner = self.lock();
+        let Inner {
+            sessions, hellos, ..
+        } = &mut *inner;
+        let session = sessions.get_mut(provider).filter(|s| s.id == id)?;
+        let hello = hellos.get_mut(provider)?;
+        if hello.availability == availability {
+            return None;
+        }
+        hello.availability = availability;
+        session.availability_pacer.on_change(Instant::now())
     }
 
     /// Records a heartbeat of session `id`; stale sessions' heartbeats are ignored.

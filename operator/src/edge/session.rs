@@ -40,6 +40,25 @@ pub(crate) fn on_pod_status(ctx: &Arc<Context>, provider: &str, report: pb::PodS
     });
 }
 
+/// Takes one availability change of `provider`'s edge (pause, drain, resume): the Provider
+/// is reconciled at once, or — for a change hard on the heels of another — once the pacing
+/// interval has passed; a repeated state changes nothing.
+fn on_availability(ctx: &Arc<Context>, provider: &str, id: u64, a: &pb::Availability) {
+    let availability = super::EdgeAvailability::from_proto(a);
+    info!(requested = ?availability.requested, reason = %availability.reason, "edge availability");
+    match ctx.registry.set_availability(provider, id, availability) {
+        None => {}
+        Some(delay) if delay.is_zero() => ctx.reconcile_provider(provider),
+        Some(delay) => {
+            let (ctx, provider) = (ctx.clone(), provider.to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                ctx.reconcile_provider(&provider);
+            });
+        }
+    }
+}
+
 /// Reads one edge's messages until it disconnects or the session is closed.
 pub(crate) async fn drive(
     ctx: Arc<Context>,
@@ -65,6 +84,7 @@ pub(crate) async fn drive(
                     Kind::LogChunk(chunk) => crate::relay::on_log_chunk(&ctx, &provider, chunk),
                     Kind::PodEvent(ev) => pods::on_pod_event(&ctx, &provider, ev),
                     Kind::NodeStats(stats) => crate::stats::on_node_stats(&ctx, &provider, stats),
+                    Kind::Availability(a) => on_availability(&ctx, &provider, id, &a),
                 },
                 Ok(Some(pb::EdgeMessage { kind: None })) => debug!("ignoring an empty message"),
                 Ok(None) => break "edge_closed",

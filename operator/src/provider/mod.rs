@@ -7,31 +7,34 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use decloud_crds::contracts::{OPERATOR_FIELD_MANAGER, PROVIDER_FINALIZER, node_name};
+use decloud_crds::contracts::{
+    OPERATOR_FIELD_MANAGER, PROVIDER_FINALIZER, WORKLOAD_LABEL, node_name,
+};
 use decloud_crds::pods::{is_terminal, pod_requests};
 use decloud_crds::quantity::{cpu_millis, format_bytes, format_millis, memory_bytes};
 use decloud_crds::{
-    Condition, Provider, ProviderPhase, ProviderStatus, ResourceOffer, find_condition,
-    set_condition,
+    AvailabilityState, Condition, Provider, ProviderAvailability, ProviderPhase, ProviderStatus,
+    ResourceOffer, find_condition, set_condition,
 };
 use decloud_proto as pb;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{Instrument, info, warn};
 
 use crate::context::Context;
-use crate::edge::ProviderView;
 use crate::edge::auth::is_revoked;
+use crate::edge::{EdgeAvailability, ProviderView};
 use crate::time::rfc3339;
 use crate::{Error, Result};
 
@@ -129,6 +132,21 @@ async fn apply(provider: &Provider, ctx: &Context) -> Result<Action> {
             &Patch::Apply(&body),
         )
         .await?;
+        let old = provider
+            .status
+            .as_ref()
+            .and_then(|s| s.availability.as_ref());
+        if let Some((reason, note)) = availability_event(old, status.availability.as_ref()) {
+            info!(reason, "{note}");
+            publish(ctx, provider, reason, note).await;
+        }
+    }
+    if status
+        .availability
+        .as_ref()
+        .is_some_and(|a| a.state == AvailabilityState::Draining)
+    {
+        delete_plain_pods(ctx, &pods).await?;
     }
     let ready = status.phase == ProviderPhase::Ready;
     let node_exists = ctx.nodes.get(&ObjectRef::new(&node_name)).is_some();
@@ -141,6 +159,24 @@ async fn apply(provider: &Provider, ctx: &Context) -> Result<Action> {
     } else {
         Duration::from_secs(60)
     }))
+}
+
+/// Records a Normal Event on `provider` (best effort: a failure is logged, not retried).
+async fn publish(ctx: &Context, provider: &Provider, reason: &str, note: String) {
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &provider.object_ref(&()))
+        .await
+    {
+        warn!(error = %e, reason, "could not publish event");
+    }
 }
 
 async fn cleanup(provider: &Provider, ctx: &Context) -> Result<Action> {
@@ -320,8 +356,14 @@ pub(crate) fn desired_status(
                     s.saturating_add(r.ephemeral_storage_bytes),
                 )
             });
+    let availability = match hello {
+        Some(h) => Some(availability_status(&h.availability, live.len())),
+        // Not connected since this operator started: what was last written stands.
+        None => old.availability.clone(),
+    };
     ProviderStatus {
         phase,
+        availability,
         node_name: Some(node_name(&provider.name_any())),
         agent_version: hello.map(|h| h.agent_version.clone()).or(old.agent_version),
         platform: hello.and_then(|h| h.platform.clone()).or(old.platform),
@@ -342,6 +384,91 @@ pub(crate) fn desired_status(
         usage: old.usage,
         conditions,
     }
+}
+
+/// The Provider's `status.availability` for its edge's request, with `pods` still bound here.
+/// Stable: no timestamp of its own, so an unchanged request writes nothing.
+fn availability_status(edge: &EdgeAvailability, pods: usize) -> ProviderAvailability {
+    let state = edge.state(pods);
+    let message = match state {
+        AvailabilityState::Available => None,
+        AvailabilityState::Paused => {
+            Some("paused by its owner: running pods stay, no new ones come".to_string())
+        }
+        AvailabilityState::Draining => Some(format!(
+            "draining: {pods} pod(s) still here; each Workload replica is re-placed elsewhere \
+             and removed here once its replacement is Ready, plain pods are deleted"
+        )),
+        AvailabilityState::Drained => Some(
+            "drained: nothing runs here; replicas that found no other provider wait for one \
+             (see their Workloads)"
+                .to_string(),
+        ),
+    };
+    ProviderAvailability {
+        state,
+        reason: Some(edge.reason.clone()).filter(|r| !r.is_empty()),
+        message,
+        pods_remaining: (state == AvailabilityState::Draining)
+            .then(|| pods.min(i32::MAX as usize) as i32),
+        schedule: edge.schedule.clone(),
+        next_change_time: edge.next_change.map(rfc3339),
+    }
+}
+
+/// The Event that tells a planned change of availability (never a crash: those are the
+/// `Ready` condition's), or `None` when the state did not change.
+fn availability_event(
+    old: Option<&ProviderAvailability>,
+    new: Option<&ProviderAvailability>,
+) -> Option<(&'static str, String)> {
+    let before = old.map_or(AvailabilityState::Available, |a| a.state);
+    let after = new.map_or(AvailabilityState::Available, |a| a.state);
+    if before == after {
+        return None;
+    }
+    let by = new
+        .and_then(|a| a.reason.as_deref())
+        .map_or(String::new(), |r| format!(" ({r})"));
+    Some(match after {
+        AvailabilityState::Available => ("Resumed", format!("the provider takes work again{by}")),
+        AvailabilityState::Paused => (
+            "Paused",
+            format!("the provider's owner paused it{by}: running pods stay, no new ones come"),
+        ),
+        AvailabilityState::Draining => (
+            "DrainRequested",
+            format!(
+                "the provider's owner asked to drain it{by}: its pods are moved elsewhere, \
+                 make-before-break"
+            ),
+        ),
+        AvailabilityState::Drained => (
+            "Drained",
+            format!("the provider is drained{by}: nothing runs here, it takes no new work"),
+        ),
+    })
+}
+
+/// While its owner drains the provider, plain pods (no Workload re-places them) bound to it are
+/// deleted with their own grace period, as `kubectl drain --force` does; Workload replicas are
+/// left to the Workload controller, which replaces them make-before-break.
+async fn delete_plain_pods(ctx: &Context, pods: &[Arc<Pod>]) -> Result<()> {
+    for pod in pods {
+        let plain = !pod.labels().contains_key(WORKLOAD_LABEL);
+        if !plain || pod.metadata.deletion_timestamp.is_some() || is_terminal(pod) {
+            continue;
+        }
+        let ns = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        info!(pod = %format!("{ns}/{}", pod.name_any()), "draining: deleting a plain pod");
+        node::ignore_not_found(
+            api.delete(&pod.name_any(), &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )?;
+    }
+    Ok(())
 }
 
 /// Runs the Provider controller until the process ends.

@@ -5,9 +5,9 @@
 
 use decloud_crds::contracts::{
     ARCH_LABEL, EDGE_TAINT, NODE_LEASE_NAMESPACE, OPERATOR_FIELD_MANAGER, OS_LABEL, PROVIDER_LABEL,
-    UNREACHABLE_TAINT, node_name,
+    UNREACHABLE_TAINT, UNSCHEDULABLE_TAINT, node_name,
 };
-use decloud_crds::{Provider, ProviderStatus, ResourceOffer};
+use decloud_crds::{AvailabilityState, Provider, ProviderStatus, ResourceOffer};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
@@ -155,9 +155,21 @@ fn resource_list(r: Option<&ResourceOffer>) -> Value {
 }
 
 /// The Node's metadata and spec, for server-side apply.
-pub(crate) fn desired_node(provider: &Provider, ready: bool) -> Value {
+///
+/// A provider that takes no new work (cordoned by an admin; paused, draining or drained by its
+/// owner, per `status`, the status being written) is `unschedulable` with the
+/// `node.kubernetes.io/unschedulable` taint, as `kubectl cordon` leaves a node.
+pub(crate) fn desired_node(provider: &Provider, status: &ProviderStatus, ready: bool) -> Value {
     let node = node_name(&provider.name_any());
     let mut taints = vec![json!({"key": EDGE_TAINT, "value": "true", "effect": "NoSchedule"})];
+    let unschedulable = provider.spec.cordoned
+        || status
+            .availability
+            .as_ref()
+            .is_some_and(|a| a.state != AvailabilityState::Available);
+    if unschedulable {
+        taints.push(json!({"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}));
+    }
     if !ready {
         taints.push(json!({"key": UNREACHABLE_TAINT, "effect": "NoSchedule"}));
         taints.push(json!({"key": UNREACHABLE_TAINT, "effect": "NoExecute"}));
@@ -175,7 +187,7 @@ pub(crate) fn desired_node(provider: &Provider, ready: bool) -> Value {
         },
         "spec": {
             "taints": taints,
-            "unschedulable": provider.spec.cordoned,
+            "unschedulable": unschedulable,
         },
     })
 }
@@ -281,7 +293,7 @@ pub(crate) async fn apply_node(
     let existing = ctx
         .nodes
         .get(&kube::runtime::reflector::ObjectRef::new(&name));
-    let body = desired_node(provider, ready);
+    let body = desired_node(provider, status, ready);
     if existing.as_deref().is_none_or(|n| !node_matches(n, &body)) {
         api.patch(&name, &pp, &Patch::Apply(&body)).await?;
     }
@@ -390,7 +402,7 @@ mod tests {
 
     #[test]
     fn labels_and_taints() {
-        let ready = desired_node(&provider(), true);
+        let ready = desired_node(&provider(), &ProviderStatus::default(), true);
         let labels = &ready["metadata"]["labels"];
         assert_eq!(labels["type"], "virtual-kubelet");
         assert_eq!(labels["kubernetes.io/role"], "edge");
@@ -403,7 +415,7 @@ mod tests {
         );
         assert_eq!(ready["metadata"]["ownerReferences"][0]["uid"], "u-p");
         assert_eq!(ready["spec"]["taints"].as_array().unwrap().len(), 1);
-        let unready = desired_node(&provider(), false);
+        let unready = desired_node(&provider(), &ProviderStatus::default(), false);
         let taints: Vec<_> = unready["spec"]["taints"]
             .as_array()
             .unwrap()

@@ -46,6 +46,7 @@ fn hello() -> HelloInfo {
         },
         runtime: "docker".into(),
         running: HashSet::new(),
+        availability: Default::default(),
         platform: None,
         pod_network: None,
         isolation: None,
@@ -403,5 +404,56 @@ fn jitter_stays_within_10_percent_and_varies() {
         distinct.len() > 100,
         "not jittered: {} distinct",
         distinct.len()
+    );
+}
+
+#[test]
+fn a_planned_drain_is_not_a_crash() {
+    use crate::edge::EdgeAvailability;
+    use decloud_crds::AvailabilityState;
+    let mut v = view(Some(true), Some(1));
+    let mut h = hello();
+    h.availability = EdgeAvailability::from_proto(&pb::Availability {
+        state: pb::availability::State::Draining as i32,
+        reason: "owner".into(),
+        ..Default::default()
+    });
+    v.hello = Some(h);
+    let pods = [pod("p1", "Running", "100m")];
+    let draining = desired_status(&provider(None), &v, &pods, &Config::default(), at(1));
+    let a = draining.availability.clone().unwrap();
+    assert_eq!(a.state, AvailabilityState::Draining);
+    assert_eq!(a.pods_remaining, Some(1));
+    // Connected and heartbeating all along: Ready, not NotReady.
+    assert_eq!(draining.phase, ProviderPhase::Ready);
+    let drained = desired_status(&provider(None), &v, &[], &Config::default(), at(2));
+    assert_eq!(
+        drained.availability.as_ref().unwrap().state,
+        AvailabilityState::Drained
+    );
+    assert_eq!(
+        super::availability_event(None, draining.availability.as_ref()).map(|e| e.0),
+        Some("DrainRequested")
+    );
+    assert_eq!(
+        super::availability_event(
+            draining.availability.as_ref(),
+            drained.availability.as_ref()
+        )
+        .map(|e| e.0),
+        Some("Drained")
+    );
+    // The same state twice: no second Event.
+    assert_eq!(
+        super::availability_event(drained.availability.as_ref(), drained.availability.as_ref()),
+        None
+    );
+    // The Node is cordoned as kubectl cordon leaves it.
+    let node = super::node::desired_node(&provider(None), &drained, true);
+    assert_eq!(node["spec"]["unschedulable"], true);
+    assert!(
+        node["spec"]["taints"]
+            .to_string()
+            .contains("node.kubernetes.io/unschedulable")
     );
 }

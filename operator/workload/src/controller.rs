@@ -523,6 +523,7 @@ fn observe(
                 ready: r.ready,
                 terminating: r.terminating,
                 verdict: verdict(&health, first_seen, now, grace),
+                draining: provider.is_some_and(Provider::is_draining),
             }
         })
         .collect();
@@ -720,6 +721,24 @@ fn deletion_note(d: &Deletion, grace_seconds: i64) -> Note {
             "ScaledDown",
             format!("removed pod {} from provider {}", d.pod, d.provider),
         ),
+        DeleteReason::Drained { replaced: true } => (
+            EventType::Normal,
+            "Evacuated",
+            format!(
+                "pod {} removed from provider {}, which its owner drains: its replacement \
+                 elsewhere is Ready",
+                d.pod, d.provider
+            ),
+        ),
+        DeleteReason::Drained { replaced: false } => (
+            EventType::Warning,
+            "Evacuated",
+            format!(
+                "pod {} removed from provider {}, which its owner drains; no other provider \
+                 can take the replica now: it waits, unplaced, for one",
+                d.pod, d.provider
+            ),
+        ),
         DeleteReason::Replaced | DeleteReason::MakeRoom => (
             EventType::Normal,
             "Replaced",
@@ -812,7 +831,7 @@ fn candidate(provider: &Provider, used: Resources) -> Candidate {
     Candidate {
         name: provider.name_any(),
         labels: placement_labels(provider),
-        readiness: Health::of(Some(provider)).readiness(provider.spec.cordoned),
+        readiness: Health::of(Some(provider)).readiness(!provider.takes_work()),
         reliability_permille: status
             .reliability
             .as_deref()
@@ -826,6 +845,12 @@ fn candidate(provider: &Provider, used: Resources) -> Candidate {
         },
         used,
         replicas: 0,
+        available_until: status
+            .availability
+            .as_ref()
+            .and_then(|a| a.next_change_time.as_deref())
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .map(|t| t.as_second()),
     }
 }
 

@@ -121,6 +121,9 @@ pub(crate) struct Candidate {
     pub used: Resources,
     /// Active replicas of this Workload on the provider.
     pub replicas: usize,
+    /// When its owner's schedule next takes it away (Unix seconds; `None`: no end known).
+    /// Placement prefers providers that stay available longer.
+    pub available_until: Option<i64>,
 }
 
 /// What to place.
@@ -245,7 +248,8 @@ pub(crate) struct Placement {
 /// A provider qualifies when it is Ready, not cordoned, matches the provider selector and the
 /// node selector (platform keys by its reported platform), has room for one more replica's
 /// requests, and (spread Required) runs no replica of this Workload yet. Among
-/// those, the best is the one with the fewest replicas of this Workload, then the most reliable,
+/// those, the best is the one with the fewest replicas of this Workload, then the one that stays
+/// available longest (no schedule end beats any), then the most reliable,
 /// then the least allocated, then the first by name — so the result depends on nothing but the
 /// input.
 pub(crate) fn place_replicas(
@@ -268,6 +272,7 @@ pub(crate) fn place_replicas(
                 let key = |c: &Candidate| {
                     (
                         c.replicas,
+                        std::cmp::Reverse(c.available_until.unwrap_or(i64::MAX)),
                         -c.reliability_permille,
                         c.allocatable
                             .allocated_permille(c.used.plus(request.per_replica)),

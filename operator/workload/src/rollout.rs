@@ -37,6 +37,8 @@ pub(crate) struct Observed {
     pub terminating: bool,
     /// What its provider's health means for it.
     pub verdict: Verdict,
+    /// Its provider's owner is draining it: the replica moves, make-before-break.
+    pub draining: bool,
 }
 
 impl Observed {
@@ -68,6 +70,12 @@ pub(crate) enum DeleteReason {
     Replaced,
     /// Too little capacity to surge: an old replica gives up its place to a new one.
     MakeRoom,
+    /// Its provider is being drained by its owner and the replica's replacement elsewhere is
+    /// serving (or no other provider can take it: then it waits for one, unplaced).
+    Drained {
+        /// Whether a replacement serves (false: the replica waits for a provider).
+        replaced: bool,
+    },
 }
 
 /// One pod to delete.
@@ -161,8 +169,11 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
             &b.pod,
         ))
     });
-    let (new, old): (Vec<&Observed>, Vec<&Observed>) =
-        active.iter().partition(|o| o.hash == input.hash);
+    // A replica on a draining provider rolls away like one of an old template: a replacement
+    // elsewhere first, then the old one goes once the ready count holds without it.
+    let (new, old): (Vec<&Observed>, Vec<&Observed>) = active
+        .iter()
+        .partition(|o| o.hash == input.hash && !o.draining);
     let desired = input.desired;
     let mut removed = 0;
     if new.len() > desired {
@@ -201,7 +212,12 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
                 if o.serving() {
                     serving -= 1;
                 }
-                out.delete.push(deletion(o, false, DeleteReason::Replaced));
+                let reason = if o.draining {
+                    DeleteReason::Drained { replaced: true }
+                } else {
+                    DeleteReason::Replaced
+                };
+                out.delete.push(deletion(o, false, reason));
                 removable -= 1;
                 removed += 1;
             }
@@ -213,8 +229,12 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
                 && !new_settling
                 && new.len() + old.len() <= desired
             {
-                out.delete
-                    .push(deletion(old[0], false, DeleteReason::MakeRoom));
+                let reason = if old[0].draining {
+                    DeleteReason::Drained { replaced: false }
+                } else {
+                    DeleteReason::MakeRoom
+                };
+                out.delete.push(deletion(old[0], false, reason));
                 removed += 1;
                 // The shortage is ours by choice and ends when the old replica is gone.
                 shortage = None;

@@ -259,6 +259,7 @@ fn ready_candidate(name: &str) -> Candidate {
         },
         used: Resources::default(),
         replicas: 0,
+        available_until: None,
     }
 }
 
@@ -271,6 +272,7 @@ fn replica(pod: &str, provider: &str, verdict: crate::failover::Verdict) -> Obse
         ready: true,
         terminating: false,
         verdict,
+        draining: false,
     }
 }
 

@@ -14,6 +14,7 @@ fn provider(name: &str) -> Candidate {
         },
         used: Resources::default(),
         replicas: 0,
+        available_until: None,
     }
 }
 
@@ -366,4 +367,22 @@ fn other_node_selector_keys_match_provider_labels() {
         },
     );
     assert_eq!(got.chosen, ["b"]);
+}
+
+#[test]
+fn prefers_providers_that_stay_available_longer() {
+    let candidates = vec![
+        with("closes-soon", |c| c.available_until = Some(1_000)),
+        with("closes-later", |c| c.available_until = Some(2_000)),
+        provider("no-schedule"),
+    ];
+    let request = PlacementRequest {
+        count: 3,
+        per_replica: small(),
+        spread: Spread::Required,
+        selector: None,
+        node_selector: &BTreeMap::new(),
+    };
+    let p = place_replicas(&candidates, &request);
+    assert_eq!(p.chosen, ["no-schedule", "closes-later", "closes-soon"]);
 }

@@ -15,6 +15,7 @@ fn provider(name: &str) -> Candidate {
         },
         used: Resources::default(),
         replicas: 0,
+        available_until: None,
     }
 }
 
@@ -32,6 +33,7 @@ fn pod(pod: &str, provider: &str, hash: &str) -> Observed {
         ready: true,
         terminating: false,
         verdict: Verdict::Keep,
+        draining: false,
     }
 }
 
@@ -266,4 +268,54 @@ fn scale_down_force_deletes_replicas_on_unreachable_providers() {
         &providers(&["a", "b"]),
     );
     assert_eq!(deleted(&p), [("w-1", true, &DeleteReason::Surplus)]);
+}
+
+fn draining(mut o: Observed) -> Observed {
+    o.draining = true;
+    o
+}
+
+fn cordoned(mut c: Candidate) -> Candidate {
+    c.readiness = Readiness::Cordoned;
+    c
+}
+
+#[test]
+fn a_drained_replica_moves_make_before_break() {
+    let candidates = [cordoned(provider("a")), provider("b")];
+    // Step 1: a replacement on b, the replica on a untouched.
+    let observed = [draining(pod("w-1", "a", "new"))];
+    let p = run(1, &observed, &candidates);
+    assert_eq!(p.create, ["b"]);
+    assert!(p.delete.is_empty(), "{p:?}");
+    // Step 2: the replacement is not Ready yet: nothing is removed.
+    let observed = [
+        draining(pod("w-1", "a", "new")),
+        unready(pod("w-2", "b", "new")),
+    ];
+    let p = run(1, &observed, &candidates);
+    assert!(p.create.is_empty() && p.delete.is_empty(), "{p:?}");
+    // Step 3: it is Ready: now the old one goes.
+    let observed = [draining(pod("w-1", "a", "new")), pod("w-2", "b", "new")];
+    let p = run(1, &observed, &candidates);
+    assert_eq!(
+        deleted(&p),
+        [("w-1", false, &DeleteReason::Drained { replaced: true })]
+    );
+}
+
+#[test]
+fn a_drained_replica_with_nowhere_to_go_leaves_and_waits() {
+    let candidates = [cordoned(provider("a"))];
+    let observed = [draining(pod("w-1", "a", "new"))];
+    let p = run(1, &observed, &candidates);
+    assert!(p.create.is_empty());
+    assert_eq!(
+        deleted(&p),
+        [("w-1", false, &DeleteReason::Drained { replaced: false })]
+    );
+    // Once it is gone the Workload reports the replica as waiting for a provider.
+    let p = run(1, &[], &candidates);
+    let shortage = p.shortage.as_ref().expect("shortage");
+    assert_eq!(shortage.unplaced, 1);
 }
