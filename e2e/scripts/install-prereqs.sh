@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what DeCloud's local setup and tests need on a Debian machine (run as root):
 # Debian's Docker engine (started when none answers), busybox-static for locally built test
-# images, openssl, and the Kubernetes control plane built from Go modules (cached).
+# images, openssl, chromium and chromedriver (the console's browser test), and the Kubernetes control plane built from Go modules (cached).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DEBIAN_FRONTEND=noninteractive
@@ -15,6 +15,9 @@ command -v file >/dev/null || need+=(file)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
+# e2e/tests/console.rs: the volunteer's console in a real headless browser (WebDriver).
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "prereqs: apt-get install ${need[*]}"
   apt-get update -qq

@@ -274,6 +274,9 @@ impl EdgeProcess {
             // would lend an image of their own.
             "--lend-local-image",
             TEST_IMAGES,
+            // Each edge's console on a port of its own (many edges share this machine).
+            "--console-listen",
+            "127.0.0.1:0",
         ]);
         for l in labels {
             cmd.args(["--label", l]);
