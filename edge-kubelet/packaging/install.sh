@@ -223,12 +223,12 @@ ExecStart=$bin run \$EDGE_KUBELET_ARGS
 Restart=always
 RestartSec=2
 # The agent talks to the local Docker engine and the operator and manages its own firewall
-# rules and cgroup; it writes nowhere but its state folder.
+# rules (iptables takes its lock in /run) and cgroup; it writes nowhere else but its state folder.
 NoNewPrivileges=true
 ProtectSystem=strict
 ProtectHome=true
 PrivateTmp=true
-ReadWritePaths=$state_dir
+ReadWritePaths=$state_dir /run
 
 [Install]
 WantedBy=multi-user.target

@@ -301,23 +301,23 @@ fn lookup<'a>(
     files: &'a InstallFiles,
     os: &str,
     arch: &str,
-) -> std::result::Result<&'a EdgeBinary, Response> {
+) -> std::result::Result<&'a EdgeBinary, Box<Response>> {
     if !valid_platform_part(os) || !valid_platform_part(arch) {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             format!(
                 "OS and ARCH are 1-{MAX_PLATFORM_PART} lowercase letters, digits or '_' (e.g. /edge-kubelet/linux/amd64)\n"
             ),
-        ));
+        )));
     }
     files.binaries.get(&format!("{os}/{arch}")).ok_or_else(|| {
-        text(
+        Box::new(text(
             StatusCode::NOT_FOUND,
             format!(
                 "no edge-kubelet binary for {os}/{arch} here; this operator serves: {}\n",
                 files.served()
             ),
-        )
+        ))
     })
 }
 
@@ -327,7 +327,7 @@ async fn checksum(
 ) -> Response {
     match lookup(&files, &os, &arch) {
         Ok(b) => text(StatusCode::OK, format!("{}  edge-kubelet\n", b.sha256)),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -337,7 +337,7 @@ async fn binary(
 ) -> Response {
     let b = match lookup(&files, &os, &arch) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(slot) = files.downloads.clone().try_acquire_owned() else {
         let mut r = text(
@@ -461,6 +461,29 @@ mod tests {
 
     async fn router_without_tls() -> Router {
         router(Arc::new(InstallFiles::load(&[], None).await.unwrap()))
+    }
+
+    #[tokio::test]
+    async fn one_address_gets_a_bounded_number_of_requests() {
+        let router = router_without_tls().await;
+        let from = |ip: [u8; 4]| {
+            let mut req = HttpRequest::get("/install.sh").body(Body::empty()).unwrap();
+            req.extensions_mut().insert(TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some((ip, 40000).into()),
+            });
+            req
+        };
+        for _ in 0..BURST {
+            let res = router.clone().oneshot(from([192, 0, 2, 1])).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        let res = router.clone().oneshot(from([192, 0, 2, 1])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(res.headers().contains_key(header::RETRY_AFTER));
+        // Another address is not held back.
+        let res = router.clone().oneshot(from([192, 0, 2, 2])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
     }
 
     #[test]
