@@ -127,8 +127,9 @@ if [ -n "$binary" ]; then
   cp "$binary" "$tmp/edge-kubelet"
   say "using the local binary $binary"
 else
-  want=$(fetch --max-filesize 1024 "$operator/edge-kubelet/$os/$arch/sha256" | cut -d' ' -f1) \
-    || die "the operator serves no edge-kubelet for $os/$arch (see $operator/edge-kubelet)"
+  fetch --max-filesize 1024 -o "$tmp/sha256" "$operator/edge-kubelet/$os/$arch/sha256" \
+    || die "the operator serves no edge-kubelet for $os/$arch (what it serves: curl -k $operator/edge-kubelet)"
+  want=$(cut -d' ' -f1 "$tmp/sha256")
   case "$want" in
     *[!0-9a-f]*|"") die "the operator's checksum for $os/$arch is not a SHA-256" ;;
   esac
