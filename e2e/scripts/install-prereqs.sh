@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what DeCloud's local setup and tests need on a Debian machine (run as root):
 # Debian's Docker engine (started when none answers; the suites start one more dockerd per
-# edge), Debian's docker-registry and htpasswd for the test registries, busybox-static for locally built test
-# images, openssl, and the Kubernetes control plane built from Go modules (cached).
+# edge), Debian's docker-registry and htpasswd for the test registries, busybox-static for
+# locally built test images, openssl, chromium and chromedriver (the console's browser test),
+# and the Kubernetes control plane built from Go modules (cached).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DEBIAN_FRONTEND=noninteractive
@@ -19,6 +20,9 @@ command -v ip >/dev/null || need+=(iproute2)
 # The environment's own image registries (open and htpasswd, bcrypt) on loopback.
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+# e2e/tests/console.rs: the volunteer's console in a real headless browser (WebDriver).
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "prereqs: apt-get install ${need[*]}"
   apt-get update -qq

@@ -291,6 +291,9 @@ impl EdgeProcess {
             "1s",
             "--runtime",
             runtime,
+            // Each edge's console on a port of its own (many edges share this machine).
+            "--console-listen",
+            "127.0.0.1:0",
         ]);
         if let Some(engine) = &engine {
             // Its own engine; the test images come from the environment's loopback

@@ -35,12 +35,13 @@ const NS: &str = "default";
 /// A Workload of `replicas` busybox web servers naming themselves. On SIGTERM the server keeps
 /// answering for 2 s before it exits, as a web app behind a load balancer finishes in-flight
 /// requests: the gateway stops sending new ones to a terminating pod at once.
-fn workload(name: &str, replicas: u32) -> String {
+fn workload(name: &str, replicas: u32) -> anyhow::Result<String> {
+    let image = busybox_image()?;
     let script = "echo \"replica $(hostname)\" > /www/index.html; \
         httpd -f -p 8080 -h /www & \
         trap 'sleep 2; exit 0' TERM; \
         while true; do sleep 1; done";
-    format!(
+    Ok(format!(
         r#"apiVersion: decloud.dev/v1alpha1
 kind: Workload
 metadata: {{name: {name}, namespace: {NS}}}
@@ -52,7 +53,7 @@ spec:
       terminationGracePeriodSeconds: 5
       containers:
         - name: web
-          image: decloud-test/busybox:1
+          image: {image}
           command: ["/bin/sh", "-c", {script:?}]
           ports: [{{containerPort: 8080}}]
           resources: {{requests: {{cpu: 20m, memory: 16Mi}}, limits: {{cpu: 300m, memory: 64Mi}}}}
@@ -61,7 +62,7 @@ spec:
   expose: {{port: 8080}}
   failover: {{graceSeconds: 3}}
 "#
-    )
+    ))
 }
 
 fn host(name: &str) -> String {
@@ -99,7 +100,7 @@ impl Scene {
             client: env.client(),
             port,
             operator,
-            sweeper: ContainerSweeper::new(&nodes),
+            sweeper: ContainerSweeper::new(&env, &nodes),
             env,
         })
     }
@@ -412,8 +413,8 @@ async fn drain_moves_every_replica_make_before_break_and_resume_takes_work_again
         edges.push(EdgeProcess::start(&s.env, &s.operator, n, &[])?);
     }
     wait_providers_ready(&s.client, &s.operator, &names[..2]).await?;
-    s.apply(&workload("drn-web", 2))?;
-    s.apply(&workload("drn-solo", 1))?;
+    s.apply(&workload("drn-web", 2)?)?;
+    s.apply(&workload("drn-solo", 1)?)?;
     wait_ready(&s.client, "drn-web", 2).await?;
     let solo_node = wait_ready(&s.client, "drn-solo", 1).await?.remove(0);
     edges.push(EdgeProcess::start(&s.env, &s.operator, &names[2], &[])?);
@@ -546,7 +547,7 @@ async fn drain_moves_every_replica_make_before_break_and_resume_takes_work_again
             .any(|e| e == "Resumed"),
         "no Resumed event"
     );
-    s.apply(&workload("drn-web", 3))?;
+    s.apply(&workload("drn-web", 3)?)?;
     let nodes = wait_ready(&s.client, "drn-web", 3).await?;
     ensure!(
         nodes.contains(&vnode),
@@ -662,7 +663,7 @@ async fn sigterm_a_closing_window_and_a_busy_machine_drain_the_edge() -> anyhow:
             &kube::api::Patch::Merge(serde_json::json!({"spec": {"cordoned": true}})),
         )
         .await?;
-    s.apply(&workload("drn-once", 1))?;
+    s.apply(&workload("drn-once", 1)?)?;
     let at = wait_ready(&s.client, "drn-once", 1).await?;
     ensure!(at[0] == b.node(), "placed on {at:?}, not on {}", b.node());
     let a_edge = EdgeProcess::start(&s.env, &s.operator, &names[0], &[])?;
@@ -844,7 +845,7 @@ async fn an_edge_toggling_in_a_loop_does_not_make_the_operator_thrash() -> anyho
         client: client.clone(),
         port: 0,
         operator,
-        sweeper: ContainerSweeper::new(&[]),
+        sweeper: ContainerSweeper::new(&env, &[]),
         env,
     };
     let p = eventually(Duration::from_secs(20), || async {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{JoinArgs, RunArgs, RuntimeKind, UninstallArgs};
+use crate::cli::{ConsoleListen, JoinArgs, RunArgs, RuntimeKind, UninstallArgs};
 use crate::control::{self, Availability, IdleRule, Schedule};
 use crate::error::{Error, Result};
 use crate::host::{self, Ceiling, CgroupLayout, EgressPolicy, Family};
@@ -20,7 +20,7 @@ use crate::runtime::{
     SimulatedTimings, storage_quota_supported,
 };
 use crate::session::{self, SessionConfig};
-use crate::{capacity, platform};
+use crate::{capacity, console, offer, platform};
 
 /// Runs the edge described by `args` until `shutdown` is cancelled. On shutdown the pods'
 /// containers keep running; the next start re-adopts them.
@@ -48,11 +48,29 @@ pub async fn run_with(
     let credential = credential_for_run(&args, &args.state_dir(), &shutdown).await?;
     let mut capacity = capacity::detect();
     let mut offered = capacity::offered(&capacity, args.cpu, args.memory, args.max_pods);
+    let saved_offer = offer::load(&args.state_dir());
+    if let Some(saved) = saved_offer {
+        offer::apply_saved(&mut offered, &capacity, saved);
+        tracing::info!(
+            ?saved,
+            "the offer set in the console (offer.json in the state folder) replaces --cpu, --memory and --max-pods; delete that file to use the flags"
+        );
+    }
+    let console_listen = match args.console_listen {
+        ConsoleListen::At(addr) => {
+            console::check_listen(addr, args.unsafe_console_any_address)?;
+            Some(addr)
+        }
+        ConsoleListen::Off => None,
+    };
     let mut safety = HostSafety::default();
     let runtime: Arc<dyn ContainerRuntime> = match args.runtime {
         RuntimeKind::Docker => {
             let (docker, s) = secure_docker(&args, &node, &mut capacity, &mut offered).await?;
             safety = s;
+            if let Some(saved) = saved_offer {
+                offer::apply_saved_storage(&mut offered, &capacity, saved);
+            }
             Arc::new(docker)
         }
         RuntimeKind::Simulated => {
@@ -73,13 +91,13 @@ pub async fn run_with(
     check_patterns("--allowed-images", &args.allowed_images)?;
     let worker_config = PodWorkerConfig {
         allowed_images: ImagePolicy::new(args.allowed_images.iter().cloned()),
-        max_pods: usize::try_from(args.max_pods).unwrap_or(usize::MAX),
+        max_pods: usize::try_from(offered.pods).unwrap_or(usize::MAX),
         offered_cpu_millis: offered.cpu_millis,
         offered_memory_bytes: offered.memory_bytes,
         offered_storage_bytes: offered.storage_bytes,
         default_pod_storage_bytes: capacity::default_pod_storage(
             offered.storage_bytes,
-            args.max_pods,
+            offered.pods,
         ),
         ..PodWorkerConfig::default()
     };
@@ -94,13 +112,14 @@ pub async fn run_with(
             }
         });
     }
+    let (offer_tx, offer_rx) = tokio::sync::watch::channel(offered);
     let cfg = SessionConfig {
         operator: args.operator.clone(),
         provider_name: args.name.clone(),
         owner: args.owner.clone(),
         labels: args.label_map(),
         capacity,
-        offered,
+        offered: offer_rx.clone(),
         heartbeat_interval: args.heartbeat_interval,
         stats_interval: args.stats_interval,
         max_backoff: args.max_reconnect_backoff,
@@ -139,11 +158,49 @@ pub async fn run_with(
         &safety.cgroup_parent,
         &shutdown,
     )?;
-    let (board, connected) = (pods.board().clone(), metrics.clone());
+    let latest = Arc::new(parking_lot::Mutex::new(EdgeReport::default()));
+    let mut report = report;
+    if let Some(addr) = console_listen {
+        match console::bind(addr).await {
+            Ok((listener, url)) => {
+                tracing::info!(%url, "console listening (edge-kubelet console-url prints it with its token)");
+                report.console_url = url;
+                let actions = Arc::new(offer::AgentActions {
+                    state_dir: state_dir.clone(),
+                    node: node.clone(),
+                    capacity,
+                    offer: offer_tx,
+                    pods: pods.clone(),
+                    ceiling: safety.layout,
+                    changing: tokio::sync::Mutex::new(()),
+                    availability: availability.clone(),
+                });
+                let (dir, l, s) = (state_dir.clone(), latest.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = console::serve(listener, dir, l, actions, s).await {
+                        tracing::error!(error = %e, "the console stopped");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "no console: its address cannot be used"),
+        }
+    }
+    let (board, connected, sup, offer_now) = (
+        pods.board().clone(),
+        metrics.clone(),
+        pods.clone(),
+        offer_rx,
+    );
     let reporter = tokio::spawn(local::keep_writing(
         state_dir,
         report,
-        move || (connected.is_connected(), board.all()),
+        move || local::Live {
+            connected: connected.is_connected(),
+            pods: board.all(),
+            apps: sup.apps(),
+            offered: *offer_now.borrow(),
+        },
+        latest,
         shutdown.clone(),
     ));
     session::run(cfg, pods, metrics, shutdown.clone()).await;
@@ -235,6 +292,8 @@ struct HostSafety {
     userns_remap: Option<bool>,
     /// The rules in force, re-checked while the edge runs.
     installed: Option<Vec<host::FamilyRules>>,
+    /// The ceiling cgroup's layout, to change its limits with the offer.
+    layout: Option<CgroupLayout>,
 }
 
 impl HostSafety {
@@ -343,6 +402,7 @@ async fn secure_docker(
     docker.prepare().await?;
     let bridge = docker.bridge_interface().await?;
     let mut safety = HostSafety {
+        layout: Some(layout),
         cgroup_parent: ceiling.parent.clone(),
         storage,
         userns_remap: Some(facts.userns_remap),
@@ -440,11 +500,20 @@ async fn keep_egress_in_force(rules: Vec<host::FamilyRules>, shutdown: Cancellat
     }
 }
 
-/// `edge-kubelet uninstall`: removes the edge's egress rules, its containers, its network
-/// (once empty) and its ceiling cgroup. Refuses while the agent still runs.
+/// `edge-kubelet uninstall`: stops the agent the install script started, then removes the
+/// edge's egress rules, its containers, its network (once empty), its ceiling cgroup, its
+/// volumes (once confirmed: `--yes` or an answer on stdin), what the script installed and the
+/// state folder. Refuses while an agent it did not start still runs.
 pub async fn uninstall(args: &UninstallArgs) -> Result<String> {
+    use crate::local::install_record as record;
     let node = args.node_name();
-    if let Ok(r) = local::read_report(&args.state_dir())
+    let state_dir = args.state_dir();
+    let installed = record::InstallRecord::load(&state_dir);
+    let mut done = match &installed {
+        Some(r) => record::stop_agent(&state_dir, r),
+        None => Vec::new(),
+    };
+    if let Ok(r) = local::read_report(&state_dir)
         && r.connected
         && Path::new(&format!("/proc/{}", r.pid)).exists()
     {
@@ -453,7 +522,6 @@ pub async fn uninstall(args: &UninstallArgs) -> Result<String> {
             args.name, r.pid
         )));
     }
-    let mut done = Vec::new();
     let n = node.clone();
     tokio::task::spawn_blocking(move || host::uninstall(&n))
         .await
@@ -481,7 +549,54 @@ pub async fn uninstall(args: &UninstallArgs) -> Result<String> {
         Ceiling::new(layout, &node, 0, 0, 0).remove();
         done.push("ceiling cgroup removed".to_string());
     }
+    let volumes = docker.own_volumes().await?;
+    let mut volumes_kept = false;
+    if !volumes.is_empty() {
+        if args.yes
+            || confirm(&format!(
+                "remove the edge's {} volumes ({}) and the tenants' data in them? [y/N] ",
+                volumes.len(),
+                volumes.join(", ")
+            ))
+        {
+            for v in &volumes {
+                docker.remove_volume(v).await?;
+            }
+            done.push(format!("{} volumes removed", volumes.len()));
+        } else {
+            volumes_kept = true;
+            done.push(format!(
+                "{} volumes kept ({}); run again with --yes to remove them",
+                volumes.len(),
+                volumes.join(", ")
+            ));
+        }
+    }
+    if let Some(r) = &installed {
+        done.extend(record::remove_installed(r));
+    }
+    if volumes_kept {
+        done.push(format!(
+            "state folder {} kept with the volumes",
+            state_dir.display()
+        ));
+    } else {
+        done.push(record::remove_state_dir(&state_dir));
+    }
     Ok(done.join("\n") + "\n")
+}
+
+/// Asks `question` on the terminal; anything but y/yes (or no terminal) is no.
+fn confirm(question: &str) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 /// `edge-kubelet status`: the report of the agent using `state_dir`, rendered.

@@ -26,8 +26,10 @@ pub enum Command {
     /// Show what this machine runs, the caps in force, the connection state and the
     /// resources given so far (read from the running agent's state folder).
     Status(StatusArgs),
-    /// Take the machine back: remove the edge's egress rules, its containers, its Docker
-    /// network (once no container uses it) and its ceiling cgroup. Stop `run` first.
+    /// Take the machine back: stop the agent the install script started (its systemd unit or
+    /// background process), remove the edge's egress rules, its containers, its Docker network
+    /// (once no container uses it), its ceiling cgroup, its volumes (after a confirmation or
+    /// --yes), what the install script added (binary, unit, settings) and the state folder.
     Uninstall(UninstallArgs),
     /// Stop taking new work; running pods stay (as `kubectl cordon`). Kept across restarts
     /// until `resume`. Talks to the running agent over its control socket.
@@ -38,6 +40,9 @@ pub enum Command {
     Drain(DrainArgs),
     /// Take work again (as `kubectl uncordon`), as far as --schedule and --when-idle allow.
     Resume(ControlArgs),
+    /// Print the URL of the local console (with its access token) of the agent using the
+    /// state folder.
+    ConsoleUrl(StatusArgs),
 }
 
 /// Flags of `edge-kubelet pause|resume`: which running agent.
@@ -93,6 +98,10 @@ pub struct UninstallArgs {
     /// The Docker engine the agent ran with (`run --docker-host`).
     #[arg(long = "docker-host", env = "DOCKER_HOST", value_parser = parse_docker_host)]
     pub docker_host: Option<String>,
+
+    /// Remove the edge's volumes (tenants' data) without asking.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 impl UninstallArgs {
@@ -339,6 +348,35 @@ pub struct RunArgs {
     /// (0s: exit at once, pods keep running as on SIGINT).
     #[arg(long, env = "DECLOUD_SHUTDOWN_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_margin)]
     pub shutdown_drain_timeout: Duration,
+
+    /// Serve the volunteer's console (a web page: what runs, the offer, pause/resume/drain)
+    /// on this loopback address (port 0: any free port), or `off`. `edge-kubelet console-url`
+    /// prints its address with the access token.
+    #[arg(long, env = "DECLOUD_CONSOLE_LISTEN", default_value = "127.0.0.1:7171", value_parser = parse_console_listen)]
+    pub console_listen: ConsoleListen,
+
+    /// UNSAFE: let --console-listen be a non-loopback address (the console is then reachable
+    /// from the network, token-protected but over plain HTTP).
+    #[arg(long, env = "DECLOUD_UNSAFE_CONSOLE_ANY_ADDRESS")]
+    pub unsafe_console_any_address: bool,
+}
+
+/// `--console-listen`: an address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleListen {
+    /// No console.
+    Off,
+    /// Serve it here.
+    At(SocketAddr),
+}
+
+fn parse_console_listen(s: &str) -> Result<ConsoleListen, String> {
+    if s == "off" {
+        return Ok(ConsoleListen::Off);
+    }
+    s.parse().map(ConsoleListen::At).map_err(|_| {
+        format!("--console-listen {s:?}: expected ADDRESS:PORT (e.g. 127.0.0.1:7171) or off")
+    })
 }
 
 /// Longest `--docker-host` accepted.
@@ -490,6 +528,7 @@ mod tests {
             "pause",
             "drain",
             "resume",
+            "console-url",
         ] {
             for arg in cmd.find_subcommand(sub).unwrap().get_arguments() {
                 if arg.get_id() == "help" || arg.get_id() == "version" {

@@ -20,23 +20,26 @@ mod clock;
 /// Whether this machine takes work (pause, drain, resume, --schedule, --when-idle): the
 /// in-process [`control::Availability`] handle and the control socket.
 pub mod control;
+mod console;
 mod error;
 mod host;
 mod images;
 mod join;
 mod local;
 mod metrics;
+mod offer;
 mod platform;
 mod pod;
 mod runtime;
 mod session;
 
 pub use agent::{join, run, run_with, status, uninstall};
+pub use console::{ConsoleActions, LendingState, OfferForm, url_with_token as console_url};
 pub use error::{Error, Result};
 pub use host::{Cidr, EgressPolicy};
 pub use images::{ImagePolicy, PulledImages, RegistryGuard};
 pub use join::CREDENTIAL_FILE;
-pub use local::{EdgeReport, PodLine, StateFile, read_report};
+pub use local::{EdgeReport, Given, PodLine, StateFile, read_report};
 pub use pod::{
     BackoffPolicy, OUT_OF_CPU, OUT_OF_MEMORY, OUT_OF_PODS, PodSupervisor, PodUpdate,
     PodWorkerConfig, StatusBoard,

@@ -127,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Uninstall(args) => print!("{}", edge_kubelet::uninstall(&args).await?),
+        Command::ConsoleUrl(args) => println!("{}", edge_kubelet::console_url(&args.state_dir())?),
         Command::Join(args) => {
             edge_kubelet::join(&args).await?;
             println!(

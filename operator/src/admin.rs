@@ -58,10 +58,25 @@ pub(crate) async fn token(cmd: TokenCommand) -> Result<()> {
             println!("Join token: {token}");
             println!("Expires:    {}", rfc3339(expires));
             println!("CA hash:    {ca_hash}");
-            println!("Join a provider machine (Docker installed) with:");
-            println!(
-                "  edge-kubelet join --operator {operator_url} --token {token} --ca-hash {ca_hash} --name <machine-name>"
+            let join = format!(
+                "--operator {operator_url} --token {token} --ca-hash {ca_hash} --name <machine-name>"
             );
+            println!(
+                "Install and join a provider machine (as root; installs Docker from the \
+                 distribution's packages when it is missing, then a systemd unit):"
+            );
+            println!("  curl -fsSLk {operator_url}/install.sh | sh -s -- {join}");
+            println!(
+                "(-k: the machine does not trust the operator's CA yet; the script checks the CA \
+                 against the CA hash before it downloads anything. To check the script itself \
+                 first:)"
+            );
+            println!(
+                "  curl -fsSLko decloud-install.sh {operator_url}/install.sh && echo \"{}  decloud-install.sh\" | sha256sum -c - && sh decloud-install.sh {join}",
+                crate::install::script_sha256()
+            );
+            println!("With edge-kubelet already on the machine (Docker installed):");
+            println!("  edge-kubelet join {join}");
             println!("then keep it running with:");
             println!("  edge-kubelet run --operator {operator_url} --name <machine-name>");
         }

@@ -246,6 +246,15 @@ pub struct RunArgs {
     /// travel in the clear; for local debugging only.
     #[arg(long)]
     pub(crate) insecure_plaintext: bool,
+    /// The edge-kubelet binary the one-line install downloads, `[OS/ARCH=]PATH` (default
+    /// platform: the operator's own); repeat or comma-separate for more platforms. Served on
+    /// the edge listener as /edge-kubelet/OS/ARCH with its SHA-256, beside /install.sh.
+    #[arg(
+        long = "edge-binary",
+        env = "DECLOUD_EDGE_BINARY",
+        value_delimiter = ','
+    )]
+    pub(crate) edge_binaries: Vec<crate::install::EdgeBinarySpec>,
 }
 
 #[cfg(test)]

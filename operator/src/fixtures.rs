@@ -80,6 +80,7 @@ pub(crate) async fn start_over(
         listener,
         EdgeService::new(ctx.clone(), TrustingAuthenticator),
         None,
+        axum::Router::new(),
     ));
     let client = EdgeClient::connect(format!("http://{addr}")).await.unwrap();
     (client, ctx)

@@ -25,6 +25,7 @@ mod error;
 mod fixtures;
 pub mod fuzzing;
 mod health;
+mod install;
 mod leader;
 mod metrics;
 mod pods;

@@ -24,7 +24,7 @@ use crate::edge::{CredentialAuthenticator, EdgeService};
 use crate::health::Readiness;
 use crate::leader::{Elector, LeaderConfig};
 use crate::metrics::Metrics;
-use crate::{Config, Error, Result, edge, health, pods, provider, relay, tls, usage};
+use crate::{Config, Error, Result, edge, health, install, pods, provider, relay, tls, usage};
 
 /// How often every edge is resent its full desired pod set (the push path's safety net).
 const POD_SET_RESYNC: Duration = Duration::from_secs(30);
@@ -182,10 +182,15 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(health::serve(metrics_listener, registry, readiness.clone()));
     let auth = CredentialAuthenticator::new(client.clone(), ctx.providers.clone());
+    let install =
+        install::InstallFiles::load(&args.edge_binaries, tls.as_ref().map(|t| t.ca_pem.clone()))
+            .await?;
+    info!(platforms = ?install.platforms(), "serving /install.sh and the edge binaries on the edge listener");
     servers.spawn(edge::serve(
         edge_listener,
         EdgeService::new(ctx.clone(), auth),
         tls.as_ref().map(tls::OperatorTls::server_config),
+        install::router(Arc::new(install)),
     ));
 
     let elector = Elector::new(leader_config(&args)).await?;

@@ -2,9 +2,11 @@
 //! without the operator changes nothing, and the status report `edge-kubelet status` reads
 //! (`report`).
 
+mod given;
+pub(crate) mod install_record;
 mod report;
 mod state_file;
 
-pub use report::{EdgeReport, PodLine, read as read_report};
-pub(crate) use report::{keep_writing, status_text};
+pub use report::{EdgeReport, Given, PodLine, read as read_report};
+pub(crate) use report::{Live, keep_writing, status_text};
 pub use state_file::StateFile;

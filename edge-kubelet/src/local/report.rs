@@ -7,6 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +72,38 @@ pub struct EdgeReport {
     pub allowed_registries: Vec<String>,
     /// One line per pod.
     pub pods: Vec<PodLine>,
+    /// Resources given today (the machine's local date) and since the edge first ran here.
+    #[serde(default)]
+    pub given_today: Given,
+    /// Likewise, in total.
+    #[serde(default)]
+    pub given_total: Given,
+    /// Share of this agent's run time it was connected to the operator (0..=1); the
+    /// operator's own measure is the Provider's `reliability`.
+    #[serde(default)]
+    pub connected_ratio: f64,
+    /// The local console's address (`http://127.0.0.1:PORT/`, without its token); empty: off.
+    #[serde(default)]
+    pub console_url: String,
+}
+
+/// Resource-hours given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Given {
+    /// CPU time used by pods, seconds.
+    pub cpu_seconds: f64,
+    /// Memory held by pods over time, GiB-hours.
+    pub memory_gib_hours: f64,
+}
+
+/// What the running agent knows now, for each rewrite of the report.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Live {
+    pub(crate) connected: bool,
+    pub(crate) pods: Vec<pb::PodStatus>,
+    /// The admitted pods (images, requests), by uid.
+    pub(crate) apps: Vec<crate::pod::AppLine>,
+    pub(crate) offered: pb::Resources,
 }
 
 /// One pod in the report.
@@ -89,12 +124,25 @@ pub struct PodLine {
     /// Bytes its writable layers and logs hold (last measured).
     #[serde(default)]
     pub storage_bytes: i64,
+    /// Its containers' images.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// CPU it requests (millicores), as admission counts it.
+    #[serde(default)]
+    pub cpu_request_millis: i64,
+    /// Memory it requests (bytes).
+    #[serde(default)]
+    pub memory_request_bytes: i64,
 }
 
 impl PodLine {
-    fn from_status(s: &pb::PodStatus) -> Self {
+    fn from_status(s: &pb::PodStatus, apps: &[crate::pod::AppLine]) -> Self {
         let usage = s.usage.unwrap_or_default();
+        let app = apps.iter().find(|a| a.uid == s.uid);
         Self {
+            images: app.map(|a| a.images.clone()).unwrap_or_default(),
+            cpu_request_millis: app.map_or(0, |a| a.requests[0]),
+            memory_request_bytes: app.map_or(0, |a| a.requests[1]),
             pod: format!("{}/{}", s.namespace, s.name),
             phase: s
                 .phase()
@@ -111,37 +159,56 @@ impl PodLine {
 }
 
 /// Rewrites the report every [`PERIOD`] until `shutdown`; `base` carries the fixed fields and
-/// `now` says whether the session is up and what the pods' statuses are.
+/// `now` says what changes (session, pods, offer). The latest report is also kept in
+/// `latest`, for the console.
 pub(crate) async fn keep_writing(
     state_dir: PathBuf,
     base: EdgeReport,
-    now: impl Fn() -> (bool, Vec<pb::PodStatus>),
+    now: impl Fn() -> Live,
+    latest: Arc<Mutex<EdgeReport>>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(PERIOD);
+    let mut given = super::given::GivenLedger::open(&state_dir);
+    let (mut ticks, mut connected_ticks) = (0u64, 0u64);
+    let build = |live: Live, given: &super::given::GivenLedger, ratio: f64| EdgeReport {
+        connected: live.connected,
+        written_unix: now_unix_secs(),
+        offered_cpu_millis: live.offered.cpu_millis,
+        offered_memory_bytes: live.offered.memory_bytes,
+        offered_pods: live.offered.pods,
+        offered_storage_bytes: live.offered.storage_bytes,
+        pods: live
+            .pods
+            .iter()
+            .map(|p| PodLine::from_status(p, &live.apps))
+            .collect(),
+        given_today: given.today(),
+        given_total: given.total(),
+        connected_ratio: ratio,
+        ..base.clone()
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let (connected, pods) = now();
-        let report = EdgeReport {
-            connected,
-            written_unix: now_unix_secs(),
-            pods: pods.iter().map(PodLine::from_status).collect(),
-            ..base.clone()
-        };
+        let live = now();
+        ticks += 1;
+        connected_ticks += u64::from(live.connected);
+        given.record(&live.pods);
+        let report = build(live, &given, connected_ticks as f64 / ticks as f64);
         if let Err(e) = write(&state_dir, &report) {
             tracing::debug!(error = %e, "writing status.json failed");
         }
+        *latest.lock() = report;
     }
     // The agent is stopping: say so, so `status` does not show a stale "connected".
-    let report = EdgeReport {
+    let live = Live {
         connected: false,
-        written_unix: now_unix_secs(),
-        pods: now().1.iter().map(PodLine::from_status).collect(),
-        ..base
+        ..now()
     };
+    let report = build(live, &given, connected_ticks as f64 / ticks.max(1) as f64);
     let _ = write(&state_dir, &report);
 }
 
@@ -243,6 +310,19 @@ egress:     {}
     for rule in &r.egress_rules {
         out.push_str(&format!("  {rule}\n"));
     }
+    out.push_str(&format!(
+        "given today: {:.3} CPU-hours, {:.4} GiB-hours of memory; in total: {:.3} CPU-hours, {:.4} GiB-hours\n",
+        r.given_today.cpu_seconds / 3600.0,
+        r.given_today.memory_gib_hours,
+        r.given_total.cpu_seconds / 3600.0,
+        r.given_total.memory_gib_hours,
+    ));
+    if !r.console_url.is_empty() {
+        out.push_str(&format!(
+            "console:    {} (edge-kubelet console-url prints it with its token)\n",
+            r.console_url
+        ));
+    }
     let stored = r
         .pods
         .iter()
@@ -312,7 +392,9 @@ mod tests {
                 cpu_seconds: 12.5,
                 memory_gib_hours: 0.25,
                 storage_bytes: 5 << 20,
+                ..Default::default()
             }],
+            ..Default::default()
         };
         write(dir.path(), &report).expect("write");
         assert_eq!(read(dir.path()).expect("read"), report);

@@ -18,5 +18,6 @@ mod worker;
 
 pub use lifecycle::BackoffPolicy;
 pub use status_board::{PodUpdate, StatusBoard};
+pub(crate) use supervisor::{AdmissionOffer, AppLine};
 pub use supervisor::{OUT_OF_CPU, OUT_OF_MEMORY, OUT_OF_PODS, PodSupervisor};
 pub use worker::PodWorkerConfig;

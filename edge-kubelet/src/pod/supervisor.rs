@@ -39,6 +39,29 @@ pub struct PodSupervisor {
     /// that a restart does not start them again; the workers report them on `evictions`.
     evicted: Mutex<BTreeMap<String, String>>,
     evictions: mpsc::UnboundedSender<(String, String)>,
+    /// What pods are admitted against: the offer (CPU, memory, storage) and `--max-pods`,
+    /// from `cfg` at start, changed by the console.
+    offer: Mutex<AdmissionOffer>,
+}
+
+/// The offer pods are admitted against; 0 (or `max_pods` 0): no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AdmissionOffer {
+    pub(crate) cpu_millis: i64,
+    pub(crate) memory_bytes: i64,
+    pub(crate) storage_bytes: i64,
+    pub(crate) max_pods: usize,
+}
+
+/// One admitted pod that has not finished, as the console shows it (never env or secrets).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct AppLine {
+    pub(crate) uid: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) images: Vec<String>,
+    /// Requests (CPU millicores, memory bytes, ephemeral-storage bytes), as admission counts them.
+    pub(crate) requests: [i64; 3],
 }
 
 /// Pod-level reason of a pod refused because the edge already runs `--max-pods` pods
@@ -152,6 +175,12 @@ impl PodSupervisor {
         evicted.retain(|uid, _| assigned.iter().any(|p| &p.uid == uid));
         let existing = runtime.list_containers().await?;
         let (evictions, mut evicted_rx) = mpsc::unbounded_channel();
+        let cfg_offer = (
+            cfg.offered_cpu_millis,
+            cfg.offered_memory_bytes,
+            cfg.offered_storage_bytes,
+            cfg.max_pods,
+        );
         let sup = Arc::new(PodSupervisor {
             runtime: runtime.clone(),
             board: Arc::new(StatusBoard::default()),
@@ -162,6 +191,12 @@ impl PodSupervisor {
             rejected: Mutex::default(),
             evicted: Mutex::new(evicted),
             evictions,
+            offer: Mutex::new(AdmissionOffer {
+                cpu_millis: cfg_offer.0,
+                memory_bytes: cfg_offer.1,
+                storage_bytes: cfg_offer.2,
+                max_pods: cfg_offer.3,
+            }),
         });
         let weak = Arc::downgrade(&sup);
         tokio::spawn(async move {
@@ -237,6 +272,29 @@ impl PodSupervisor {
         let mut v: Vec<String> = self.workers().keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// The pods admitted here that have not finished (for the console).
+    pub(crate) fn apps(&self) -> Vec<AppLine> {
+        let mut out: Vec<AppLine> = self
+            .workers()
+            .iter()
+            .filter(|(uid, _)| !self.board.get(uid).is_some_and(|s| is_terminal(&s)))
+            .map(|(uid, w)| AppLine {
+                uid: uid.clone(),
+                namespace: w.spec.namespace.clone(),
+                name: w.spec.name.clone(),
+                images: w.spec.containers.iter().map(|c| c.image.clone()).collect(),
+                requests: pod_resources(&w.spec).0,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+
+    /// Admits pods from now on against `offer` (running pods are not touched).
+    pub(crate) fn set_admission_offer(&self, offer: AdmissionOffer) {
+        *self.offer.lock() = offer;
     }
 
     fn workers(&self) -> MutexGuard<'_, HashMap<String, WorkerHandle>> {
@@ -339,7 +397,8 @@ impl PodSupervisor {
             if self.rejected().contains(&spec.uid) {
                 return Ok(());
             }
-            let max = self.cfg.max_pods;
+            let admission = *self.offer.lock();
+            let max = admission.max_pods;
             // Finished pods (restartPolicy Never/OnFailure) hold no containers: not counted.
             let used = workers
                 .keys()
@@ -365,9 +424,9 @@ impl PodSupervisor {
                     ]
                 });
             let offer = [
-                self.cfg.offered_cpu_millis,
-                self.cfg.offered_memory_bytes,
-                self.cfg.offered_storage_bytes,
+                admission.cpu_millis,
+                admission.memory_bytes,
+                admission.storage_bytes,
             ];
             if let Some((reason, message)) = misfit(&spec, used, offer) {
                 drop(workers);

@@ -384,6 +384,40 @@ impl DockerRuntime {
         }
     }
 
+    /// The Docker volumes labelled as this edge's (`uninstall` removes them once confirmed).
+    pub async fn own_volumes(&self) -> Result<Vec<String>> {
+        let opts = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+            .filters(&self.own_filters())
+            .build();
+        let list = self
+            .docker
+            .list_volumes(Some(opts))
+            .await
+            .map_err(map_err)?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| self.is_own(&v.labels))
+            .map(|v| v.name)
+            .collect())
+    }
+
+    /// Removes volume `name` (`uninstall`).
+    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
     fn own_filters(&self) -> HashMap<String, Vec<String>> {
         HashMap::from([(
             "label".to_string(),

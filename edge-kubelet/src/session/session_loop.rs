@@ -40,8 +40,10 @@ pub(crate) struct SessionConfig {
     pub(crate) labels: HashMap<String, String>,
     /// Detected capacity.
     pub(crate) capacity: pb::Resources,
-    /// Offered resources (capacity capped by the provider's flags).
-    pub(crate) offered: pb::Resources,
+    /// Offered resources (capacity capped by the provider's flags, or as the console last
+    /// set them). A change ends the session: the next one presents it in its Hello, the way
+    /// the operator learns any offer.
+    pub(crate) offered: tokio::sync::watch::Receiver<pb::Resources>,
     /// Heartbeat interval until the operator's `Welcome` says otherwise.
     pub(crate) heartbeat_interval: Duration,
     /// Upper bound of the reconnect back-off.
@@ -130,11 +132,13 @@ async fn session_inner(
     let mut availability = cfg.availability.watch();
     availability.mark_unchanged();
     let (availability_gen, availability_now) = cfg.availability.to_report();
+    let mut offer = cfg.offered.clone();
+    let offered = *offer.borrow_and_update();
     let hello = pb::Hello {
         provider_name: cfg.provider_name.clone(),
         agent_version: crate::AGENT_VERSION.to_string(),
         capacity: Some(cfg.capacity),
-        offered: Some(cfg.offered),
+        offered: Some(offered),
         labels: cfg.labels.clone(),
         runtime: pods.runtime_name().to_string(),
         owner: cfg.owner.clone(),
@@ -228,6 +232,10 @@ async fn session_inner(
                     break Err(Error::Session("outbound stream closed".into()));
                 }
                 cfg.availability.reported(generation);
+            }
+            Ok(()) = offer.changed() => {
+                tracing::info!("the offer changed: reconnecting to present it to the operator");
+                break Ok(());
             }
             incoming = inbound.message() => {
                 match incoming {

@@ -271,11 +271,12 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves the edge gRPC API on `listener` until the process ends: over TLS with `tls`,
-/// plaintext without (local debugging only).
+/// plaintext without (local debugging only); `http` are plain HTTP routes served beside it.
 pub(crate) async fn serve<A: EdgeAuthenticator>(
     listener: TcpListener,
     service: EdgeService<A>,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    http: axum::Router,
 ) -> Result<()> {
     let received = service.ctx.metrics.edge_bytes_received.clone();
     let sent = service.ctx.metrics.edge_bytes_sent.clone();
@@ -294,11 +295,17 @@ pub(crate) async fn serve<A: EdgeAuthenticator>(
         .max_frame_size(Some(MAX_HTTP2_FRAME))
         // One session and the edge's tunnels and log streams: bounded per connection.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .add_service(
-            EdgeServer::new(service)
-                .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(pb::MAX_MESSAGE_BYTES),
-        )
+        // Plain HTTP routes beside the service (the one-line install's files), on the same
+        // port and TLS: the one address every provider already reaches.
+        .add_routes(tonic::service::Routes::from(
+            tonic::service::Routes::new(
+                EdgeServer::new(service)
+                    .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(pb::MAX_MESSAGE_BYTES),
+            )
+            .into_axum_router()
+            .merge(http),
+        ))
         // Connections come from our own listener, so tonic's `tcp_nodelay` does not reach
         // them: without it Nagle and delayed ACKs add tens of ms to every small tunnel write.
         .serve_with_incoming(tokio_stream::StreamExt::filter_map(
