@@ -75,7 +75,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
             }
         });
     }
+    let services = safety
+        .services
+        .take()
+        .map(|l| (l, Arc::new(session::ServiceLink::default())));
+    let link = services.as_ref().map(|(_, link)| link.clone());
+    let service_proxy =
+        services.map(|(l, link)| tokio::spawn(session::serve_services(l, link, pods.clone())));
     let cfg = SessionConfig {
+        services: link,
         operator: args.operator.clone(),
         provider_name: args.name.clone(),
         owner: args.owner.clone(),
@@ -119,6 +127,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     session::run(cfg, pods, metrics, shutdown.clone()).await;
+    if let Some(t) = service_proxy {
+        t.abort();
+    }
     shutdown.cancel();
     let _ = reporter.await;
     Ok(())
@@ -135,6 +146,8 @@ struct HostSafety {
     userns_remap: Option<bool>,
     /// The rules in force, re-checked while the edge runs.
     installed: Option<Vec<host::FamilyRules>>,
+    /// The service proxy's listener, bound on the bridge gateway (service names on).
+    services: Option<Arc<tokio::net::TcpListener>>,
 }
 
 impl HostSafety {
@@ -260,18 +273,20 @@ async fn secure_docker(
             "OFF (--unsafe-no-egress-policy): containers reach this host and its networks".into();
         return Ok((docker, safety));
     }
+    let (redirect, services) = bind_service_proxy(args, &docker).await;
     let node_owned = node.to_string();
-    let installed =
-        tokio::task::spawn_blocking(move || install_egress(&node_owned, &bridge, &policy))
-            .await
-            .map_err(|e| Error::Runtime(e.to_string()))?
-            .map_err(|e| {
-                Error::Runtime(format!(
-                    "{e}. The edge runs no pod without its egress policy (it needs root and \
+    let installed = tokio::task::spawn_blocking(move || {
+        install_egress(&node_owned, &bridge, &policy, redirect)
+    })
+    .await
+    .map_err(|e| Error::Runtime(e.to_string()))?
+    .map_err(|e| {
+        Error::Runtime(format!(
+            "{e}. The edge runs no pod without its egress policy (it needs root and \
                  iptables); start it with --unsafe-no-egress-policy to run pods anyway, \
                  unprotected"
-                ))
-            })?;
+        ))
+    })?;
     safety.rules = [Family::V4, Family::V6]
         .into_iter()
         .flat_map(|f| host::listing(f, &chains))
@@ -279,7 +294,45 @@ async fn secure_docker(
     tracing::info!(chains = ?chains, rules = safety.rules.len(), "egress policy installed and verified");
     safety.egress = "enforced".into();
     safety.installed = Some(installed);
+    safety.services = services;
     Ok((docker, safety))
+}
+
+/// Binds the service proxy on the bridge's gateway address (`--service-proxy-port`); none,
+/// with a warning, if it cannot (another edge on the same Docker network serves it: give
+/// each edge its own `--docker-network`).
+async fn bind_service_proxy(
+    args: &RunArgs,
+    docker: &DockerRuntime,
+) -> (
+    Option<host::ServiceRedirect>,
+    Option<Arc<tokio::net::TcpListener>>,
+) {
+    if args.service_proxy_port == 0 {
+        return (None, None);
+    }
+    let gateway = match docker.bridge_gateway().await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(error = %e, "service names off: no bridge gateway");
+            return (None, None);
+        }
+    };
+    match tokio::net::TcpListener::bind((gateway, args.service_proxy_port)).await {
+        Ok(l) => {
+            tracing::info!(%gateway, port = args.service_proxy_port, "service proxy listening");
+            let redirect = host::ServiceRedirect {
+                range: decloud_crds::services::SERVICE_CIDR,
+                gateway,
+                port: args.service_proxy_port,
+            };
+            (Some(redirect), Some(Arc::new(l)))
+        }
+        Err(e) => {
+            tracing::warn!(%gateway, port = args.service_proxy_port, error = %e, "service names off: cannot bind the service proxy (another edge on this Docker network? give each its own --docker-network)");
+            (None, None)
+        }
+    }
 }
 
 /// Builds, installs and verifies the rules of both families. IPv6 is skipped only where the
@@ -288,6 +341,7 @@ fn install_egress(
     node: &str,
     bridge: &str,
     policy: &EgressPolicy,
+    redirect: Option<host::ServiceRedirect>,
 ) -> Result<Vec<host::FamilyRules>> {
     let resolvers =
         host::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
@@ -304,6 +358,10 @@ fn install_egress(
             policy,
             &resolvers,
         );
+        let rules = match redirect {
+            Some(r) => host::with_service_redirect(rules, &[bridge.to_string()], r),
+            None => rules,
+        };
         host::install(&rules)?;
         host::verify(&rules)?;
         out.push(rules);

@@ -69,3 +69,9 @@ pub const MAX_STATS_CONTAINERS: usize = 16;
 /// Shortest interval between two `NodeStats` the operator takes from one edge; one sooner is
 /// dropped (and counted).
 pub const MIN_STATS_INTERVAL_MILLIS: u64 = 1000;
+
+/// Most `PodSpec.host_aliases` entries (service names in a pod's `/etc/hosts`).
+pub const MAX_HOST_ALIASES: usize = 512;
+
+/// Most names of one `HostAlias`.
+pub const MAX_ALIAS_NAMES: usize = 4;

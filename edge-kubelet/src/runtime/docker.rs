@@ -364,6 +364,24 @@ impl DockerRuntime {
         Ok(named.unwrap_or_else(|| format!("br-{}", id.chars().take(12).collect::<String>())))
     }
 
+    /// The IPv4 gateway of the edge's network: the host's address on its bridge.
+    pub async fn bridge_gateway(&self) -> Result<std::net::Ipv4Addr> {
+        let net = self
+            .docker
+            .inspect_network(&self.network, None)
+            .await
+            .map_err(map_err)?;
+        net.ipam
+            .and_then(|i| i.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.gateway)
+            .find_map(|g| g.parse().ok())
+            .ok_or_else(|| {
+                Error::Unsupported(format!("network {:?} has no IPv4 gateway", self.network))
+            })
+    }
+
     /// Removes the edge's network if no container is attached any more (`uninstall`).
     pub async fn remove_network(&self) -> Result<()> {
         match self.docker.remove_network(&self.network).await {
@@ -481,6 +499,9 @@ impl DockerRuntime {
                     ("max-file".to_string(), LOG_MAX_FILES.to_string()),
                 ])),
             }),
+            // Service names (the operator's hostAliases): the pod's own /etc/hosts, never
+            // the volunteer's resolver. Joined containers share the owner's file.
+            extra_hosts: (own_net && !pod.host_aliases.is_empty()).then(|| extra_hosts(pod)),
             storage_opt: self.ceiling.storage_quota_default.map(|default| {
                 let size = if res.ephemeral_storage_limit_bytes > 0 {
                     res.ephemeral_storage_limit_bytes
@@ -558,6 +579,27 @@ impl DockerRuntime {
             ip,
         }
     }
+}
+
+/// `hostAliases` as Docker's `ExtraHosts` (`name:ip`), bounded as the operator bounds them.
+fn extra_hosts(pod: &pb::PodSpec) -> Vec<String> {
+    pod.host_aliases
+        .iter()
+        .take(pb::MAX_HOST_ALIASES)
+        .filter(|a| a.ip.parse::<std::net::IpAddr>().is_ok())
+        .flat_map(|a| {
+            a.hostnames
+                .iter()
+                .take(pb::MAX_ALIAS_NAMES)
+                .filter(|n| {
+                    !n.is_empty()
+                        && n.len() <= 253
+                        && n.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                })
+                .map(move |n| format!("{n}:{}", a.ip))
+        })
+        .collect()
 }
 
 #[async_trait]

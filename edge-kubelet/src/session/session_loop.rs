@@ -54,6 +54,8 @@ pub(crate) struct SessionConfig {
     pub(crate) isolation: Option<pb::HostIsolation>,
     /// How often the node's statistics are sent (for the kubelet API's `/stats/summary`).
     pub(crate) stats_interval: Duration,
+    /// Where the service proxy finds the live session's tunnels (service names on).
+    pub(crate) services: Option<Arc<super::ServiceLink>>,
 }
 
 /// Runs sessions until `shutdown` is cancelled.
@@ -162,6 +164,7 @@ async fn session_inner(
     };
     *welcomed = true;
     metrics.set_connected(true);
+    let _link = cfg.services.as_ref().map(|l| l.attach(tunnels.clone()));
     let interval = if welcome.heartbeat_interval_millis > 0 {
         Duration::from_millis(u64::from(welcome.heartbeat_interval_millis))
     } else {
