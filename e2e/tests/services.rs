@@ -128,7 +128,8 @@ impl Scenario {
         );
         let out = self.exec(ns, wl, &script).await?;
         let body = out
-            .split_once("\r\n\r\n")
+            .replace("\r\n", "\n")
+            .split_once("\n\n")
             .map(|(_, b)| b.trim().to_string())
             .with_context(|| format!("no HTTP response from {host}: {out:?}"))?;
         Ok(body)
