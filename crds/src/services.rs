@@ -13,7 +13,7 @@
 //!   `spec.serviceAccess.allowedNamespaces` ([`may_connect`]). Default deny.
 //! - Two Workloads one pod may see could hash to one address (about one chance in 40,000 per
 //!   pair): the operator then refuses connections to it as ambiguous rather than guess, and
-//!   [`host_aliases`] leaves the younger one's names out.
+//!   [`host_aliases`] lists only the first of them (own namespace first, then by name).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
