@@ -11,8 +11,8 @@
 //! - Names are not secrets (as in Kubernetes DNS, where any Service name resolves); who may
 //!   connect is: the Workload's own namespace, and namespaces listed in
 //!   `spec.serviceAccess.allowedNamespaces` ([`may_connect`]). Default deny.
-//! - Two Workloads one pod may see could hash to one address (about one chance in 40,000 per
-//!   pair): the operator then refuses connections to it as ambiguous rather than guess, and
+//! - Two Workloads one pod may see could hash to one address (about one chance in 4 million
+//!   per pair): the operator then refuses connections to it as ambiguous rather than guess, and
 //!   [`host_aliases`] lists only the first of them (own namespace first, then by name).
 
 use std::collections::BTreeMap;
