@@ -178,7 +178,10 @@ async fn services_reach_workloads_on_other_providers_by_name() -> anyhow::Result
     let result = scenario(&s, &operator, &mut edges).await;
     if result.is_err() {
         for e in &edges {
-            eprintln!("--- {} ---\n{}", e.name, e.child.log_tail(25));
+            let log = std::fs::read(e.log()).unwrap_or_default();
+            let log = String::from_utf8_lossy(&log);
+            let tail: String = log.lines().rev().take(25).collect::<Vec<_>>().join("\n");
+            eprintln!("--- {} (newest first) ---\n{tail}", e.name);
         }
         eprintln!("--- operator ---\n{}", operator.child.log_tail(40));
     }
