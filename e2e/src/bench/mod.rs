@@ -12,6 +12,7 @@ pub mod procfs;
 pub mod quantity;
 pub mod report;
 pub mod scale;
+pub mod services;
 pub mod sim_edges;
 pub mod startup;
 pub mod stats;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! cargo run -p decloud-e2e --release --bin decloud-bench -- <startup|failover|scale|tunnel|footprint|quantity|all> [--quick] [--json out.json]
+//! cargo run -p decloud-e2e --release --bin decloud-bench -- <startup|failover|scale|tunnel|services|footprint|quantity|all> [--quick] [--json out.json]
 //! ```
 //! Each scenario starts its own etcd + kube-apiserver, the release `decloud-operator` and
 //! `edge-kubelet` binaries next to this one, and Docker containers it removes afterwards
@@ -66,6 +66,9 @@ enum Scenario {
     Scale,
     /// HTTP through the gateway tunnel vs direct to the container.
     Tunnel,
+    /// A container reaching another Workload by service address through two edges vs two
+    /// containers on one bridge.
+    Services,
     /// edge-kubelet memory and CPU, idle and with 10 pods.
     Footprint,
     /// The quantity parser on the worst strings the CRD accepts and on attacker strings.
@@ -83,6 +86,10 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("error,kube_client=off")),
         )
         .init();
+    // The services scenario's load generator, re-run inside a container's network namespace.
+    if let Ok(plan) = std::env::var(bench::services::CLIENT_ENV) {
+        return bench::services::client_main(&plan).await;
+    }
     let args = Args::parse();
     let opts = Opts {
         quick: args.quick,
@@ -97,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Footprint,
             Scenario::Startup,
             Scenario::Tunnel,
+            Scenario::Services,
             Scenario::Failover,
             Scenario::Scale,
         ],
@@ -115,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Failover => bench::failover::run(opts.clone()).await,
             Scenario::Scale => bench::scale::run(opts.clone()).await,
             Scenario::Tunnel => bench::tunnel::run(opts.clone()).await,
+            Scenario::Services => bench::services::run(opts.clone()).await,
             Scenario::Footprint => bench::footprint::run(opts.clone()).await,
             Scenario::Quantity => bench::quantity::run(opts.clone()).await,
             Scenario::All => unreachable!("expanded above"),
