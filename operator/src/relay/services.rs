@@ -14,8 +14,8 @@
 //! gets an empty data frame and the two tunnels are spliced.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -35,51 +35,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use super::service_state::{MAX_PER_EDGE, MAX_PER_POD};
 use super::tunnels::{FRAME_QUEUE, GrpcTunnel, TunnelBroker, TunnelResponse};
 use crate::context::Context;
 use crate::pods::PodEventRecord;
-use crate::slots::Slots;
 
-/// Service connections one source pod may have open at once.
-pub(crate) const MAX_PER_POD: usize = 64;
-/// Service connections one source edge may have open at once (its pods together).
-pub(crate) const MAX_PER_EDGE: usize = 512;
 /// Ready replicas tried for one connection before it is refused.
 const MAX_TRIES: usize = 3;
-
-/// The operator's service state: the Workload cache and the connection shares.
-pub(crate) struct ServiceState {
-    workloads: OnceLock<Store<Workload>>,
-    per_pod: Slots<String>,
-    per_edge: Slots<String>,
-    next: AtomicUsize,
-}
-
-impl Default for ServiceState {
-    fn default() -> Self {
-        Self {
-            workloads: OnceLock::new(),
-            per_pod: Slots::new(MAX_PER_POD),
-            per_edge: Slots::new(MAX_PER_EDGE),
-            next: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl std::fmt::Debug for ServiceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceState")
-            .field("workloads", &self.workloads.get().is_some())
-            .finish()
-    }
-}
-
-impl ServiceState {
-    /// Gives the service path the operator's shared Workload cache (once, at start-up).
-    pub(crate) fn set_workloads(&self, workloads: Store<Workload>) {
-        let _ = self.workloads.set(workloads);
-    }
-}
 
 /// Why a service connection is refused, before any replica is tried.
 #[derive(Debug, PartialEq, Eq)]
@@ -334,7 +296,14 @@ pub(crate) fn accept(
         }
         debug!(%source, %target, %replica, open_ms = started.elapsed().as_millis() as u64, "service connection open");
         let mut from_source = GrpcTunnel::new(inbound, Bytes::new(), tx);
-        let _ = tokio::io::copy_bidirectional(&mut from_source, &mut to_target).await;
+        // Buffers of one tunnel frame: each read leaves as one frame, not 8 KiB ones.
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut from_source,
+            &mut to_target,
+            pb::MAX_TUNNEL_FRAME,
+            pb::MAX_TUNNEL_FRAME,
+        )
+        .await;
     });
     Ok(Response::new(ReceiverStream::new(rx)))
 }
