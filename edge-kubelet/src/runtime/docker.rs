@@ -1161,6 +1161,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn host_aliases_become_extra_hosts_and_nothing_else() {
+        let pod = pb::PodSpec {
+            host_aliases: vec![
+                pb::HostAlias {
+                    ip: "100.64.0.9".into(),
+                    hostnames: vec!["db".into(), "db.shop.svc.decloud".into()],
+                },
+                pb::HostAlias {
+                    ip: "bogus".into(),
+                    hostnames: vec!["x".into()],
+                },
+                pb::HostAlias {
+                    ip: "100.64.0.10".into(),
+                    hostnames: vec!["ok".into(), "bad name".into(), "x\n1.2.3.4".into()],
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            extra_hosts(&pod),
+            [
+                "db:100.64.0.9",
+                "db.shop.svc.decloud:100.64.0.9",
+                "ok:100.64.0.10"
+            ]
+        );
+    }
+
+    #[test]
     fn image_references_split_for_pull() {
         let table = [
             ("busybox", ("busybox", "latest")),

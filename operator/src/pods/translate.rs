@@ -446,6 +446,30 @@ mod tests {
     }
 
     #[test]
+    fn host_aliases_are_carried_and_bounded() {
+        let c = json!([{"name": "c", "image": "b:1"}]);
+        let ok = pod_spec(&pod(json!({"containers": c, "hostAliases": [
+            {"ip": "100.64.0.9", "hostnames": ["db", "db.shop.svc.decloud"]}]})))
+        .unwrap();
+        assert_eq!(ok.host_aliases.len(), 1);
+        assert_eq!(ok.host_aliases[0].hostnames, ["db", "db.shop.svc.decloud"]);
+        let too_many: Vec<_> = (0..=pb::MAX_HOST_ALIASES)
+            .map(|i| json!({"ip": "100.64.0.9", "hostnames": [format!("s{i}")]}))
+            .collect();
+        for aliases in [
+            json!([{"ip": "not-an-ip", "hostnames": ["db"]}]),
+            json!([{"ip": "100.64.0.9", "hostnames": ["db\n1.2.3.4 evil"]}]),
+            json!([{"ip": "100.64.0.9", "hostnames": ["a b"]}]),
+            json!([{"ip": "100.64.0.9", "hostnames": [""]}]),
+            json!([{"ip": "100.64.0.9", "hostnames": ["a", "b", "c", "d", "e"]}]),
+            json!(too_many),
+        ] {
+            let p = pod(json!({"containers": c, "hostAliases": aliases}));
+            assert!(pod_spec(&p).is_err(), "{aliases}");
+        }
+    }
+
+    #[test]
     fn latest_detection() {
         for (image, latest) in [
             ("busybox", true),
