@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use serde_json::{Value, json};
 
-use crate::cluster::{EdgeProcess, containers_of_pod, docker};
+use crate::cluster::{ContainerSweeper, EdgeProcess, containers_of_pod, docker};
 use crate::eventually;
 
 use super::{
@@ -142,7 +142,13 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
         let _ = docker(&["rm", "-f", &c]);
     }
     let _ = docker(&["network", "rm", &direct_net]);
-    cluster.sweeper.sweep();
+    // This scenario's edges joined after the cluster's sweeper was made: sweep them here.
+    let nodes: Vec<String> = cluster
+        .names
+        .iter()
+        .map(|n| decloud_crds::contracts::node_name(n))
+        .collect();
+    ContainerSweeper::new(&nodes).sweep();
     for i in 0..2 {
         if let Some(e) = cluster.edges[i].take() {
             drop(e);
