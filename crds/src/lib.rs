@@ -12,6 +12,7 @@ pub mod hosts;
 pub mod pods;
 mod provider;
 pub mod quantity;
+pub mod services;
 pub mod tcp_ports;
 mod workload;
 

@@ -81,6 +81,27 @@ pub struct WorkloadSpec {
     /// How fast replicas on a lost provider are replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<Failover>,
+    /// Who else may connect to this Workload's ports by service name
+    /// (`<name>.<namespace>.svc.decloud`). Workloads of its own namespace always may; other
+    /// namespaces only when listed here (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_access: Option<ServiceAccess>,
+}
+
+/// Namespaces whose Workloads may connect to this one by service name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccess {
+    /// Other namespaces allowed (at most 32 namespace names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub allowed_namespaces: Vec<String>,
 }
 
 fn default_replicas() -> i32 {

@@ -113,7 +113,15 @@ pub async fn run_with(
         });
     }
     let (offer_tx, offer_rx) = tokio::sync::watch::channel(offered);
+    let services = safety
+        .services
+        .take()
+        .map(|l| (l, Arc::new(session::ServiceLink::default())));
+    let link = services.as_ref().map(|(_, link)| link.clone());
+    let service_proxy =
+        services.map(|(l, link)| tokio::spawn(session::serve_services(l, link, pods.clone())));
     let cfg = SessionConfig {
+        services: link,
         operator: args.operator.clone(),
         provider_name: args.name.clone(),
         owner: args.owner.clone(),
@@ -204,6 +212,9 @@ pub async fn run_with(
         shutdown.clone(),
     ));
     session::run(cfg, pods, metrics, shutdown.clone()).await;
+    if let Some(t) = service_proxy {
+        t.abort();
+    }
     shutdown.cancel();
     let _ = reporter.await;
     Ok(())
@@ -294,6 +305,8 @@ struct HostSafety {
     installed: Option<Vec<host::FamilyRules>>,
     /// The ceiling cgroup's layout, to change its limits with the offer.
     layout: Option<CgroupLayout>,
+    /// The service proxy's listener, bound on the bridge gateway (service names on).
+    services: Option<Arc<tokio::net::TcpListener>>,
 }
 
 impl HostSafety {
@@ -421,18 +434,20 @@ async fn secure_docker(
             "OFF (--unsafe-no-egress-policy): containers reach this host and its networks".into();
         return Ok((docker, safety));
     }
+    let (redirect, services) = bind_service_proxy(args, &docker).await;
     let node_owned = node.to_string();
-    let installed =
-        tokio::task::spawn_blocking(move || install_egress(&node_owned, &bridge, &policy))
-            .await
-            .map_err(|e| Error::Runtime(e.to_string()))?
-            .map_err(|e| {
-                Error::Runtime(format!(
-                    "{e}. The edge runs no pod without its egress policy (it needs root and \
+    let installed = tokio::task::spawn_blocking(move || {
+        install_egress(&node_owned, &bridge, &policy, redirect)
+    })
+    .await
+    .map_err(|e| Error::Runtime(e.to_string()))?
+    .map_err(|e| {
+        Error::Runtime(format!(
+            "{e}. The edge runs no pod without its egress policy (it needs root and \
                  iptables); start it with --unsafe-no-egress-policy to run pods anyway, \
                  unprotected"
-                ))
-            })?;
+        ))
+    })?;
     safety.rules = [Family::V4, Family::V6]
         .into_iter()
         .flat_map(|f| host::listing(f, &chains))
@@ -440,7 +455,45 @@ async fn secure_docker(
     tracing::info!(chains = ?chains, rules = safety.rules.len(), "egress policy installed and verified");
     safety.egress = "enforced".into();
     safety.installed = Some(installed);
+    safety.services = services;
     Ok((docker, safety))
+}
+
+/// Binds the service proxy on the bridge's gateway address (`--service-proxy-port`); none,
+/// with a warning, if it cannot (another edge on the same Docker network serves it: give
+/// each edge its own `--docker-network`).
+async fn bind_service_proxy(
+    args: &RunArgs,
+    docker: &DockerRuntime,
+) -> (
+    Option<host::ServiceRedirect>,
+    Option<Arc<tokio::net::TcpListener>>,
+) {
+    if args.service_proxy_port == 0 {
+        return (None, None);
+    }
+    let gateway = match docker.bridge_gateway().await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(error = %e, "service names off: no bridge gateway");
+            return (None, None);
+        }
+    };
+    match tokio::net::TcpListener::bind((gateway, args.service_proxy_port)).await {
+        Ok(l) => {
+            tracing::info!(%gateway, port = args.service_proxy_port, "service proxy listening");
+            let redirect = host::ServiceRedirect {
+                range: decloud_crds::services::SERVICE_CIDR,
+                gateway,
+                port: args.service_proxy_port,
+            };
+            (Some(redirect), Some(Arc::new(l)))
+        }
+        Err(e) => {
+            tracing::warn!(%gateway, port = args.service_proxy_port, error = %e, "service names off: cannot bind the service proxy (another edge on this Docker network? give each its own --docker-network)");
+            (None, None)
+        }
+    }
 }
 
 /// Builds, installs and verifies the rules of both families. IPv6 is skipped only where the
@@ -449,6 +502,7 @@ fn install_egress(
     node: &str,
     bridge: &str,
     policy: &EgressPolicy,
+    redirect: Option<host::ServiceRedirect>,
 ) -> Result<Vec<host::FamilyRules>> {
     let resolvers =
         host::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
@@ -465,6 +519,10 @@ fn install_egress(
             policy,
             &resolvers,
         );
+        let rules = match redirect {
+            Some(r) => host::with_service_redirect(rules, &[bridge.to_string()], r),
+            None => rules,
+        };
         host::install(&rules)?;
         host::verify(&rules)?;
         out.push(rules);

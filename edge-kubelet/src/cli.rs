@@ -285,6 +285,12 @@ pub struct RunArgs {
     #[arg(long = "deny-egress", env = "DECLOUD_DENY_EGRESS", value_delimiter = ',', value_parser = parse_cidr)]
     pub deny_egress: Vec<crate::host::Cidr>,
 
+    /// Port of the service proxy on the edge's bridge gateway address: containers' connections
+    /// to service names (`<name>`, `<name>.<namespace>.svc.decloud`) are redirected there and
+    /// carried through the operator. 0 turns service names off. Needs the egress policy.
+    #[arg(long, env = "DECLOUD_SERVICE_PROXY_PORT", default_value_t = 15001)]
+    pub service_proxy_port: u16,
+
     /// UNSAFE: run pods without the egress policy, so containers can reach this host, your
     /// home network and the cloud metadata address. Without it the edge refuses to start
     /// when the rules cannot be installed (not root, no iptables).

@@ -17,10 +17,10 @@ mod capacity;
 /// The command line; public as a module for the e2e benches, which parse edge command lines.
 pub mod cli;
 mod clock;
+mod console;
 /// Whether this machine takes work (pause, drain, resume, --schedule, --when-idle): the
 /// in-process [`control::Availability`] handle and the control socket.
 pub mod control;
-mod console;
 mod error;
 mod host;
 mod images;

@@ -17,7 +17,7 @@ use crate::edge::liveness::LivenessTracker;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::pods::{EVENT_QUEUE, EventLimiter, PodEventRecord, StatusQueue, StatusReport};
-use crate::relay::{NodePorts, PendingExecs, PendingLogs, PendingTunnels};
+use crate::relay::{NodePorts, PendingExecs, PendingLogs, PendingTunnels, ServiceState};
 use crate::slots::Slots;
 use crate::stats::store::NodeStatsStore;
 use crate::usage::UsageLedger;
@@ -64,6 +64,8 @@ pub(crate) struct Context {
     pub(crate) stats: NodeStatsStore,
     /// Each virtual node's own kubelet API port.
     pub(crate) node_ports: NodePorts,
+    /// Service-to-service connections: the Workload cache and the per-pod and per-edge shares.
+    pub(crate) services: ServiceState,
     reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
 }
 
@@ -122,6 +124,7 @@ impl Context {
             pod_events,
             stats: NodeStatsStore::default(),
             node_ports: NodePorts::default(),
+            services: ServiceState::default(),
             reconcile_tx,
         });
         (

@@ -157,6 +157,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         caches,
         readiness.clone(),
     );
+    ctx.services.set_workloads(w.workloads.store());
 
     let metrics_listener = health::bind(args.metrics_listen).await?;
     info!(addr = ?metrics_listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");

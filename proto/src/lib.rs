@@ -79,3 +79,8 @@ pub const MAX_AVAILABILITY_REASON: usize = 32;
 
 /// Longest `Availability.schedule` the operator keeps (bytes), and the longest `--schedule`.
 pub const MAX_SCHEDULE_BYTES: usize = 256;
+/// Most `PodSpec.host_aliases` entries (service names in a pod's `/etc/hosts`).
+pub const MAX_HOST_ALIASES: usize = 512;
+
+/// Most names of one `HostAlias`.
+pub const MAX_ALIAS_NAMES: usize = 4;

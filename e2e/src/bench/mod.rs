@@ -14,6 +14,7 @@ pub mod pull;
 pub mod quantity;
 pub mod report;
 pub mod scale;
+pub mod services;
 pub mod sim_edges;
 pub mod startup;
 pub mod stats;

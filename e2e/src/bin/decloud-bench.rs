@@ -72,6 +72,9 @@ enum Scenario {
     Pull,
     /// HTTP through the gateway tunnel vs direct to the container.
     Tunnel,
+    /// A container reaching another Workload by service address through two edges vs two
+    /// containers on one bridge.
+    Services,
     /// edge-kubelet memory and CPU, idle and with 10 pods.
     Footprint,
     /// The quantity parser on the worst strings the CRD accepts and on attacker strings.
@@ -89,6 +92,10 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("error,kube_client=off")),
         )
         .init();
+    // The services scenario's load generator, re-run inside a container's network namespace.
+    if let Ok(plan) = std::env::var(bench::services::CLIENT_ENV) {
+        return bench::services::client_main(&plan).await;
+    }
     let args = Args::parse();
     let opts = Opts {
         quick: args.quick,
@@ -103,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Footprint,
             Scenario::Startup,
             Scenario::Tunnel,
+            Scenario::Services,
             Scenario::Failover,
             Scenario::Drain,
             Scenario::Scale,
@@ -125,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Scale => bench::scale::run(opts.clone()).await,
             Scenario::Pull => bench::pull::run(opts.clone()).await,
             Scenario::Tunnel => bench::tunnel::run(opts.clone()).await,
+            Scenario::Services => bench::services::run(opts.clone()).await,
             Scenario::Footprint => bench::footprint::run(opts.clone()).await,
             Scenario::Quantity => bench::quantity::run(opts.clone()).await,
             Scenario::All => unreachable!("expanded above"),

@@ -111,6 +111,8 @@ pub(crate) struct Chains {
     pub forward: String,
     /// Container → this host.
     pub input: String,
+    /// Container → a service address (table `nat`): redirected to the edge's service proxy.
+    pub services: String,
 }
 
 impl Chains {
@@ -125,6 +127,7 @@ impl Chains {
         Chains {
             forward: format!("DECLOUD-{h:08x}-FWD"),
             input: format!("DECLOUD-{h:08x}-IN"),
+            services: format!("DECLOUD-{h:08x}-SVC"),
         }
     }
 }
@@ -170,6 +173,86 @@ pub(crate) struct FamilyRules {
     pub rules: Vec<Rule>,
     /// The jumps from the hooks (`DOCKER-USER` or `FORWARD`, and `INPUT`).
     pub jumps: Vec<Rule>,
+    /// Table `nat`: the service redirect's rule and its jump from `PREROUTING` (empty when
+    /// service names are off).
+    pub nat: Vec<Rule>,
+    /// The jumps from `nat PREROUTING`.
+    pub nat_jumps: Vec<Rule>,
+}
+
+/// Where containers' connections to service addresses go: the edge's service proxy on its
+/// bridge's gateway address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ServiceRedirect {
+    /// The service address range (`decloud_crds::services::SERVICE_CIDR`).
+    pub(crate) range: (std::net::Ipv4Addr, u8),
+    /// The bridge's gateway address (the host's side of the edge's network).
+    pub(crate) gateway: std::net::Ipv4Addr,
+    /// The proxy's port there.
+    pub(crate) port: u16,
+}
+
+const COMMENT_SERVICES: &str = "decloud: service addresses to the edge's service proxy";
+const COMMENT_PROXY: &str = "decloud: the edge's service proxy, redirected connections only";
+
+/// Adds the service redirect to IPv4 rules `r` of edge bridges `bridges`: in `nat`, TCP from
+/// the bridge to the service range is DNATed to the proxy; in `-IN`, just before the final
+/// refusal, only those redirected connections reach the proxy's one port (a container
+/// connecting to the gateway itself is still refused). Pure.
+pub(crate) fn with_service_redirect(
+    mut r: FamilyRules,
+    bridges: &[String],
+    redirect: ServiceRedirect,
+) -> FamilyRules {
+    if r.family != Family::V4 {
+        return r;
+    }
+    let comment = |c: &str| ["-m", "comment", "--comment", c].map(str::to_string);
+    let range = format!("{}/{}", redirect.range.0, redirect.range.1);
+    let to = format!("{}:{}", redirect.gateway, redirect.port);
+    let mut dnat = Rule::new(
+        &r.chains.services,
+        &["-d", &range, "-p", "tcp", "-m", "tcp"],
+    );
+    dnat.spec.extend(comment(COMMENT_SERVICES));
+    dnat.spec
+        .extend(["-j", "DNAT", "--to-destination", &to].map(str::to_string));
+    r.nat.push(dnat);
+    for br in bridges {
+        r.nat_jumps.push(Rule::new(
+            "PREROUTING",
+            &["-i", br, "-j", r.chains.services.as_str()],
+        ));
+    }
+    let gw = format!("{}/32", redirect.gateway);
+    let port = redirect.port.to_string();
+    let mut allow = Rule::new(
+        &r.chains.input,
+        &[
+            "-d",
+            &gw,
+            "-p",
+            "tcp",
+            "-m",
+            "tcp",
+            "--dport",
+            &port,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+        ],
+    );
+    allow.spec.extend(comment(COMMENT_PROXY));
+    allow.spec.extend(["-j", "RETURN"].map(str::to_string));
+    // Before the final REJECT of -IN (the last rule of that chain).
+    let at = r
+        .rules
+        .iter()
+        .rposition(|x| x.chain == r.chains.input)
+        .unwrap_or(r.rules.len());
+    r.rules.insert(at, allow);
+    r
 }
 
 const COMMENT_ISOLATE: &str = "decloud: pods on this edge cannot reach each other";
@@ -275,6 +358,8 @@ pub(crate) fn build(
         chains,
         rules,
         jumps,
+        nat: Vec::new(),
+        nat_jumps: Vec::new(),
     }
 }
 
@@ -346,7 +431,35 @@ fn restore_script(r: &FamilyRules) -> String {
         let _ = writeln!(s, "{}", rule.text());
     }
     s.push_str("COMMIT\n");
+    if !r.nat.is_empty() {
+        let _ = writeln!(s, "*nat\n:{} - [0:0]", r.chains.services);
+        for rule in &r.nat {
+            let _ = writeln!(s, "{}", rule.text());
+        }
+        s.push_str("COMMIT\n");
+    }
     s
+}
+
+/// Removes every jump into the service chain from `nat PREROUTING`, except those in `keep`.
+fn remove_nat_jumps(family: Family, chains: &Chains, keep: &[Rule]) -> Result<()> {
+    let Ok(listing) = run(family.tool(), &["-t", "nat", "-S", "PREROUTING"], None) else {
+        return Ok(());
+    };
+    for line in listing.lines() {
+        if !line.ends_with(&format!("-j {}", chains.services))
+            || keep.iter().any(|k| k.text() == line)
+        {
+            continue;
+        }
+        let mut args: Vec<&str> = line.split_whitespace().collect();
+        if args.first() == Some(&"-A") {
+            args[0] = "-D";
+            let args = [&["-t", "nat"][..], &args].concat();
+            run(family.tool(), &args, None)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes every jump into `chains` from the hook chains of `family`, except those in `keep`.
@@ -385,6 +498,15 @@ pub(crate) fn install(r: &FamilyRules) -> Result<()> {
         let check = [&["-C", j.chain.as_str()][..], &spec].concat();
         if run(tool, &check, None).is_err() {
             let insert = [&["-I", j.chain.as_str(), "1"][..], &spec].concat();
+            run(tool, &insert, None)?;
+        }
+    }
+    remove_nat_jumps(r.family, &r.chains, &r.nat_jumps)?;
+    for j in &r.nat_jumps {
+        let spec: Vec<&str> = j.spec.iter().map(String::as_str).collect();
+        let check = [&["-t", "nat", "-C", j.chain.as_str()][..], &spec].concat();
+        if run(tool, &check, None).is_err() {
+            let insert = [&["-t", "nat", "-I", j.chain.as_str(), "1"][..], &spec].concat();
             run(tool, &insert, None)?;
         }
     }
@@ -429,6 +551,11 @@ pub(crate) fn verify(r: &FamilyRules) -> Result<()> {
             return Err(fail(format!("`{before}` comes before `{jump}`")));
         }
     }
+    for rule in r.nat.iter().chain(&r.nat_jumps) {
+        let spec: Vec<&str> = rule.spec.iter().map(String::as_str).collect();
+        let check = [&["-t", "nat", "-C", rule.chain.as_str()][..], &spec].concat();
+        run(tool, &check, None).map_err(|e| fail(format!("missing nat {}: {e}", rule.text())))?;
+    }
     if !r.jumps.is_empty() {
         bridged_traffic_filtered(r.family).map_err(fail)?;
     }
@@ -466,6 +593,9 @@ pub(crate) fn listing(family: Family, chains: &Chains) -> Vec<String> {
             out.extend(l.lines().map(|l| format!("{}: {l}", family.tool())));
         }
     }
+    if let Ok(l) = run(family.tool(), &["-t", "nat", "-S", &chains.services], None) {
+        out.extend(l.lines().map(|l| format!("{} -t nat: {l}", family.tool())));
+    }
     out
 }
 
@@ -482,6 +612,11 @@ pub(crate) fn uninstall(node: &str) -> Result<()> {
                 run(family.tool(), &["-F", c], None)?;
                 run(family.tool(), &["-X", c], None)?;
             }
+        }
+        remove_nat_jumps(family, &chains, &[])?;
+        if run(family.tool(), &["-t", "nat", "-S", &chains.services], None).is_ok() {
+            run(family.tool(), &["-t", "nat", "-F", &chains.services], None)?;
+            run(family.tool(), &["-t", "nat", "-X", &chains.services], None)?;
         }
     }
     Ok(())
@@ -670,6 +805,67 @@ mod tests {
         assert!(
             !s.contains("DOCKER-USER"),
             "jumps are inserted separately: {s}"
+        );
+    }
+
+    #[test]
+    fn the_service_redirect_opens_one_port_to_redirected_connections_only() {
+        let base = build(
+            Family::V4,
+            "edge-a",
+            &["br-x".into()],
+            "DOCKER-USER",
+            &EgressPolicy::default(),
+            &[],
+        );
+        let redirect = ServiceRedirect {
+            range: ("100.64.0.0".parse().unwrap(), 10),
+            gateway: "172.30.0.1".parse().unwrap(),
+            port: 15001,
+        };
+        let r = with_service_redirect(base.clone(), &["br-x".into()], redirect);
+        let i = &r.chains.input;
+        let ins: Vec<String> = r
+            .rules
+            .iter()
+            .filter(|x| &x.chain == i)
+            .map(Rule::text)
+            .collect();
+        let n = ins.len();
+        assert_eq!(
+            ins[n - 2],
+            format!(
+                "-A {i} -d 172.30.0.1/32 -p tcp -m tcp --dport 15001 -m conntrack --ctstate DNAT -m comment --comment \"{COMMENT_PROXY}\" -j RETURN"
+            )
+        );
+        assert!(
+            ins[n - 1].contains("REJECT"),
+            "the refusal stays last: {ins:#?}"
+        );
+        assert_eq!(r.rules.len(), base.rules.len() + 1);
+        assert_eq!(
+            r.nat[0].text(),
+            format!(
+                "-A {} -d 100.64.0.0/10 -p tcp -m tcp -m comment --comment \"{COMMENT_SERVICES}\" -j DNAT --to-destination 172.30.0.1:15001",
+                r.chains.services
+            )
+        );
+        assert_eq!(
+            r.nat_jumps[0].text(),
+            format!("-A PREROUTING -i br-x -j {}", r.chains.services)
+        );
+        assert!(restore_script(&r).contains("*nat\n"));
+        let v6 = build(
+            Family::V6,
+            "edge-a",
+            &["br-x".into()],
+            "FORWARD",
+            &EgressPolicy::default(),
+            &[],
+        );
+        assert_eq!(
+            with_service_redirect(v6.clone(), &["br-x".into()], redirect),
+            v6
         );
     }
 

@@ -10,6 +10,6 @@ pub(crate) use cgroup::{Ceiling, CgroupLayout, MIN_MEMORY_BYTES};
 pub use cidr::Cidr;
 pub use egress::EgressPolicy;
 pub(crate) use egress::{
-    Chains, Family, FamilyRules, build, forward_hook, install, listing, nameservers, uninstall,
-    verify,
+    Chains, Family, FamilyRules, ServiceRedirect, build, forward_hook, install, listing,
+    nameservers, uninstall, verify, with_service_redirect,
 };

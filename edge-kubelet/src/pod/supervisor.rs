@@ -267,6 +267,14 @@ impl PodSupervisor {
             .filter(|ip| !ip.is_empty())
     }
 
+    /// The pod assigned here whose address on this edge's container network is `ip`: who a
+    /// container connection came from (the address is the edge's own record, never a claim).
+    pub(crate) fn pod_at(&self, ip: &str) -> Option<String> {
+        let uids: Vec<String> = self.workers().keys().cloned().collect();
+        uids.into_iter()
+            .find(|uid| self.board.get(uid).is_some_and(|s| s.pod_ip == ip))
+    }
+
     /// UIDs of the pods currently assigned (not terminating).
     pub fn assigned(&self) -> Vec<String> {
         let mut v: Vec<String> = self.workers().keys().cloned().collect();

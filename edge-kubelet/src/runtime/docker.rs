@@ -373,6 +373,24 @@ impl DockerRuntime {
         Ok(named.unwrap_or_else(|| format!("br-{}", id.chars().take(12).collect::<String>())))
     }
 
+    /// The IPv4 gateway of the edge's network: the host's address on its bridge.
+    pub async fn bridge_gateway(&self) -> Result<std::net::Ipv4Addr> {
+        let net = self
+            .docker
+            .inspect_network(&self.network, None)
+            .await
+            .map_err(map_err)?;
+        net.ipam
+            .and_then(|i| i.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.gateway)
+            .find_map(|g| g.parse().ok())
+            .ok_or_else(|| {
+                Error::Unsupported(format!("network {:?} has no IPv4 gateway", self.network))
+            })
+    }
+
     /// Removes the edge's network if no container is attached any more (`uninstall`).
     pub async fn remove_network(&self) -> Result<()> {
         match self.docker.remove_network(&self.network).await {
@@ -524,6 +542,9 @@ impl DockerRuntime {
                     ("max-file".to_string(), LOG_MAX_FILES.to_string()),
                 ])),
             }),
+            // Service names (the operator's hostAliases): the pod's own /etc/hosts, never
+            // the volunteer's resolver. Joined containers share the owner's file.
+            extra_hosts: (own_net && !pod.host_aliases.is_empty()).then(|| extra_hosts(pod)),
             storage_opt: self.ceiling.storage_quota_default.map(|default| {
                 let size = if res.ephemeral_storage_limit_bytes > 0 {
                     res.ephemeral_storage_limit_bytes
@@ -601,6 +622,27 @@ impl DockerRuntime {
             ip,
         }
     }
+}
+
+/// `hostAliases` as Docker's `ExtraHosts` (`name:ip`), bounded as the operator bounds them.
+fn extra_hosts(pod: &pb::PodSpec) -> Vec<String> {
+    pod.host_aliases
+        .iter()
+        .take(pb::MAX_HOST_ALIASES)
+        .filter(|a| a.ip.parse::<std::net::IpAddr>().is_ok())
+        .flat_map(|a| {
+            a.hostnames
+                .iter()
+                .take(pb::MAX_ALIAS_NAMES)
+                .filter(|n| {
+                    !n.is_empty()
+                        && n.len() <= 253
+                        && n.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                })
+                .map(move |n| format!("{n}:{}", a.ip))
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -1160,6 +1202,35 @@ impl ContainerRuntime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_aliases_become_extra_hosts_and_nothing_else() {
+        let pod = pb::PodSpec {
+            host_aliases: vec![
+                pb::HostAlias {
+                    ip: "100.64.0.9".into(),
+                    hostnames: vec!["db".into(), "db.shop.svc.decloud".into()],
+                },
+                pb::HostAlias {
+                    ip: "bogus".into(),
+                    hostnames: vec!["x".into()],
+                },
+                pb::HostAlias {
+                    ip: "100.64.0.10".into(),
+                    hostnames: vec!["ok".into(), "bad name".into(), "x\n1.2.3.4".into()],
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            extra_hosts(&pod),
+            [
+                "db:100.64.0.9",
+                "db.shop.svc.decloud:100.64.0.9",
+                "ok:100.64.0.10"
+            ]
+        );
+    }
 
     #[test]
     fn image_references_split_for_pull() {

@@ -4,8 +4,10 @@
 
 mod exec;
 mod logs;
+mod services;
 mod session_loop;
 mod stats;
 mod tunnel;
 
+pub(crate) use services::{ServiceLink, serve as serve_services};
 pub(crate) use session_loop::{SessionConfig, run};

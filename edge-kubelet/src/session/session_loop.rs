@@ -58,6 +58,8 @@ pub(crate) struct SessionConfig {
     pub(crate) stats_interval: Duration,
     /// Whether the machine takes work: in the Hello, then on every change.
     pub(crate) availability: crate::control::Availability,
+    /// Where the service proxy finds the live session's tunnels (service names on).
+    pub(crate) services: Option<Arc<super::ServiceLink>>,
 }
 
 /// Runs sessions until `shutdown` is cancelled.
@@ -174,6 +176,7 @@ async fn session_inner(
     metrics.set_connected(true);
     cfg.availability.reported(availability_gen);
     let mut sent_generation = availability_gen;
+    let _link = cfg.services.as_ref().map(|l| l.attach(tunnels.clone()));
     let interval = if welcome.heartbeat_interval_millis > 0 {
         Duration::from_millis(u64::from(welcome.heartbeat_interval_millis))
     } else {

@@ -50,6 +50,7 @@ pub(crate) const MAX_TUNNELS: usize = 256;
 
 /// The tunnel endpoint of one session: opens tunnels on its connection, at most
 /// [`MAX_TUNNELS`] at once.
+#[derive(Clone)]
 pub(crate) struct Tunnels {
     opener: TunnelOpener,
     slots: Arc<Semaphore>,
@@ -157,7 +158,7 @@ async fn run(
 
 /// Copies container → operator and operator → container until both directions are closed,
 /// or either fails.
-async fn splice(
+pub(crate) async fn splice(
     conn: TcpStream,
     mut inbound: Streaming<pb::TunnelFrame>,
     tx: mpsc::Sender<pb::TunnelFrame>,

@@ -64,9 +64,55 @@ pub(crate) fn pod_spec(pod: &Pod) -> Result<pb::PodSpec> {
         termination_grace_period_seconds: grace,
         containers,
         spec_hash: String::new(),
+        host_aliases: host_aliases(spec.host_aliases.as_deref().unwrap_or_default())?,
     };
     out.spec_hash = spec_hash(&out);
     Ok(out)
+}
+
+/// `hostAliases` as the edge writes them into `/etc/hosts`: IPv4 or IPv6 addresses and DNS
+/// names only (a hosts line is all an entry can become), at most
+/// [`pb::MAX_HOST_ALIASES`] entries of at most [`pb::MAX_ALIAS_NAMES`] names.
+fn host_aliases(aliases: &[k8s_openapi::api::core::v1::HostAlias]) -> Result<Vec<pb::HostAlias>> {
+    if aliases.len() > pb::MAX_HOST_ALIASES {
+        return Err(Error::Unsupported(format!(
+            "{} hostAliases; at most {}",
+            aliases.len(),
+            pb::MAX_HOST_ALIASES
+        )));
+    }
+    aliases
+        .iter()
+        .map(|a| {
+            let ip: std::net::IpAddr =
+                a.ip.parse()
+                    .map_err(|_| Error::Unsupported(format!("hostAliases ip {:?}", a.ip)))?;
+            let names = a.hostnames.clone().unwrap_or_default();
+            if names.len() > pb::MAX_ALIAS_NAMES {
+                return Err(Error::Unsupported(format!(
+                    "hostAliases {ip}: {} names; at most {}",
+                    names.len(),
+                    pb::MAX_ALIAS_NAMES
+                )));
+            }
+            for n in &names {
+                let ok = !n.is_empty()
+                    && n.len() <= 253
+                    && n.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if !ok {
+                    return Err(Error::Unsupported(format!("hostAliases name {n:?}")));
+                }
+            }
+            Ok(pb::HostAlias {
+                ip: ip.to_string(),
+                hostnames: names,
+            })
+        })
+        .collect()
 }
 
 /// A short content hash of `spec` (its `spec_hash` field excluded).
@@ -396,6 +442,30 @@ mod tests {
         ];
         for spec in cases {
             assert!(pod_spec(&pod(spec.clone())).is_err(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn host_aliases_are_carried_and_bounded() {
+        let c = json!([{"name": "c", "image": "b:1"}]);
+        let ok = pod_spec(&pod(json!({"containers": c, "hostAliases": [
+            {"ip": "100.64.0.9", "hostnames": ["db", "db.shop.svc.decloud"]}]})))
+        .unwrap();
+        assert_eq!(ok.host_aliases.len(), 1);
+        assert_eq!(ok.host_aliases[0].hostnames, ["db", "db.shop.svc.decloud"]);
+        let too_many: Vec<_> = (0..=pb::MAX_HOST_ALIASES)
+            .map(|i| json!({"ip": "100.64.0.9", "hostnames": [format!("s{i}")]}))
+            .collect();
+        for aliases in [
+            json!([{"ip": "not-an-ip", "hostnames": ["db"]}]),
+            json!([{"ip": "100.64.0.9", "hostnames": ["db\n1.2.3.4 evil"]}]),
+            json!([{"ip": "100.64.0.9", "hostnames": ["a b"]}]),
+            json!([{"ip": "100.64.0.9", "hostnames": [""]}]),
+            json!([{"ip": "100.64.0.9", "hostnames": ["a", "b", "c", "d", "e"]}]),
+            json!(too_many),
+        ] {
+            let p = pod(json!({"containers": c, "hostAliases": aliases}));
+            assert!(pod_spec(&p).is_err(), "{aliases}");
         }
     }
 

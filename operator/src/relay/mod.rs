@@ -8,6 +8,8 @@ mod exec;
 mod logs;
 mod node_ports;
 mod pending;
+mod service_state;
+mod services;
 mod tunnel_rpc;
 mod tunnels;
 
@@ -15,5 +17,6 @@ pub(crate) use endpoints::{GatewayCertificates, GatewayConfig, run as run_endpoi
 pub(crate) use logs::on_chunk as on_log_chunk;
 pub(crate) use node_ports::NodePorts;
 pub(crate) use pending::{PendingExecs, PendingLogs, PendingTunnels};
+pub(crate) use service_state::ServiceState;
 pub(crate) use tunnel_rpc::accept as accept_tunnel;
 pub(crate) use tunnels::TunnelResponse;

@@ -1,5 +1,8 @@
 //! The `Tunnel` RPC: its first frame says what it carries, a gateway tunnel
-//! (`TunnelOpen`, [`super::tunnels`]) or an exec/attach session (`ExecOpen`, [`super::exec`]).
+//! (`TunnelOpen`, [`super::tunnels`]), an exec/attach session (`ExecOpen`, [`super::exec`]) or
+//! a container's connection to a service (`ServiceOpen`, [`super::services`]).
+
+use std::sync::Arc;
 
 use decloud_proto as pb;
 use pb::tunnel_frame::Kind as Frame;
@@ -10,7 +13,7 @@ use crate::context::Context;
 
 /// Serves one `Tunnel` RPC of `provider` (already authenticated).
 pub(crate) async fn accept(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     provider: &str,
     mut inbound: Streaming<pb::TunnelFrame>,
 ) -> Result<Response<TunnelResponse>, Status> {
@@ -29,8 +32,11 @@ pub(crate) async fn accept(
         Some(pb::TunnelFrame {
             kind: Some(Frame::ExecOpen(open)),
         }) => super::exec::accept(ctx, provider, open.tunnel_id, inbound),
+        Some(pb::TunnelFrame {
+            kind: Some(Frame::ServiceOpen(open)),
+        }) => super::services::accept(ctx, provider, open, inbound),
         _ => Err(Status::failed_precondition(
-            "the first frame of a Tunnel must be a TunnelOpen or an ExecOpen",
+            "the first frame of a Tunnel must be a TunnelOpen, an ExecOpen or a ServiceOpen",
         )),
     }
 }

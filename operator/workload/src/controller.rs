@@ -634,11 +634,20 @@ async fn execute(
 
     // Creates go out a few at a time: a 1,000-replica Workload is placed in seconds, not
     // one API round trip after another.
+    // Service names as /etc/hosts entries, fixed at creation like a container's resolv.conf.
+    let namespace = workload.namespace().unwrap_or_default();
+    let aliases = decloud_crds::services::host_aliases(
+        ctx.workloads.state().iter().map(AsRef::as_ref),
+        &namespace,
+    );
     let planned = step
         .creates
         .iter()
         .map(|(provider, node)| {
-            let pod = build_pod(workload, &s.hash, node)?;
+            let mut pod = build_pod(workload, &s.hash, node)?;
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.host_aliases = (!aliases.is_empty()).then(|| aliases.clone());
+            }
             Ok((provider.clone(), node.clone(), pod))
         })
         .collect::<Result<Vec<_>>>()?;

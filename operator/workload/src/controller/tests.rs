@@ -79,6 +79,7 @@ fn workload() -> Workload {
             placement: None,
             expose: None,
             failover: None,
+            service_access: None,
         },
     );
     wl.metadata.namespace = Some("default".into());
