@@ -307,12 +307,14 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
     ));
     // One certificate store: the Workload controller fills it, the HTTPS listener reads it.
     let certificates = args.https_listen.map(|_| decloud_gateway::CertStore::new());
+    // ACME HTTP-01 answers: the issuer publishes them, the plain HTTP listener gives them.
+    let challenges = decloud_gateway::Http01Challenges::default();
     let gateway_config = relay::GatewayConfig {
         listen: args.gateway_listen,
         https: args
             .https_listen
             .zip(certificates.clone())
-            .map(|(listen, store)| (listen, store, args.https_public_port)),
+            .map(|(listen, store)| (listen, store, args.https_public_port, challenges.clone())),
         base_domain: args.base_domain.clone(),
         tcp: args
             .tcp_port_range
@@ -352,10 +354,23 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
                     .unwrap_or_else(|| args.base_domain.clone()),
             }),
     };
+    let acme = match (&args.acme_directory, &certificates) {
+        (Some(directory), Some(_)) => {
+            match acme_issuer(args, directory, client.clone(), &challenges) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::error!(error = %e, "ACME is off: its settings are not usable");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let certificates = certificates.map(|store| {
         Arc::new(relay::GatewayCertificates::new(
             store,
             args.https_public_port,
+            acme,
         )) as Arc<dyn decloud_workload::Certificates>
     });
     loops.spawn(async move {
@@ -367,6 +382,68 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
         }
     });
     loops.join_next().await;
+}
+
+/// Answers HTTP-01 challenges on the gateway's plain HTTP listener.
+struct GatewayChallenges(decloud_gateway::Http01Challenges);
+
+impl decloud_workload::acme::Http01Responder for GatewayChallenges {
+    fn publish(&self, host: &str, token: &str, key_authorization: &str) -> bool {
+        self.0.publish(host, token, key_authorization)
+    }
+
+    fn withdraw(&self, token: &str) {
+        self.0.withdraw(token);
+    }
+}
+
+/// Most ACME account contacts.
+const MAX_ACME_CONTACTS: usize = 4;
+
+/// The ACME issuer the flags describe.
+fn acme_issuer(
+    args: &RunArgs,
+    directory: &str,
+    client: kube::Client,
+    challenges: &decloud_gateway::Http01Challenges,
+) -> std::result::Result<Arc<decloud_workload::acme::Acme>, String> {
+    if !directory.starts_with("https://") {
+        return Err(format!(
+            "--acme-directory {directory:?} is not an https:// URL"
+        ));
+    }
+    if args.acme_contacts.len() > MAX_ACME_CONTACTS {
+        return Err(format!(
+            "at most {MAX_ACME_CONTACTS} --acme-contact are accepted"
+        ));
+    }
+    if let Some(c) = args
+        .acme_contacts
+        .iter()
+        .find(|c| !c.starts_with("mailto:") || c.len() > 254)
+    {
+        return Err(format!("--acme-contact {c:?} is not a mailto: URI"));
+    }
+    let bundle = std::fs::read(&args.acme_ca_bundle)
+        .map_err(|e| format!("--acme-ca-bundle {}: {e}", args.acme_ca_bundle.display()))?;
+    let identity = leader_config(args).identity;
+    let config = decloud_workload::acme::AcmeConfig {
+        directory: directory.to_string(),
+        contact: args.acme_contacts.clone(),
+        ca_bundle: Some(bundle),
+        namespace: args.namespace.clone(),
+        identity,
+        base_domain_hosts: args.acme_base_domain_hosts,
+        orders_per_namespace_hour: usize::from(args.acme_orders_per_namespace_hour),
+        concurrent_orders: usize::from(args.acme_concurrent_orders),
+    };
+    tracing::info!(directory, "ACME certificates on");
+    decloud_workload::acme::Acme::new(
+        config,
+        client,
+        Arc::new(GatewayChallenges(challenges.clone())),
+    )
+    .map(Arc::new)
 }
 
 /// Turns missed heartbeats into Provider reconciles, checking several times per interval.

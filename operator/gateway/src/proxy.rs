@@ -36,7 +36,7 @@ use crate::limits::GatewayLimits;
 use crate::routes::{Route, Routes};
 use crate::seams::TunnelDialer;
 use crate::tcp::{TcpExposure, serve_tcp};
-use crate::tls::{CertStore, SniResolver, server_config};
+use crate::tls::{ACME_CHALLENGE_PATH, CertStore, Http01Challenges, SniResolver, server_config};
 
 /// Longest chunk-size or trailer line of a chunked request body.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -53,6 +53,8 @@ pub struct Https {
     pub certificates: CertStore,
     /// The port clients reach HTTPS on (in redirects; omitted when 443).
     pub public_port: u16,
+    /// ACME HTTP-01 answers, given on the plain HTTP listener before any redirect or route.
+    pub challenges: Http01Challenges,
 }
 
 /// What both listeners share.
@@ -64,6 +66,8 @@ struct Shared {
     refusing: Arc<Semaphore>,
     /// The resolver and the public HTTPS port, when HTTPS is served.
     https: Option<(Arc<SniResolver>, u16)>,
+    /// ACME HTTP-01 answers, when HTTPS is served.
+    challenges: Option<Http01Challenges>,
 }
 
 impl Shared {
@@ -112,6 +116,7 @@ pub async fn serve_gateway_with_tcp(
     dialer: Arc<dyn TunnelDialer>,
     limits: GatewayLimits,
 ) {
+    let challenges = https.as_ref().map(|h| h.challenges.clone());
     let (https_listener, acceptor, resolver) = match https {
         Some(h) => {
             let resolver = Arc::new(SniResolver::new(h.certificates, routes.clone()));
@@ -131,6 +136,7 @@ pub async fn serve_gateway_with_tcp(
         refusing: Arc::new(Semaphore::new(REFUSING)),
         limits,
         https: resolver,
+        challenges,
     });
     let http = accept_loop(listener, shared.clone(), None);
     let tcp = async {
@@ -268,6 +274,19 @@ where
         Ok(r) => r,
         Err(msg) => return respond(&mut write, 400, &format!("{msg}\n"), None).await,
     };
+    // ACME HTTP-01: the gateway itself answers the CA's validation request for a host it
+    // orders a certificate for, before any redirect or route.
+    if proto == Proto::Http
+        && let Some(token) = request.target.strip_prefix(ACME_CHALLENGE_PATH)
+        && let Some(answer) = shared
+            .challenges
+            .as_ref()
+            .and_then(|c| c.answer(&request.host, token))
+    {
+        let r = respond(&mut write, 200, &answer, None).await;
+        client.linger().await;
+        return r;
+    }
     if proto == Proto::Http
         && let Some(location) = shared.redirect(&request.host, &request.target)
     {
@@ -774,6 +793,7 @@ async fn respond<W: AsyncWrite + Unpin>(
     retry_after: Option<u64>,
 ) -> std::io::Result<()> {
     let reason = match status {
+        200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         408 => "Request Timeout",

@@ -41,6 +41,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod acme;
 mod certificates;
 mod config;
 mod controller;

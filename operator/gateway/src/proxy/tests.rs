@@ -511,6 +511,13 @@ async fn https_gateway() -> (u16, u16, String) {
 }
 
 async fn https_gateway_with(limits: GatewayLimits) -> (u16, u16, String) {
+    https_gateway_answering(limits, crate::Http01Challenges::default()).await
+}
+
+async fn https_gateway_answering(
+    limits: GatewayLimits,
+    challenges: crate::Http01Challenges,
+) -> (u16, u16, String) {
     use crate::tls::{
         CertStore, load_tls_secret,
         tests::{TestCa, secret},
@@ -555,6 +562,7 @@ async fn https_gateway_with(limits: GatewayLimits) -> (u16, u16, String) {
         listener: tl,
         certificates: store,
         public_port: 8443,
+        challenges,
     };
     tokio::spawn(serve_gateway(l, Some(https), r, dialer, limits));
     (port, tls_port, ca.pem)
@@ -634,6 +642,41 @@ async fn plain_http_for_a_host_with_a_certificate_is_redirected_unless_allowed()
         out.starts_with("HTTP/1.1 200"),
         "insecureHttp: Allow: {out}"
     );
+}
+
+#[tokio::test]
+async fn acme_challenges_are_answered_before_redirects_for_their_own_host_only() {
+    let challenges = crate::Http01Challenges::default();
+    assert!(challenges.publish(
+        "hello.default.decloud.localhost",
+        "tok-1_A",
+        "tok-1_A.thumb"
+    ));
+    assert!(
+        !challenges.publish("x", "bad/token", "k"),
+        "a token is base64url"
+    );
+    assert!(
+        !challenges.publish("x", &"a".repeat(200), "k"),
+        "a token is short"
+    );
+    let (port, _, _) = https_gateway_answering(GatewayLimits::default(), challenges.clone()).await;
+    let ask = |host: &str, token: &str| {
+        format!(
+            "GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let out = request(port, &ask("hello.default.decloud.localhost", "tok-1_A")).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("\r\n\r\ntok-1_A.thumb"), "{out}");
+    // Another host's token, or an unknown one, is not answered: the usual redirect.
+    let out = request(port, &ask("open.default.decloud.localhost", "tok-1_A")).await;
+    assert!(!out.contains("tok-1_A.thumb"), "{out}");
+    let out = request(port, &ask("hello.default.decloud.localhost", "tok-2")).await;
+    assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    challenges.withdraw("tok-1_A");
+    let out = request(port, &ask("hello.default.decloud.localhost", "tok-1_A")).await;
+    assert!(out.starts_with("HTTP/1.1 308"), "withdrawn: {out}");
 }
 
 #[tokio::test]
