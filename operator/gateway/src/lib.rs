@@ -9,6 +9,7 @@
 
 mod activity;
 mod error;
+mod h2;
 mod kubelet_api;
 mod limits;
 mod proxy;

@@ -58,10 +58,10 @@ pub struct Https {
 }
 
 /// What both listeners share.
-struct Shared {
-    routes: Routes,
-    dialer: Arc<dyn TunnelDialer>,
-    limits: GatewayLimits,
+pub(crate) struct Shared {
+    pub(crate) routes: Routes,
+    pub(crate) dialer: Arc<dyn TunnelDialer>,
+    pub(crate) limits: GatewayLimits,
     slots: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
     /// The resolver and the public HTTPS port, when HTTPS is served.
@@ -212,6 +212,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Tls
                     match tokio::time::timeout(shared.limits.header_timeout, acceptor.accept(conn))
                         .await
                     {
+                        // HTTP/2 when the client picked it by ALPN; else the HTTP/1 path.
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+                            crate::h2::serve_h2(tls, peer, sni, shared.clone()).await
+                        }
                         Ok(Ok(tls)) => handle(tls, peer, Proto::Https, &shared).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -548,7 +553,7 @@ impl Request {
 }
 
 /// A Host header's host, lower-cased and without port or trailing dot.
-fn bare_host(raw: &str) -> String {
+pub(crate) fn bare_host(raw: &str) -> String {
     let host = raw.trim().to_ascii_lowercase();
     let host = match host.rsplit_once(':') {
         Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h.to_string(),

@@ -393,7 +393,8 @@ pub(crate) fn server_config(resolver: Arc<SniResolver>) -> Arc<rustls::ServerCon
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 (see `h2`) and HTTP/1.1, in the server's order of preference.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
 

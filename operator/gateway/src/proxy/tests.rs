@@ -574,6 +574,16 @@ async fn tls_connect(
     host: &str,
     ca_pem: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_alpn(port, host, ca_pem, &[]).await
+}
+
+/// [`tls_connect`], offering `alpn`.
+async fn tls_connect_alpn(
+    port: u16,
+    host: &str,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -585,6 +595,8 @@ async fn tls_connect(
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(host.to_string()).expect("name"), tcp)
@@ -618,6 +630,54 @@ async fn https_is_served_by_sni_through_the_same_proxy_path() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn http2_is_negotiated_by_alpn_and_carried_as_http1_to_the_app() {
+    use http_body_util::{BodyExt, Empty};
+    let (_, tls_port, ca) = https_gateway().await;
+    let host = "hello.default.decloud.localhost";
+    let s = tls_connect_alpn(tls_port, host, &ca, &[b"h2", b"http/1.1"])
+        .await
+        .expect("handshake");
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    // Several streams on one connection, each to the app as HTTP/1.1 with the gateway's
+    // forwarding headers (the client's dropped).
+    for _ in 0..3 {
+        let req = http::Request::get(format!("https://{host}/headers"))
+            .header("x-forwarded-proto", "http")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let rsp = send.send_request(req).await.expect("response");
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(rsp.version(), http::Version::HTTP_2);
+        let body = rsp.into_body().collect().await.expect("body").to_bytes();
+        let head = String::from_utf8_lossy(&body);
+        assert!(head.starts_with("GET /headers HTTP/1.1"), "{head}");
+        assert!(head.contains("x-forwarded-proto: https"), "{head}");
+        assert!(!head.contains("x-forwarded-proto: http\r"), "{head}");
+        assert!(head.contains(&format!("host: {host}")), "{head}");
+    }
+    // Another host on the connection (whose certificate was checked for this one): 421.
+    let req = http::Request::get("https://open.default.decloud.localhost/")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    assert_eq!(
+        send.send_request(req).await.expect("response").status(),
+        421
+    );
+    // A client offering only HTTP/1.1 gets it.
+    let s = tls_connect_alpn(tls_port, host, &ca, &[b"http/1.1"])
+        .await
+        .expect("handshake");
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 }
 
 #[tokio::test]
