@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cluster;
 mod env;
 pub mod metrics_server;
+pub mod pebble;
 mod process;
 pub mod raw_edge;
 mod wait;
