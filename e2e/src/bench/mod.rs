@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod failover;
 pub mod footprint;
 pub mod harness;
+pub mod https;
 pub mod loadgen;
 pub mod procfs;
 pub mod quantity;

@@ -66,6 +66,9 @@ enum Scenario {
     Scale,
     /// HTTP through the gateway tunnel vs direct to the container.
     Tunnel,
+    /// The gateway's HTTPS against its plain HTTP: handshakes/s, requests/s per new
+    /// connection and on keep-alive (HTTP/1.1 and HTTP/2).
+    Https,
     /// edge-kubelet memory and CPU, idle and with 10 pods.
     Footprint,
     /// The quantity parser on the worst strings the CRD accepts and on attacker strings.
@@ -97,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Footprint,
             Scenario::Startup,
             Scenario::Tunnel,
+            Scenario::Https,
             Scenario::Failover,
             Scenario::Scale,
         ],
@@ -115,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Failover => bench::failover::run(opts.clone()).await,
             Scenario::Scale => bench::scale::run(opts.clone()).await,
             Scenario::Tunnel => bench::tunnel::run(opts.clone()).await,
+            Scenario::Https => bench::https::run(opts.clone()).await,
             Scenario::Footprint => bench::footprint::run(opts.clone()).await,
             Scenario::Quantity => bench::quantity::run(opts.clone()).await,
             Scenario::All => unreachable!("expanded above"),

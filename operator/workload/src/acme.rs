@@ -98,7 +98,7 @@ pub struct AcmeConfig {
 #[derive(Debug)]
 pub(crate) enum AcmeVerdict {
     /// Serve this Secret (the certificate may be being renewed meanwhile).
-    Serve(Secret),
+    Serve(Box<Secret>),
     /// No certificate to serve: why, for `CertificateReady`.
     Problem(CertificateProblem),
 }
@@ -305,18 +305,20 @@ impl Acme {
                 .is_some_and(|(nb, na)| nb <= now && now < na)
         });
         let or_serve = |p: CertificateProblem| match &serving {
-            Some(s) => AcmeVerdict::Serve(s.clone()),
+            Some(s) => AcmeVerdict::Serve(Box::new(s.clone())),
             None => AcmeVerdict::Problem(p),
         };
         if let Some((nb, na)) = recorded.validity
             && now < renew_at(nb, na)
             && serving.is_some()
         {
-            return Ok(AcmeVerdict::Serve(existing.unwrap_or_default()));
+            return Ok(AcmeVerdict::Serve(Box::new(existing.unwrap_or_default())));
         }
         let ours = self.locked_here(host);
+        // A lock under this replica's name that it does not hold is a previous run's (same
+        // identity after a restart): taken over at once rather than waited out.
         if let Some((holder, expiry)) = &recorded.lock
-            && (*expiry > now || ours)
+            && (ours || (*expiry > now && holder != &self.config.identity))
         {
             let by = if holder == &self.config.identity {
                 "this gateway".to_string()
