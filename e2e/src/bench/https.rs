@@ -36,7 +36,7 @@ use super::{
 
 const CLOSE_WL: &str = "https-close";
 const KEEP_WL: &str = "https-keep";
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn host(wl: &str) -> String {
     format!("{wl}.{NS}.decloud.localhost")
@@ -44,7 +44,8 @@ fn host(wl: &str) -> String {
 
 /// The keep-alive responder: every request on a connection gets `ok`.
 fn keep_alive_server() -> Value {
-    let script = "cat > /ka.sh <<'EOF'\n#!/bin/sh\nwhile read -r line; do\n  line=$(printf '%s' \"$line\" | tr -d '\\r')\n  if [ -z \"$line\" ]; then printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n'; fi\ndone\nEOF\nchmod +x /ka.sh; exec nc -ll -p 8080 -e /ka.sh";
+    // No fork per line: the blank line ending a head is "\r" (or empty), header lines longer.
+    let script = "cat > /ka.sh <<'EOF'\n#!/bin/sh\nwhile read -r line; do\n  if [ ${#line} -le 1 ]; then printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n'; fi\ndone\nEOF\nchmod +x /ka.sh; exec nc -ll -p 8080 -e /ka.sh";
     json!({
         "name": "web", "image": "decloud-test/busybox:1", "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/sh", "-c", script],
@@ -285,7 +286,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<ScenarioReport> {
     }
 
     // Keep-alive: each client keeps one connection and sends requests on it in turn.
-    let per_batch = 50u64;
+    let per_batch = 20u64;
     let mut keep = Vec::new();
     for (label, d) in [("HTTP", &http_keep), ("HTTPS", &https_keep)] {
         let d = d.clone();
