@@ -18,8 +18,16 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::proxy::Shared;
-use crate::routes::Route;
+use crate::limits::GatewayLimits;
+use crate::routes::{Route, Routes, bare_host};
+use crate::seams::TunnelDialer;
+
+/// What HTTP/2 connections share with the rest of the gateway.
+pub(crate) struct H2 {
+    pub(crate) routes: Routes,
+    pub(crate) dialer: Arc<dyn TunnelDialer>,
+    pub(crate) limits: GatewayLimits,
+}
 
 /// Concurrent streams one HTTP/2 connection may have open.
 pub(crate) const MAX_STREAMS: u32 = 100;
@@ -52,7 +60,7 @@ pub(crate) async fn serve_h2<S>(
     conn: S,
     peer: SocketAddr,
     sni: Option<String>,
-    shared: Arc<Shared>,
+    shared: Arc<H2>,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -80,14 +88,14 @@ fn host_of(req: &Request<Incoming>) -> Option<(String, String)> {
         Some(a) => a.as_str().to_string(),
         None => req.headers().get(header::HOST)?.to_str().ok()?.to_string(),
     };
-    Some((crate::proxy::bare_host(&raw), raw))
+    Some((bare_host(&raw), raw))
 }
 
 async fn forward(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     sni: Option<&str>,
-    shared: &Shared,
+    shared: &H2,
 ) -> Response<Body> {
     let retry = Some(shared.limits.retry_after_secs());
     let Some((host, raw_host)) = host_of(&req) else {

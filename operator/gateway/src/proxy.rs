@@ -33,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::activity::{Activity, COPY_BUFFER, copy_marking};
 use crate::limits::GatewayLimits;
-use crate::routes::{Route, Routes};
+use crate::routes::{Route, Routes, bare_host};
 use crate::seams::TunnelDialer;
 use crate::tcp::{TcpExposure, serve_tcp};
 use crate::tls::{ACME_CHALLENGE_PATH, CertStore, Http01Challenges, SniResolver, server_config};
@@ -58,10 +58,10 @@ pub struct Https {
 }
 
 /// What both listeners share.
-pub(crate) struct Shared {
-    pub(crate) routes: Routes,
-    pub(crate) dialer: Arc<dyn TunnelDialer>,
-    pub(crate) limits: GatewayLimits,
+struct Shared {
+    routes: Routes,
+    dialer: Arc<dyn TunnelDialer>,
+    limits: GatewayLimits,
     slots: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
     /// The resolver and the public HTTPS port, when HTTPS is served.
@@ -215,7 +215,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Tls
                         // HTTP/2 when the client picked it by ALPN; else the HTTP/1 path.
                         Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
                             let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
-                            crate::h2::serve_h2(tls, peer, sni, shared.clone()).await
+                            let h2 = crate::h2::H2 {
+                                routes: shared.routes.clone(),
+                                dialer: shared.dialer.clone(),
+                                limits: shared.limits.clone(),
+                            };
+                            crate::h2::serve_h2(tls, peer, sni, Arc::new(h2)).await
                         }
                         Ok(Ok(tls)) => handle(tls, peer, Proto::Https, &shared).await,
                         Ok(Err(e)) => {
@@ -550,16 +555,6 @@ impl Request {
             forwarded: out,
         })
     }
-}
-
-/// A Host header's host, lower-cased and without port or trailing dot.
-pub(crate) fn bare_host(raw: &str) -> String {
-    let host = raw.trim().to_ascii_lowercase();
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h.to_string(),
-        _ => host,
-    };
-    host.trim_end_matches('.').to_string()
 }
 
 /// The Host of a request head, lower-cased and without port.

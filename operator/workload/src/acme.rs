@@ -44,7 +44,7 @@ use kube::{
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::certificates::CertificateProblem;
+use crate::problem::CertificateProblem;
 
 /// Longest an order (account, challenge, finalize, download) may take.
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(180);

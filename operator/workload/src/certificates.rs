@@ -25,14 +25,7 @@ pub(crate) const RECHECK_READY: Duration = Duration::from_secs(60);
 /// How often a Secret that could not be used is read again.
 pub(crate) const RECHECK_NOT_READY: Duration = Duration::from_secs(20);
 
-/// Why a Workload's certificate is not served. `reason` is the `CertificateReady` reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateProblem {
-    /// `SecretNotFound`, `InvalidCertificate`, `HostNotCovered`, `Expired`, …
-    pub reason: String,
-    /// For the condition's message and the event.
-    pub message: String,
-}
+pub use crate::problem::CertificateProblem;
 
 /// The gateway's side of user-supplied certificates.
 ///

@@ -50,6 +50,7 @@ mod failover;
 mod hosts;
 mod placement;
 mod pod;
+mod problem;
 mod rollout;
 mod status;
 mod watches;
