@@ -461,3 +461,75 @@ async fn sweep_liveness(ctx: Arc<Context>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let argv = ["decloud-operator", "run"].iter().chain(extra);
+        match crate::cli::Cli::try_parse_from(argv)
+            .expect("parses")
+            .command
+        {
+            crate::cli::Command::Run(a) => *a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn issuer(extra: &[&str], directory: &str) -> std::result::Result<(), String> {
+        let client = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("url"),
+        ))
+        .expect("client");
+        let challenges = decloud_gateway::Http01Challenges::default();
+        acme_issuer(&args(extra), directory, client, &challenges).map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn acme_settings_are_checked_and_refused_clearly() {
+        let dir = std::env::temp_dir().join(format!("decloud-acme-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, tls::new_ca().expect("ca").0).expect("write");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let good_s = good.to_string_lossy().to_string();
+        let junk_s = junk.to_string_lossy().to_string();
+        let base = ["--https-listen", "127.0.0.1:0", "--acme-ca-bundle"];
+        let with = |bundle: &str, more: &[&str]| {
+            let mut v: Vec<&str> = base.to_vec();
+            v.push(bundle);
+            v.extend_from_slice(more);
+            v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        let run = |a: Vec<String>, d: &str| {
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            issuer(&a, d)
+        };
+        let dirurl = "https://127.0.0.1:14000/dir";
+        run(
+            with(&good_s, &["--acme-contact", "mailto:ops@example.org"]),
+            dirurl,
+        )
+        .expect("good settings");
+        let err = run(with(&good_s, &[]), "http://127.0.0.1:14000/dir").unwrap_err();
+        assert!(err.contains("not an https:// URL"), "{err}");
+        let err = run(
+            with(&good_s, &["--acme-contact", "ops@example.org"]),
+            dirurl,
+        )
+        .unwrap_err();
+        assert!(err.contains("not a mailto: URI"), "{err}");
+        let five = "mailto:a@x,mailto:b@x,mailto:c@x,mailto:d@x,mailto:e@x";
+        let err = run(with(&good_s, &["--acme-contact", five]), dirurl).unwrap_err();
+        assert!(err.contains("at most 4"), "{err}");
+        let err = run(with("/nonexistent/ca.pem", &[]), dirurl).unwrap_err();
+        assert!(err.contains("--acme-ca-bundle"), "{err}");
+        let err = run(with(&junk_s, &[]), dirurl).unwrap_err();
+        assert!(err.contains("CA bundle"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
