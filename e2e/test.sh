@@ -27,6 +27,8 @@ DECLOUD_HELM=$(bash e2e/k8s/build-helm.sh)
 export DECLOUD_HELM
 DECLOUD_METRICS_SERVER=$(bash e2e/k8s/build-metrics-server.sh)
 export DECLOUD_METRICS_SERVER
+DECLOUD_PEBBLE=$(bash e2e/k8s/build-pebble.sh)
+export DECLOUD_PEBBLE
 
 echo "--- build the binaries the suites run"
 cargo build --workspace --bins

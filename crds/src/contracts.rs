@@ -47,6 +47,12 @@ pub const OS_LABEL: &str = "kubernetes.io/os";
 /// On join-token Secrets.
 pub const JOIN_TOKEN_LABEL: &str = "decloud.dev/join-token";
 
+/// On the Secrets the gateway's ACME issuer keeps certificates in (in the operator's
+/// namespace): value [`ACME_LABEL_VALUE`].
+pub const ACME_LABEL: &str = "decloud.dev/acme";
+/// The value of [`ACME_LABEL`].
+pub const ACME_LABEL_VALUE: &str = "certificate";
+
 // === taints ===
 
 /// Taint on every virtual node (`NoSchedule`): only pods that tolerate it land on volunteers.
@@ -65,6 +71,18 @@ pub const CREDENTIAL_ANNOTATION: &str = "decloud.dev/credential-sha256";
 pub const REVOKED_ANNOTATION: &str = "decloud.dev/revoked";
 /// On the operator's TLS Secret: the names its serving certificate covers.
 pub const SANS_ANNOTATION: &str = "decloud.dev/serving-sans";
+
+/// On an ACME certificate Secret: the one host it is for.
+pub const ACME_HOST_ANNOTATION: &str = "decloud.dev/acme-host";
+/// On an ACME certificate Secret while an order runs: `<holder> <expiry, Unix seconds>`; only
+/// the holder orders for the host until it clears the lock or the lock expires.
+pub const ACME_LOCK_ANNOTATION: &str = "decloud.dev/acme-lock";
+/// On an ACME certificate Secret: failed orders in a row.
+pub const ACME_FAILURES_ANNOTATION: &str = "decloud.dev/acme-failures";
+/// On an ACME certificate Secret: no new order before this time (Unix seconds).
+pub const ACME_RETRY_AFTER_ANNOTATION: &str = "decloud.dev/acme-retry-after";
+/// On an ACME certificate Secret: why the last order failed.
+pub const ACME_ERROR_ANNOTATION: &str = "decloud.dev/acme-last-error";
 
 // === field managers (server-side apply) ===
 

@@ -40,3 +40,5 @@ echo "prereqs: helm"
 bash e2e/k8s/build-helm.sh >/dev/null
 echo "prereqs: metrics-server"
 bash e2e/k8s/build-metrics-server.sh >/dev/null
+echo "prereqs: pebble (ACME test server)"
+bash e2e/k8s/build-pebble.sh >/dev/null

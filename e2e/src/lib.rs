@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod engine;
 mod env;
 pub mod metrics_server;
+pub mod pebble;
 mod process;
 pub mod raw_edge;
 pub mod registry;

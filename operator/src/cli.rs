@@ -178,6 +178,35 @@ pub struct RunArgs {
     /// when 443).
     #[arg(long, default_value_t = 443)]
     pub(crate) https_public_port: u16,
+    /// ACME directory URL: certificates for Workloads that name no Secret are ordered from it
+    /// (HTTP-01, answered by the gateway) and renewed; off unless given (needs
+    /// --https-listen). A Secret a Workload names wins.
+    #[arg(long, env = "DECLOUD_ACME_DIRECTORY", requires = "https_listen")]
+    pub(crate) acme_directory: Option<String>,
+    /// ACME account contact (`mailto:` URI); repeat for more (at most 4).
+    #[arg(
+        long = "acme-contact",
+        env = "DECLOUD_ACME_CONTACT",
+        value_delimiter = ','
+    )]
+    pub(crate) acme_contacts: Vec<String>,
+    /// PEM bundle of the roots trusted for the ACME server's HTTPS.
+    #[arg(
+        long,
+        env = "DECLOUD_ACME_CA_BUNDLE",
+        default_value = "/etc/ssl/certs/ca-certificates.crt"
+    )]
+    pub(crate) acme_ca_bundle: std::path::PathBuf,
+    /// Order ACME certificates for hosts under the base domain too (default: granted custom
+    /// hosts only).
+    #[arg(long)]
+    pub(crate) acme_base_domain_hosts: bool,
+    /// ACME orders one namespace may start in any hour.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub(crate) acme_orders_per_namespace_hour: u16,
+    /// ACME orders running at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) acme_concurrent_orders: u16,
     /// Gateway ports for Workloads exposed with `protocol: TCP`, e.g. `30000-30099` (at most
     /// 4096 ports; bound on the gateway's listen address); off unless given.
     #[arg(long, env = "DECLOUD_TCP_PORT_RANGE")]

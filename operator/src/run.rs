@@ -313,12 +313,14 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
     ));
     // One certificate store: the Workload controller fills it, the HTTPS listener reads it.
     let certificates = args.https_listen.map(|_| decloud_gateway::CertStore::new());
+    // ACME HTTP-01 answers: the issuer publishes them, the plain HTTP listener gives them.
+    let challenges = decloud_gateway::Http01Challenges::default();
     let gateway_config = relay::GatewayConfig {
         listen: args.gateway_listen,
         https: args
             .https_listen
             .zip(certificates.clone())
-            .map(|(listen, store)| (listen, store, args.https_public_port)),
+            .map(|(listen, store)| (listen, store, args.https_public_port, challenges.clone())),
         base_domain: args.base_domain.clone(),
         tcp: args
             .tcp_port_range
@@ -358,10 +360,23 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
                     .unwrap_or_else(|| args.base_domain.clone()),
             }),
     };
+    let acme = match (&args.acme_directory, &certificates) {
+        (Some(directory), Some(_)) => {
+            match acme_issuer(args, directory, client.clone(), &challenges) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::error!(error = %e, "ACME is off: its settings are not usable");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let certificates = certificates.map(|store| {
         Arc::new(relay::GatewayCertificates::new(
             store,
             args.https_public_port,
+            acme,
         )) as Arc<dyn decloud_workload::Certificates>
     });
     loops.spawn(async move {
@@ -373,6 +388,68 @@ async fn lead(ctx: Arc<Context>, queues: ContextQueues, mut w: Watches, args: &R
         }
     });
     loops.join_next().await;
+}
+
+/// Answers HTTP-01 challenges on the gateway's plain HTTP listener.
+struct GatewayChallenges(decloud_gateway::Http01Challenges);
+
+impl decloud_workload::acme::Http01Responder for GatewayChallenges {
+    fn publish(&self, host: &str, token: &str, key_authorization: &str) -> bool {
+        self.0.publish(host, token, key_authorization)
+    }
+
+    fn withdraw(&self, token: &str) {
+        self.0.withdraw(token);
+    }
+}
+
+/// Most ACME account contacts.
+const MAX_ACME_CONTACTS: usize = 4;
+
+/// The ACME issuer the flags describe.
+fn acme_issuer(
+    args: &RunArgs,
+    directory: &str,
+    client: kube::Client,
+    challenges: &decloud_gateway::Http01Challenges,
+) -> std::result::Result<Arc<decloud_workload::acme::Acme>, String> {
+    if !directory.starts_with("https://") {
+        return Err(format!(
+            "--acme-directory {directory:?} is not an https:// URL"
+        ));
+    }
+    if args.acme_contacts.len() > MAX_ACME_CONTACTS {
+        return Err(format!(
+            "at most {MAX_ACME_CONTACTS} --acme-contact are accepted"
+        ));
+    }
+    if let Some(c) = args
+        .acme_contacts
+        .iter()
+        .find(|c| !c.starts_with("mailto:") || c.len() > 254)
+    {
+        return Err(format!("--acme-contact {c:?} is not a mailto: URI"));
+    }
+    let bundle = std::fs::read(&args.acme_ca_bundle)
+        .map_err(|e| format!("--acme-ca-bundle {}: {e}", args.acme_ca_bundle.display()))?;
+    let identity = leader_config(args).identity;
+    let config = decloud_workload::acme::AcmeConfig {
+        directory: directory.to_string(),
+        contact: args.acme_contacts.clone(),
+        ca_bundle: Some(bundle),
+        namespace: args.namespace.clone(),
+        identity,
+        base_domain_hosts: args.acme_base_domain_hosts,
+        orders_per_namespace_hour: usize::from(args.acme_orders_per_namespace_hour),
+        concurrent_orders: usize::from(args.acme_concurrent_orders),
+    };
+    tracing::info!(directory, "ACME certificates on");
+    decloud_workload::acme::Acme::new(
+        config,
+        client,
+        Arc::new(GatewayChallenges(challenges.clone())),
+    )
+    .map(Arc::new)
 }
 
 /// Turns missed heartbeats into Provider reconciles, checking several times per interval.
@@ -388,5 +465,77 @@ async fn sweep_liveness(ctx: Arc<Context>) {
             info!(%provider, ?transition, "edge liveness changed");
             ctx.reconcile_provider(&provider);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let argv = ["decloud-operator", "run"].iter().chain(extra);
+        match crate::cli::Cli::try_parse_from(argv)
+            .expect("parses")
+            .command
+        {
+            crate::cli::Command::Run(a) => *a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn issuer(extra: &[&str], directory: &str) -> std::result::Result<(), String> {
+        let client = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("url"),
+        ))
+        .expect("client");
+        let challenges = decloud_gateway::Http01Challenges::default();
+        acme_issuer(&args(extra), directory, client, &challenges).map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn acme_settings_are_checked_and_refused_clearly() {
+        let dir = std::env::temp_dir().join(format!("decloud-acme-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, tls::new_ca().expect("ca").0).expect("write");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let good_s = good.to_string_lossy().to_string();
+        let junk_s = junk.to_string_lossy().to_string();
+        let base = ["--https-listen", "127.0.0.1:0", "--acme-ca-bundle"];
+        let with = |bundle: &str, more: &[&str]| {
+            let mut v: Vec<&str> = base.to_vec();
+            v.push(bundle);
+            v.extend_from_slice(more);
+            v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        let run = |a: Vec<String>, d: &str| {
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            issuer(&a, d)
+        };
+        let dirurl = "https://127.0.0.1:14000/dir";
+        run(
+            with(&good_s, &["--acme-contact", "mailto:ops@example.org"]),
+            dirurl,
+        )
+        .expect("good settings");
+        let err = run(with(&good_s, &[]), "http://127.0.0.1:14000/dir").unwrap_err();
+        assert!(err.contains("not an https:// URL"), "{err}");
+        let err = run(
+            with(&good_s, &["--acme-contact", "ops@example.org"]),
+            dirurl,
+        )
+        .unwrap_err();
+        assert!(err.contains("not a mailto: URI"), "{err}");
+        let five = "mailto:a@x,mailto:b@x,mailto:c@x,mailto:d@x,mailto:e@x";
+        let err = run(with(&good_s, &["--acme-contact", five]), dirurl).unwrap_err();
+        assert!(err.contains("at most 4"), "{err}");
+        let err = run(with("/nonexistent/ca.pem", &[]), dirurl).unwrap_err();
+        assert!(err.contains("--acme-ca-bundle"), "{err}");
+        let err = run(with(&junk_s, &[]), dirurl).unwrap_err();
+        assert!(err.contains("CA bundle"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

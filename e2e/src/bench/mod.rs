@@ -8,6 +8,7 @@ pub mod drain;
 pub mod failover;
 pub mod footprint;
 pub mod harness;
+pub mod https;
 pub mod loadgen;
 pub mod procfs;
 pub mod pull;

@@ -75,6 +75,9 @@ enum Scenario {
     /// A container reaching another Workload by service address through two edges vs two
     /// containers on one bridge.
     Services,
+    /// The gateway's HTTPS against its plain HTTP: handshakes/s, requests/s per new
+    /// connection and on keep-alive (HTTP/1.1 and HTTP/2).
+    Https,
     /// edge-kubelet memory and CPU, idle and with 10 pods.
     Footprint,
     /// The quantity parser on the worst strings the CRD accepts and on attacker strings.
@@ -111,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Startup,
             Scenario::Tunnel,
             Scenario::Services,
+            Scenario::Https,
             Scenario::Failover,
             Scenario::Drain,
             Scenario::Scale,
@@ -134,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Pull => bench::pull::run(opts.clone()).await,
             Scenario::Tunnel => bench::tunnel::run(opts.clone()).await,
             Scenario::Services => bench::services::run(opts.clone()).await,
+            Scenario::Https => bench::https::run(opts.clone()).await,
             Scenario::Footprint => bench::footprint::run(opts.clone()).await,
             Scenario::Quantity => bench::quantity::run(opts.clone()).await,
             Scenario::All => unreachable!("expanded above"),

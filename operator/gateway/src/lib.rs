@@ -9,6 +9,7 @@
 
 mod activity;
 mod error;
+mod h2;
 mod kubelet_api;
 mod limits;
 mod proxy;
@@ -31,5 +32,6 @@ pub use seams::{
 };
 pub use tcp::TcpExposure;
 pub use tls::{
-    CertError, CertStore, LoadedCert, MAX_CHAIN, MAX_PEM_BYTES, TLS_SECRET_TYPE, load_tls_secret,
+    ACME_CHALLENGE_PATH, CertError, CertStore, Http01Challenges, LoadedCert, MAX_CHAIN,
+    MAX_CHALLENGES, MAX_PEM_BYTES, TLS_SECRET_TYPE, load_tls_secret,
 };

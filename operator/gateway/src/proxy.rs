@@ -33,10 +33,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::activity::{Activity, COPY_BUFFER, copy_marking};
 use crate::limits::GatewayLimits;
-use crate::routes::{Route, Routes};
+use crate::routes::{Route, Routes, bare_host};
 use crate::seams::TunnelDialer;
 use crate::tcp::{TcpExposure, serve_tcp};
-use crate::tls::{CertStore, SniResolver, server_config};
+use crate::tls::{ACME_CHALLENGE_PATH, CertStore, Http01Challenges, SniResolver, server_config};
 
 /// Longest chunk-size or trailer line of a chunked request body.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -53,6 +53,8 @@ pub struct Https {
     pub certificates: CertStore,
     /// The port clients reach HTTPS on (in redirects; omitted when 443).
     pub public_port: u16,
+    /// ACME HTTP-01 answers, given on the plain HTTP listener before any redirect or route.
+    pub challenges: Http01Challenges,
 }
 
 /// What both listeners share.
@@ -64,6 +66,8 @@ struct Shared {
     refusing: Arc<Semaphore>,
     /// The resolver and the public HTTPS port, when HTTPS is served.
     https: Option<(Arc<SniResolver>, u16)>,
+    /// ACME HTTP-01 answers, when HTTPS is served.
+    challenges: Option<Http01Challenges>,
 }
 
 impl Shared {
@@ -112,6 +116,7 @@ pub async fn serve_gateway_with_tcp(
     dialer: Arc<dyn TunnelDialer>,
     limits: GatewayLimits,
 ) {
+    let challenges = https.as_ref().map(|h| h.challenges.clone());
     let (https_listener, acceptor, resolver) = match https {
         Some(h) => {
             let resolver = Arc::new(SniResolver::new(h.certificates, routes.clone()));
@@ -131,6 +136,7 @@ pub async fn serve_gateway_with_tcp(
         refusing: Arc::new(Semaphore::new(REFUSING)),
         limits,
         https: resolver,
+        challenges,
     });
     let http = accept_loop(listener, shared.clone(), None);
     let tcp = async {
@@ -206,6 +212,16 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Tls
                     match tokio::time::timeout(shared.limits.header_timeout, acceptor.accept(conn))
                         .await
                     {
+                        // HTTP/2 when the client picked it by ALPN; else the HTTP/1 path.
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+                            let h2 = crate::h2::H2 {
+                                routes: shared.routes.clone(),
+                                dialer: shared.dialer.clone(),
+                                limits: shared.limits.clone(),
+                            };
+                            crate::h2::serve_h2(tls, peer, sni, Arc::new(h2)).await
+                        }
                         Ok(Ok(tls)) => handle(tls, peer, Proto::Https, &shared).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -268,6 +284,19 @@ where
         Ok(r) => r,
         Err(msg) => return respond(&mut write, 400, &format!("{msg}\n"), None).await,
     };
+    // ACME HTTP-01: the gateway itself answers the CA's validation request for a host it
+    // orders a certificate for, before any redirect or route.
+    if proto == Proto::Http
+        && let Some(token) = request.target.strip_prefix(ACME_CHALLENGE_PATH)
+        && let Some(answer) = shared
+            .challenges
+            .as_ref()
+            .and_then(|c| c.answer(&request.host, token))
+    {
+        let r = respond(&mut write, 200, &answer, None).await;
+        client.linger().await;
+        return r;
+    }
     if proto == Proto::Http
         && let Some(location) = shared.redirect(&request.host, &request.target)
     {
@@ -528,16 +557,6 @@ impl Request {
     }
 }
 
-/// A Host header's host, lower-cased and without port or trailing dot.
-fn bare_host(raw: &str) -> String {
-    let host = raw.trim().to_ascii_lowercase();
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h.to_string(),
-        _ => host,
-    };
-    host.trim_end_matches('.').to_string()
-}
-
 /// The Host of a request head, lower-cased and without port.
 #[cfg(test)]
 fn host_of(head: &[u8]) -> Result<String, &'static str> {
@@ -774,6 +793,7 @@ async fn respond<W: AsyncWrite + Unpin>(
     retry_after: Option<u64>,
 ) -> std::io::Result<()> {
     let reason = match status {
+        200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         408 => "Request Timeout",

@@ -210,6 +210,16 @@ fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// A Host header's host, lower-cased and without port or trailing dot.
+pub(crate) fn bare_host(raw: &str) -> String {
+    let host = raw.trim().to_ascii_lowercase();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h.to_string(),
+        _ => host,
+    };
+    host.trim_end_matches('.').to_string()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -271,6 +271,73 @@ impl CertStore {
     }
 }
 
+// === impl Http01Challenges ===
+
+/// Where ACME HTTP-01 challenges are asked for on plain HTTP.
+pub const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+/// Challenge answers held at once.
+pub const MAX_CHALLENGES: usize = 1024;
+/// Longest challenge token accepted (base64url; RFC 8555 tokens are 43 characters).
+const MAX_TOKEN: usize = 128;
+
+/// The answers to ACME HTTP-01 challenges the gateway gives on plain HTTP
+/// (`GET /.well-known/acme-challenge/<token>` for the host being validated), filled by the
+/// ACME issuer while its orders run. At most [`MAX_CHALLENGES`]; a token answers only for the
+/// host it was published for.
+#[derive(Clone, Default)]
+pub struct Http01Challenges {
+    tokens: Arc<RwLock<HashMap<String, (String, String)>>>,
+}
+
+impl std::fmt::Debug for Http01Challenges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self
+            .tokens
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        f.debug_struct("Http01Challenges")
+            .field("tokens", &n)
+            .finish()
+    }
+}
+
+impl Http01Challenges {
+    /// Answers `token` for `host` with `key_authorization`; false if the token is malformed
+    /// or the table is full.
+    pub fn publish(&self, host: &str, token: &str, key_authorization: &str) -> bool {
+        let valid = !token.is_empty()
+            && token.len() <= MAX_TOKEN
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let mut tokens = self.tokens.write().unwrap_or_else(PoisonError::into_inner);
+        if !valid || (tokens.len() >= MAX_CHALLENGES && !tokens.contains_key(token)) {
+            return false;
+        }
+        tokens.insert(
+            token.to_string(),
+            (host.to_ascii_lowercase(), key_authorization.to_string()),
+        );
+        true
+    }
+
+    /// Stops answering `token`.
+    pub fn withdraw(&self, token: &str) {
+        self.tokens
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(token);
+    }
+
+    /// The answer to `token` asked for on `host`, if one is published.
+    pub(crate) fn answer(&self, host: &str, token: &str) -> Option<String> {
+        let tokens = self.tokens.read().unwrap_or_else(PoisonError::into_inner);
+        let (h, answer) = tokens.get(token)?;
+        (h == host).then(|| answer.clone())
+    }
+}
+
 /// Now, in Unix seconds.
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -318,8 +385,7 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The rustls server configuration of the HTTPS listener: HTTP/1.1 only (the proxy speaks
-/// HTTP/1), certificates from `resolver`.
+/// The rustls server configuration of the HTTPS listener: certificates from `resolver`.
 pub(crate) fn server_config(resolver: Arc<SniResolver>) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -327,7 +393,8 @@ pub(crate) fn server_config(resolver: Arc<SniResolver>) -> Arc<rustls::ServerCon
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 (see `h2`) and HTTP/1.1, in the server's order of preference.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
 

@@ -31,7 +31,12 @@ pub(crate) struct GatewayConfig {
     /// Address of the public HTTP listener.
     pub(crate) listen: SocketAddr,
     /// The HTTPS listener's address, its certificates and the port clients reach it on.
-    pub(crate) https: Option<(SocketAddr, CertStore, u16)>,
+    pub(crate) https: Option<(
+        SocketAddr,
+        CertStore,
+        u16,
+        decloud_gateway::Http01Challenges,
+    )>,
     /// Domain of Workloads without `expose.host` (`<name>.<namespace>.<base-domain>`).
     pub(crate) base_domain: String,
     /// Raw TCP exposure, if on.
@@ -114,7 +119,7 @@ pub(crate) async fn run(
     println!("decloud-operator: gateway listening on {addr}");
     info!(%addr, base_domain = %cfg.base_domain, "gateway listening");
     let https = match cfg.https {
-        Some((listen, certificates, public_port)) => {
+        Some((listen, certificates, public_port, challenges)) => {
             let listener = bind("gateway HTTPS", listen).await?;
             let addr = listener.local_addr().map_err(|source| Error::Serve {
                 what: "gateway HTTPS",
@@ -126,6 +131,7 @@ pub(crate) async fn run(
                 listener,
                 certificates,
                 public_port,
+                challenges,
             })
         }
         None => None,
@@ -201,11 +207,20 @@ pub(crate) async fn run(
 pub(crate) struct GatewayCertificates {
     store: CertStore,
     public_port: u16,
+    acme: Option<Arc<decloud_workload::acme::Acme>>,
 }
 
 impl GatewayCertificates {
-    pub(crate) fn new(store: CertStore, public_port: u16) -> Self {
-        Self { store, public_port }
+    pub(crate) fn new(
+        store: CertStore,
+        public_port: u16,
+        acme: Option<Arc<decloud_workload::acme::Acme>>,
+    ) -> Self {
+        Self {
+            store,
+            public_port,
+            acme,
+        }
     }
 }
 
@@ -234,6 +249,10 @@ impl decloud_workload::Certificates for GatewayCertificates {
 
     fn remove(&self, owner: &str) {
         self.store.remove_owner(owner);
+    }
+
+    fn acme(&self) -> Option<Arc<decloud_workload::acme::Acme>> {
+        self.acme.clone()
     }
 
     fn https_url(&self, host: &str) -> String {

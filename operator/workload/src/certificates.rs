@@ -15,21 +15,17 @@ use decloud_crds::{Workload, hosts::HostClaim};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use crate::Result;
+use crate::{
+    Result,
+    acme::{Acme, AcmeVerdict},
+};
 
 /// How often a served certificate's Secret is read again (rotation, expiry).
 pub(crate) const RECHECK_READY: Duration = Duration::from_secs(60);
 /// How often a Secret that could not be used is read again.
 pub(crate) const RECHECK_NOT_READY: Duration = Duration::from_secs(20);
 
-/// Why a Workload's certificate is not served. `reason` is the `CertificateReady` reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateProblem {
-    /// `SecretNotFound`, `InvalidCertificate`, `HostNotCovered`, `Expired`, …
-    pub reason: String,
-    /// For the condition's message and the event.
-    pub message: String,
-}
+pub use crate::problem::CertificateProblem;
 
 /// The gateway's side of user-supplied certificates.
 ///
@@ -49,6 +45,10 @@ pub trait Certificates: Send + Sync {
     fn remove(&self, owner: &str);
     /// The Workload's URL while its certificate is served.
     fn https_url(&self, host: &str) -> String;
+    /// The ACME issuer for Workloads that name no Secret, if the gateway has one.
+    fn acme(&self) -> Option<Arc<Acme>> {
+        None
+    }
 }
 
 /// The certificate verdict for `wl`: `None` when it names no Secret, else the URL to show
@@ -58,16 +58,14 @@ pub(crate) async fn reconcile_certificate(
     client: &kube::Client,
     certificates: &SharedCertificates,
     host: &HostClaim,
+    base_domain: &str,
 ) -> Result<Option<std::result::Result<String, CertificateProblem>>> {
     let ns = wl.namespace().unwrap_or_default();
     let owner = format!("{ns}/{}", wl.name_any());
     let tls = wl.spec.expose.as_ref().and_then(|e| e.tls.as_ref());
     let certs = certificates.as_ref();
     let Some(tls) = tls else {
-        if let Some(c) = certs {
-            c.remove(&owner);
-        }
-        return Ok(None);
+        return reconcile_acme(wl, certs, host, base_domain, &owner).await;
     };
     let problem = |reason: &str, message: String| {
         Ok(Some(Err(CertificateProblem {
@@ -105,6 +103,54 @@ pub(crate) async fn reconcile_certificate(
             message: format!("Secret {}: {}", tls.secret_name, p.message),
             ..p
         }),
+    }))
+}
+
+/// The verdict for a Workload naming no Secret: an ACME certificate if the gateway has an
+/// issuer that covers its host, else none.
+async fn reconcile_acme(
+    wl: &Workload,
+    certs: Option<&Arc<dyn Certificates>>,
+    host: &HostClaim,
+    base_domain: &str,
+    owner: &str,
+) -> Result<Option<std::result::Result<String, CertificateProblem>>> {
+    let Some(certs) = certs else {
+        return Ok(None);
+    };
+    let acme = certs.acme();
+    let claimed = decloud_crds::hosts::claimed_host(wl, base_domain);
+    let (Some(acme), Some(claimed)) = (acme, claimed) else {
+        certs.remove(owner);
+        return Ok(None);
+    };
+    if !acme.covers(&claimed, base_domain) {
+        certs.remove(owner);
+        return Ok(None);
+    }
+    let HostClaim::Owner(host) = host else {
+        // Never ordered: the Workload does not own the host (not granted, or another's).
+        certs.remove(owner);
+        return Ok(Some(Err(CertificateProblem {
+            reason: "HostNotAccepted".into(),
+            message: format!(
+                "no certificate is ordered for {claimed}: the Workload does not serve it (see condition HostAccepted)"
+            ),
+        })));
+    };
+    let ns = wl.namespace().unwrap_or_default();
+    Ok(Some(match acme.certificate(&ns, host).await? {
+        AcmeVerdict::Serve(secret) => match certs.install(owner, host, &secret) {
+            Ok(()) => Ok(certs.https_url(host)),
+            Err(p) => Err(CertificateProblem {
+                message: format!("the ACME certificate: {}", p.message),
+                ..p
+            }),
+        },
+        AcmeVerdict::Problem(p) => {
+            certs.remove(owner);
+            Err(p)
+        }
     }))
 }
 

@@ -366,6 +366,9 @@ pub(crate) fn error_policy(workload: Arc<Workload>, error: &Error, _ctx: Arc<Con
     Action::requeue(ERROR_REQUEUE)
 }
 
+/// How often a Workload whose ACME order runs is looked at again.
+const ACME_PENDING_RECHECK: Duration = Duration::from_secs(3);
+
 // The domain logic of a Workload. These would be `impl Workload { … }` as in controller-rs,
 // but `Workload` lives in `decloud-crds`, so they are free functions here.
 
@@ -404,11 +407,19 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
     if let Some(e) = outcome.failure {
         return Err(e.into());
     }
-    let certificate =
-        reconcile_certificate(workload, &ctx.client, &ctx.certificates, &snapshot.host).await?;
+    let certificate = reconcile_certificate(
+        workload,
+        &ctx.client,
+        &ctx.certificates,
+        &snapshot.host,
+        &ctx.config.base_domain,
+    )
+    .await?;
     let requeue = match &certificate {
         None => step.plan.requeue,
         Some(Ok(_)) => step.plan.requeue.min(RECHECK_READY),
+        // An order in progress is looked at often: its certificate is served soon after.
+        Some(Err(p)) if p.reason == "AcmePending" => step.plan.requeue.min(ACME_PENDING_RECHECK),
         Some(Err(_)) => step.plan.requeue.min(RECHECK_NOT_READY),
     };
     // A refused TCP claim is looked at again: ports free up as other Workloads go.

@@ -41,6 +41,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod acme;
 mod certificates;
 mod config;
 mod controller;
@@ -49,6 +50,7 @@ mod failover;
 mod hosts;
 mod placement;
 mod pod;
+mod problem;
 mod rollout;
 mod status;
 mod watches;

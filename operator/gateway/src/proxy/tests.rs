@@ -511,6 +511,13 @@ async fn https_gateway() -> (u16, u16, String) {
 }
 
 async fn https_gateway_with(limits: GatewayLimits) -> (u16, u16, String) {
+    https_gateway_answering(limits, crate::Http01Challenges::default()).await
+}
+
+async fn https_gateway_answering(
+    limits: GatewayLimits,
+    challenges: crate::Http01Challenges,
+) -> (u16, u16, String) {
     use crate::tls::{
         CertStore, load_tls_secret,
         tests::{TestCa, secret},
@@ -555,6 +562,7 @@ async fn https_gateway_with(limits: GatewayLimits) -> (u16, u16, String) {
         listener: tl,
         certificates: store,
         public_port: 8443,
+        challenges,
     };
     tokio::spawn(serve_gateway(l, Some(https), r, dialer, limits));
     (port, tls_port, ca.pem)
@@ -565,6 +573,16 @@ async fn tls_connect(
     port: u16,
     host: &str,
     ca_pem: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_alpn(port, host, ca_pem, &[]).await
+}
+
+/// [`tls_connect`], offering `alpn`.
+async fn tls_connect_alpn(
+    port: u16,
+    host: &str,
+    ca_pem: &str,
+    alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
@@ -577,6 +595,8 @@ async fn tls_connect(
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(host.to_string()).expect("name"), tcp)
@@ -613,6 +633,54 @@ async fn https_is_served_by_sni_through_the_same_proxy_path() {
 }
 
 #[tokio::test]
+async fn http2_is_negotiated_by_alpn_and_carried_as_http1_to_the_app() {
+    use http_body_util::{BodyExt, Empty};
+    let (_, tls_port, ca) = https_gateway().await;
+    let host = "hello.default.decloud.localhost";
+    let s = tls_connect_alpn(tls_port, host, &ca, &[b"h2", b"http/1.1"])
+        .await
+        .expect("handshake");
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    // Several streams on one connection, each to the app as HTTP/1.1 with the gateway's
+    // forwarding headers (the client's dropped).
+    for _ in 0..3 {
+        let req = http::Request::get(format!("https://{host}/headers"))
+            .header("x-forwarded-proto", "http")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let rsp = send.send_request(req).await.expect("response");
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(rsp.version(), http::Version::HTTP_2);
+        let body = rsp.into_body().collect().await.expect("body").to_bytes();
+        let head = String::from_utf8_lossy(&body);
+        assert!(head.starts_with("GET /headers HTTP/1.1"), "{head}");
+        assert!(head.contains("x-forwarded-proto: https"), "{head}");
+        assert!(!head.contains("x-forwarded-proto: http\r"), "{head}");
+        assert!(head.contains(&format!("host: {host}")), "{head}");
+    }
+    // Another host on the connection (whose certificate was checked for this one): 421.
+    let req = http::Request::get("https://open.default.decloud.localhost/")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    assert_eq!(
+        send.send_request(req).await.expect("response").status(),
+        421
+    );
+    // A client offering only HTTP/1.1 gets it.
+    let s = tls_connect_alpn(tls_port, host, &ca, &[b"http/1.1"])
+        .await
+        .expect("handshake");
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+#[tokio::test]
 async fn plain_http_for_a_host_with_a_certificate_is_redirected_unless_allowed() {
     let (port, _, _) = https_gateway().await;
     let out = request(
@@ -634,6 +702,41 @@ async fn plain_http_for_a_host_with_a_certificate_is_redirected_unless_allowed()
         out.starts_with("HTTP/1.1 200"),
         "insecureHttp: Allow: {out}"
     );
+}
+
+#[tokio::test]
+async fn acme_challenges_are_answered_before_redirects_for_their_own_host_only() {
+    let challenges = crate::Http01Challenges::default();
+    assert!(challenges.publish(
+        "hello.default.decloud.localhost",
+        "tok-1_A",
+        "tok-1_A.thumb"
+    ));
+    assert!(
+        !challenges.publish("x", "bad/token", "k"),
+        "a token is base64url"
+    );
+    assert!(
+        !challenges.publish("x", &"a".repeat(200), "k"),
+        "a token is short"
+    );
+    let (port, _, _) = https_gateway_answering(GatewayLimits::default(), challenges.clone()).await;
+    let ask = |host: &str, token: &str| {
+        format!(
+            "GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let out = request(port, &ask("hello.default.decloud.localhost", "tok-1_A")).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("\r\n\r\ntok-1_A.thumb"), "{out}");
+    // Another host's token, or an unknown one, is not answered: the usual redirect.
+    let out = request(port, &ask("open.default.decloud.localhost", "tok-1_A")).await;
+    assert!(!out.contains("tok-1_A.thumb"), "{out}");
+    let out = request(port, &ask("hello.default.decloud.localhost", "tok-2")).await;
+    assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    challenges.withdraw("tok-1_A");
+    let out = request(port, &ask("hello.default.decloud.localhost", "tok-1_A")).await;
+    assert!(out.starts_with("HTTP/1.1 308"), "withdrawn: {out}");
 }
 
 #[tokio::test]
