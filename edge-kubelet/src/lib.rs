@@ -30,7 +30,7 @@ mod session;
 
 pub use agent::{join, run, status, uninstall};
 pub use error::{Error, Result};
-pub use host::{Cidr, EgressPolicy};
+pub use host::{Cidr, EgressPolicy, MAX_VOLUME_BYTES, MIN_VOLUME_BYTES, Volume, VolumeStore};
 pub use images::{ImagePolicy, PulledImages, RegistryGuard};
 pub use join::CREDENTIAL_FILE;
 pub use local::{EdgeReport, PodLine, StateFile, read_report};

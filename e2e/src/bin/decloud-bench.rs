@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! cargo run -p decloud-e2e --release --bin decloud-bench -- <startup|failover|scale|tunnel|footprint|quantity|all> [--quick] [--json out.json]
+//! cargo run -p decloud-e2e --release --bin decloud-bench -- <startup|failover|scale|tunnel|footprint|quantity|volume|all> [--quick] [--json out.json]
 //! ```
 //! Each scenario starts its own etcd + kube-apiserver, the release `decloud-operator` and
 //! `edge-kubelet` binaries next to this one, and Docker containers it removes afterwards
@@ -70,6 +70,8 @@ enum Scenario {
     Footprint,
     /// The quantity parser on the worst strings the CRD accepts and on attacker strings.
     Quantity,
+    /// File I/O on a DeCloud persistent volume vs a plain Docker volume on the same disk.
+    Volume,
     /// Every scenario, one after the other.
     All,
 }
@@ -94,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
     let list = match args.scenario {
         Scenario::All => vec![
             Scenario::Quantity,
+            Scenario::Volume,
             Scenario::Footprint,
             Scenario::Startup,
             Scenario::Tunnel,
@@ -117,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Tunnel => bench::tunnel::run(opts.clone()).await,
             Scenario::Footprint => bench::footprint::run(opts.clone()).await,
             Scenario::Quantity => bench::quantity::run(opts.clone()).await,
+            Scenario::Volume => bench::volume::run(opts.clone()).await,
             Scenario::All => unreachable!("expanded above"),
         };
         match outcome {
