@@ -36,7 +36,7 @@ mod session;
 pub use agent::{join, run, run_with, status, uninstall};
 pub use console::{ConsoleActions, LendingState, OfferForm, url_with_token as console_url};
 pub use error::{Error, Result};
-pub use host::{Cidr, EgressPolicy};
+pub use host::{Cidr, EgressPolicy, MAX_VOLUME_BYTES, MIN_VOLUME_BYTES, Volume, VolumeStore};
 pub use images::{ImagePolicy, PulledImages, RegistryGuard};
 pub use join::CREDENTIAL_FILE;
 pub use local::{EdgeReport, Given, PodLine, StateFile, read_report};

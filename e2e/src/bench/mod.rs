@@ -20,6 +20,7 @@ pub mod sim_edges;
 pub mod startup;
 pub mod stats;
 pub mod tunnel;
+pub mod volume;
 
 pub use harness::Opts;
 pub use report::{Row, ScenarioReport};

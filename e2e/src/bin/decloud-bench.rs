@@ -82,6 +82,8 @@ enum Scenario {
     Footprint,
     /// The quantity parser on the worst strings the CRD accepts and on attacker strings.
     Quantity,
+    /// File I/O on a DeCloud persistent volume vs a plain Docker volume on the same disk.
+    Volume,
     /// Every scenario, one after the other.
     All,
 }
@@ -110,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
     let list = match args.scenario {
         Scenario::All => vec![
             Scenario::Quantity,
+            Scenario::Volume,
             Scenario::Footprint,
             Scenario::Startup,
             Scenario::Tunnel,
@@ -141,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Https => bench::https::run(opts.clone()).await,
             Scenario::Footprint => bench::footprint::run(opts.clone()).await,
             Scenario::Quantity => bench::quantity::run(opts.clone()).await,
+            Scenario::Volume => bench::volume::run(opts.clone()).await,
             Scenario::All => unreachable!("expanded above"),
         };
         match outcome {

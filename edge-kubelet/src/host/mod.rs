@@ -5,6 +5,7 @@
 mod cgroup;
 mod cidr;
 mod egress;
+mod volumes;
 
 pub(crate) use cgroup::{Ceiling, CgroupLayout, MIN_MEMORY_BYTES};
 pub use cidr::Cidr;
@@ -13,3 +14,4 @@ pub(crate) use egress::{
     Chains, Family, FamilyRules, ServiceRedirect, build, forward_hook, install, listing,
     nameservers, uninstall, verify, with_service_redirect,
 };
+pub use volumes::{MAX_VOLUME_BYTES, MIN_VOLUME_BYTES, Volume, VolumeStore};

@@ -831,37 +831,53 @@ async fn forward(
 
 async fn splice(
     tx: StreamWriter,
-    mut rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
     tunnel: Box<dyn crate::seams::TunnelIo>,
 ) -> Result<(), String> {
-    let (mut from_pod, mut to_pod) = tokio::io::split(tunnel);
-    let down = async {
-        while let Some(b) = rx.recv().await {
-            to_pod
-                .write_all(&b)
-                .await
-                .map_err(|e| format!("writing to the pod: {e}"))?;
-        }
-        let _ = to_pod.shutdown().await;
-        Ok::<(), String>(())
-    };
+    let (from_pod, to_pod) = tokio::io::split(tunnel);
     let up = async {
-        let mut buf = vec![0u8; spdy::MAX_WRITE];
-        loop {
-            let n = from_pod
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("reading from the pod: {e}"))?;
-            if n == 0 {
-                let _ = tx.finish().await;
-                return Ok::<(), String>(());
-            }
-            tx.send(Bytes::copy_from_slice(&buf[..n]))
-                .await
-                .map_err(|_| "the client is gone".to_string())?;
-        }
+        pod_to_client(from_pod, |b| async { tx.send(b).await.is_ok() }).await?;
+        let _ = tx.finish().await;
+        Ok(())
     };
-    tokio::try_join!(down, up).map(|_| ())
+    tokio::try_join!(client_to_pod(rx, to_pod), up).map(|_| ())
+}
+
+/// One half of a port-forward: what the client sends, written to the pod until the client's
+/// side ends; then the pod's write side is shut.
+async fn client_to_pod(
+    mut from_client: mpsc::Receiver<Bytes>,
+    mut to_pod: impl tokio::io::AsyncWrite + Unpin,
+) -> Result<(), String> {
+    while let Some(b) = from_client.recv().await {
+        to_pod
+            .write_all(&b)
+            .await
+            .map_err(|e| format!("writing to the pod: {e}"))?;
+    }
+    let _ = to_pod.shutdown().await;
+    Ok(())
+}
+
+/// The other half: what the pod sends, handed to `send` (false: the client is gone) until the
+/// pod's side ends.
+async fn pod_to_client<F: Future<Output = bool>>(
+    mut from_pod: impl tokio::io::AsyncRead + Unpin,
+    mut send: impl FnMut(Bytes) -> F,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; spdy::MAX_WRITE];
+    loop {
+        let n = from_pod
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("reading from the pod: {e}"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if !send(Bytes::copy_from_slice(&buf[..n])).await {
+            return Err("the client is gone".into());
+        }
+    }
 }
 
 mod ws;

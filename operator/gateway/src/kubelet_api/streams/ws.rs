@@ -373,37 +373,14 @@ async fn serve_port_forward(
 
 async fn splice_ws(
     tunnel: Box<dyn crate::seams::TunnelIo>,
-    mut from_client: mpsc::Receiver<Bytes>,
+    from_client: mpsc::Receiver<Bytes>,
     tx: &WsSender,
     ch: Channels,
     data: u8,
 ) -> Result<(), String> {
-    let (mut from_pod, mut to_pod) = tokio::io::split(tunnel);
-    let down = async {
-        while let Some(b) = from_client.recv().await {
-            to_pod
-                .write_all(&b)
-                .await
-                .map_err(|e| format!("writing to the pod: {e}"))?;
-        }
-        let _ = to_pod.shutdown().await;
-        Ok::<(), String>(())
-    };
-    let up = async {
-        let mut buf = vec![0u8; spdy::MAX_WRITE];
-        loop {
-            let n = from_pod
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("reading from the pod: {e}"))?;
-            if n == 0 {
-                return Ok::<(), String>(());
-            }
-            if !ch.send(tx, data, &buf[..n]).await {
-                return Err("the client is gone".into());
-            }
-        }
-    };
+    let (from_pod, to_pod) = tokio::io::split(tunnel);
+    let down = client_to_pod(from_client, to_pod);
+    let up = pod_to_client(from_pod, |b| async move { ch.send(tx, data, &b).await });
     // The pod's side ending ends the forward (as kubelet's copy does).
     tokio::pin!(down);
     tokio::select! {

@@ -1,0 +1,407 @@
+//! Persistent volumes with a hard size: one ext4 filesystem image per volume, loop-mounted on
+//! the volunteer's machine and bind-mounted into the containers that use it.
+//!
+//! Why an image and not a folder: overlay2 on ext4 (the common volunteer setup) cannot cap a
+//! folder, and quotas need a filesystem mounted with them. A filesystem of the volume's size is
+//! a cap the kernel enforces: a write past it fails with `ENOSPC` inside the container, and
+//! nothing outside the image is touched. The image is sparse, so the disk holds only what was
+//! written; the offer counts the whole size (the volume may fill).
+//!
+//! Layout under the store's root (the edge's state folder `volumes/`):
+//! ```text
+//! <id>/disk.img   the filesystem image (sparse, mode 0600)
+//! <id>/mnt/       where it is mounted (nosuid, nodev, noexec off: containers run programs)
+//! ```
+//! Mounts do not survive a reboot of the machine; [`VolumeStore::ensure`] mounts again what it
+//! finds. Data survives container crashes and edge restarts (the image stays on disk).
+
+use std::{
+    fs,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::error::{Error, Result};
+
+/// The smallest volume: ext4 needs room for its journal and metadata.
+pub const MIN_VOLUME_BYTES: u64 = 16 << 20;
+/// Readahead of a volume's loop device, in 512-byte sectors (2 MiB).
+const READAHEAD_SECTORS: &str = "4096";
+/// The largest volume one claim may ask for (a tenant's number; the offer caps it further).
+pub const MAX_VOLUME_BYTES: u64 = 16 << 40;
+/// The longest volume id (it names a folder).
+const MAX_ID_LEN: usize = 200;
+
+/// The volumes of one edge.
+#[derive(Debug, Clone)]
+pub struct VolumeStore {
+    root: PathBuf,
+}
+
+/// One volume as the store finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// Its id (folder name).
+    pub id: String,
+    /// Its size in bytes (the filesystem image's length).
+    pub size_bytes: u64,
+    /// Where it is mounted, when it is.
+    pub mounted_at: Option<PathBuf>,
+}
+
+impl VolumeStore {
+    /// The store under `root` (created on first use, mode 0700).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Its root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Makes volume `id` exist with `size_bytes`, formatted and mounted; returns its mount
+    /// point. Idempotent: an existing volume keeps its data (and is mounted again if it is not);
+    /// a larger size grows it (unmounting it first, so no container may be using it); a smaller
+    /// one is refused (shrinking loses data).
+    pub fn ensure(&self, id: &str, size_bytes: u64) -> Result<PathBuf> {
+        check_id(id)?;
+        if !(MIN_VOLUME_BYTES..=MAX_VOLUME_BYTES).contains(&size_bytes) {
+            return Err(Error::InvalidInput(format!(
+                "volume {id}: size {size_bytes} bytes is outside {MIN_VOLUME_BYTES}..={MAX_VOLUME_BYTES}"
+            )));
+        }
+        let dir = self.root.join(id);
+        let image = dir.join("disk.img");
+        let mnt = dir.join("mnt");
+        create_private_dir(&self.root)?;
+        create_private_dir(&dir)?;
+        fs::create_dir_all(&mnt).map_err(|e| io_error(&mnt, e))?;
+        let existing = fs::metadata(&image).ok().map(|m| m.len());
+        match existing {
+            None => {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&image)
+                    .map_err(|e| io_error(&image, e))?;
+                file.set_len(size_bytes).map_err(|e| io_error(&image, e))?;
+                drop(file);
+                // -m 0: no blocks reserved for root (the tenant gets the whole size).
+                if let Err(e) = run("mkfs.ext4", &["-q", "-F", "-m", "0", path_str(&image)?]) {
+                    let _ = fs::remove_file(&image);
+                    return Err(e);
+                }
+            }
+            Some(len) if len > size_bytes => {
+                return Err(Error::InvalidInput(format!(
+                    "volume {id} holds {len} bytes; it cannot shrink to {size_bytes} (data would be lost)"
+                )));
+            }
+            Some(_) => {}
+        }
+        if existing.is_some_and(|len| len < size_bytes) {
+            // Grown offline (online resize needs more privilege than a container host may
+            // give): only while nothing has it mounted.
+            self.unmount(id)?;
+            grow(&image, size_bytes)?;
+        }
+        if !is_mountpoint(&mnt)? {
+            // Direct I/O on the loop device: one page cache (the volume's), not two; and a
+            // readahead like a disk's, or cold sequential reads crawl.
+            let device = run(
+                "losetup",
+                &["--find", "--show", "--direct-io=on", path_str(&image)?],
+            )?
+            .trim()
+            .to_string();
+            let _ = run("blockdev", &["--setra", READAHEAD_SECTORS, &device]);
+            if let Err(e) = run(
+                "mount",
+                &["-t", "ext4", "-o", "nosuid,nodev", &device, path_str(&mnt)?],
+            ) {
+                let _ = run("losetup", &["-d", &device]);
+                return Err(e);
+            }
+        }
+        Ok(mnt)
+    }
+
+    /// Unmounts volume `id` (its data stays). Nothing to do when it is not mounted.
+    pub fn unmount(&self, id: &str) -> Result<()> {
+        check_id(id)?;
+        let mnt = self.root.join(id).join("mnt");
+        if mnt.exists() && is_mountpoint(&mnt)? {
+            run("umount", &[path_str(&mnt)?])?;
+        }
+        // Its loop devices (one, unless an earlier detach failed).
+        let image = self.root.join(id).join("disk.img");
+        if image.exists() {
+            for device in loop_devices_of(&image)? {
+                run("losetup", &["-d", &device])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmounts and deletes volume `id` and its data. Nothing to do when it does not exist.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        self.unmount(id)?;
+        let dir = self.root.join(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&dir, e)),
+        }
+    }
+
+    /// The volumes on disk, by id.
+    pub fn list(&self) -> Result<Vec<Volume>> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(&self.root, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = fs::metadata(entry.path().join("disk.img")) else {
+                continue;
+            };
+            let mnt = entry.path().join("mnt");
+            let mounted_at = is_mountpoint(&mnt).unwrap_or(false).then_some(mnt);
+            out.push(Volume {
+                id,
+                size_bytes: meta.len(),
+                mounted_at,
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+/// A volume id names a folder: DNS-label characters and dots only, no `..`, bounded.
+fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && !id.starts_with('.')
+        && !id.contains("..")
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "volume id {id:?}: expected 1..={MAX_ID_LEN} of [a-z0-9.-], not starting with a dot, without \"..\""
+        )))
+    }
+}
+
+/// Whether `path` is a mount point (an entry of /proc/self/mountinfo).
+fn is_mountpoint(path: &Path) -> Result<bool> {
+    let canonical = match fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_error(path, e)),
+    };
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::Runtime(format!("reading /proc/self/mountinfo: {e}")))?;
+    let wanted = canonical.to_string_lossy();
+    // Field 5 is the mount point, with spaces and the like escaped as octal.
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| unescape_mountinfo(m) == wanted))
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The loop devices backing `image` (`losetup -j`).
+fn loop_devices_of(image: &Path) -> Result<Vec<String>> {
+    let out = run("losetup", &["-j", path_str(image)?])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|d| d.starts_with("/dev/loop"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Grows an unmounted volume's image and filesystem to `size_bytes`.
+fn grow(image: &Path, size_bytes: u64) -> Result<()> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .map_err(|e| io_error(image, e))?;
+    file.set_len(size_bytes).map_err(|e| io_error(image, e))?;
+    drop(file);
+    let image = path_str(image)?;
+    // resize2fs insists on a freshly checked filesystem.
+    run("e2fsck", &["-f", "-p", image])?;
+    run("resize2fs", &[image]).map(|_| ())
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_error(dir, e)),
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str()
+        .ok_or_else(|| Error::InvalidInput(format!("{} is not UTF-8", path.display())))
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Runtime(format!("{}: {e}", path.display()))
+}
+
+/// Runs `tool args…`; stdout on success, the tool's stderr in the error otherwise.
+fn run(tool: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::Runtime(format!("cannot run {tool}: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Runtime(format!(
+            "{tool} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_leave_the_store_are_refused() {
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "A",
+            "a..b",
+            &"a".repeat(201),
+        ] {
+            assert!(check_id(bad).is_err(), "{bad:?} must be refused");
+        }
+        for good in ["default.db.data-0", "x", "ns-1.wl.claim-12"] {
+            assert!(check_id(good).is_ok(), "{good:?} is fine");
+        }
+    }
+
+    #[test]
+    fn sizes_out_of_bounds_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::new(dir.path().join("volumes"));
+        for size in [0, MIN_VOLUME_BYTES - 1, MAX_VOLUME_BYTES + 1] {
+            let err = store.ensure("v", size).unwrap_err().to_string();
+            assert!(err.contains("outside"), "{err}");
+        }
+        assert!(!dir.path().join("volumes").exists());
+    }
+
+    /// A real loop-mounted volume (root and e2fsprogs needed; under CI their absence fails).
+    #[test]
+    fn a_volume_is_a_hard_cap_keeps_its_data_and_grows() {
+        let is_root = fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+        if !is_root {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "this test needs root (loop mounts) under CI"
+            );
+            eprintln!("skipped outside CI: not root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::new(dir.path().join("volumes"));
+        // A failed assertion must not leave a mount behind.
+        struct Unmount<'a>(&'a VolumeStore);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.delete("t.data-0");
+            }
+        }
+        let _unmount = Unmount(&store);
+        let mnt = store.ensure("t.data-0", 32 << 20).unwrap();
+        assert!(is_mountpoint(&mnt).unwrap());
+        // Fill it: the write past the size fails with ENOSPC, not at the disk's end.
+        let mut file = fs::File::create(mnt.join("fill")).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let mut written = 0u64;
+        let err = loop {
+            match std::io::Write::write_all(&mut file, &chunk).and_then(|()| file.sync_data()) {
+                Ok(()) => written += chunk.len() as u64,
+                Err(e) => break e,
+            }
+            assert!(
+                written <= 64 << 20,
+                "wrote {written} bytes into a 32 MiB volume"
+            );
+        };
+        drop(file);
+        assert_eq!(err.raw_os_error(), Some(28), "ENOSPC expected, got {err}");
+        assert!(written >= 20 << 20, "only {written} bytes fit");
+        fs::write(mnt.join("keep"), b"data").ok();
+        // Edge restart: unmounted, then ensured again: the data is there.
+        store.unmount("t.data-0").unwrap();
+        assert!(!mnt.join("fill").exists());
+        let mnt = store.ensure("t.data-0", 32 << 20).unwrap();
+        assert!(mnt.join("fill").exists());
+        // Shrinking is refused; growing keeps the data.
+        assert!(store.ensure("t.data-0", 16 << 20).is_err());
+        let mnt = store.ensure("t.data-0", 48 << 20).unwrap();
+        assert!(mnt.join("fill").exists());
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].size_bytes, 48 << 20);
+        fs::remove_file(mnt.join("fill")).unwrap();
+        store.delete("t.data-0").unwrap();
+        assert!(store.list().unwrap().is_empty());
+        assert!(!is_mountpoint(&mnt).unwrap());
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/a\040b/c"), "/a b/c");
+        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/odd\x"), r"/odd\x");
+    }
+}
