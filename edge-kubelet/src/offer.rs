@@ -289,6 +289,16 @@ impl ConsoleActions for AgentActions {
     }
 }
 
+/// The word the console shows for `status`.
+fn state_word(status: &AvailabilityStatus) -> &'static str {
+    match status.state {
+        State::Available => "available",
+        State::Paused => "paused",
+        State::Draining if status.drained() => "drained",
+        State::Draining => "draining",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,15 +369,5 @@ mod tests {
             (offered.cpu_millis, offered.memory_bytes, offered.pods),
             (4000, 1 << 30, 3)
         );
-    }
-}
-
-/// The word the console shows for `status`.
-fn state_word(status: &AvailabilityStatus) -> &'static str {
-    match status.state {
-        State::Available => "available",
-        State::Paused => "paused",
-        State::Draining if status.drained() => "drained",
-        State::Draining => "draining",
     }
 }

@@ -106,7 +106,7 @@ impl IdleRule {
     /// Measures until `stop`, telling `idle(true|false)` on every change.
     pub(crate) async fn run(
         self,
-        availability: super::Availability,
+        availability: super::availability::Availability,
         stop: tokio_util::sync::CancellationToken,
     ) {
         let mut last = self.read();

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{Availability, AvailabilityStatus};
+use super::availability::{Availability, AvailabilityStatus};
 use crate::error::{Error, Result};
 
 /// The socket's file name in the state folder.
@@ -164,8 +164,8 @@ pub async fn request(state_dir: &Path, request: &str) -> Result<AvailabilityStat
 
 #[cfg(test)]
 mod tests {
+    use super::super::availability::State;
     use super::*;
-    use crate::control::State;
 
     #[tokio::test]
     async fn owner_requests_over_the_socket() {

@@ -9,7 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use decloud_proto as pb;
 
-use super::report::Given;
+/// Resource-hours given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Given {
+    /// CPU time used by pods, seconds.
+    pub cpu_seconds: f64,
+    /// Memory held by pods over time, GiB-hours.
+    pub memory_gib_hours: f64,
+}
 
 /// File name in the state folder.
 const FILE: &str = "given.json";

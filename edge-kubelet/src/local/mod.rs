@@ -7,6 +7,7 @@ pub(crate) mod install_record;
 mod report;
 mod state_file;
 
-pub use report::{EdgeReport, Given, PodLine, read as read_report};
+pub use given::Given;
+pub use report::{EdgeReport, PodLine, read as read_report};
 pub(crate) use report::{Live, keep_writing, status_text};
 pub use state_file::StateFile;

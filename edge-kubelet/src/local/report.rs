@@ -4,6 +4,7 @@
 //! The running agent rewrites `status.json` in its state folder every few seconds (atomically,
 //! mode 0600); `edge-kubelet status` reads it, so no port needs to be opened for it.
 
+use super::given::{Given, GivenLedger};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -87,15 +88,6 @@ pub struct EdgeReport {
     pub console_url: String,
 }
 
-/// Resource-hours given.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Given {
-    /// CPU time used by pods, seconds.
-    pub cpu_seconds: f64,
-    /// Memory held by pods over time, GiB-hours.
-    pub memory_gib_hours: f64,
-}
-
 /// What the running agent knows now, for each rewrite of the report.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Live {
@@ -169,9 +161,9 @@ pub(crate) async fn keep_writing(
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(PERIOD);
-    let mut given = super::given::GivenLedger::open(&state_dir);
+    let mut given = GivenLedger::open(&state_dir);
     let (mut ticks, mut connected_ticks) = (0u64, 0u64);
-    let build = |live: Live, given: &super::given::GivenLedger, ratio: f64| EdgeReport {
+    let build = |live: Live, given: &GivenLedger, ratio: f64| EdgeReport {
         connected: live.connected,
         written_unix: now_unix_secs(),
         offered_cpu_millis: live.offered.cpu_millis,
