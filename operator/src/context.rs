@@ -16,7 +16,9 @@ use crate::edge::auth::TokenCache;
 use crate::edge::liveness::LivenessTracker;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::pods::{EVENT_QUEUE, EventLimiter, PodEventRecord, StatusQueue, StatusReport};
+use crate::pods::{
+    ConfigSources, EVENT_QUEUE, EventLimiter, PodEventRecord, StatusQueue, StatusReport,
+};
 use crate::relay::{NodePorts, PendingExecs, PendingLogs, PendingTunnels};
 use crate::slots::Slots;
 use crate::stats::store::NodeStatsStore;
@@ -64,6 +66,8 @@ pub(crate) struct Context {
     pub(crate) stats: NodeStatsStore,
     /// Each virtual node's own kubelet API port.
     pub(crate) node_ports: NodePorts,
+    /// The ConfigMaps and Secrets bound pods use, each read by name.
+    pub(crate) config_sources: ConfigSources,
     reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
 }
 
@@ -122,6 +126,7 @@ impl Context {
             pod_events,
             stats: NodeStatsStore::default(),
             node_ports: NodePorts::default(),
+            config_sources: ConfigSources::default(),
             reconcile_tx,
         });
         (

@@ -3,6 +3,7 @@
 //! deletion (which no real kubelet finalizes here).
 
 mod admission;
+mod config;
 mod deletion;
 mod event_writer;
 mod events;
@@ -13,6 +14,7 @@ mod translate;
 mod writer;
 
 pub(crate) use admission::{Disposition, disposition};
+pub(crate) use config::{ConfigSources, config_hash};
 pub(crate) use deletion::on_pod_gone;
 pub(crate) use event_writer::{on_pod_event, write_pod_events};
 pub(crate) use events::{EVENT_QUEUE, EventLimiter, PodEventRecord};
