@@ -62,6 +62,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
             offered.storage_bytes,
             args.max_pods,
         ),
+        config_dir: crate::pod::prepare_config_dir(&args.config_dir()),
         ..PodWorkerConfig::default()
     };
     let pods = PodSupervisor::start(runtime, Some(state_file), worker_config).await?;

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use decloud_proto as pb;
 
+use super::config_volumes::PodFiles;
 use super::kubelet_events::{self, KubeletEvent};
 use super::lifecycle::{
     Action, BackoffPolicy, ContainerEvent, ContainerLifecycle, FailureMemory, RestartPolicy,
@@ -26,7 +27,13 @@ use super::usage::UsageMeter;
 use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::images::ImagePolicy;
-use crate::runtime::{ContainerInfo, ContainerRuntime, CreateRequest, PodNetwork, RuntimeEvent};
+use crate::runtime::{
+    BindMount, ContainerInfo, ContainerRuntime, CreateRequest, PodNetwork, RuntimeEvent,
+};
+
+/// Why a config volume cannot be mounted on this edge.
+const NO_CONFIG_DIR: &str =
+    "this edge has no tmpfs for configMap and secret volumes (edge-kubelet --config-dir)";
 
 /// Tunables of pod workers.
 #[derive(Debug, Clone)]
@@ -50,6 +57,10 @@ pub struct PodWorkerConfig {
     /// Storage bound of a pod that sets no `ephemeral-storage` limit (bytes); above it the pod
     /// is evicted. 0: none.
     pub default_pod_storage_bytes: i64,
+    /// Where pods' configMap/secret volumes are written: a tmpfs (`--config-dir`, checked at
+    /// start). `None`: this edge cannot mount such volumes (their containers fail with
+    /// `CreateContainerConfigError`).
+    pub config_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for PodWorkerConfig {
@@ -63,6 +74,7 @@ impl Default for PodWorkerConfig {
             offered_memory_bytes: 0,
             offered_storage_bytes: 0,
             default_pod_storage_bytes: 0,
+            config_dir: None,
         }
     }
 }
@@ -72,6 +84,8 @@ impl Default for PodWorkerConfig {
 pub(crate) enum PodCommand {
     /// The operator sent this spec again (maybe changed).
     Update(Box<pb::PodSpec>),
+    /// The pod's configuration (ConfigMaps and Secrets) is this now.
+    Config(Arc<pb::PodConfig>),
     /// Stop and remove every container of the pod, then answer and end.
     Terminate {
         grace: Option<Duration>,
@@ -113,6 +127,8 @@ struct Slot {
     deadline: Option<Instant>,
     probe: Option<JoinHandle<()>>,
     awaiting_primary: bool,
+    /// Waits for the pod's configuration to arrive before it is created.
+    awaiting_config: bool,
 }
 
 impl Slot {
@@ -130,6 +146,7 @@ impl Slot {
             deadline: None,
             probe: None,
             awaiting_primary: false,
+            awaiting_config: false,
         }
     }
 
@@ -177,6 +194,10 @@ pub(crate) struct PodWorker {
     storage_used: i64,
     /// Told (uid, message) when this pod is evicted, so the eviction outlives a restart.
     evictions: Option<mpsc::UnboundedSender<(String, String)>>,
+    /// The pod's configuration, in memory only (never logged, never in the state file).
+    config: Option<Arc<pb::PodConfig>>,
+    /// Why a config volume could not be written (volume name → message).
+    volume_errors: std::collections::HashMap<String, String>,
 }
 
 impl PodWorker {
@@ -209,7 +230,118 @@ impl PodWorker {
             evicted: None,
             storage_used: 0,
             evictions: None,
+            config: None,
+            volume_errors: Default::default(),
         }
+    }
+
+    /// Starts with the configuration the operator already sent, if any.
+    pub(crate) fn with_config(mut self, config: Option<Arc<pb::PodConfig>>) -> Self {
+        if let Some(c) = config {
+            self.set_config(c);
+        }
+        self
+    }
+
+    fn files(&self) -> Option<PodFiles> {
+        self.cfg
+            .config_dir
+            .as_ref()
+            .map(|d| PodFiles::new(d, &self.spec.uid))
+    }
+
+    /// Takes `config` and writes the config volumes' files (an atomic swap per volume).
+    fn set_config(&mut self, config: Arc<pb::PodConfig>) {
+        self.volume_errors.clear();
+        let files = self.files();
+        for v in &config.volumes {
+            let is_config = self.spec.volumes.iter().any(|s| {
+                s.name == v.name && matches!(s.source, Some(pb::volume::Source::Config(_)))
+            });
+            if !is_config {
+                continue;
+            }
+            let result = match &files {
+                Some(f) => f.write_volume(&v.name, &v.files),
+                None => Err(NO_CONFIG_DIR.to_string()),
+            };
+            if let Err(message) = result {
+                tracing::warn!(pod = %self.key(), volume = %v.name, %message, "cannot write a config volume");
+                self.volume_errors.insert(v.name.clone(), message);
+            }
+        }
+        self.config = Some(config);
+    }
+
+    /// New configuration: files follow at once; containers waiting for it are created, and
+    /// those that failed for want of it are retried.
+    fn on_config(&mut self, config: Arc<pb::PodConfig>) {
+        self.set_config(config);
+        for i in 0..self.slots.len() {
+            if self.slots[i].awaiting_config {
+                self.slots[i].awaiting_config = false;
+                self.spawn_create(i);
+            } else if matches!(self.slots[i].state, ContainerLifecycle::ConfigError { .. }) {
+                self.slots[i].deadline = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Container `i`'s environment (when it comes from the configuration) and mounts:
+    /// `Ok(None)` while the configuration has not arrived, `Err` with kubelet's message when it
+    /// cannot start.
+    fn container_config(
+        &self,
+        i: usize,
+    ) -> std::result::Result<Option<(Option<Vec<pb::EnvVar>>, Vec<BindMount>)>, String> {
+        let c = &self.slots[i].spec;
+        let env = if self.spec.needs_config {
+            let Some(config) = &self.config else {
+                return Ok(None);
+            };
+            let Some(cc) = config.containers.iter().find(|x| x.name == c.name) else {
+                return Err(format!("no configuration for container {:?}", c.name));
+            };
+            if !cc.error.is_empty() {
+                return Err(cc.error.clone());
+            }
+            Some(cc.env.clone())
+        } else {
+            None
+        };
+        let files = self.files();
+        let mut mounts = Vec::new();
+        for (n, m) in c.volume_mounts.iter().enumerate() {
+            let Some(volume) = self.spec.volumes.iter().find(|v| v.name == m.name) else {
+                return Err(format!(
+                    "volumeMount {:?} names no volume of the pod",
+                    m.name
+                ));
+            };
+            match &volume.source {
+                Some(pb::volume::Source::Config(_)) => {
+                    let Some(files) = &files else {
+                        return Err(NO_CONFIG_DIR.to_string());
+                    };
+                    if let Some(e) = self.volume_errors.get(&m.name) {
+                        return Err(e.clone());
+                    }
+                    let source = if m.sub_path.is_empty() {
+                        files.volume_dir(&m.name)
+                    } else {
+                        files.sub_path_copy(&m.name, &m.sub_path, &c.name, n)?
+                    };
+                    mounts.push(BindMount {
+                        source: source.display().to_string(),
+                        target: m.mount_path.clone(),
+                        // configMap and secret volumes are always read-only (as in kubelet).
+                        read_only: true,
+                    });
+                }
+                Some(pb::volume::Source::EmptyDir(_)) | None => {}
+            }
+        }
+        Ok(Some((env, mounts)))
     }
 
     // === kubelet's events ===
@@ -287,6 +419,7 @@ impl PodWorker {
                     }
                     Some(PodCommand::Update(_)) | Some(PodCommand::Runtime(_)) if self.evicted.is_some() => {}
                     Some(PodCommand::Update(spec)) => self.update(*spec).await,
+                    Some(PodCommand::Config(config)) => self.on_config(config),
                     Some(PodCommand::Terminate { grace, done }) => {
                         self.terminate(grace).await;
                         let _ = done.send(());
@@ -450,6 +583,24 @@ impl PodWorker {
             }
         };
         self.slots[slot].awaiting_primary = false;
+        let (env, mounts) = match self.container_config(slot) {
+            Ok(Some(prepared)) => prepared,
+            Ok(None) => {
+                // Created once the configuration arrives.
+                self.slots[slot].awaiting_config = true;
+                if let Some(old) = older {
+                    self.spawn_remove(old);
+                }
+                return;
+            }
+            Err(message) => {
+                if let Some(old) = older {
+                    self.spawn_remove(old);
+                }
+                self.apply(slot, ContainerEvent::ConfigFailed { message });
+                return;
+            }
+        };
         let runtime = self.runtime.clone();
         let pod = self.spec.clone();
         let container = self.slots[slot].spec.clone();
@@ -462,6 +613,8 @@ impl PodWorker {
                 container: &container,
                 restart_count,
                 network: &network,
+                env: env.as_deref(),
+                mounts: &mounts,
             };
             if let Some(old) = older
                 && let Err(e) = runtime.remove_container(&old).await
@@ -870,6 +1023,11 @@ impl PodWorker {
     async fn terminate(&mut self, grace: Option<Duration>) {
         tracing::info!(pod = %self.key(), ?grace, "terminating pod");
         self.remove_all(grace).await;
+        // Its configuration goes with it.
+        self.config = None;
+        if let Some(files) = self.files() {
+            files.remove();
+        }
         tracing::info!(pod = %self.key(), "pod's containers are gone");
     }
 

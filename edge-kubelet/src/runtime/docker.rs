@@ -23,7 +23,7 @@ use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig, HostConfigLogConfig,
-    NetworkCreateRequest,
+    Mount, MountType, NetworkCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -481,6 +481,20 @@ impl DockerRuntime {
                     ("max-file".to_string(), LOG_MAX_FILES.to_string()),
                 ])),
             }),
+            // The pod's volumes the edge prepared (config files on its tmpfs): bind mounts of
+            // paths the edge made, never a path the pod named.
+            mounts: (!req.mounts.is_empty()).then(|| {
+                req.mounts
+                    .iter()
+                    .map(|m| Mount {
+                        target: Some(m.target.clone()),
+                        source: Some(m.source.clone()),
+                        typ: Some(MountType::BIND),
+                        read_only: Some(m.read_only),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
             storage_opt: self.ceiling.storage_quota_default.map(|default| {
                 let size = if res.ephemeral_storage_limit_bytes > 0 {
                     res.ephemeral_storage_limit_bytes
@@ -500,7 +514,8 @@ impl DockerRuntime {
             entrypoint,
             cmd,
             env: Some(
-                c.env
+                req.env
+                    .unwrap_or(&c.env)
                     .iter()
                     .map(|e| format!("{}={}", e.name, e.value))
                     .collect(),

@@ -146,6 +146,7 @@ pub(crate) fn pod(uid: &str, name: &str, image: &str, command: &[&str]) -> pb::P
             command: command.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }],
+        ..Default::default()
     }
 }
 
