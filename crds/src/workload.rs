@@ -119,6 +119,14 @@ pub struct TemplateMetadata {
     "rule": "self.containers.all(c, self.containers.exists_one(d, d.name == c.name))",
     "message": "container names must be unique within a pod",
     "fieldPath": ".containers",
+}, {
+    "rule": "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
+    "message": "volume names must be unique within a pod",
+    "fieldPath": ".volumes",
+}, {
+    "rule": "self.containers.all(c, !has(c.volumeMounts) || c.volumeMounts.all(m, has(self.volumes) && self.volumes.exists(v, v.name == m.name)))",
+    "message": "every volumeMount must name one of the pod's volumes",
+    "fieldPath": ".containers",
 }]))]
 pub struct PodSpec {
     /// What the edge does when a container exits.
@@ -138,6 +146,10 @@ pub struct PodSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
     pub node_selector: BTreeMap<String, String>,
+    /// Volumes the containers may mount: configMap, secret, emptyDir.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volumes: Vec<crate::Volume>,
 }
 
 fn default_grace() -> i64 {
@@ -199,6 +211,14 @@ pub struct Container {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128), transform = crate::bounds::env_list)]
     pub env: Vec<EnvVar>,
+    /// Every key of ConfigMaps and Secrets as environment variables (`env` wins over them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub env_from: Vec<crate::EnvFromSource>,
+    /// The pod's volumes mounted into this container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volume_mounts: Vec<crate::VolumeMount>,
     /// Ports the container listens on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
@@ -234,8 +254,13 @@ impl PullPolicy {
     }
 }
 
-/// An environment variable with a literal value.
+/// An environment variable: a literal value, or a key of a ConfigMap or Secret.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.valueFrom) || !has(self.value) || self.value == ''",
+    "message": "value and valueFrom are exclusive",
+}]))]
 pub struct EnvVar {
     /// Variable name.
     #[schemars(
@@ -247,6 +272,9 @@ pub struct EnvVar {
     #[serde(default)]
     #[schemars(length(max = 32768))]
     pub value: String,
+    /// Where the value comes from instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<crate::EnvVarSource>,
 }
 
 /// A port a container listens on.
