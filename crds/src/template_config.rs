@@ -1,7 +1,7 @@
 //! What a Workload's pod template takes from ConfigMaps and Secrets, and its volumes: the
 //! `core/v1` names and semantics (`env[].valueFrom`, `envFrom`, `volumes`, `volumeMounts`),
 //! bounded as an edge takes them (the limits in `decloud_proto`: 32 volumes, 32 mounts per
-//! container, 16 `envFrom` sources, 256 items per volume, paths of at most 1024 bytes).
+//! container, 16 `envFrom` sources, 256 items per volume, paths of at most 1024 bytes, items' 512).
 //! Paths are checked here too (no `..`, items and `subPath` relative, mounts absolute), so a
 //! hostile template is refused at `kubectl apply` time.
 
@@ -153,8 +153,9 @@ pub struct KeyToPath {
     /// The key.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
-    /// Relative path of the file in the volume (no `..`).
-    #[schemars(length(min = 1, max = 1024), extend("x-kubernetes-validations" = [{
+    /// Relative path of the file in the volume (no `..`; at most 512 bytes, which keeps the
+    /// rule's cost within the API server's budget across 32 volumes of 256 items).
+    #[schemars(length(min = 1, max = 512), extend("x-kubernetes-validations" = [{
         "rule": "!self.startsWith('/') && !self.matches('(^|/)[.][.]')",
         "message": "must be a relative path without '..'",
     }]))]
