@@ -193,6 +193,7 @@ stringData: {{password: {secret}, token: tok}}
     missing_mandatory_waits_then_runs(&s).await?;
     workload_template_carries_configuration(&s).await?;
     hostile_input_is_refused(&s).await?;
+    empty_dirs_are_shared_and_bounded(&s).await?;
     secret_stays_out_of_the_edge_state_and_logs(&s).await?;
     files_go_with_the_pod(&s).await?;
 
@@ -486,6 +487,84 @@ spec:
     println!("hostile input refused (schema, operator, size): ok; cfg-big: {message}");
     s.env
         .kubectl(&["delete", "pod", "cfg-many", "cfg-big", "--wait=false"])?;
+    Ok(())
+}
+
+async fn empty_dirs_are_shared_and_bounded(s: &Scenario) -> anyhow::Result<()> {
+    let idle = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    let spec = format!(
+        r#"  volumes:
+  - {{name: scratch, emptyDir: {{sizeLimit: 1Mi}}}}
+  - {{name: ram, emptyDir: {{medium: Memory, sizeLimit: 4Mi}}}}
+  containers:
+  - name: a
+    image: decloud-test/busybox:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "{idle}"]
+    resources: {{limits: {{cpu: 200m, memory: 32Mi}}}}
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}, {{name: ram, mountPath: /ram}}]
+  - name: b
+    image: decloud-test/busybox:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "{idle}"]
+    resources: {{limits: {{cpu: 200m, memory: 32Mi}}}}
+    volumeMounts: [{{name: scratch, mountPath: /data, subPath: shared}}, {{name: ram, mountPath: /ram, readOnly: true}}]
+"#
+    );
+    s.apply(&s.plain_pod("cfg-empty", &spec))?;
+    s.wait_ready("cfg-empty").await?;
+    let exec_in = |container: &str, script: &str| {
+        s.env
+            .kubectl(&[
+                "exec",
+                "cfg-empty",
+                "-c",
+                container,
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .map(|o| o.trim_end().to_string())
+    };
+    exec_in("a", "echo from-a > /scratch/shared/note; echo mem > /ram/m")?;
+    let seen = exec_in(
+        "b",
+        "cat /data/note /ram/m; if echo x > /ram/x 2>/dev/null; then echo wrote; else echo ro; fi",
+    )?;
+    ensure!(
+        seen == "from-a
+mem
+ro",
+        "container b sees: {seen:?}"
+    );
+    // Past its sizeLimit: evicted as kubelet does it.
+    exec_in(
+        "a",
+        "dd if=/dev/zero of=/scratch/big bs=1024 count=2048 2>/dev/null; sync; echo done",
+    )?;
+    let status = eventually(Duration::from_secs(60), || async {
+        let st = s.pod("cfg-empty").await?.status.unwrap_or_default();
+        ensure!(
+            st.phase.as_deref() == Some("Failed"),
+            "{:?} {:?}",
+            st.phase,
+            st.reason
+        );
+        Ok(st)
+    })
+    .await?;
+    let message = status.message.clone().unwrap_or_default();
+    ensure!(
+        status.reason.as_deref() == Some("Evicted")
+            && message.contains("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\""),
+        "{status:?}"
+    );
+    println!(
+        "emptyDir shared between containers, read-only mount, evicted past sizeLimit: {message}"
+    );
+    s.env
+        .kubectl(&["delete", "pod", "cfg-empty", "--wait=false"])?;
     Ok(())
 }
 

@@ -63,6 +63,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<()> {
             args.max_pods,
         ),
         config_dir: crate::pod::prepare_config_dir(&args.config_dir()),
+        volume_dir: Some(state_dir.join("volumes")),
         ..PodWorkerConfig::default()
     };
     let pods = PodSupervisor::start(runtime, Some(state_file), worker_config).await?;

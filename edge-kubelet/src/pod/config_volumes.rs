@@ -238,6 +238,13 @@ impl PodFiles {
         Ok(dest)
     }
 
+    /// Pod `emptyDir` `name` with `medium: Memory`: a folder on the edge's tmpfs (its pages
+    /// are charged to the memory of the container that writes them), made world-writable as
+    /// kubelet makes emptyDirs.
+    pub(crate) fn memory_dir(&self, name: &str) -> Result<PathBuf, String> {
+        empty_dir_at(&self.dir.join("empty"), name)
+    }
+
     /// Removes everything of the pod.
     pub(crate) fn remove(&self) {
         if let Err(e) = std::fs::remove_dir_all(&self.dir)
@@ -246,6 +253,70 @@ impl PodFiles {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove a pod's config files");
         }
     }
+}
+
+/// Folder `name` under `base` (0777, created), for an emptyDir.
+pub(crate) fn empty_dir_at(base: &Path, name: &str) -> Result<PathBuf, String> {
+    if !name_ok(name) {
+        return Err(format!("volume name {name:?} is not a DNS label"));
+    }
+    let dir = base.join(name);
+    if let Some(parent) = dir.parent() {
+        mkdir(parent, 0o711).map_err(|e| format!("emptyDir {name:?}: {e}"))?;
+    }
+    mkdir(&dir, 0o777).map_err(|e| format!("emptyDir {name:?}: {e}"))?;
+    Ok(dir)
+}
+
+/// `sub_path` inside emptyDir folder `dir` (created, as kubelet does), refusing escapes.
+pub(crate) fn empty_sub_path(dir: &Path, sub_path: &str) -> Result<PathBuf, String> {
+    if let Some(p) = path_problem(sub_path) {
+        return Err(format!("subPath {sub_path:?} {p}"));
+    }
+    let target = dir.join(sub_path);
+    if std::fs::symlink_metadata(&target).is_err() {
+        mkdir(&target, 0o777).map_err(|e| format!("subPath {sub_path:?}: {e}"))?;
+    }
+    // The container may have put symlinks there: the real path must stay inside.
+    let real = target
+        .canonicalize()
+        .map_err(|e| format!("subPath {sub_path:?}: {e}"))?;
+    let base = dir.canonicalize().map_err(|e| format!("emptyDir: {e}"))?;
+    if !real.starts_with(&base) {
+        return Err(format!("subPath {sub_path:?} leaves its volume"));
+    }
+    Ok(real)
+}
+
+/// Most entries one measurement of a folder visits; a folder with more counts as full.
+const MAX_MEASURED_ENTRIES: usize = 200_000;
+
+/// Bytes `dir` holds on its filesystem (allocated blocks, symlinks not followed), as kubelet's
+/// `du`-like measurement; `None` when it holds more entries than a measurement visits.
+pub(crate) fn dir_usage(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > MAX_MEASURED_ENTRIES {
+                return None;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            total = total.saturating_add(meta.blocks().saturating_mul(512));
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Some(total)
 }
 
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {

@@ -174,6 +174,10 @@ impl PodSupervisor {
             let keep: Vec<String> = assigned.iter().map(|p| p.uid.clone()).collect();
             super::config_volumes::sweep(dir, &keep);
         }
+        if let Some(dir) = &sup.cfg.volume_dir {
+            let keep: Vec<String> = assigned.iter().map(|p| p.uid.clone()).collect();
+            super::config_volumes::sweep(dir, &keep);
+        }
         let weak = Arc::downgrade(&sup);
         tokio::spawn(async move {
             while let Some((uid, message)) = evicted_rx.recv().await {

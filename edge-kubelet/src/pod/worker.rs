@@ -31,6 +31,11 @@ use crate::runtime::{
     BindMount, ContainerInfo, ContainerRuntime, CreateRequest, PodNetwork, RuntimeEvent,
 };
 
+/// The folder name of pod `uid`.
+fn pod_folder(uid: &str) -> String {
+    uid.replace(['/', '.'], "_")
+}
+
 /// Why a config volume cannot be mounted on this edge.
 const NO_CONFIG_DIR: &str =
     "this edge has no tmpfs for configMap and secret volumes (edge-kubelet --config-dir)";
@@ -61,6 +66,9 @@ pub struct PodWorkerConfig {
     /// start). `None`: this edge cannot mount such volumes (their containers fail with
     /// `CreateContainerConfigError`).
     pub config_dir: Option<std::path::PathBuf>,
+    /// Where pods' disk `emptyDir` volumes live (`<state-dir>/volumes`). `None`: this edge
+    /// cannot mount them.
+    pub volume_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for PodWorkerConfig {
@@ -75,6 +83,7 @@ impl Default for PodWorkerConfig {
             offered_storage_bytes: 0,
             default_pod_storage_bytes: 0,
             config_dir: None,
+            volume_dir: None,
         }
     }
 }
@@ -287,6 +296,61 @@ impl PodWorker {
         }
     }
 
+    /// The folder of emptyDir `name` (created): on the edge's tmpfs for `medium: Memory`,
+    /// under the volume folder otherwise.
+    fn empty_dir(
+        &self,
+        name: &str,
+        memory: bool,
+    ) -> std::result::Result<std::path::PathBuf, String> {
+        if memory {
+            let files = self.files().ok_or_else(|| NO_CONFIG_DIR.to_string())?;
+            files.memory_dir(name)
+        } else {
+            let base = self
+                .cfg
+                .volume_dir
+                .as_ref()
+                .ok_or_else(|| "this edge has no folder for emptyDir volumes".to_string())?;
+            super::config_volumes::empty_dir_at(&base.join(pod_folder(&self.spec.uid)), name)
+        }
+    }
+
+    /// Measures the pod's emptyDirs; one above its `sizeLimit` evicts the pod, in kubelet's
+    /// words.
+    async fn check_empty_dirs(&mut self) {
+        let mut over = None;
+        for v in &self.spec.volumes {
+            let Some(pb::volume::Source::EmptyDir(e)) = &v.source else {
+                continue;
+            };
+            if e.size_limit_bytes <= 0 {
+                continue;
+            }
+            let Ok(dir) = self.empty_dir(&v.name, e.memory) else {
+                continue;
+            };
+            let used = tokio::task::spawn_blocking(move || super::config_volumes::dir_usage(&dir))
+                .await
+                .ok()
+                .flatten();
+            if used.is_none_or(|u| u > e.size_limit_bytes as u64) {
+                over = Some(format!(
+                    "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
+                    v.name,
+                    decloud_crds::quantity::format_bytes(e.size_limit_bytes)
+                ));
+                break;
+            }
+        }
+        let Some(message) = over else { return };
+        tracing::warn!(pod = %self.key(), %message, "evicting pod for its emptyDir use");
+        if let Some(tx) = &self.evictions {
+            let _ = tx.send((self.spec.uid.clone(), message.clone()));
+        }
+        self.evict(message).await;
+    }
+
     /// Container `i`'s environment (when it comes from the configuration) and mounts:
     /// `Ok(None)` while the configuration has not arrived, `Err` with kubelet's message when it
     /// cannot start.
@@ -338,7 +402,20 @@ impl PodWorker {
                         read_only: true,
                     });
                 }
-                Some(pb::volume::Source::EmptyDir(_)) | None => {}
+                Some(pb::volume::Source::EmptyDir(e)) => {
+                    let dir = self.empty_dir(&m.name, e.memory)?;
+                    let source = if m.sub_path.is_empty() {
+                        dir
+                    } else {
+                        super::config_volumes::empty_sub_path(&dir, &m.sub_path)?
+                    };
+                    mounts.push(BindMount {
+                        source: source.display().to_string(),
+                        target: m.mount_path.clone(),
+                        read_only: m.read_only,
+                    });
+                }
+                None => {}
             }
         }
         Ok(Some((env, mounts)))
@@ -793,7 +870,10 @@ impl PodWorker {
             }
         }
         self.sample_usage().await;
-        self.check_storage().await;
+        self.check_empty_dirs().await;
+        if self.evicted.is_none() {
+            self.check_storage().await;
+        }
     }
 
     /// Measures the containers' writable layers and logs; a pod above its bound is evicted
@@ -1027,6 +1107,9 @@ impl PodWorker {
         self.config = None;
         if let Some(files) = self.files() {
             files.remove();
+        }
+        if let Some(base) = &self.cfg.volume_dir {
+            let _ = std::fs::remove_dir_all(base.join(pod_folder(&self.spec.uid)));
         }
         tracing::info!(pod = %self.key(), "pod's containers are gone");
     }
