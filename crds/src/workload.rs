@@ -182,6 +182,10 @@ impl RestartPolicy {
 /// One container of a pod.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(!has(self.livenessProbe) || !has(self.livenessProbe.successThreshold) || self.livenessProbe.successThreshold == 1) && (!has(self.startupProbe) || !has(self.startupProbe.successThreshold) || self.startupProbe.successThreshold == 1)",
+    "message": "livenessProbe and startupProbe successThreshold must be 1",
+}]))]
 pub struct Container {
     /// Container name, a DNS label.
     #[schemars(
@@ -229,6 +233,13 @@ pub struct Container {
     /// Probe that decides when the replica may receive traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
+    /// Probe whose failures (past `failureThreshold`) restart the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Probe that must pass once before readiness and liveness probes start; failing past
+    /// `failureThreshold` restarts the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
 }
 
 /// Image pull policy.
@@ -332,7 +343,7 @@ pub struct ResourceList {
     pub memory: Option<String>,
 }
 
-/// A readiness probe; exactly one handler.
+/// A readiness, liveness or startup probe; exactly one handler.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{

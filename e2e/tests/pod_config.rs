@@ -194,6 +194,8 @@ stringData: {{password: {secret}, token: tok}}
     workload_template_carries_configuration(&s).await?;
     hostile_input_is_refused(&s).await?;
     empty_dirs_are_shared_and_bounded(&s).await?;
+    liveness_failures_restart_the_container(&s).await?;
+    startup_probe_gates_liveness_and_readiness(&s).await?;
     secret_stays_out_of_the_edge_state_and_logs(&s).await?;
     files_go_with_the_pod(&s).await?;
 
@@ -565,6 +567,119 @@ ro",
     );
     s.env
         .kubectl(&["delete", "pod", "cfg-empty", "--wait=false"])?;
+    Ok(())
+}
+
+fn container_status(p: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+fn events_of(s: &Scenario, pod: &str) -> anyhow::Result<String> {
+    s.env.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={pod}"),
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ])
+}
+
+async fn liveness_failures_restart_the_container(s: &Scenario) -> anyhow::Result<()> {
+    // Healthy for 3 s after each start, then not: killed and restarted, again and again.
+    let extra = r#"    livenessProbe: {exec: {command: [cat, /tmp/healthy]}, periodSeconds: 1, failureThreshold: 2}"#;
+    let spec = idle_container(extra).replace(
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+        "touch /tmp/healthy; (sleep 3; rm -f /tmp/healthy) & trap 'exit 0' TERM; while true; do sleep 1; done",
+    );
+    s.apply(&s.plain_pod("cfg-live", &spec))?;
+    let status = eventually(Duration::from_secs(90), || async {
+        let p = s.pod("cfg-live").await?;
+        let c = container_status(&p).context("no container status")?;
+        ensure!(c.restart_count >= 1, "restartCount {}", c.restart_count);
+        ensure!(
+            c.last_state
+                .as_ref()
+                .and_then(|l| l.terminated.as_ref())
+                .is_some(),
+            "no lastState: {:?}",
+            c.last_state
+        );
+        Ok(c)
+    })
+    .await
+    .with_context(|| format!("edge log:\n{}", s.edge.child.log_tail(30)))?;
+    let events = eventually(Duration::from_secs(30), || async {
+        let e = events_of(s, "cfg-live")?;
+        ensure!(
+            e.contains("Unhealthy: Liveness probe failed")
+                && e.contains("Killing: Container main failed liveness probe, will be restarted"),
+            "events:\n{e}"
+        );
+        Ok(e)
+    })
+    .await?;
+    println!(
+        "liveness: restartCount {}, lastState {:?}; events:\n{events}",
+        status.restart_count,
+        status
+            .last_state
+            .and_then(|l| l.terminated)
+            .map(|t| (t.exit_code, t.reason))
+    );
+    s.env
+        .kubectl(&["delete", "pod", "cfg-live", "--wait=false"])?;
+    Ok(())
+}
+
+async fn startup_probe_gates_liveness_and_readiness(s: &Scenario) -> anyhow::Result<()> {
+    // Up only after 5 s. A liveness probe that would kill it at once must wait for the startup
+    // probe, and so must readiness.
+    let extra = r#"    startupProbe: {exec: {command: [test, -f, /tmp/up]}, periodSeconds: 1, failureThreshold: 30}
+    livenessProbe: {exec: {command: [test, -f, /tmp/up]}, periodSeconds: 1, failureThreshold: 1}
+    readinessProbe: {exec: {command: ["true"]}, periodSeconds: 1}"#;
+    let spec = idle_container(extra).replace(
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+        "(sleep 5; touch /tmp/up) & trap 'exit 0' TERM; while true; do sleep 1; done",
+    );
+    s.apply(&s.plain_pod("cfg-startup", &spec))?;
+    // Running but not started, nor ready, for a while.
+    eventually(Duration::from_secs(30), || async {
+        let p = s.pod("cfg-startup").await?;
+        let c = container_status(&p).context("no container status")?;
+        ensure!(
+            c.state
+                .as_ref()
+                .and_then(|st| st.running.as_ref())
+                .is_some(),
+            "not running yet"
+        );
+        ensure!(
+            c.started == Some(false) && !c.ready,
+            "started {:?} ready {}",
+            c.started,
+            c.ready
+        );
+        Ok(())
+    })
+    .await?;
+    s.wait_ready("cfg-startup").await?;
+    let p = s.pod("cfg-startup").await?;
+    let c = container_status(&p).context("no container status")?;
+    ensure!(
+        c.started == Some(true) && c.restart_count == 0,
+        "started {:?}, restartCount {} (liveness ran before startup passed?)",
+        c.started,
+        c.restart_count
+    );
+    println!("startup probe gated readiness and liveness: started, ready, no restart");
+    s.env
+        .kubectl(&["delete", "pod", "cfg-startup", "--wait=false"])?;
     Ok(())
 }
 

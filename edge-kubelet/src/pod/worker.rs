@@ -20,7 +20,7 @@ use super::lifecycle::{
     Action, BackoffPolicy, ContainerEvent, ContainerLifecycle, FailureMemory, RestartPolicy,
     TerminatedInfo, pod_phase,
 };
-use super::readiness::{ReadinessChange, readiness_loop};
+use super::readiness::{ProbeKind, ProbeOutcome, ReadinessChange, liveness_loop, readiness_loop};
 use super::status_board::StatusBoard;
 use super::storage::{ContainerDisk, EVICTED, eviction};
 use super::usage::UsageMeter;
@@ -134,7 +134,10 @@ struct Slot {
     last_state: Option<pb::ContainerState>,
     ready: bool,
     deadline: Option<Instant>,
-    probe: Option<JoinHandle<()>>,
+    /// Its probe loops (startup, or readiness and liveness).
+    probes: Vec<JoinHandle<()>>,
+    /// Its startup probe passed (or it has none) while it runs.
+    started: bool,
     awaiting_primary: bool,
     /// Waits for the pod's configuration to arrive before it is created.
     awaiting_config: bool,
@@ -153,17 +156,19 @@ impl Slot {
             last_state: None,
             ready: false,
             deadline: None,
-            probe: None,
+            probes: Vec::new(),
+            started: false,
             awaiting_primary: false,
             awaiting_config: false,
         }
     }
 
     fn stop_probe(&mut self) {
-        if let Some(p) = self.probe.take() {
+        for p in self.probes.drain(..) {
             p.abort();
         }
         self.ready = false;
+        self.started = false;
     }
 }
 
@@ -729,26 +734,63 @@ impl PodWorker {
         });
     }
 
+    /// Probes a container that just started: its startup probe first, if it has one;
+    /// readiness and liveness once that passed.
     fn start_probe(&mut self, i: usize) {
-        let base = self.event_base(i);
-        let slot = &mut self.slots[i];
-        slot.stop_probe();
-        let (Some(probe), Some(id)) =
-            (slot.spec.readiness_probe.clone(), slot.container_id.clone())
-        else {
-            // No readiness probe: ready as soon as it runs.
-            slot.ready = true;
+        self.slots[i].stop_probe();
+        let (Some(startup), Some(id)) = (
+            self.slots[i].spec.startup_probe.clone(),
+            self.slots[i].container_id.clone(),
+        ) else {
+            self.slots[i].started = true;
+            self.start_running_probes(i);
             return;
         };
-        slot.probe = Some(tokio::spawn(readiness_loop(
+        let task = tokio::spawn(liveness_loop(
+            ProbeKind::Startup,
             self.runtime.clone(),
             i,
             id,
             self.pod_ip.clone(),
-            probe,
+            startup,
             self.probe_tx.clone(),
-            (self.board.clone(), base),
-        )));
+            (self.board.clone(), self.event_base(i)),
+        ));
+        self.slots[i].probes.push(task);
+    }
+
+    /// Readiness and liveness probes of a started container.
+    fn start_running_probes(&mut self, i: usize) {
+        let base = self.event_base(i);
+        let Some(id) = self.slots[i].container_id.clone() else {
+            return;
+        };
+        let slot = &mut self.slots[i];
+        match slot.spec.readiness_probe.clone() {
+            Some(probe) => slot.probes.push(tokio::spawn(readiness_loop(
+                self.runtime.clone(),
+                i,
+                id.clone(),
+                self.pod_ip.clone(),
+                probe,
+                self.probe_tx.clone(),
+                (self.board.clone(), base.clone()),
+            ))),
+            // No readiness probe: ready as soon as it runs (and started).
+            None => slot.ready = true,
+        }
+        if let Some(probe) = slot.spec.liveness_probe.clone() {
+            slot.probes.push(tokio::spawn(liveness_loop(
+                ProbeKind::Liveness,
+                self.runtime.clone(),
+                i,
+                id,
+                self.pod_ip.clone(),
+                probe,
+                self.probe_tx.clone(),
+                (self.board.clone(), base),
+            )));
+        }
     }
 
     async fn on_op(&mut self, op: OpResult) {
@@ -838,11 +880,42 @@ impl PodWorker {
     }
 
     fn on_readiness(&mut self, change: ReadinessChange) {
-        if let Some(slot) = self.slots.get_mut(change.slot)
-            && slot.container_id.as_deref() == Some(change.container_id.as_str())
-            && slot.state.is_running()
+        let i = change.slot;
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        if slot.container_id.as_deref() != Some(change.container_id.as_str())
+            || !slot.state.is_running()
         {
-            slot.ready = change.ready;
+            return;
+        }
+        match change.outcome {
+            ProbeOutcome::Ready(ready) => slot.ready = ready,
+            ProbeOutcome::Started => {
+                slot.started = true;
+                self.start_running_probes(i);
+            }
+            ProbeOutcome::Failed(kind) => {
+                // As kubelet: killed with the pod's grace period; its restart policy decides
+                // what comes next (the exit is its lastState, restartCount grows).
+                let name = slot.spec.name.clone();
+                slot.stop_probe();
+                tracing::info!(pod = %self.key(), container = %name, probe = kind.word(), "container failed its probe; killing it");
+                self.emit(
+                    i,
+                    vec![KubeletEvent {
+                        warning: false,
+                        reason: "Killing",
+                        message: format!(
+                            "Container {name} failed {} probe, will be restarted",
+                            kind.word().to_lowercase()
+                        ),
+                    }],
+                );
+                let grace =
+                    Duration::from_secs(u64::from(self.spec.termination_grace_period_seconds));
+                self.spawn_stop(change.container_id, grace);
+            }
         }
     }
 
@@ -1196,7 +1269,7 @@ impl PodWorker {
                 image_id: s.image_id.clone(),
                 restart_count: s.restart_count,
                 ready: s.ready && s.state.is_running(),
-                started: s.state.is_running(),
+                started: s.state.is_running() && s.started,
                 state: Some(s.state.to_proto()),
                 last_state: s
                     .state

@@ -343,6 +343,16 @@ fn container(
         .as_ref()
         .map(|p| probe(&c.name, p, &ports))
         .transpose()?;
+    let liveness_probe = c
+        .liveness_probe
+        .as_ref()
+        .map(|p| probe(&c.name, p, &ports))
+        .transpose()?;
+    let startup_probe = c
+        .startup_probe
+        .as_ref()
+        .map(|p| probe(&c.name, p, &ports))
+        .transpose()?;
     Ok(pb::ContainerSpec {
         name: c.name.clone(),
         image,
@@ -355,6 +365,8 @@ fn container(
         resources: Some(resources),
         readiness_probe,
         volume_mounts,
+        liveness_probe,
+        startup_probe,
     })
 }
 

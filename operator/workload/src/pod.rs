@@ -190,6 +190,8 @@ fn container(c: &Container) -> core::Container {
             ..Default::default()
         }),
         readiness_probe: c.readiness_probe.as_ref().map(probe),
+        liveness_probe: c.liveness_probe.as_ref().map(probe),
+        startup_probe: c.startup_probe.as_ref().map(probe),
         ..Default::default()
     }
 }
