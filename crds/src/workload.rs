@@ -150,6 +150,9 @@ pub struct PodSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub volumes: Vec<crate::Volume>,
+    /// Who the containers run as (their own `securityContext` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<crate::PodSecurityContext>,
 }
 
 fn default_grace() -> i64 {
@@ -240,6 +243,9 @@ pub struct Container {
     /// `failureThreshold` restarts the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_probe: Option<Probe>,
+    /// Who the container runs as, and a read-only root filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<crate::SecurityContext>,
 }
 
 /// Image pull policy.

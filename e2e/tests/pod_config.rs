@@ -196,6 +196,7 @@ stringData: {{password: {secret}, token: tok}}
     empty_dirs_are_shared_and_bounded(&s).await?;
     liveness_failures_restart_the_container(&s).await?;
     startup_probe_gates_liveness_and_readiness(&s).await?;
+    security_context_subset_applies(&s).await?;
     secret_stays_out_of_the_edge_state_and_logs(&s).await?;
     files_go_with_the_pod(&s).await?;
 
@@ -680,6 +681,51 @@ async fn startup_probe_gates_liveness_and_readiness(s: &Scenario) -> anyhow::Res
     println!("startup probe gated readiness and liveness: started, ready, no restart");
     s.env
         .kubectl(&["delete", "pod", "cfg-startup", "--wait=false"])?;
+    Ok(())
+}
+
+async fn security_context_subset_applies(s: &Scenario) -> anyhow::Result<()> {
+    let spec = format!(
+        "  securityContext: {{runAsUser: 1000, runAsGroup: 3000}}\n  volumes: [{{name: tmp, emptyDir: {{}}}}]\n{}",
+        idle_container(
+            "    securityContext: {readOnlyRootFilesystem: true, runAsNonRoot: true}\n    volumeMounts: [{name: tmp, mountPath: /tmp}]"
+        )
+    );
+    s.apply(&s.plain_pod("cfg-user", &spec))?;
+    s.wait_ready("cfg-user").await?;
+    let out = s.exec(
+        "cfg-user",
+        "id -u; id -g; if touch /x 2>/dev/null; then echo wrote; else echo ro; fi; touch /tmp/ok && echo tmp-ok",
+    )?;
+    ensure!(out == "1000\n3000\nro\ntmp-ok", "cfg-user:\n{out}");
+    // runAsNonRoot with an image that runs as root: refused before it starts, as kubelet does.
+    let extra = "    securityContext: {runAsNonRoot: true}";
+    s.apply(&s.plain_pod("cfg-nonroot", &idle_container(extra)))?;
+    let message = s
+        .wait_waiting("cfg-nonroot", "CreateContainerConfigError")
+        .await?;
+    ensure!(
+        message.contains("container has runAsNonRoot and image will run as root"),
+        "{message}"
+    );
+    // Ids beyond Kubernetes' range are the API server's to refuse; the Workload schema too.
+    let wl = format!(
+        "apiVersion: decloud.dev/v1alpha1\nkind: Workload\nmetadata: {{name: cfg-bad-id, namespace: {NS}}}\nspec:\n  template:\n    spec:\n      containers:\n      - {{name: main, image: decloud-test/busybox:1, securityContext: {{runAsUser: 4294967296}}}}\n"
+    );
+    ensure!(
+        s.apply(&wl).is_err(),
+        "a Workload with runAsUser 2^32 was accepted"
+    );
+    let wl = wl.replace("runAsUser: 4294967296", "privileged: true");
+    ensure!(
+        s.apply(&wl).is_err(),
+        "a Workload asking for privileged was accepted"
+    );
+    println!(
+        "securityContext: runAsUser/runAsGroup, readOnlyRootFilesystem, runAsNonRoot: {message}"
+    );
+    s.env
+        .kubectl(&["delete", "pod", "cfg-user", "cfg-nonroot", "--wait=false"])?;
     Ok(())
 }
 

@@ -31,6 +31,40 @@ use crate::runtime::{
     BindMount, ContainerInfo, ContainerRuntime, CreateRequest, PodNetwork, RuntimeEvent,
 };
 
+/// kubelet's runAsNonRoot verification: the container's user (its runAsUser, else the
+/// image's) must be a non-zero numeric uid.
+fn non_root_check(
+    sc: &pb::SecurityContext,
+    image_user: Option<&str>,
+    pod: &pb::PodSpec,
+    container: &str,
+) -> Result<()> {
+    let pod_desc = format!("{}_{}({})", pod.name, pod.namespace, pod.uid);
+    let as_root = || {
+        Err(Error::CreateContainerConfig(format!(
+            "container has runAsNonRoot and image will run as root (pod: {pod_desc:?}, container: {container})"
+        )))
+    };
+    match sc.run_as_user {
+        Some(0) => Err(Error::CreateContainerConfig(format!(
+            "container's runAsUser breaks non-root policy (pod: {pod_desc:?}, container: {container})"
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            let user = image_user.unwrap_or_default();
+            let user = user.split(':').next().unwrap_or_default();
+            match user.parse::<u64>() {
+                Ok(0) => as_root(),
+                Ok(_) => Ok(()),
+                Err(_) if user.is_empty() || user == "root" => as_root(),
+                Err(_) => Err(Error::CreateContainerConfig(format!(
+                    "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root (pod: {pod_desc:?}, container: {container})"
+                ))),
+            }
+        }
+    }
+}
+
 /// The folder name of pod `uid`.
 fn pod_folder(uid: &str) -> String {
     uid.replace(['/', '.'], "_")
@@ -697,6 +731,7 @@ impl PodWorker {
                 network: &network,
                 env: env.as_deref(),
                 mounts: &mounts,
+                image_user: None,
             };
             if let Some(old) = older
                 && let Err(e) = runtime.remove_container(&old).await
@@ -704,6 +739,26 @@ impl PodWorker {
                 tracing::warn!(container_id = %old, error = %e, "cannot remove old container");
             }
             let result = async {
+                let image_user = match &container.security_context {
+                    Some(sc)
+                        if sc.run_as_non_root
+                            || (sc.run_as_group.is_some() && sc.run_as_user.is_none()) =>
+                    {
+                        runtime.image_user(&container.image).await
+                    }
+                    _ => None,
+                };
+                if let Some(sc) = &container.security_context
+                    && sc.run_as_non_root
+                {
+                    non_root_check(sc, image_user.as_deref(), &pod, &container.name)?;
+                }
+                let req = CreateRequest {
+                    image_user: image_user
+                        .as_deref()
+                        .map(|u| u.split(':').next().unwrap_or(u)),
+                    ..req
+                };
                 let id = runtime.create_container(req).await?;
                 if let Err(e) = runtime.start_container(&id).await {
                     let _ = runtime.remove_container(&id).await;
@@ -811,6 +866,13 @@ impl PodWorker {
                     tracing::warn!(pod = %self.key(), image = %self.slots[slot].spec.image, %message, "image pull failed");
                 }
                 self.apply(slot, event);
+            }
+            OpResult::Created {
+                slot,
+                result: Err(Error::CreateContainerConfig(message)),
+            } => {
+                tracing::warn!(pod = %self.key(), container = %self.slots[slot].spec.name, %message, "container's configuration forbids starting it");
+                self.apply(slot, ContainerEvent::ConfigFailed { message });
             }
             OpResult::Created {
                 slot,

@@ -115,6 +115,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The user an image runs as (its `USER`: `""`, `"1000"`, `"app:app"`); `None` when the
+    /// engine cannot tell. The default tells nothing.
+    async fn image_user(&self, _image: &str) -> Option<String> {
+        None
+    }
+
     /// Whether `image` is present, and its size in bytes (`None`: absent, or the engine cannot
     /// tell), for kubelet's `Pulling`/`Pulled` events. The default tells nothing.
     async fn image_size(&self, _image: &str) -> Option<u64> {

@@ -495,6 +495,11 @@ impl DockerRuntime {
                     })
                     .collect()
             }),
+            readonly_rootfs: c
+                .security_context
+                .as_ref()
+                .map(|s| s.read_only_root_filesystem)
+                .filter(|r| *r),
             storage_opt: self.ceiling.storage_quota_default.map(|default| {
                 let size = if res.ephemeral_storage_limit_bytes > 0 {
                     res.ephemeral_storage_limit_bytes
@@ -521,6 +526,19 @@ impl DockerRuntime {
                     .collect(),
             ),
             working_dir: (!c.working_dir.is_empty()).then(|| c.working_dir.clone()),
+            // runAsUser/runAsGroup (checked against runAsNonRoot by the pod worker).
+            user: c
+                .security_context
+                .as_ref()
+                .and_then(|s| match (s.run_as_user, s.run_as_group) {
+                    (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+                    (Some(u), None) => Some(u.to_string()),
+                    (None, Some(g)) => Some(format!(
+                        "{}:{g}",
+                        req.image_user.filter(|u| !u.is_empty()).unwrap_or("0")
+                    )),
+                    (None, None) => None,
+                }),
             labels: Some(labels),
             // Joined containers inherit hostname and ports from the namespace owner.
             hostname: own_net.then(|| pod.name.chars().take(63).collect()),
@@ -683,6 +701,11 @@ impl ContainerRuntime for DockerRuntime {
                 Ok(())
             }
         }
+    }
+
+    async fn image_user(&self, image: &str) -> Option<String> {
+        let i = self.docker.inspect_image(image).await.ok()?;
+        Some(i.config.and_then(|c| c.user).unwrap_or_default())
     }
 
     async fn image_size(&self, image: &str) -> Option<u64> {

@@ -27,6 +27,8 @@ pub struct CreateRequest<'a> {
     pub env: Option<&'a [pb::EnvVar]>,
     /// Host folders and files bind-mounted into it.
     pub mounts: &'a [BindMount],
+    /// The image's user (its `USER`), when known; for `runAsGroup` without `runAsUser`.
+    pub image_user: Option<&'a str>,
 }
 
 /// A host path bind-mounted into a container (a pod volume the edge prepared).

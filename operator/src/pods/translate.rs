@@ -55,11 +55,14 @@ pub(crate) fn pod_spec(pod: &Pod) -> Result<pb::PodSpec> {
         annotations: meta.annotations.clone().unwrap_or_default(),
     };
     let volumes = volumes(spec.volumes.as_deref().unwrap_or_default())?;
-    let containers = spec
+    let mut containers = spec
         .containers
         .iter()
         .map(|c| container(c, &fields, &volumes))
         .collect::<Result<Vec<_>>>()?;
+    for (edge, c) in containers.iter_mut().zip(&spec.containers) {
+        edge.security_context = security_context(spec.security_context.as_ref(), c)?;
+    }
     let needs_config = volumes
         .iter()
         .any(|v| matches!(v.source, Some(pb::volume::Source::Config(_))))
@@ -124,6 +127,45 @@ impl FieldValues {
             }
         }
     }
+}
+
+/// Largest user or group id (Kubernetes validates ids as 0..=2147483647).
+const MAX_ID: i64 = i32::MAX as i64;
+
+/// Container `c`'s safe securityContext subset, its own fields over the pod's.
+fn security_context(
+    pod: Option<&k8s_openapi::api::core::v1::PodSecurityContext>,
+    c: &Container,
+) -> Result<Option<pb::SecurityContext>> {
+    let own = c.security_context.as_ref();
+    let run_as_user = own
+        .and_then(|s| s.run_as_user)
+        .or(pod.and_then(|p| p.run_as_user));
+    let run_as_group = own
+        .and_then(|s| s.run_as_group)
+        .or(pod.and_then(|p| p.run_as_group));
+    for (what, id) in [("runAsUser", run_as_user), ("runAsGroup", run_as_group)] {
+        if id.is_some_and(|id| !(0..=MAX_ID).contains(&id)) {
+            return Err(Error::Unsupported(format!(
+                "container {:?}: {what} must be within 0..={MAX_ID}",
+                c.name
+            )));
+        }
+    }
+    let run_as_non_root = own
+        .and_then(|s| s.run_as_non_root)
+        .or(pod.and_then(|p| p.run_as_non_root))
+        .unwrap_or(false);
+    let read_only_root_filesystem = own
+        .and_then(|s| s.read_only_root_filesystem)
+        .unwrap_or(false);
+    let out = pb::SecurityContext {
+        run_as_user,
+        run_as_group,
+        run_as_non_root,
+        read_only_root_filesystem,
+    };
+    Ok((out != pb::SecurityContext::default()).then_some(out))
 }
 
 /// Whether env var `e` takes its value from a ConfigMap or a Secret.
@@ -367,6 +409,7 @@ fn container(
         volume_mounts,
         liveness_probe,
         startup_probe,
+        security_context: None,
     })
 }
 

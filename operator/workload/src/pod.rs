@@ -85,6 +85,15 @@ pub(crate) fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<c
             enable_service_links: Some(false),
             containers: spec.containers.iter().map(container).collect(),
             volumes: (!spec.volumes.is_empty()).then(|| spec.volumes.iter().map(volume).collect()),
+            security_context: spec
+                .security_context
+                .as_ref()
+                .map(|s| core::PodSecurityContext {
+                    run_as_user: s.run_as_user,
+                    run_as_group: s.run_as_group,
+                    run_as_non_root: s.run_as_non_root,
+                    ..Default::default()
+                }),
             ..Default::default()
         }),
         status: None,
@@ -192,6 +201,13 @@ fn container(c: &Container) -> core::Container {
         readiness_probe: c.readiness_probe.as_ref().map(probe),
         liveness_probe: c.liveness_probe.as_ref().map(probe),
         startup_probe: c.startup_probe.as_ref().map(probe),
+        security_context: c.security_context.as_ref().map(|s| core::SecurityContext {
+            run_as_user: s.run_as_user,
+            run_as_group: s.run_as_group,
+            run_as_non_root: s.run_as_non_root,
+            read_only_root_filesystem: s.read_only_root_filesystem,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
