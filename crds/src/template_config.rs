@@ -61,6 +61,17 @@ pub struct EnvFromSource {
     pub secret_ref: Option<ObjectRef>,
 }
 
+/// A Secret by name (`imagePullSecrets`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct LocalObjectReference {
+    /// The Secret's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+}
+
 /// A ConfigMap or Secret by name.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct ObjectRef {

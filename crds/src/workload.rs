@@ -150,6 +150,11 @@ pub struct PodSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub volumes: Vec<crate::Volume>,
+    /// `kubernetes.io/dockerconfigjson` Secrets (in the Workload's namespace) holding the
+    /// credentials for the images' registries; sent only to the edge pulling them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub image_pull_secrets: Vec<crate::LocalObjectReference>,
     /// Who the containers run as (their own `securityContext` wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<crate::PodSecurityContext>,

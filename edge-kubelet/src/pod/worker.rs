@@ -329,7 +329,12 @@ impl PodWorker {
             if self.slots[i].awaiting_config {
                 self.slots[i].awaiting_config = false;
                 self.spawn_create(i);
-            } else if matches!(self.slots[i].state, ContainerLifecycle::ConfigError { .. }) {
+            } else if matches!(
+                self.slots[i].state,
+                ContainerLifecycle::ConfigError { .. }
+                    | ContainerLifecycle::ImagePullBackOff { .. }
+            ) {
+                // (A pull that failed may succeed with the credentials just received.)
                 self.slots[i].deadline = Some(Instant::now());
             }
         }
@@ -627,6 +632,15 @@ impl PodWorker {
         let tx = self.ops_tx.clone();
         let generation = self.generation;
         let allowed = self.cfg.allowed_images.check(&image);
+        let auth = self
+            .config
+            .as_ref()
+            .and_then(|c| {
+                c.containers
+                    .iter()
+                    .find(|x| x.name == self.slots[slot].spec.name)
+            })
+            .and_then(|c| c.pull_auth.clone());
         let board = self.board.clone();
         let base = (!self.adopting).then(|| self.event_base(slot));
         self.pulls.spawn(async move {
@@ -652,7 +666,9 @@ impl PodWorker {
                         emit(vec![kubelet_events::pulling(&image)]);
                     }
                     let started = Instant::now();
-                    let result = runtime.ensure_image(&image, policy).await;
+                    let result = runtime
+                        .ensure_image_with(&image, policy, auth.as_ref())
+                        .await;
                     match &result {
                         Ok(()) if pulls => {
                             let size = runtime.image_size(&image).await.unwrap_or(0);

@@ -415,13 +415,22 @@ impl DockerRuntime {
         Ok(())
     }
 
-    async fn pull(&self, image: &str) -> Result<()> {
+    async fn pull(&self, image: &str, auth: Option<&pb::RegistryAuth>) -> Result<()> {
         let (repo, tag) = split_image(image);
         let mut opts = CreateImageOptionsBuilder::default().from_image(repo);
         if !tag.is_empty() {
             opts = opts.tag(tag);
         }
-        let mut progress = self.docker.create_image(Some(opts.build()), None, None);
+        // The pod's pull credential, for this one request (never logged, never stored).
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
+        let mut progress = self
+            .docker
+            .create_image(Some(opts.build()), None, credentials);
         while let Some(item) = progress.next().await {
             if let Err(e) = item {
                 return Err(Error::ImagePull {
@@ -661,6 +670,15 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn ensure_image(&self, image: &str, policy: pb::PullPolicy) -> Result<()> {
+        self.ensure_image_with(image, policy, None).await
+    }
+
+    async fn ensure_image_with(
+        &self,
+        image: &str,
+        policy: pb::PullPolicy,
+        auth: Option<&pb::RegistryAuth>,
+    ) -> Result<()> {
         let present = match self.docker.inspect_image(image).await {
             Ok(i) => Some(i.id.unwrap_or_default()),
             Err(DockerError::DockerResponseServerError {
@@ -689,7 +707,7 @@ impl ContainerRuntime for DockerRuntime {
             pb::PullPolicy::IfNotPresent | pb::PullPolicy::Always => {
                 // Checked before the engine is asked: the engine dials what the image names.
                 self.images.registries.check(image).await?;
-                self.pull(image).await?;
+                self.pull(image, auth).await?;
                 let id = self
                     .docker
                     .inspect_image(image)

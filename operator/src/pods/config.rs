@@ -100,6 +100,9 @@ pub(crate) fn pod_refs(pod: &Pod) -> Vec<ConfigRef> {
             push(Kind::Secret, s.secret_name.as_deref());
         }
     }
+    for s in spec.image_pull_secrets.iter().flatten() {
+        push(Kind::Secret, Some(s.name.as_str()));
+    }
     for c in &spec.containers {
         for f in c.env_from.iter().flatten() {
             if let Some(cm) = &f.config_map_ref {
@@ -455,6 +458,13 @@ pub(crate) fn resolve(
             files,
         });
     }
+    // imagePullSecrets: those that exist, in order (a missing one is skipped, as by kubelet).
+    let mut pull_secrets = Vec::new();
+    for s in pod_spec.image_pull_secrets.iter().flatten() {
+        if let Ok(data) = get(Kind::Secret, &s.name).ok()? {
+            pull_secrets.push(data);
+        }
+    }
     let mut containers = Vec::new();
     for (c, edge) in pod_spec.containers.iter().zip(&spec.containers) {
         let mut env: Vec<pb::EnvVar> = Vec::new();
@@ -546,6 +556,7 @@ pub(crate) fn resolve(
             name: c.name.clone(),
             env,
             error,
+            pull_auth: super::pull_secrets::credential_for(&edge.image, &pull_secrets),
         });
     }
     let mut config = pb::PodConfig {
@@ -572,6 +583,7 @@ pub(crate) fn resolve(
         config.volumes.iter_mut().for_each(|v| v.files.clear());
         for c in &mut config.containers {
             c.env.clear();
+            c.pull_auth = None;
             c.error = message.clone();
         }
     }

@@ -7,6 +7,7 @@ mod config;
 mod deletion;
 mod event_writer;
 mod events;
+mod pull_secrets;
 mod relay;
 mod report;
 mod status;

@@ -66,6 +66,10 @@ pub(crate) fn pod_spec(pod: &Pod) -> Result<pb::PodSpec> {
     let needs_config = volumes
         .iter()
         .any(|v| matches!(v.source, Some(pb::volume::Source::Config(_))))
+        || spec
+            .image_pull_secrets
+            .as_ref()
+            .is_some_and(|s| !s.is_empty())
         || spec.containers.iter().any(|c| {
             c.env_from.as_ref().is_some_and(|e| !e.is_empty())
                 || c.env.iter().flatten().any(is_config_ref)

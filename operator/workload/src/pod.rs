@@ -85,6 +85,14 @@ pub(crate) fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<c
             enable_service_links: Some(false),
             containers: spec.containers.iter().map(container).collect(),
             volumes: (!spec.volumes.is_empty()).then(|| spec.volumes.iter().map(volume).collect()),
+            image_pull_secrets: (!spec.image_pull_secrets.is_empty()).then(|| {
+                spec.image_pull_secrets
+                    .iter()
+                    .map(|s| core::LocalObjectReference {
+                        name: s.name.clone(),
+                    })
+                    .collect()
+            }),
             security_context: spec
                 .security_context
                 .as_ref()

@@ -179,3 +179,37 @@ fn refs_are_distinct_and_bounded() {
     assert_eq!(pod_refs(&p).len(), 40);
     assert!(refs_problem(&p).unwrap().contains("at most 32"));
 }
+
+#[test]
+fn pull_secrets_resolve_per_container_image() {
+    let p = pod(
+        json!({"imagePullSecrets": [{"name": "gone"}, {"name": "regcred"}],
+        "containers": [{"name": "a", "image": "localhost:5000/app:1"}, {"name": "b", "image": "busybox:1"}]}),
+    );
+    let spec = translate::pod_spec(&p).unwrap();
+    assert!(spec.needs_config);
+    assert!(
+        pod_refs(&p)
+            .iter()
+            .any(|r| r.name == "regcred" && r.kind == Kind::Secret)
+    );
+    let cfg = resolved(
+        &p,
+        store(&[(
+            Kind::Secret,
+            "regcred",
+            &[(
+                ".dockerconfigjson",
+                r#"{"auths":{"localhost:5000":{"username":"u","password":"p"}}}"#,
+            )],
+        )]),
+    );
+    let a = cfg.containers[0].pull_auth.as_ref().unwrap();
+    assert_eq!(
+        (a.server.as_str(), a.username.as_str()),
+        ("localhost:5000", "u")
+    );
+    assert!(cfg.containers[1].pull_auth.is_none());
+    // A missing pull secret does not stop the pod (kubelet pulls without it).
+    assert!(cfg.containers.iter().all(|c| c.error.is_empty()));
+}
