@@ -65,6 +65,10 @@ fn non_root_check(
     }
 }
 
+/// What a container is created with from its pod's configuration: its environment (when it
+/// comes from there) and its mounts.
+type Prepared = (Option<Vec<pb::EnvVar>>, Vec<BindMount>);
+
 /// The folder name of pod `uid`.
 fn pod_folder(uid: &str) -> String {
     uid.replace(['/', '.'], "_")
@@ -398,10 +402,7 @@ impl PodWorker {
     /// Container `i`'s environment (when it comes from the configuration) and mounts:
     /// `Ok(None)` while the configuration has not arrived, `Err` with kubelet's message when it
     /// cannot start.
-    fn container_config(
-        &self,
-        i: usize,
-    ) -> std::result::Result<Option<(Option<Vec<pb::EnvVar>>, Vec<BindMount>)>, String> {
+    fn container_config(&self, i: usize) -> std::result::Result<Option<Prepared>, String> {
         let c = &self.slots[i].spec;
         let env = if self.spec.needs_config {
             let Some(config) = &self.config else {

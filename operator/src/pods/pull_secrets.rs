@@ -245,7 +245,7 @@ mod tests {
             ),
             ("localhost:5000", "alice", "pa:ss")
         );
-        let got = credential_for("localhost:5000/team/app:1", &[b.clone()]).unwrap();
+        let got = credential_for("localhost:5000/team/app:1", std::slice::from_ref(&b)).unwrap();
         assert_eq!(got.username, "team");
         assert!(credential_for("elsewhere.org/app:1", &[a, b]).is_none());
         // Garbage is no credential, never an error.

@@ -9,7 +9,10 @@ fn pod(spec: serde_json::Value) -> Pod {
     .unwrap()
 }
 
-fn store(objects: &[(Kind, &str, &[(&str, &str)])]) -> impl Fn(&ConfigRef) -> Lookup {
+/// (kind, name, keys and values) of a stored object.
+type Object<'a> = (Kind, &'a str, &'a [(&'a str, &'a str)]);
+
+fn store(objects: &[Object<'_>]) -> impl Fn(&ConfigRef) -> Lookup {
     let map: HashMap<ConfigRef, Lookup> = objects
         .iter()
         .map(|(kind, name, data)| {
