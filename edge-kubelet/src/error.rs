@@ -67,7 +67,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::ImagePull { .. } => "image_pull",
             Error::CreateContainer(_) => "create_container",
-            Error::CreateContainerConfig(_) => "create_container_config",
+            Error::CreateContainerConfig(_) => "container_config",
             Error::InvalidInput(_) => "invalid_input",
             Error::Unsupported(_) => "unsupported",
             Error::StateFile { .. } => "state_file",

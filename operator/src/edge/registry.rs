@@ -222,7 +222,10 @@ impl EdgeSession {
     /// Sends `pod`'s configuration (ConfigMaps and Secrets it uses) unless this exact one was
     /// already sent. Only ever called for pods bound to this session's node.
     pub(crate) fn send_config(&mut self, config: pb::PodConfig) {
-        let hash = crate::pods::config_hash(&config);
+        let hash: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(prost::Message::encode_to_vec(&config)).into()
+        };
         if self.configs.get(&config.pod_uid) == Some(&hash)
             || self.deleting.contains(&config.pod_uid)
         {

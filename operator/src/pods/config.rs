@@ -10,8 +10,8 @@
 //! What the objects hold is never logged, never part of a pod's spec or of its hash: it lives
 //! in the [`ConfigSources`] cache and in the `PodConfig` messages sent to the pod's own edge.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use decloud_crds::contracts::provider_of_node;
 use decloud_proto as pb;
@@ -20,61 +20,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
-use tokio::task::AbortHandle;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use super::admission::virtual_node;
+pub(crate) use super::config_sources::{ConfigRef, Kind, Lookup};
 use super::translate::{self, is_config_ref};
 use crate::context::Context;
-
-/// Kind of a referenced object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Kind {
-    /// A ConfigMap.
-    ConfigMap,
-    /// A Secret.
-    Secret,
-}
-
-impl Kind {
-    /// How kubelet names it in "not found" messages.
-    fn lower(self) -> &'static str {
-        match self {
-            Kind::ConfigMap => "configmap",
-            Kind::Secret => "secret",
-        }
-    }
-
-    fn title(self) -> &'static str {
-        match self {
-            Kind::ConfigMap => "ConfigMap",
-            Kind::Secret => "Secret",
-        }
-    }
-}
-
-/// One object a pod refers to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct ConfigRef {
-    pub(crate) kind: Kind,
-    pub(crate) namespace: String,
-    pub(crate) name: String,
-}
-
-/// What the cache knows of one object.
-#[derive(Clone, Debug)]
-pub(crate) enum Lookup {
-    /// Not read yet: the pod's configuration waits.
-    Unknown,
-    /// It does not exist.
-    Missing,
-    /// It is larger than an edge takes (its size).
-    TooLarge(usize),
-    /// Its keys and values.
-    Present(Arc<BTreeMap<String, Vec<u8>>>),
-}
 
 /// Every distinct ConfigMap and Secret `pod` refers to (env, envFrom, volumes), sorted.
 pub(crate) fn pod_refs(pod: &Pod) -> Vec<ConfigRef> {
@@ -136,109 +87,6 @@ pub(crate) fn refs_problem(pod: &Pod) -> Option<String> {
             pb::MAX_POD_CONFIG_OBJECTS
         )
     })
-}
-
-/// The objects read for bound pods, and which pods use each.
-#[derive(Default)]
-pub(crate) struct ConfigSources {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    objects: HashMap<ConfigRef, Entry>,
-    /// Pod uid → (namespace/name, the objects it refers to).
-    pods: HashMap<String, (ObjectRef<Pod>, Vec<ConfigRef>)>,
-}
-
-struct Entry {
-    state: Lookup,
-    users: HashSet<String>,
-    task: AbortHandle,
-}
-
-impl Drop for Entry {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl ConfigSources {
-    /// What the cache holds of `r` now.
-    pub(crate) fn lookup(&self, r: &ConfigRef) -> Lookup {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner
-            .objects
-            .get(r)
-            .map_or(Lookup::Unknown, |e| e.state.clone())
-    }
-
-    /// `pod` refers to `refs` now (empty: it is gone): starts the watches it needs and stops
-    /// those no pod needs any more.
-    pub(crate) fn track(ctx: &Arc<Context>, pod: &Pod, refs: Vec<ConfigRef>) {
-        let uid = pod.uid().unwrap_or_default();
-        let mut inner = ctx
-            .config_sources
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let old = if refs.is_empty() {
-            inner.pods.remove(&uid).map(|(_, r)| r)
-        } else {
-            let key = ObjectRef::from_obj(pod);
-            inner
-                .pods
-                .insert(uid.clone(), (key, refs.clone()))
-                .map(|(_, r)| r)
-        }
-        .unwrap_or_default();
-        if old == refs {
-            return;
-        }
-        for r in &old {
-            if !refs.contains(r)
-                && let Some(e) = inner.objects.get_mut(r)
-            {
-                e.users.remove(&uid);
-                if e.users.is_empty() {
-                    debug!(kind = r.kind.title(), namespace = %r.namespace, name = %r.name, "stop watching");
-                    inner.objects.remove(r);
-                }
-            }
-        }
-        for r in refs {
-            match inner.objects.get_mut(&r) {
-                Some(e) => {
-                    e.users.insert(uid.clone());
-                }
-                None => {
-                    let task = tokio::spawn(watch_one(ctx.clone(), r.clone())).abort_handle();
-                    inner.objects.insert(
-                        r,
-                        Entry {
-                            state: Lookup::Unknown,
-                            users: HashSet::from([uid.clone()]),
-                            task,
-                        },
-                    );
-                }
-            }
-        }
-    }
-
-    /// Records what `r` holds now; returns the pods that use it when that changed.
-    fn set(&self, r: &ConfigRef, state: Lookup) -> Vec<ObjectRef<Pod>> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(e) = inner.objects.get_mut(r) else {
-            return Vec::new();
-        };
-        e.state = state;
-        let users: Vec<String> = e.users.iter().cloned().collect();
-        users
-            .iter()
-            .filter_map(|u| inner.pods.get(u).map(|(k, _)| k.clone()))
-            .collect()
-    }
 }
 
 /// Keys and values of a ConfigMap (`data` and `binaryData`).
@@ -337,7 +185,8 @@ async fn follow<K: kube::Resource + Clone>(
 
 /// Sends `pod`'s edge its current configuration, if it can be resolved yet.
 pub(crate) fn push_config(ctx: &Context, pod: &Pod) {
-    let Some(provider) = virtual_node(pod).and_then(provider_of_node) else {
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    let Some(provider) = node.and_then(provider_of_node) else {
         return;
     };
     let Ok(spec) = translate::pod_spec(pod) else {
@@ -607,10 +456,12 @@ fn valid_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
 }
 
-/// A short hash of a configuration, so an unchanged one is not sent twice.
-pub(crate) fn config_hash(config: &pb::PodConfig) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(prost::Message::encode_to_vec(config)).into()
+/// `pod` refers to `refs` now (empty: it is gone): starts the watches it needs (each of one
+/// object, by name) and stops those no pod needs any more.
+pub(crate) fn track(ctx: &Arc<Context>, pod: &Pod, refs: Vec<ConfigRef>) {
+    ctx.config_sources.track(pod, refs, |r| {
+        tokio::spawn(watch_one(ctx.clone(), r)).abort_handle()
+    });
 }
 
 #[cfg(test)]

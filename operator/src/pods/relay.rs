@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use super::admission::{
     Disposition, NODE_AFFINITY_REASON, already_refused, disposition, refuse, virtual_node,
 };
-use super::config::{ConfigSources, pod_refs, push_config, resolve};
+use super::config::{pod_refs, push_config, resolve, track};
 use super::deletion::{deletion_grace, spawn_finish};
 use crate::context::Context;
 use crate::edge::EdgeSession;
@@ -158,7 +158,7 @@ fn on_pod(ctx: &Arc<Context>, pod: &Pod, counted: &mut HashMap<String, bool>) {
     } else {
         pod_refs(pod)
     };
-    ConfigSources::track(ctx, pod, refs);
+    track(ctx, pod, refs);
     if counted.insert(uid.clone(), counts) != Some(counts) {
         ctx.reconcile_provider(&provider);
     }
@@ -216,7 +216,7 @@ fn on_pod_deleted(ctx: &Arc<Context>, pod: &Pod, counted: &mut HashMap<String, b
     let provider = provider_of_node(node).unwrap_or_default();
     let uid = pod.uid().unwrap_or_default();
     counted.remove(&uid);
-    ConfigSources::track(ctx, pod, Vec::new());
+    track(ctx, pod, Vec::new());
     ctx.usage.pod_removed(&uid);
     ctx.registry.with_session(provider, |s| s.pod_removed(&uid));
     ctx.reconcile_provider(provider);
