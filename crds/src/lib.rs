@@ -14,11 +14,13 @@ mod provider;
 pub mod quantity;
 pub mod services;
 pub mod tcp_ports;
+mod template_config;
 mod workload;
 
 pub use bounds::*;
 pub use common::*;
 pub use provider::*;
+pub use template_config::*;
 pub use workload::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

@@ -140,6 +140,14 @@ pub struct TemplateMetadata {
     "rule": "self.containers.all(c, self.containers.exists_one(d, d.name == c.name))",
     "message": "container names must be unique within a pod",
     "fieldPath": ".containers",
+}, {
+    "rule": "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
+    "message": "volume names must be unique within a pod",
+    "fieldPath": ".volumes",
+}, {
+    "rule": "self.containers.all(c, !has(c.volumeMounts) || c.volumeMounts.all(m, has(self.volumes) && self.volumes.exists(v, v.name == m.name)))",
+    "message": "every volumeMount must name one of the pod's volumes",
+    "fieldPath": ".containers",
 }]))]
 pub struct PodSpec {
     /// What the edge does when a container exits.
@@ -159,6 +167,18 @@ pub struct PodSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
     pub node_selector: BTreeMap<String, String>,
+    /// Volumes the containers may mount: configMap, secret, emptyDir.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volumes: Vec<crate::Volume>,
+    /// `kubernetes.io/dockerconfigjson` Secrets (in the Workload's namespace) holding the
+    /// credentials for the images' registries; sent only to the edge pulling them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub image_pull_secrets: Vec<crate::LocalObjectReference>,
+    /// Who the containers run as (their own `securityContext` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<crate::PodSecurityContext>,
 }
 
 fn default_grace() -> i64 {
@@ -191,6 +211,10 @@ impl RestartPolicy {
 /// One container of a pod.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(!has(self.livenessProbe) || !has(self.livenessProbe.successThreshold) || self.livenessProbe.successThreshold == 1) && (!has(self.startupProbe) || !has(self.startupProbe.successThreshold) || self.startupProbe.successThreshold == 1)",
+    "message": "livenessProbe and startupProbe successThreshold must be 1",
+}]))]
 pub struct Container {
     /// Container name, a DNS label.
     #[schemars(
@@ -220,6 +244,14 @@ pub struct Container {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128), transform = crate::bounds::env_list)]
     pub env: Vec<EnvVar>,
+    /// Every key of ConfigMaps and Secrets as environment variables (`env` wins over them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub env_from: Vec<crate::EnvFromSource>,
+    /// The pod's volumes mounted into this container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volume_mounts: Vec<crate::VolumeMount>,
     /// Ports the container listens on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
@@ -230,6 +262,16 @@ pub struct Container {
     /// Probe that decides when the replica may receive traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
+    /// Probe whose failures (past `failureThreshold`) restart the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Probe that must pass once before readiness and liveness probes start; failing past
+    /// `failureThreshold` restarts the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    /// Who the container runs as, and a read-only root filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<crate::SecurityContext>,
 }
 
 /// Image pull policy.
@@ -255,8 +297,13 @@ impl PullPolicy {
     }
 }
 
-/// An environment variable with a literal value.
+/// An environment variable: a literal value, or a key of a ConfigMap or Secret.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.valueFrom) || !has(self.value) || self.value == ''",
+    "message": "value and valueFrom are exclusive",
+}]))]
 pub struct EnvVar {
     /// Variable name.
     #[schemars(
@@ -268,6 +315,9 @@ pub struct EnvVar {
     #[serde(default)]
     #[schemars(length(max = 32768))]
     pub value: String,
+    /// Where the value comes from instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<crate::EnvVarSource>,
 }
 
 /// A port a container listens on.
@@ -325,7 +375,7 @@ pub struct ResourceList {
     pub memory: Option<String>,
 }
 
-/// A readiness probe; exactly one handler.
+/// A readiness, liveness or startup probe; exactly one handler.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{

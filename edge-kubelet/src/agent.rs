@@ -99,6 +99,8 @@ pub async fn run_with(
             offered.storage_bytes,
             offered.pods,
         ),
+        config_dir: crate::pod::prepare_config_dir(&args.config_dir()),
+        volume_dir: Some(state_dir.join("volumes")),
         ..PodWorkerConfig::default()
     };
     let pods = PodSupervisor::start(runtime, Some(state_file), worker_config).await?;

@@ -247,6 +247,12 @@ pub struct RunArgs {
     #[arg(long, env = "DECLOUD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Where pods' configMap and secret volumes are written; must be a tmpfs, so that Secrets
+    /// never reach a disk (default: /dev/shm/decloud-edge/<name>). Not on a tmpfs: pods
+    /// mounting such volumes fail with CreateContainerConfigError.
+    #[arg(long, env = "DECLOUD_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+
     /// Heartbeat interval (e.g. 1s, 500ms) until the operator's Welcome sets one.
     #[arg(long, env = "DECLOUD_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -408,6 +414,13 @@ fn parse_docker_host(s: &str) -> std::result::Result<String, String> {
 }
 
 impl RunArgs {
+    /// `--config-dir`, or `/dev/shm/decloud-edge/<name>`.
+    pub fn config_dir(&self) -> PathBuf {
+        self.config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/dev/shm/decloud-edge").join(&self.name))
+    }
+
     /// The node name this edge uses in container labels (`edge-<name>`).
     pub fn node_name(&self) -> String {
         decloud_crds::contracts::node_name(&self.name)

@@ -22,6 +22,10 @@ pub enum Error {
     /// A container could not be created or started; the message is the engine's.
     #[error("cannot create container: {0}")]
     CreateContainer(String),
+    /// The container's configuration forbids starting it (kubelet's
+    /// `CreateContainerConfigError`, e.g. runAsNonRoot with a root image).
+    #[error("{0}")]
+    CreateContainerConfig(String),
     /// Input from the operator or the command line that cannot be used.
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -66,6 +70,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::ImagePull { .. } => "image_pull",
             Error::CreateContainer(_) => "create_container",
+            Error::CreateContainerConfig(_) => "container_config",
             Error::InvalidInput(_) => "invalid_input",
             Error::Unsupported(_) => "unsupported",
             Error::StateFile { .. } => "state_file",
@@ -111,6 +116,7 @@ mod tests {
                 message: String::new(),
             },
             Error::CreateContainer(String::new()),
+            Error::CreateContainerConfig(String::new()),
             Error::InvalidInput(String::new()),
             Error::Unsupported(String::new()),
             Error::StateFile {

@@ -45,10 +45,10 @@ pub use pod::{
     PodWorkerConfig, StatusBoard,
 };
 pub use runtime::{
-    ContainerInfo, ContainerMeasurements, ContainerRuntime, ContainerStream, ContainerUsage,
-    CreateRequest, DockerRuntime, EngineFacts, ImageRules, LogOptions, PodNetwork, ProbeTarget,
-    ResourceCeiling, RuntimeEvent, SimulatedRuntime, SimulatedTimings, StreamChunk, StreamHandle,
-    StreamSpec,
+    BindMount, ContainerInfo, ContainerMeasurements, ContainerRuntime, ContainerStream,
+    ContainerUsage, CreateRequest, DockerRuntime, EngineFacts, ImageRules, LogOptions, PodNetwork,
+    ProbeTarget, ResourceCeiling, RuntimeEvent, SimulatedRuntime, SimulatedTimings, StreamChunk,
+    StreamHandle, StreamSpec,
 };
 
 /// Removes the egress rules of edge `node` (`edge-<provider>`) from this machine, as

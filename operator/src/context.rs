@@ -16,7 +16,9 @@ use crate::edge::auth::TokenCache;
 use crate::edge::liveness::LivenessTracker;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::pods::{EVENT_QUEUE, EventLimiter, PodEventRecord, StatusQueue, StatusReport};
+use crate::pods::{
+    ConfigSources, EVENT_QUEUE, EventLimiter, PodEventRecord, StatusQueue, StatusReport,
+};
 use crate::relay::{NodePorts, PendingExecs, PendingLogs, PendingTunnels, ServiceState};
 use crate::slots::Slots;
 use crate::stats::store::NodeStatsStore;
@@ -66,6 +68,8 @@ pub(crate) struct Context {
     pub(crate) node_ports: NodePorts,
     /// Service-to-service connections: the Workload cache and the per-pod and per-edge shares.
     pub(crate) services: ServiceState,
+    /// The ConfigMaps and Secrets bound pods use, each read by name.
+    pub(crate) config_sources: ConfigSources,
     reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
 }
 
@@ -125,6 +129,7 @@ impl Context {
             stats: NodeStatsStore::default(),
             node_ports: NodePorts::default(),
             services: ServiceState::default(),
+            config_sources: ConfigSources::default(),
             reconcile_tx,
         });
         (

@@ -25,6 +25,35 @@ pub const MAX_TUNNEL_FRAME: usize = 256 * 1024;
 /// gRPC and protobuf framing fit in one HTTP/2 DATA frame (h2's default is 16 KiB).
 pub const MAX_HTTP2_FRAME: u32 = MAX_TUNNEL_FRAME as u32 + 64;
 
+/// Most volumes of one pod on an edge.
+pub const MAX_POD_VOLUMES: usize = 32;
+
+/// Most volume mounts of one container on an edge.
+pub const MAX_VOLUME_MOUNTS: usize = 32;
+
+/// Most `envFrom` sources of one container.
+pub const MAX_ENV_FROM: usize = 16;
+
+/// Most ConfigMaps and Secrets one pod may refer to (distinct objects).
+pub const MAX_POD_CONFIG_OBJECTS: usize = 32;
+
+/// Most `items` of one configMap/secret volume.
+pub const MAX_VOLUME_ITEMS: usize = 256;
+
+/// Most files of all config volumes of one pod, and most variables of one container's
+/// environment once resolved.
+pub const MAX_POD_CONFIG_ENTRIES: usize = 1024;
+
+/// Largest ConfigMap or Secret the operator reads for a pod (the API server's own cap is 1 MiB).
+pub const MAX_CONFIG_OBJECT_BYTES: usize = 1024 * 1024;
+
+/// Largest `PodConfig` (all of one pod's resolved environment and files), well inside
+/// [`MAX_MESSAGE_BYTES`].
+pub const MAX_POD_CONFIG_BYTES: usize = 2 * 1024 * 1024;
+
+/// Longest path of a mount, `subPath` or volume item.
+pub const MAX_VOLUME_PATH: usize = 1024;
+
 /// Largest log chunk an edge sends in one `LogChunk`.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;
 

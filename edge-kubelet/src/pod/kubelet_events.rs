@@ -116,7 +116,7 @@ pub(crate) fn of_transition(
             normal("Created", format!("Created container: {name}")),
             normal("Started", format!("Started container {name}")),
         ],
-        (S::Creating, S::CreateError { message, .. }) => {
+        (S::Creating, S::CreateError { message, .. } | S::ConfigError { message }) => {
             vec![warning("Failed", format!("Error: {message}"))]
         }
         (S::Running { .. }, S::CrashLoopBackOff { .. }) => vec![warning(

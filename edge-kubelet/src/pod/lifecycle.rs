@@ -105,6 +105,12 @@ pub(crate) enum ContainerLifecycle {
         /// Failures in a row.
         attempts: u32,
     },
+    /// Its configuration (a ConfigMap or Secret it needs) is missing or unusable. Reports
+    /// waiting `CreateContainerConfigError`; retried when the configuration changes.
+    ConfigError {
+        /// What is missing, naming it (kubelet's wording).
+        message: String,
+    },
     /// The process runs. Reports running.
     Running {
         /// When it started (Unix ms).
@@ -132,6 +138,11 @@ pub(crate) enum ContainerEvent {
         /// Kubernetes reason (`ErrImagePull`, `ErrImageNeverPull`).
         reason: String,
         /// The engine's message.
+        message: String,
+    },
+    /// The container's configuration cannot be had (kubelet's `CreateContainerConfigError`).
+    ConfigFailed {
+        /// What is missing.
         message: String,
     },
     /// Creating or starting failed.
@@ -277,6 +288,13 @@ pub(crate) fn transition(
             Action::Wait(backoff.delay(1)),
         ),
         (S::CreateError { .. }, E::TimerFired) => (S::Creating, Action::CreateAndStart),
+        (S::Creating | S::ConfigError { .. }, E::ConfigFailed { message }) => (
+            S::ConfigError {
+                message: message.clone(),
+            },
+            Action::None,
+        ),
+        (S::ConfigError { .. }, E::TimerFired) => (S::Creating, Action::CreateAndStart),
         (S::Running { .. }, E::Exited(t)) => {
             if restart.restarts_after(t.exit_code) {
                 (
@@ -371,6 +389,9 @@ impl ContainerLifecycle {
             ContainerLifecycle::CreateError { message, .. } => {
                 waiting("CreateContainerError", message)
             }
+            ContainerLifecycle::ConfigError { message } => {
+                waiting("CreateContainerConfigError", message)
+            }
             ContainerLifecycle::Running {
                 started_unix_millis,
             } => pb::ContainerState {
@@ -411,6 +432,7 @@ impl ContainerLifecycle {
                 | ContainerLifecycle::ImagePullBackOff { .. }
                 | ContainerLifecycle::Creating
                 | ContainerLifecycle::CreateError { .. }
+                | ContainerLifecycle::ConfigError { .. }
         )
     }
 
@@ -425,6 +447,9 @@ impl ContainerLifecycle {
             }
             ContainerLifecycle::CreateError { message, .. } => {
                 Some(("CreateContainerError", message))
+            }
+            ContainerLifecycle::ConfigError { message } => {
+                Some(("CreateContainerConfigError", message))
             }
             _ => None,
         }

@@ -5,8 +5,10 @@
 //! - `supervisor`: admission (`--max-pods`), the assigned set, engine events to workers;
 //! - `worker`: one task per pod, carrying out what `lifecycle` decides;
 //! - `lifecycle`: the pure per-container state machine and the pod phase;
+//! - `config_volumes`: configMap/secret volume files on the edge's tmpfs (atomic swaps);
 //! - `readiness`: when to probe; `usage`: the meters; `storage`: ephemeral-storage eviction. Image rules live in `crate::images`.
 
+mod config_volumes;
 mod kubelet_events;
 mod lifecycle;
 mod readiness;
@@ -16,6 +18,7 @@ mod supervisor;
 mod usage;
 mod worker;
 
+pub(crate) use config_volumes::prepare_config_dir;
 pub use lifecycle::BackoffPolicy;
 pub use status_board::{PodUpdate, StatusBoard};
 pub(crate) use supervisor::{AdmissionOffer, AppLine};

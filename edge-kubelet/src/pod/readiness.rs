@@ -1,5 +1,8 @@
-//! Readiness probe scheduling: probes a running container with the probe's period and
-//! thresholds and reports only changes to the pod worker.
+//! Probe scheduling, as kubelet's prober: readiness (changes of readiness), liveness (a
+//! container failing it past its threshold is to be killed and restarted) and startup (gates
+//! the other two until it passes once; failing past its threshold kills too). Each loop
+//! probes a running container with the probe's period and thresholds and reports only
+//! outcomes to the pod worker; each failure is an `Unhealthy` Warning event.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,15 +14,109 @@ use decloud_proto as pb;
 use super::status_board::StatusBoard;
 use crate::runtime::{ContainerRuntime, ProbeTarget};
 
-/// Result of a probe loop: container `slot` of the pod is now (not) ready.
+/// Which of kubelet's probes a loop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProbeKind {
+    /// `readinessProbe`.
+    Readiness,
+    /// `livenessProbe`.
+    Liveness,
+    /// `startupProbe`.
+    Startup,
+}
+
+impl ProbeKind {
+    /// As kubelet's events name it.
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            ProbeKind::Readiness => "Readiness",
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Startup => "Startup",
+        }
+    }
+}
+
+/// What a probe loop tells the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProbeOutcome {
+    /// Readiness changed.
+    Ready(bool),
+    /// The startup probe passed.
+    Started,
+    /// A liveness or startup probe failed past its threshold: kill the container.
+    Failed(ProbeKind),
+}
+
+/// Result of a probe loop about container `slot` of the pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ReadinessChange {
     /// Index of the container in the pod spec.
     pub(crate) slot: usize,
     /// Container id the probe ran against (stale results are ignored).
     pub(crate) container_id: String,
-    /// New readiness.
-    pub(crate) ready: bool,
+    /// What happened.
+    pub(crate) outcome: ProbeOutcome,
+}
+
+/// Runs a liveness or startup probe until it decides: startup reports `Started` at its first
+/// pass; either reports `Failed` after `failureThreshold` failures in a row (a liveness probe
+/// runs until then, or until aborted).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn liveness_loop(
+    kind: ProbeKind,
+    runtime: Arc<dyn ContainerRuntime>,
+    slot: usize,
+    container_id: String,
+    pod_ip: String,
+    probe: pb::Probe,
+    changes: mpsc::UnboundedSender<ReadinessChange>,
+    events: (Arc<StatusBoard>, pb::PodEvent),
+) {
+    let period = Duration::from_secs(u64::from(probe.period_seconds.max(1)));
+    let failure_threshold = probe.failure_threshold.max(1);
+    tokio::time::sleep(Duration::from_secs(u64::from(probe.initial_delay_seconds))).await;
+    let mut failures = 0u32;
+    let mut attempts = 0u32;
+    loop {
+        let target = ProbeTarget {
+            container_id: &container_id,
+            pod_ip: &pod_ip,
+        };
+        let outcome = match runtime.probe(target, &probe).await {
+            Ok(()) => {
+                failures = 0;
+                (kind == ProbeKind::Startup).then_some(ProbeOutcome::Started)
+            }
+            Err(why) => {
+                failures += 1;
+                let (board, base) = &events;
+                board.event(pb::PodEvent {
+                    warning: true,
+                    reason: "Unhealthy".into(),
+                    message: format!("{} probe failed: {why}", kind.word()),
+                    ..base.clone()
+                });
+                (failures >= failure_threshold).then_some(ProbeOutcome::Failed(kind))
+            }
+        };
+        if let Some(outcome) = outcome {
+            let _ = changes.send(ReadinessChange {
+                slot,
+                container_id,
+                outcome,
+            });
+            return;
+        }
+        // A startup probe ramps up like readiness (a fast start is seen soon); liveness keeps
+        // its period.
+        let wait = if kind == ProbeKind::Startup {
+            next_wait(false, attempts, period)
+        } else {
+            period
+        };
+        tokio::time::sleep(wait).await;
+        attempts = attempts.saturating_add(1);
+    }
 }
 
 /// Probes forever with the probe's period and thresholds and reports only changes.
@@ -57,7 +154,7 @@ pub(crate) async fn readiness_loop(
                 board.event(pb::PodEvent {
                     warning: true,
                     reason: "Unhealthy".into(),
-                    message: format!("Readiness probe failed: {why}"),
+                    message: format!("{} probe failed: {why}", ProbeKind::Readiness.word()),
                     ..base.clone()
                 });
             }
@@ -74,7 +171,7 @@ pub(crate) async fn readiness_loop(
             let change = ReadinessChange {
                 slot,
                 container_id: container_id.clone(),
-                ready,
+                outcome: ProbeOutcome::Ready(ready),
             };
             if changes.send(change).is_err() {
                 return;

@@ -42,6 +42,9 @@ pub struct PodSupervisor {
     /// What pods are admitted against: the offer (CPU, memory, storage) and `--max-pods`,
     /// from `cfg` at start, changed by the console.
     offer: Mutex<AdmissionOffer>,
+    /// Pods' configurations (ConfigMaps and Secrets) as the operator sent them: memory only,
+    /// never persisted; gone with the pod.
+    configs: Mutex<HashMap<String, Arc<pb::PodConfig>>>,
 }
 
 /// The offer pods are admitted against; 0 (or `max_pods` 0): no limit.
@@ -63,6 +66,9 @@ pub(crate) struct AppLine {
     /// Requests (CPU millicores, memory bytes, ephemeral-storage bytes), as admission counts them.
     pub(crate) requests: [i64; 3],
 }
+
+/// Most configurations held at once (one per pod; the operator sends one just before the pod).
+const MAX_CONFIGS: usize = 10_000;
 
 /// Pod-level reason of a pod refused because the edge already runs `--max-pods` pods
 /// (kubelet's own word for it).
@@ -197,7 +203,16 @@ impl PodSupervisor {
                 storage_bytes: cfg_offer.2,
                 max_pods: cfg_offer.3,
             }),
+            configs: Mutex::default(),
         });
+        if let Some(dir) = &sup.cfg.config_dir {
+            let keep: Vec<String> = assigned.iter().map(|p| p.uid.clone()).collect();
+            super::config_volumes::sweep(dir, &keep);
+        }
+        if let Some(dir) = &sup.cfg.volume_dir {
+            let keep: Vec<String> = assigned.iter().map(|p| p.uid.clone()).collect();
+            super::config_volumes::sweep(dir, &keep);
+        }
         let weak = Arc::downgrade(&sup);
         tokio::spawn(async move {
             while let Some((uid, message)) = evicted_rx.recv().await {
@@ -337,7 +352,8 @@ impl PodSupervisor {
             self.board.clone(),
             self.cfg.clone(),
         )
-        .with_evictions(self.evictions.clone());
+        .with_evictions(self.evictions.clone())
+        .with_config(self.configs.lock().get(&spec.uid).cloned());
         if let Some(message) = self.evicted.lock().get(&spec.uid).cloned() {
             tracing::info!(pod = %format!("{}/{}", spec.namespace, spec.name), "pod was evicted before the restart; it stays Failed");
             worker = worker.already_evicted(message);
@@ -372,6 +388,36 @@ impl PodSupervisor {
                 "pod {} has no containers",
                 spec.uid
             )));
+        }
+        if spec.volumes.len() > pb::MAX_POD_VOLUMES
+            || spec
+                .volumes
+                .iter()
+                .any(|v| !super::config_volumes::name_ok(&v.name))
+        {
+            return Err(Error::InvalidInput(format!(
+                "pod {}: at most {} volumes, named as DNS labels",
+                spec.uid,
+                pb::MAX_POD_VOLUMES
+            )));
+        }
+        for c in &spec.containers {
+            let bad_mount = c.volume_mounts.iter().any(|m| {
+                !m.mount_path.starts_with('/')
+                    || m.mount_path.split('/').any(|p| p == "..")
+                    || m.mount_path.len() > pb::MAX_VOLUME_PATH
+                    || (!m.sub_path.is_empty()
+                        && super::config_volumes::path_problem(&m.sub_path).is_some())
+            });
+            if c.volume_mounts.len() > pb::MAX_VOLUME_MOUNTS || bad_mount {
+                return Err(Error::InvalidInput(format!(
+                    "pod {}: container {:?}: at most {} mounts, at absolute paths without '..', \
+                     subPaths relative without '..'",
+                    spec.uid,
+                    c.name,
+                    pb::MAX_VOLUME_MOUNTS
+                )));
+            }
         }
         let mut names = HashSet::new();
         for c in &spec.containers {
@@ -448,6 +494,64 @@ impl PodSupervisor {
         Ok(())
     }
 
+    /// Takes pod `config.pod_uid`'s configuration (checked: bounded, safe paths), for its
+    /// worker now or when the pod arrives.
+    pub fn set_config(&self, config: pb::PodConfig) -> Result<()> {
+        Self::validate_config(&config)?;
+        let config = Arc::new(config);
+        {
+            let mut configs = self.configs.lock();
+            if !configs.contains_key(&config.pod_uid) && configs.len() >= MAX_CONFIGS {
+                return Err(Error::InvalidInput(format!(
+                    "more than {MAX_CONFIGS} pod configurations"
+                )));
+            }
+            configs.insert(config.pod_uid.clone(), config.clone());
+        }
+        if let Some(w) = self.workers().get(&config.pod_uid) {
+            let _ = w.commands.send(PodCommand::Config(config));
+        }
+        Ok(())
+    }
+
+    fn validate_config(config: &pb::PodConfig) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidInput(format!("pod {}: {m}", config.pod_uid)));
+        if config.pod_uid.is_empty() {
+            return bad("configuration without a pod uid".into());
+        }
+        let size = prost::Message::encoded_len(config);
+        if size > pb::MAX_POD_CONFIG_BYTES {
+            return bad(format!("configuration of {size} bytes"));
+        }
+        let files: usize = config.volumes.iter().map(|v| v.files.len()).sum();
+        let env = config
+            .containers
+            .iter()
+            .map(|c| c.env.len())
+            .max()
+            .unwrap_or(0);
+        if files > pb::MAX_POD_CONFIG_ENTRIES || env > pb::MAX_POD_CONFIG_ENTRIES {
+            return bad("too many files or variables in its configuration".into());
+        }
+        if config.volumes.len() > pb::MAX_POD_VOLUMES {
+            return bad("too many volumes in its configuration".into());
+        }
+        for v in &config.volumes {
+            if !super::config_volumes::name_ok(&v.name) {
+                return bad(format!("volume name {:?}", v.name));
+            }
+            for f in &v.files {
+                if let Some(p) = super::config_volumes::path_problem(&f.path) {
+                    return bad(format!("volume {:?}: path {:?} {p}", v.name, f.path));
+                }
+                if f.mode > 0o777 {
+                    return bad(format!("volume {:?}: mode {:o}", v.name, f.mode));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses `spec` for good: the operator sees it Failed with `reason` ([`OUT_OF_PODS`],
     /// [`OUT_OF_CPU`], [`OUT_OF_MEMORY`], [`OUT_OF_EPHEMERAL_STORAGE`]).
     fn reject(&self, spec: &pb::PodSpec, reason: &'static str, message: String) {
@@ -473,6 +577,7 @@ impl PodSupervisor {
     pub fn apply_pod_set(self: &Arc<Self>, pods: Vec<pb::PodSpec>) {
         let wanted: HashSet<String> = pods.iter().map(|p| p.uid.clone()).collect();
         self.rejected().retain(|uid| wanted.contains(uid));
+        self.configs.lock().retain(|uid, _| wanted.contains(uid));
         for spec in pods {
             if let Err(e) = self.upsert(spec) {
                 tracing::warn!(error = %e, "ignoring invalid pod in the desired set");
@@ -490,6 +595,7 @@ impl PodSupervisor {
     /// container is removed, [`super::status_board::PodUpdate::Gone`] is published.
     pub fn delete(self: &Arc<Self>, uid: &str, grace: Option<Duration>) {
         let handle = self.workers().remove(uid);
+        self.configs.lock().remove(uid);
         self.persist();
         if self.evicted.lock().remove(uid).is_some() {
             self.persist_evicted();

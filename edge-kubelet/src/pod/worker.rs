@@ -14,19 +14,69 @@ use tokio::time::Instant;
 
 use decloud_proto as pb;
 
+use super::config_volumes::PodFiles;
 use super::kubelet_events::{self, KubeletEvent};
 use super::lifecycle::{
     Action, BackoffPolicy, ContainerEvent, ContainerLifecycle, FailureMemory, RestartPolicy,
     TerminatedInfo, pod_phase,
 };
-use super::readiness::{ReadinessChange, readiness_loop};
+use super::readiness::{ProbeKind, ProbeOutcome, ReadinessChange, liveness_loop, readiness_loop};
 use super::status_board::StatusBoard;
 use super::storage::{ContainerDisk, EVICTED, eviction};
 use super::usage::UsageMeter;
 use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::images::ImagePolicy;
-use crate::runtime::{ContainerInfo, ContainerRuntime, CreateRequest, PodNetwork, RuntimeEvent};
+use crate::runtime::{
+    BindMount, ContainerInfo, ContainerRuntime, CreateRequest, PodNetwork, RuntimeEvent,
+};
+
+/// kubelet's runAsNonRoot verification: the container's user (its runAsUser, else the
+/// image's) must be a non-zero numeric uid.
+fn non_root_check(
+    sc: &pb::SecurityContext,
+    image_user: Option<&str>,
+    pod: &pb::PodSpec,
+    container: &str,
+) -> Result<()> {
+    let pod_desc = format!("{}_{}({})", pod.name, pod.namespace, pod.uid);
+    let as_root = || {
+        Err(Error::CreateContainerConfig(format!(
+            "container has runAsNonRoot and image will run as root (pod: {pod_desc:?}, container: {container})"
+        )))
+    };
+    match sc.run_as_user {
+        Some(0) => Err(Error::CreateContainerConfig(format!(
+            "container's runAsUser breaks non-root policy (pod: {pod_desc:?}, container: {container})"
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            let user = image_user.unwrap_or_default();
+            let user = user.split(':').next().unwrap_or_default();
+            match user.parse::<u64>() {
+                Ok(0) => as_root(),
+                Ok(_) => Ok(()),
+                Err(_) if user.is_empty() || user == "root" => as_root(),
+                Err(_) => Err(Error::CreateContainerConfig(format!(
+                    "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root (pod: {pod_desc:?}, container: {container})"
+                ))),
+            }
+        }
+    }
+}
+
+/// What a container is created with from its pod's configuration: its environment (when it
+/// comes from there) and its mounts.
+type Prepared = (Option<Vec<pb::EnvVar>>, Vec<BindMount>);
+
+/// The folder name of pod `uid`.
+fn pod_folder(uid: &str) -> String {
+    uid.replace(['/', '.'], "_")
+}
+
+/// Why a config volume cannot be mounted on this edge.
+const NO_CONFIG_DIR: &str =
+    "this edge has no tmpfs for configMap and secret volumes (edge-kubelet --config-dir)";
 
 /// Tunables of pod workers.
 #[derive(Debug, Clone)]
@@ -50,6 +100,13 @@ pub struct PodWorkerConfig {
     /// Storage bound of a pod that sets no `ephemeral-storage` limit (bytes); above it the pod
     /// is evicted. 0: none.
     pub default_pod_storage_bytes: i64,
+    /// Where pods' configMap/secret volumes are written: a tmpfs (`--config-dir`, checked at
+    /// start). `None`: this edge cannot mount such volumes (their containers fail with
+    /// `CreateContainerConfigError`).
+    pub config_dir: Option<std::path::PathBuf>,
+    /// Where pods' disk `emptyDir` volumes live (`<state-dir>/volumes`). `None`: this edge
+    /// cannot mount them.
+    pub volume_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for PodWorkerConfig {
@@ -63,6 +120,8 @@ impl Default for PodWorkerConfig {
             offered_memory_bytes: 0,
             offered_storage_bytes: 0,
             default_pod_storage_bytes: 0,
+            config_dir: None,
+            volume_dir: None,
         }
     }
 }
@@ -72,6 +131,8 @@ impl Default for PodWorkerConfig {
 pub(crate) enum PodCommand {
     /// The operator sent this spec again (maybe changed).
     Update(Box<pb::PodSpec>),
+    /// The pod's configuration (ConfigMaps and Secrets) is this now.
+    Config(Arc<pb::PodConfig>),
     /// Stop and remove every container of the pod, then answer and end.
     Terminate {
         grace: Option<Duration>,
@@ -111,8 +172,13 @@ struct Slot {
     last_state: Option<pb::ContainerState>,
     ready: bool,
     deadline: Option<Instant>,
-    probe: Option<JoinHandle<()>>,
+    /// Its probe loops (startup, or readiness and liveness).
+    probes: Vec<JoinHandle<()>>,
+    /// Its startup probe passed (or it has none) while it runs.
+    started: bool,
     awaiting_primary: bool,
+    /// Waits for the pod's configuration to arrive before it is created.
+    awaiting_config: bool,
 }
 
 impl Slot {
@@ -128,16 +194,19 @@ impl Slot {
             last_state: None,
             ready: false,
             deadline: None,
-            probe: None,
+            probes: Vec::new(),
+            started: false,
             awaiting_primary: false,
+            awaiting_config: false,
         }
     }
 
     fn stop_probe(&mut self) {
-        if let Some(p) = self.probe.take() {
+        for p in self.probes.drain(..) {
             p.abort();
         }
         self.ready = false;
+        self.started = false;
     }
 }
 
@@ -177,6 +246,10 @@ pub(crate) struct PodWorker {
     storage_used: i64,
     /// Told (uid, message) when this pod is evicted, so the eviction outlives a restart.
     evictions: Option<mpsc::UnboundedSender<(String, String)>>,
+    /// The pod's configuration, in memory only (never logged, never in the state file).
+    config: Option<Arc<pb::PodConfig>>,
+    /// Why a config volume could not be written (volume name → message).
+    volume_errors: std::collections::HashMap<String, String>,
 }
 
 impl PodWorker {
@@ -209,7 +282,188 @@ impl PodWorker {
             evicted: None,
             storage_used: 0,
             evictions: None,
+            config: None,
+            volume_errors: Default::default(),
         }
+    }
+
+    /// Starts with the configuration the operator already sent, if any.
+    pub(crate) fn with_config(mut self, config: Option<Arc<pb::PodConfig>>) -> Self {
+        if let Some(c) = config {
+            self.set_config(c);
+        }
+        self
+    }
+
+    fn files(&self) -> Option<PodFiles> {
+        self.cfg
+            .config_dir
+            .as_ref()
+            .map(|d| PodFiles::new(d, &self.spec.uid))
+    }
+
+    /// Takes `config` and writes the config volumes' files (an atomic swap per volume).
+    fn set_config(&mut self, config: Arc<pb::PodConfig>) {
+        self.volume_errors.clear();
+        let files = self.files();
+        for v in &config.volumes {
+            let is_config = self.spec.volumes.iter().any(|s| {
+                s.name == v.name && matches!(s.source, Some(pb::volume::Source::Config(_)))
+            });
+            if !is_config {
+                continue;
+            }
+            let result = match &files {
+                Some(f) => f.write_volume(&v.name, &v.files),
+                None => Err(NO_CONFIG_DIR.to_string()),
+            };
+            if let Err(message) = result {
+                tracing::warn!(pod = %self.key(), volume = %v.name, %message, "cannot write a config volume");
+                self.volume_errors.insert(v.name.clone(), message);
+            }
+        }
+        self.config = Some(config);
+    }
+
+    /// New configuration: files follow at once; containers waiting for it are created, and
+    /// those that failed for want of it are retried.
+    fn on_config(&mut self, config: Arc<pb::PodConfig>) {
+        self.set_config(config);
+        for i in 0..self.slots.len() {
+            if self.slots[i].awaiting_config {
+                self.slots[i].awaiting_config = false;
+                self.spawn_create(i);
+            } else if matches!(
+                self.slots[i].state,
+                ContainerLifecycle::ConfigError { .. }
+                    | ContainerLifecycle::ImagePullBackOff { .. }
+            ) {
+                // (A pull that failed may succeed with the credentials just received.)
+                self.slots[i].deadline = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The folder of emptyDir `name` (created): on the edge's tmpfs for `medium: Memory`,
+    /// under the volume folder otherwise.
+    fn empty_dir(
+        &self,
+        name: &str,
+        memory: bool,
+    ) -> std::result::Result<std::path::PathBuf, String> {
+        if memory {
+            let files = self.files().ok_or_else(|| NO_CONFIG_DIR.to_string())?;
+            files.memory_dir(name)
+        } else {
+            let base = self
+                .cfg
+                .volume_dir
+                .as_ref()
+                .ok_or_else(|| "this edge has no folder for emptyDir volumes".to_string())?;
+            super::config_volumes::empty_dir_at(&base.join(pod_folder(&self.spec.uid)), name)
+        }
+    }
+
+    /// Measures the pod's emptyDirs; one above its `sizeLimit` evicts the pod, in kubelet's
+    /// words.
+    async fn check_empty_dirs(&mut self) {
+        let mut over = None;
+        for v in &self.spec.volumes {
+            let Some(pb::volume::Source::EmptyDir(e)) = &v.source else {
+                continue;
+            };
+            if e.size_limit_bytes <= 0 {
+                continue;
+            }
+            let Ok(dir) = self.empty_dir(&v.name, e.memory) else {
+                continue;
+            };
+            let used = tokio::task::spawn_blocking(move || super::config_volumes::dir_usage(&dir))
+                .await
+                .ok()
+                .flatten();
+            if used.is_none_or(|u| u > e.size_limit_bytes as u64) {
+                over = Some(format!(
+                    "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
+                    v.name,
+                    decloud_crds::quantity::format_bytes(e.size_limit_bytes)
+                ));
+                break;
+            }
+        }
+        let Some(message) = over else { return };
+        tracing::warn!(pod = %self.key(), %message, "evicting pod for its emptyDir use");
+        if let Some(tx) = &self.evictions {
+            let _ = tx.send((self.spec.uid.clone(), message.clone()));
+        }
+        self.evict(message).await;
+    }
+
+    /// Container `i`'s environment (when it comes from the configuration) and mounts:
+    /// `Ok(None)` while the configuration has not arrived, `Err` with kubelet's message when it
+    /// cannot start.
+    fn container_config(&self, i: usize) -> std::result::Result<Option<Prepared>, String> {
+        let c = &self.slots[i].spec;
+        let env = if self.spec.needs_config {
+            let Some(config) = &self.config else {
+                return Ok(None);
+            };
+            let Some(cc) = config.containers.iter().find(|x| x.name == c.name) else {
+                return Err(format!("no configuration for container {:?}", c.name));
+            };
+            if !cc.error.is_empty() {
+                return Err(cc.error.clone());
+            }
+            Some(cc.env.clone())
+        } else {
+            None
+        };
+        let files = self.files();
+        let mut mounts = Vec::new();
+        for (n, m) in c.volume_mounts.iter().enumerate() {
+            let Some(volume) = self.spec.volumes.iter().find(|v| v.name == m.name) else {
+                return Err(format!(
+                    "volumeMount {:?} names no volume of the pod",
+                    m.name
+                ));
+            };
+            match &volume.source {
+                Some(pb::volume::Source::Config(_)) => {
+                    let Some(files) = &files else {
+                        return Err(NO_CONFIG_DIR.to_string());
+                    };
+                    if let Some(e) = self.volume_errors.get(&m.name) {
+                        return Err(e.clone());
+                    }
+                    let source = if m.sub_path.is_empty() {
+                        files.volume_dir(&m.name)
+                    } else {
+                        files.sub_path_copy(&m.name, &m.sub_path, &c.name, n)?
+                    };
+                    mounts.push(BindMount {
+                        source: source.display().to_string(),
+                        target: m.mount_path.clone(),
+                        // configMap and secret volumes are always read-only (as in kubelet).
+                        read_only: true,
+                    });
+                }
+                Some(pb::volume::Source::EmptyDir(e)) => {
+                    let dir = self.empty_dir(&m.name, e.memory)?;
+                    let source = if m.sub_path.is_empty() {
+                        dir
+                    } else {
+                        super::config_volumes::empty_sub_path(&dir, &m.sub_path)?
+                    };
+                    mounts.push(BindMount {
+                        source: source.display().to_string(),
+                        target: m.mount_path.clone(),
+                        read_only: m.read_only,
+                    });
+                }
+                None => {}
+            }
+        }
+        Ok(Some((env, mounts)))
     }
 
     // === kubelet's events ===
@@ -287,6 +541,7 @@ impl PodWorker {
                     }
                     Some(PodCommand::Update(_)) | Some(PodCommand::Runtime(_)) if self.evicted.is_some() => {}
                     Some(PodCommand::Update(spec)) => self.update(*spec).await,
+                    Some(PodCommand::Config(config)) => self.on_config(config),
                     Some(PodCommand::Terminate { grace, done }) => {
                         self.terminate(grace).await;
                         let _ = done.send(());
@@ -378,6 +633,15 @@ impl PodWorker {
         let tx = self.ops_tx.clone();
         let generation = self.generation;
         let allowed = self.cfg.allowed_images.check(&image);
+        let auth = self
+            .config
+            .as_ref()
+            .and_then(|c| {
+                c.containers
+                    .iter()
+                    .find(|x| x.name == self.slots[slot].spec.name)
+            })
+            .and_then(|c| c.pull_auth.clone());
         let board = self.board.clone();
         let base = (!self.adopting).then(|| self.event_base(slot));
         self.pulls.spawn(async move {
@@ -403,7 +667,9 @@ impl PodWorker {
                         emit(vec![kubelet_events::pulling(&image)]);
                     }
                     let started = Instant::now();
-                    let result = runtime.ensure_image(&image, policy).await;
+                    let result = runtime
+                        .ensure_image_with(&image, policy, auth.as_ref())
+                        .await;
                     match &result {
                         Ok(()) if pulls => {
                             let size = runtime.image_size(&image).await.unwrap_or(0);
@@ -450,6 +716,24 @@ impl PodWorker {
             }
         };
         self.slots[slot].awaiting_primary = false;
+        let (env, mounts) = match self.container_config(slot) {
+            Ok(Some(prepared)) => prepared,
+            Ok(None) => {
+                // Created once the configuration arrives.
+                self.slots[slot].awaiting_config = true;
+                if let Some(old) = older {
+                    self.spawn_remove(old);
+                }
+                return;
+            }
+            Err(message) => {
+                if let Some(old) = older {
+                    self.spawn_remove(old);
+                }
+                self.apply(slot, ContainerEvent::ConfigFailed { message });
+                return;
+            }
+        };
         let runtime = self.runtime.clone();
         let pod = self.spec.clone();
         let container = self.slots[slot].spec.clone();
@@ -462,6 +746,9 @@ impl PodWorker {
                 container: &container,
                 restart_count,
                 network: &network,
+                env: env.as_deref(),
+                mounts: &mounts,
+                image_user: None,
             };
             if let Some(old) = older
                 && let Err(e) = runtime.remove_container(&old).await
@@ -469,6 +756,26 @@ impl PodWorker {
                 tracing::warn!(container_id = %old, error = %e, "cannot remove old container");
             }
             let result = async {
+                let image_user = match &container.security_context {
+                    Some(sc)
+                        if sc.run_as_non_root
+                            || (sc.run_as_group.is_some() && sc.run_as_user.is_none()) =>
+                    {
+                        runtime.image_user(&container.image).await
+                    }
+                    _ => None,
+                };
+                if let Some(sc) = &container.security_context
+                    && sc.run_as_non_root
+                {
+                    non_root_check(sc, image_user.as_deref(), &pod, &container.name)?;
+                }
+                let req = CreateRequest {
+                    image_user: image_user
+                        .as_deref()
+                        .map(|u| u.split(':').next().unwrap_or(u)),
+                    ..req
+                };
                 let id = runtime.create_container(req).await?;
                 if let Err(e) = runtime.start_container(&id).await {
                     let _ = runtime.remove_container(&id).await;
@@ -499,26 +806,63 @@ impl PodWorker {
         });
     }
 
+    /// Probes a container that just started: its startup probe first, if it has one;
+    /// readiness and liveness once that passed.
     fn start_probe(&mut self, i: usize) {
-        let base = self.event_base(i);
-        let slot = &mut self.slots[i];
-        slot.stop_probe();
-        let (Some(probe), Some(id)) =
-            (slot.spec.readiness_probe.clone(), slot.container_id.clone())
-        else {
-            // No readiness probe: ready as soon as it runs.
-            slot.ready = true;
+        self.slots[i].stop_probe();
+        let (Some(startup), Some(id)) = (
+            self.slots[i].spec.startup_probe.clone(),
+            self.slots[i].container_id.clone(),
+        ) else {
+            self.slots[i].started = true;
+            self.start_running_probes(i);
             return;
         };
-        slot.probe = Some(tokio::spawn(readiness_loop(
+        let task = tokio::spawn(liveness_loop(
+            ProbeKind::Startup,
             self.runtime.clone(),
             i,
             id,
             self.pod_ip.clone(),
-            probe,
+            startup,
             self.probe_tx.clone(),
-            (self.board.clone(), base),
-        )));
+            (self.board.clone(), self.event_base(i)),
+        ));
+        self.slots[i].probes.push(task);
+    }
+
+    /// Readiness and liveness probes of a started container.
+    fn start_running_probes(&mut self, i: usize) {
+        let base = self.event_base(i);
+        let Some(id) = self.slots[i].container_id.clone() else {
+            return;
+        };
+        let slot = &mut self.slots[i];
+        match slot.spec.readiness_probe.clone() {
+            Some(probe) => slot.probes.push(tokio::spawn(readiness_loop(
+                self.runtime.clone(),
+                i,
+                id.clone(),
+                self.pod_ip.clone(),
+                probe,
+                self.probe_tx.clone(),
+                (self.board.clone(), base.clone()),
+            ))),
+            // No readiness probe: ready as soon as it runs (and started).
+            None => slot.ready = true,
+        }
+        if let Some(probe) = slot.spec.liveness_probe.clone() {
+            slot.probes.push(tokio::spawn(liveness_loop(
+                ProbeKind::Liveness,
+                self.runtime.clone(),
+                i,
+                id,
+                self.pod_ip.clone(),
+                probe,
+                self.probe_tx.clone(),
+                (self.board.clone(), base),
+            )));
+        }
     }
 
     async fn on_op(&mut self, op: OpResult) {
@@ -539,6 +883,13 @@ impl PodWorker {
                     tracing::warn!(pod = %self.key(), image = %self.slots[slot].spec.image, %message, "image pull failed");
                 }
                 self.apply(slot, event);
+            }
+            OpResult::Created {
+                slot,
+                result: Err(Error::CreateContainerConfig(message)),
+            } => {
+                tracing::warn!(pod = %self.key(), container = %self.slots[slot].spec.name, %message, "container's configuration forbids starting it");
+                self.apply(slot, ContainerEvent::ConfigFailed { message });
             }
             OpResult::Created {
                 slot,
@@ -608,11 +959,42 @@ impl PodWorker {
     }
 
     fn on_readiness(&mut self, change: ReadinessChange) {
-        if let Some(slot) = self.slots.get_mut(change.slot)
-            && slot.container_id.as_deref() == Some(change.container_id.as_str())
-            && slot.state.is_running()
+        let i = change.slot;
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        if slot.container_id.as_deref() != Some(change.container_id.as_str())
+            || !slot.state.is_running()
         {
-            slot.ready = change.ready;
+            return;
+        }
+        match change.outcome {
+            ProbeOutcome::Ready(ready) => slot.ready = ready,
+            ProbeOutcome::Started => {
+                slot.started = true;
+                self.start_running_probes(i);
+            }
+            ProbeOutcome::Failed(kind) => {
+                // As kubelet: killed with the pod's grace period; its restart policy decides
+                // what comes next (the exit is its lastState, restartCount grows).
+                let name = slot.spec.name.clone();
+                slot.stop_probe();
+                tracing::info!(pod = %self.key(), container = %name, probe = kind.word(), "container failed its probe; killing it");
+                self.emit(
+                    i,
+                    vec![KubeletEvent {
+                        warning: false,
+                        reason: "Killing",
+                        message: format!(
+                            "Container {name} failed {} probe, will be restarted",
+                            kind.word().to_lowercase()
+                        ),
+                    }],
+                );
+                let grace =
+                    Duration::from_secs(u64::from(self.spec.termination_grace_period_seconds));
+                self.spawn_stop(change.container_id, grace);
+            }
         }
     }
 
@@ -640,7 +1022,10 @@ impl PodWorker {
             }
         }
         self.sample_usage().await;
-        self.check_storage().await;
+        self.check_empty_dirs().await;
+        if self.evicted.is_none() {
+            self.check_storage().await;
+        }
     }
 
     /// Measures the containers' writable layers and logs; a pod above its bound is evicted
@@ -870,6 +1255,14 @@ impl PodWorker {
     async fn terminate(&mut self, grace: Option<Duration>) {
         tracing::info!(pod = %self.key(), ?grace, "terminating pod");
         self.remove_all(grace).await;
+        // Its configuration goes with it.
+        self.config = None;
+        if let Some(files) = self.files() {
+            files.remove();
+        }
+        if let Some(base) = &self.cfg.volume_dir {
+            let _ = std::fs::remove_dir_all(base.join(pod_folder(&self.spec.uid)));
+        }
         tracing::info!(pod = %self.key(), "pod's containers are gone");
     }
 
@@ -955,7 +1348,7 @@ impl PodWorker {
                 image_id: s.image_id.clone(),
                 restart_count: s.restart_count,
                 ready: s.ready && s.state.is_running(),
-                started: s.state.is_running(),
+                started: s.state.is_running() && s.started,
                 state: Some(s.state.to_proto()),
                 last_state: s
                     .state

@@ -41,6 +41,17 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// the engine's message.
     async fn ensure_image(&self, image: &str, policy: pb::PullPolicy) -> Result<()>;
 
+    /// [`ContainerRuntime::ensure_image`] with the credential for the image's registry (from
+    /// the pod's imagePullSecrets; kept in memory only). The default ignores it.
+    async fn ensure_image_with(
+        &self,
+        image: &str,
+        policy: pb::PullPolicy,
+        _auth: Option<&pb::RegistryAuth>,
+    ) -> Result<()> {
+        self.ensure_image(image, policy).await
+    }
+
     /// Creates (does not start) a container and returns its id.
     async fn create_container(&self, req: CreateRequest<'_>) -> Result<String>;
 
@@ -113,6 +124,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// cannot tell). The default tells nothing.
     async fn measure(&self, _id: &str) -> Result<Option<ContainerMeasurements>> {
         Ok(None)
+    }
+
+    /// The user an image runs as (its `USER`: `""`, `"1000"`, `"app:app"`); `None` when the
+    /// engine cannot tell. The default tells nothing.
+    async fn image_user(&self, _image: &str) -> Option<String> {
+        None
     }
 
     /// Whether `image` is present, and its size in bytes (`None`: absent, or the engine cannot

@@ -23,7 +23,7 @@ use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig, HostConfigLogConfig,
-    NetworkCreateRequest,
+    Mount, MountType, NetworkCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -476,13 +476,22 @@ impl DockerRuntime {
         Ok(())
     }
 
-    async fn pull(&self, image: &str) -> Result<()> {
+    async fn pull(&self, image: &str, auth: Option<&pb::RegistryAuth>) -> Result<()> {
         let (repo, tag) = split_image(image);
         let mut opts = CreateImageOptionsBuilder::default().from_image(repo);
         if !tag.is_empty() {
             opts = opts.tag(tag);
         }
-        let mut progress = self.docker.create_image(Some(opts.build()), None, None);
+        // The pod's pull credential, for this one request (never logged, never stored).
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
+        let mut progress = self
+            .docker
+            .create_image(Some(opts.build()), None, credentials);
         while let Some(item) = progress.next().await {
             if let Err(e) = item {
                 return Err(Error::ImagePull {
@@ -545,6 +554,25 @@ impl DockerRuntime {
             // Service names (the operator's hostAliases): the pod's own /etc/hosts, never
             // the volunteer's resolver. Joined containers share the owner's file.
             extra_hosts: (own_net && !pod.host_aliases.is_empty()).then(|| extra_hosts(pod)),
+            // The pod's volumes the edge prepared (config files on its tmpfs): bind mounts of
+            // paths the edge made, never a path the pod named.
+            mounts: (!req.mounts.is_empty()).then(|| {
+                req.mounts
+                    .iter()
+                    .map(|m| Mount {
+                        target: Some(m.target.clone()),
+                        source: Some(m.source.clone()),
+                        typ: Some(MountType::BIND),
+                        read_only: Some(m.read_only),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            readonly_rootfs: c
+                .security_context
+                .as_ref()
+                .map(|s| s.read_only_root_filesystem)
+                .filter(|r| *r),
             storage_opt: self.ceiling.storage_quota_default.map(|default| {
                 let size = if res.ephemeral_storage_limit_bytes > 0 {
                     res.ephemeral_storage_limit_bytes
@@ -564,12 +592,26 @@ impl DockerRuntime {
             entrypoint,
             cmd,
             env: Some(
-                c.env
+                req.env
+                    .unwrap_or(&c.env)
                     .iter()
                     .map(|e| format!("{}={}", e.name, e.value))
                     .collect(),
             ),
             working_dir: (!c.working_dir.is_empty()).then(|| c.working_dir.clone()),
+            // runAsUser/runAsGroup (checked against runAsNonRoot by the pod worker).
+            user: c
+                .security_context
+                .as_ref()
+                .and_then(|s| match (s.run_as_user, s.run_as_group) {
+                    (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+                    (Some(u), None) => Some(u.to_string()),
+                    (None, Some(g)) => Some(format!(
+                        "{}:{g}",
+                        req.image_user.filter(|u| !u.is_empty()).unwrap_or("0")
+                    )),
+                    (None, None) => None,
+                }),
             labels: Some(labels),
             // Joined containers inherit hostname and ports from the namespace owner.
             hostname: own_net.then(|| pod.name.chars().take(63).collect()),
@@ -713,6 +755,15 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn ensure_image(&self, image: &str, policy: pb::PullPolicy) -> Result<()> {
+        self.ensure_image_with(image, policy, None).await
+    }
+
+    async fn ensure_image_with(
+        &self,
+        image: &str,
+        policy: pb::PullPolicy,
+        auth: Option<&pb::RegistryAuth>,
+    ) -> Result<()> {
         let present = match self.docker.inspect_image(image).await {
             Ok(i) => Some(i.id.unwrap_or_default()),
             Err(DockerError::DockerResponseServerError {
@@ -741,7 +792,7 @@ impl ContainerRuntime for DockerRuntime {
             pb::PullPolicy::IfNotPresent | pb::PullPolicy::Always => {
                 // Checked before the engine is asked: the engine dials what the image names.
                 self.images.registries.check(image).await?;
-                self.pull(image).await?;
+                self.pull(image, auth).await?;
                 let id = self
                     .docker
                     .inspect_image(image)
@@ -753,6 +804,11 @@ impl ContainerRuntime for DockerRuntime {
                 Ok(())
             }
         }
+    }
+
+    async fn image_user(&self, image: &str) -> Option<String> {
+        let i = self.docker.inspect_image(image).await.ok()?;
+        Some(i.config.and_then(|c| c.user).unwrap_or_default())
     }
 
     async fn image_size(&self, image: &str) -> Option<u64> {

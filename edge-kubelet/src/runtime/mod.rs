@@ -15,6 +15,7 @@ pub use docker::{DockerRuntime, EngineFacts, ImageRules, ResourceCeiling};
 pub(crate) use docker::{mount_options_of, storage_quota_supported};
 pub use simulated::{SimulatedRuntime, SimulatedTimings};
 pub use types::{
-    ContainerInfo, ContainerMeasurements, ContainerStream, ContainerUsage, CreateRequest,
-    LogOptions, PodNetwork, ProbeTarget, RuntimeEvent, StreamChunk, StreamHandle, StreamSpec,
+    BindMount, ContainerInfo, ContainerMeasurements, ContainerStream, ContainerUsage,
+    CreateRequest, LogOptions, PodNetwork, ProbeTarget, RuntimeEvent, StreamChunk, StreamHandle,
+    StreamSpec,
 };

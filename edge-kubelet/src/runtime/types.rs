@@ -22,6 +22,24 @@ pub struct CreateRequest<'a> {
     pub restart_count: u32,
     /// Network namespace to use.
     pub network: &'a PodNetwork,
+    /// The container's full environment when it comes from the pod's configuration
+    /// (ConfigMaps/Secrets); `None`: the spec's.
+    pub env: Option<&'a [pb::EnvVar]>,
+    /// Host folders and files bind-mounted into it.
+    pub mounts: &'a [BindMount],
+    /// The image's user (its `USER`), when known; for `runAsGroup` without `runAsUser`.
+    pub image_user: Option<&'a str>,
+}
+
+/// A host path bind-mounted into a container (a pod volume the edge prepared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Path on the host.
+    pub source: String,
+    /// Path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// What the runtime knows about one of this edge's containers.

@@ -302,6 +302,12 @@ fn handle(
             }
             None => tracing::warn!("PodUpsert without a pod"),
         },
+        Some(In::PodConfig(c)) => {
+            // Never logged: it carries the pod's Secrets.
+            if let Err(e) = pods.set_config(c) {
+                tracing::warn!(error = %e, "rejected pod configuration");
+            }
+        }
         Some(In::PodDelete(d)) => {
             pods.delete(
                 &d.uid,

@@ -147,6 +147,7 @@ pub(crate) fn pod(uid: &str, name: &str, image: &str, command: &[&str]) -> pb::P
             ..Default::default()
         }],
         host_aliases: vec![],
+        ..Default::default()
     }
 }
 

@@ -192,6 +192,8 @@ pub(crate) struct EdgeSession {
     sent: HashMap<String, String>,
     /// Pods a `PodDelete` was sent for.
     deleting: HashSet<String>,
+    /// Hash of the last `PodConfig` sent per pod (uid → hash).
+    configs: HashMap<String, [u8; 32]>,
     /// Pods the edge ran when it connected (uids).
     running_at_hello: HashSet<String>,
     /// What the machine is, as its Hello said (checked).
@@ -227,6 +229,22 @@ impl EdgeSession {
         self.send(Kind::PodSet(pb::PodSet { pods }));
     }
 
+    /// Sends `pod`'s configuration (ConfigMaps and Secrets it uses) unless this exact one was
+    /// already sent. Only ever called for pods bound to this session's node.
+    pub(crate) fn send_config(&mut self, config: pb::PodConfig) {
+        let hash: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(prost::Message::encode_to_vec(&config)).into()
+        };
+        if self.configs.get(&config.pod_uid) == Some(&hash)
+            || self.deleting.contains(&config.pod_uid)
+        {
+            return;
+        }
+        self.configs.insert(config.pod_uid.clone(), hash);
+        self.send(Kind::PodConfig(config));
+    }
+
     /// Sends `pod` unless this exact spec was already sent. May be called more than once.
     pub(crate) fn upsert(&mut self, pod: pb::PodSpec) {
         if self.sent.get(&pod.uid) == Some(&pod.spec_hash) || self.deleting.contains(&pod.uid) {
@@ -254,6 +272,7 @@ impl EdgeSession {
 
     /// The pod is gone from the API: stop it at once if the edge has it.
     pub(crate) fn pod_removed(&mut self, uid: &str) {
+        self.configs.remove(uid);
         if self.sent.remove(uid).is_some() || self.running_at_hello.remove(uid) {
             self.delete(uid, 0);
         }
@@ -384,6 +403,7 @@ impl ProviderRegistry {
             close: close.clone(),
             sent: HashMap::new(),
             deleting: HashSet::new(),
+            configs: HashMap::new(),
             running_at_hello: hello.running.clone(),
             platform: hello.platform.clone(),
             availability_pacer: ChangePacer::default(),
@@ -735,6 +755,7 @@ mod tests {
                     Kind::PodSet(s) => format!("set {}", s.pods.len()),
                     Kind::PodUpsert(u) => format!("upsert {}", u.pod.unwrap_or_default().uid),
                     Kind::PodDelete(d) => format!("delete {} {}", d.uid, d.grace_period_seconds),
+                    Kind::PodConfig(c) => format!("config {}", c.pod_uid),
                     other => format!("{other:?}"),
                 },
                 Ok(_) => "empty".into(),

@@ -190,6 +190,12 @@ pub(crate) fn disposition(
             ),
         };
     }
+    if let Some(problem) = super::config::refs_problem(pod) {
+        return Disposition::Refuse {
+            reason: UNSUPPORTED_REASON,
+            message: format!("this pod cannot run on an edge: {problem}"),
+        };
+    }
     match translate::pod_spec(pod) {
         Ok(spec) => Disposition::Run(spec),
         Err(e) => Disposition::Refuse {
@@ -439,13 +445,21 @@ mod tests {
             json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1",
             "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
         );
-        assert!(matches!(
-            disposition(&secret_env, false, None),
-            Disposition::Refuse {
-                reason: "Unsupported",
-                ..
+        // Secrets and ConfigMaps are served to the pod's edge (pods/config.rs).
+        match disposition(&secret_env, false, None) {
+            Disposition::Run(spec) => assert!(spec.needs_config),
+            other => panic!("{other:?}"),
+        }
+        let many = bound_pod(json!({"nodeName": "edge-a",
+            "volumes": (0..33).map(|i| json!({"name": format!("v{i}"), "secret": {"secretName": format!("s{i}")}})).collect::<Vec<_>>(),
+            "containers": [{"name": "c", "image": "b:1"}]}));
+        match disposition(&many, false, None) {
+            Disposition::Refuse { reason, message } => {
+                assert_eq!(reason, "Unsupported");
+                assert!(message.contains("at most 32"), "{message}");
             }
-        ));
+            other => panic!("{other:?}"),
+        }
         let elsewhere = bound_pod(
             json!({"nodeName": "worker-1", "containers": [{"name": "c", "image": "b:1"}]}),
         );

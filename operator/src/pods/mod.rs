@@ -3,9 +3,12 @@
 //! deletion (which no real kubelet finalizes here).
 
 mod admission;
+mod config;
+mod config_sources;
 mod deletion;
 mod event_writer;
 mod events;
+mod pull_secrets;
 mod relay;
 mod report;
 mod status;
@@ -13,6 +16,7 @@ mod translate;
 mod writer;
 
 pub(crate) use admission::{Disposition, disposition};
+pub(crate) use config_sources::ConfigSources;
 pub(crate) use deletion::on_pod_gone;
 pub(crate) use event_writer::{on_pod_event, write_pod_events};
 pub(crate) use events::{EVENT_QUEUE, EventLimiter, PodEventRecord};

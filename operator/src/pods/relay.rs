@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use super::admission::{
     Disposition, NODE_AFFINITY_REASON, already_refused, disposition, refuse, virtual_node,
 };
+use super::config::{pod_refs, push_config, resolve, track};
 use super::deletion::{deletion_grace, spawn_finish};
 use crate::context::Context;
 use crate::edge::EdgeSession;
@@ -42,6 +43,7 @@ pub(crate) fn send_pod_set(
     let mut deletes = Vec::new();
     let mut finish = Vec::new();
     let mut refuse = Vec::new();
+    let mut configured = Vec::new();
     for pod in pods {
         let spec = match disposition(&pod, ctx.config.allow_daemonsets, platform.as_ref()) {
             Disposition::Run(spec) => spec,
@@ -56,6 +58,9 @@ pub(crate) fn send_pod_set(
             }
             Disposition::Refuse { .. } => continue,
         };
+        if spec.needs_config {
+            configured.push((pod.clone(), spec.clone()));
+        }
         if pod.metadata.deletion_timestamp.is_some() {
             if session.knows(&spec.uid) {
                 // Keep it in the set so it is not killed outright, and stop it gracefully.
@@ -66,6 +71,12 @@ pub(crate) fn send_pod_set(
             }
         } else {
             specs.push(spec);
+        }
+    }
+    // Each pod's configuration goes first, so its containers can start when the set arrives.
+    for (pod, spec) in &configured {
+        if let Some(config) = resolve(pod, spec, |r| ctx.config_sources.lookup(r)) {
+            session.send_config(config);
         }
     }
     session.send_pod_set(specs);
@@ -141,6 +152,13 @@ fn on_pod(ctx: &Arc<Context>, pod: &Pod, counted: &mut HashMap<String, bool>) {
     let provider = provider_of_node(node).unwrap_or_default().to_string();
     let uid = pod.uid().unwrap_or_default();
     let counts = !is_terminal(pod) && pod.metadata.deletion_timestamp.is_none();
+    // The ConfigMaps and Secrets it uses are read (by name) while it may still run.
+    let refs = if is_terminal(pod) {
+        Vec::new()
+    } else {
+        pod_refs(pod)
+    };
+    track(ctx, pod, refs);
     if counted.insert(uid.clone(), counts) != Some(counts) {
         ctx.reconcile_provider(&provider);
     }
@@ -182,19 +200,23 @@ fn on_pod(ctx: &Arc<Context>, pod: &Pod, counted: &mut HashMap<String, bool>) {
                     None => debug!(pod = %pod.name_any(), "deletion waits for its edge"),
                 }
             } else {
+                if spec.needs_config {
+                    push_config(ctx, pod);
+                }
                 ctx.registry.with_session(&provider, |s| s.upsert(spec));
             }
         }
     }
 }
 
-fn on_pod_deleted(ctx: &Context, pod: &Pod, counted: &mut HashMap<String, bool>) {
+fn on_pod_deleted(ctx: &Arc<Context>, pod: &Pod, counted: &mut HashMap<String, bool>) {
     let Some(node) = virtual_node(pod) else {
         return;
     };
     let provider = provider_of_node(node).unwrap_or_default();
     let uid = pod.uid().unwrap_or_default();
     counted.remove(&uid);
+    track(ctx, pod, Vec::new());
     ctx.usage.pod_removed(&uid);
     ctx.registry.with_session(provider, |s| s.pod_removed(&uid));
     ctx.reconcile_provider(provider);

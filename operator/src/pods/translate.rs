@@ -1,8 +1,11 @@
 //! Kubernetes Pod → the edge protocol's `PodSpec`.
 //!
-//! Only what an edge runs is carried: containers, their environment, ports, resources and
-//! readiness probes. Volumes other than hostPath (which [`super::admission`] rejects) are not
-//! mounted on edges yet and are ignored, so that pods with the usual service-account volume run.
+//! Only what an edge runs is carried: containers, their environment, ports, resources,
+//! readiness probes, and `configMap`/`secret`/`emptyDir` volumes with their mounts (checked
+//! here: counts, paths, modes). Other volumes (hostPath is rejected by [`super::admission`])
+//! are not mounted on edges and are ignored with their mounts, so that pods with the usual
+//! service-account volume run. What ConfigMaps and Secrets hold is never part of the spec: it
+//! travels in a `PodConfig` ([`super::config`]).
 
 use std::collections::BTreeMap;
 
@@ -51,11 +54,26 @@ pub(crate) fn pod_spec(pod: &Pod) -> Result<pb::PodSpec> {
         labels: meta.labels.clone().unwrap_or_default(),
         annotations: meta.annotations.clone().unwrap_or_default(),
     };
-    let containers = spec
+    let volumes = volumes(spec.volumes.as_deref().unwrap_or_default())?;
+    let mut containers = spec
         .containers
         .iter()
-        .map(|c| container(c, &fields))
+        .map(|c| container(c, &fields, &volumes))
         .collect::<Result<Vec<_>>>()?;
+    for (edge, c) in containers.iter_mut().zip(&spec.containers) {
+        edge.security_context = security_context(spec.security_context.as_ref(), c)?;
+    }
+    let needs_config = volumes
+        .iter()
+        .any(|v| matches!(v.source, Some(pb::volume::Source::Config(_))))
+        || spec
+            .image_pull_secrets
+            .as_ref()
+            .is_some_and(|s| !s.is_empty())
+        || spec.containers.iter().any(|c| {
+            c.env_from.as_ref().is_some_and(|e| !e.is_empty())
+                || c.env.iter().flatten().any(is_config_ref)
+        });
     let mut out = pb::PodSpec {
         uid: fields.uid.clone(),
         namespace: fields.namespace.clone(),
@@ -65,6 +83,8 @@ pub(crate) fn pod_spec(pod: &Pod) -> Result<pb::PodSpec> {
         containers,
         spec_hash: String::new(),
         host_aliases: host_aliases(spec.host_aliases.as_deref().unwrap_or_default())?,
+        volumes,
+        needs_config,
     };
     out.spec_hash = spec_hash(&out);
     Ok(out)
@@ -159,7 +179,214 @@ impl FieldValues {
     }
 }
 
-fn container(c: &Container, fields: &FieldValues) -> Result<pb::ContainerSpec> {
+/// Largest user or group id (Kubernetes validates ids as 0..=2147483647).
+const MAX_ID: i64 = i32::MAX as i64;
+
+/// Container `c`'s safe securityContext subset, its own fields over the pod's.
+fn security_context(
+    pod: Option<&k8s_openapi::api::core::v1::PodSecurityContext>,
+    c: &Container,
+) -> Result<Option<pb::SecurityContext>> {
+    let own = c.security_context.as_ref();
+    let run_as_user = own
+        .and_then(|s| s.run_as_user)
+        .or(pod.and_then(|p| p.run_as_user));
+    let run_as_group = own
+        .and_then(|s| s.run_as_group)
+        .or(pod.and_then(|p| p.run_as_group));
+    for (what, id) in [("runAsUser", run_as_user), ("runAsGroup", run_as_group)] {
+        if id.is_some_and(|id| !(0..=MAX_ID).contains(&id)) {
+            return Err(Error::Unsupported(format!(
+                "container {:?}: {what} must be within 0..={MAX_ID}",
+                c.name
+            )));
+        }
+    }
+    let run_as_non_root = own
+        .and_then(|s| s.run_as_non_root)
+        .or(pod.and_then(|p| p.run_as_non_root))
+        .unwrap_or(false);
+    let read_only_root_filesystem = own
+        .and_then(|s| s.read_only_root_filesystem)
+        .unwrap_or(false);
+    let out = pb::SecurityContext {
+        run_as_user,
+        run_as_group,
+        run_as_non_root,
+        read_only_root_filesystem,
+    };
+    Ok((out != pb::SecurityContext::default()).then_some(out))
+}
+
+/// Whether env var `e` takes its value from a ConfigMap or a Secret.
+pub(crate) fn is_config_ref(e: &EnvVar) -> bool {
+    e.value_from
+        .as_ref()
+        .is_some_and(|f| f.config_map_key_ref.is_some() || f.secret_key_ref.is_some())
+}
+
+/// Why `path` is not a safe relative path inside a volume (`..`, absolute, empty parts).
+pub(crate) fn relative_path_problem(path: &str) -> Option<&'static str> {
+    if path.is_empty() {
+        Some("must not be empty")
+    } else if path.len() > pb::MAX_VOLUME_PATH {
+        Some("is too long")
+    } else if path.starts_with('/') {
+        Some("must be a relative path")
+    } else if path.split('/').any(|p| p == "..") {
+        Some("must not contain '..'")
+    } else if path.contains('\0') {
+        Some("must not contain NUL")
+    } else if path.split('/').any(|p| p.starts_with("..")) {
+        // `..data` and its kin are the atomic writer's own names.
+        Some("must not have a part starting with '..'")
+    } else {
+        None
+    }
+}
+
+fn mode_ok(mode: Option<i32>) -> bool {
+    mode.is_none_or(|m| (0..=0o777).contains(&m))
+}
+
+/// The volumes an edge mounts (configMap, secret, emptyDir), checked; others are left out.
+fn volumes(list: &[k8s_openapi::api::core::v1::Volume]) -> Result<Vec<pb::Volume>> {
+    use pb::volume::Source;
+    let mut out: Vec<pb::Volume> = Vec::new();
+    for v in list {
+        let unsupported = |what: String| Error::Unsupported(format!("volume {:?}: {what}", v.name));
+        let (items, default_mode) = if let Some(cm) = &v.config_map {
+            (cm.items.as_deref(), cm.default_mode)
+        } else if let Some(sec) = &v.secret {
+            if sec.secret_name.as_deref().unwrap_or_default().is_empty() {
+                return Err(unsupported("secret volumes need a secretName".into()));
+            }
+            (sec.items.as_deref(), sec.default_mode)
+        } else if let Some(ed) = &v.empty_dir {
+            let size_limit_bytes = ed
+                .size_limit
+                .as_ref()
+                .map(|q| quantity::to_units(&q.0))
+                .transpose()?
+                .unwrap_or(0)
+                .max(0);
+            let memory = match ed.medium.as_deref() {
+                None | Some("") => false,
+                Some("Memory") => true,
+                Some(other) => return Err(unsupported(format!("emptyDir medium {other:?}"))),
+            };
+            out.push(pb::Volume {
+                name: v.name.clone(),
+                source: Some(Source::EmptyDir(pb::EmptyDirVolume {
+                    size_limit_bytes,
+                    memory,
+                })),
+            });
+            continue;
+        } else {
+            continue;
+        };
+        if !mode_ok(default_mode) {
+            return Err(unsupported("defaultMode must be within 0..=0777".into()));
+        }
+        let items = items.unwrap_or_default();
+        if items.len() > pb::MAX_VOLUME_ITEMS {
+            return Err(unsupported(format!(
+                "{} items; an edge takes at most {}",
+                items.len(),
+                pb::MAX_VOLUME_ITEMS
+            )));
+        }
+        for (i, item) in items.iter().enumerate() {
+            if let Some(problem) = relative_path_problem(&item.path) {
+                return Err(unsupported(format!(
+                    "items[{i}].path {:?} {problem}",
+                    item.path
+                )));
+            }
+            if !mode_ok(item.mode) {
+                return Err(unsupported(format!(
+                    "items[{i}].mode must be within 0..=0777"
+                )));
+            }
+        }
+        out.push(pb::Volume {
+            name: v.name.clone(),
+            source: Some(Source::Config(pb::ConfigVolume {})),
+        });
+    }
+    if out.len() > pb::MAX_POD_VOLUMES {
+        return Err(Error::Unsupported(format!(
+            "{} volumes; an edge mounts at most {}",
+            out.len(),
+            pb::MAX_POD_VOLUMES
+        )));
+    }
+    Ok(out)
+}
+
+/// Container `c`'s mounts of the volumes an edge mounts, checked.
+fn mounts(c: &Container, volumes: &[pb::Volume]) -> Result<Vec<pb::VolumeMount>> {
+    let mut out: Vec<pb::VolumeMount> = Vec::new();
+    for m in c.volume_mounts.iter().flatten() {
+        if !volumes.iter().any(|v| v.name == m.name) {
+            // A volume the edge does not mount (the service-account token): left out.
+            continue;
+        }
+        let bad = |what: String| {
+            Error::Unsupported(format!(
+                "container {:?}: volumeMount {:?}: {what}",
+                c.name, m.name
+            ))
+        };
+        let path = &m.mount_path;
+        if !path.starts_with('/')
+            || path.len() > pb::MAX_VOLUME_PATH
+            || path.split('/').any(|p| p == "..")
+            || path.contains('\0')
+        {
+            return Err(bad(format!(
+                "mountPath {path:?} must be an absolute path without '..'"
+            )));
+        }
+        if m.sub_path_expr.as_ref().is_some_and(|e| !e.is_empty()) {
+            return Err(bad("subPathExpr is not supported on edges".into()));
+        }
+        if m.mount_propagation.as_deref().is_some_and(|p| p != "None") {
+            return Err(bad("mount propagation is not allowed".into()));
+        }
+        let sub_path = m.sub_path.clone().unwrap_or_default();
+        if !sub_path.is_empty()
+            && let Some(problem) = relative_path_problem(&sub_path)
+        {
+            return Err(bad(format!("subPath {sub_path:?} {problem}")));
+        }
+        if out.iter().any(|o| o.mount_path == *path) {
+            return Err(bad(format!("mountPath {path:?} is mounted twice")));
+        }
+        out.push(pb::VolumeMount {
+            name: m.name.clone(),
+            mount_path: path.clone(),
+            sub_path,
+            read_only: m.read_only.unwrap_or(false),
+        });
+    }
+    if out.len() > pb::MAX_VOLUME_MOUNTS {
+        return Err(Error::Unsupported(format!(
+            "container {:?}: {} volume mounts; an edge takes at most {}",
+            c.name,
+            out.len(),
+            pb::MAX_VOLUME_MOUNTS
+        )));
+    }
+    Ok(out)
+}
+
+fn container(
+    c: &Container,
+    fields: &FieldValues,
+    volumes: &[pb::Volume],
+) -> Result<pb::ContainerSpec> {
     let image = c
         .image
         .clone()
@@ -173,18 +400,25 @@ fn container(c: &Container, fields: &FieldValues) -> Result<pb::ContainerSpec> {
         _ if image_tag_is_latest(&image) => pb::PullPolicy::Always,
         _ => pb::PullPolicy::IfNotPresent,
     };
+    // Variables from ConfigMaps and Secrets are resolved into the PodConfig, not the spec.
     let env = c
         .env
         .iter()
         .flatten()
+        .filter(|e| !is_config_ref(e))
         .map(|e| env_var(&c.name, e, fields))
         .collect::<Result<Vec<_>>>()?;
-    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
+    if c.env_from
+        .as_ref()
+        .is_some_and(|e| e.len() > pb::MAX_ENV_FROM)
+    {
         return Err(Error::Unsupported(format!(
-            "container {:?}: envFrom (ConfigMaps/Secrets) is not supported on edges",
-            c.name
+            "container {:?}: more than {} envFrom sources",
+            c.name,
+            pb::MAX_ENV_FROM
         )));
     }
+    let volume_mounts = mounts(c, volumes)?;
     let ports = c
         .ports
         .iter()
@@ -201,6 +435,16 @@ fn container(c: &Container, fields: &FieldValues) -> Result<pb::ContainerSpec> {
         .as_ref()
         .map(|p| probe(&c.name, p, &ports))
         .transpose()?;
+    let liveness_probe = c
+        .liveness_probe
+        .as_ref()
+        .map(|p| probe(&c.name, p, &ports))
+        .transpose()?;
+    let startup_probe = c
+        .startup_probe
+        .as_ref()
+        .map(|p| probe(&c.name, p, &ports))
+        .transpose()?;
     Ok(pb::ContainerSpec {
         name: c.name.clone(),
         image,
@@ -212,6 +456,10 @@ fn container(c: &Container, fields: &FieldValues) -> Result<pb::ContainerSpec> {
         ports,
         resources: Some(resources),
         readiness_probe,
+        volume_mounts,
+        liveness_probe,
+        startup_probe,
+        security_context: None,
     })
 }
 
@@ -234,7 +482,8 @@ fn env_var(container: &str, e: &EnvVar, fields: &FieldValues) -> Result<pb::EnvV
             path.and_then(|p| fields.resolve(p)).ok_or_else(|| {
                 Error::Unsupported(format!(
                     "container {container:?}: env {:?} takes its value from a source edges do not \
-                     support (only literal values and metadata/spec field references)",
+                     support (only literal values, metadata/spec field references, ConfigMaps \
+                     and Secrets)",
                     e.name
                 ))
             })?
@@ -434,7 +683,7 @@ mod tests {
     #[test]
     fn unsupported_inputs_are_errors() {
         let cases = [
-            json!({"containers": [{"name": "c", "image": "b:1", "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
+            json!({"containers": [{"name": "c", "image": "b:1", "env": [{"name": "S", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}]}]}),
             json!({"containers": [{"name": "c", "image": "b:1", "resources": {"requests": {"cpu": "lots"}}}]}),
             json!({"containers": [{"name": "c", "image": "b:1", "readinessProbe": {"httpGet": {"port": "nope"}}}]}),
             json!({"initContainers": [{"name": "i", "image": "b:1"}], "containers": [{"name": "c", "image": "b:1"}]}),
@@ -467,6 +716,112 @@ mod tests {
             let p = pod(json!({"containers": c, "hostAliases": aliases}));
             assert!(pod_spec(&p).is_err(), "{aliases}");
         }
+    }
+
+    #[test]
+    fn hostile_volumes_are_refused() {
+        let with = |volumes: serde_json::Value, mounts: serde_json::Value| {
+            pod(json!({"volumes": volumes,
+                "containers": [{"name": "c", "image": "b:1", "volumeMounts": mounts}]}))
+        };
+        let cm = |items: serde_json::Value| json!([{"name": "v", "configMap": {"name": "cm", "items": items}}]);
+        let cases = [
+            (
+                cm(json!([{"key": "k", "path": "../etc/passwd"}])),
+                json!([]),
+                "must not contain '..'",
+            ),
+            (
+                cm(json!([{"key": "k", "path": "/etc/passwd"}])),
+                json!([]),
+                "relative path",
+            ),
+            (
+                cm(json!([{"key": "k", "path": "a/..data"}])),
+                json!([]),
+                "starting with '..'",
+            ),
+            (
+                cm(json!([{"key": "k", "path": "a", "mode": 0o4755}])),
+                json!([]),
+                "0..=0777",
+            ),
+            (
+                json!([{"name": "v", "secret": {"secretName": "s", "defaultMode": 4096}}]),
+                json!([]),
+                "0..=0777",
+            ),
+            (
+                cm(json!([])),
+                json!([{"name": "v", "mountPath": "/x", "subPath": "../../x"}]),
+                "must not contain '..'",
+            ),
+            (
+                cm(json!([])),
+                json!([{"name": "v", "mountPath": "/x", "subPath": "/abs"}]),
+                "relative path",
+            ),
+            (
+                cm(json!([])),
+                json!([{"name": "v", "mountPath": "rel"}]),
+                "absolute path",
+            ),
+            (
+                cm(json!([])),
+                json!([{"name": "v", "mountPath": "/a/../b"}]),
+                "absolute path",
+            ),
+            (
+                cm(json!([])),
+                json!([{"name": "v", "mountPath": "/a", "mountPropagation": "Bidirectional"}]),
+                "propagation",
+            ),
+            (
+                json!(
+                    (0..33)
+                        .map(|i| json!({"name": format!("v{i}"), "emptyDir": {}}))
+                        .collect::<Vec<_>>()
+                ),
+                json!([]),
+                "at most 32",
+            ),
+            (
+                cm(json!(
+                    (0..257)
+                        .map(|i| json!({"key": "k", "path": format!("p{i}")}))
+                        .collect::<Vec<_>>()
+                )),
+                json!([]),
+                "at most 256",
+            ),
+            (
+                json!([{"name": "v", "emptyDir": {}}]),
+                json!(
+                    (0..33)
+                        .map(|i| json!({"name": "v", "mountPath": format!("/m{i}")}))
+                        .collect::<Vec<_>>()
+                ),
+                "at most 32",
+            ),
+        ];
+        for (volumes, mounts, want) in cases {
+            let p = with(volumes.clone(), mounts.clone());
+            match pod_spec(&p) {
+                Err(e) => assert!(e.to_string().contains(want), "{e} lacks {want:?}"),
+                Ok(_) => panic!("accepted {volumes} {mounts}"),
+            }
+        }
+        // The service-account volume (projected) and its mount are left out, not refused.
+        let p = with(
+            json!([{"name": "kube-api-access", "projected": {"sources": []}}, {"name": "v", "secret": {"secretName": "s"}}]),
+            json!([{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"},
+                   {"name": "v", "mountPath": "/etc/s", "readOnly": true, "subPath": "k"}]),
+        );
+        let spec = pod_spec(&p).unwrap();
+        assert_eq!(spec.volumes.len(), 1);
+        assert_eq!(spec.containers[0].volume_mounts.len(), 1);
+        assert_eq!(spec.containers[0].volume_mounts[0].sub_path, "k");
+        assert!(spec.needs_config);
     }
 
     #[test]

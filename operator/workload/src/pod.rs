@@ -84,6 +84,24 @@ pub(crate) fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<c
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             containers: spec.containers.iter().map(container).collect(),
+            volumes: (!spec.volumes.is_empty()).then(|| spec.volumes.iter().map(volume).collect()),
+            image_pull_secrets: (!spec.image_pull_secrets.is_empty()).then(|| {
+                spec.image_pull_secrets
+                    .iter()
+                    .map(|s| core::LocalObjectReference {
+                        name: s.name.clone(),
+                    })
+                    .collect()
+            }),
+            security_context: spec
+                .security_context
+                .as_ref()
+                .map(|s| core::PodSecurityContext {
+                    run_as_user: s.run_as_user,
+                    run_as_group: s.run_as_group,
+                    run_as_non_root: s.run_as_non_root,
+                    ..Default::default()
+                }),
             ..Default::default()
         }),
         status: None,
@@ -117,7 +135,51 @@ fn container(c: &Container) -> core::Container {
                 .iter()
                 .map(|e| core::EnvVar {
                     name: e.name.clone(),
-                    value: Some(e.value.clone()),
+                    value: e.value_from.is_none().then(|| e.value.clone()),
+                    value_from: e.value_from.as_ref().map(|f| core::EnvVarSource {
+                        config_map_key_ref: f.config_map_key_ref.as_ref().map(|r| {
+                            core::ConfigMapKeySelector {
+                                name: r.name.clone(),
+                                key: r.key.clone(),
+                                optional: r.optional,
+                            }
+                        }),
+                        secret_key_ref: f.secret_key_ref.as_ref().map(|r| {
+                            core::SecretKeySelector {
+                                name: r.name.clone(),
+                                key: r.key.clone(),
+                                optional: r.optional,
+                            }
+                        }),
+                        ..Default::default()
+                    }),
+                })
+                .collect()
+        }),
+        env_from: (!c.env_from.is_empty()).then(|| {
+            c.env_from
+                .iter()
+                .map(|f| core::EnvFromSource {
+                    prefix: f.prefix.clone(),
+                    config_map_ref: f.config_map_ref.as_ref().map(|r| core::ConfigMapEnvSource {
+                        name: r.name.clone(),
+                        optional: r.optional,
+                    }),
+                    secret_ref: f.secret_ref.as_ref().map(|r| core::SecretEnvSource {
+                        name: r.name.clone(),
+                        optional: r.optional,
+                    }),
+                })
+                .collect()
+        }),
+        volume_mounts: (!c.volume_mounts.is_empty()).then(|| {
+            c.volume_mounts
+                .iter()
+                .map(|m| core::VolumeMount {
+                    name: m.name.clone(),
+                    mount_path: m.mount_path.clone(),
+                    sub_path: m.sub_path.clone(),
+                    read_only: m.read_only,
                     ..Default::default()
                 })
                 .collect()
@@ -145,6 +207,51 @@ fn container(c: &Container) -> core::Container {
             ..Default::default()
         }),
         readiness_probe: c.readiness_probe.as_ref().map(probe),
+        liveness_probe: c.liveness_probe.as_ref().map(probe),
+        startup_probe: c.startup_probe.as_ref().map(probe),
+        security_context: c.security_context.as_ref().map(|s| core::SecurityContext {
+            run_as_user: s.run_as_user,
+            run_as_group: s.run_as_group,
+            run_as_non_root: s.run_as_non_root,
+            read_only_root_filesystem: s.read_only_root_filesystem,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn key_to_path(items: &[decloud_crds::KeyToPath]) -> Option<Vec<core::KeyToPath>> {
+    (!items.is_empty()).then(|| {
+        items
+            .iter()
+            .map(|i| core::KeyToPath {
+                key: i.key.clone(),
+                path: i.path.clone(),
+                mode: i.mode,
+            })
+            .collect()
+    })
+}
+
+fn volume(v: &decloud_crds::Volume) -> core::Volume {
+    core::Volume {
+        name: v.name.clone(),
+        config_map: v.config_map.as_ref().map(|c| core::ConfigMapVolumeSource {
+            name: c.name.clone(),
+            items: key_to_path(&c.items),
+            default_mode: c.default_mode,
+            optional: c.optional,
+        }),
+        secret: v.secret.as_ref().map(|s| core::SecretVolumeSource {
+            secret_name: Some(s.secret_name.clone()),
+            items: key_to_path(&s.items),
+            default_mode: s.default_mode,
+            optional: s.optional,
+        }),
+        empty_dir: v.empty_dir.as_ref().map(|e| core::EmptyDirVolumeSource {
+            medium: e.medium.clone(),
+            size_limit: e.size_limit.clone().map(Quantity),
+        }),
         ..Default::default()
     }
 }

@@ -47,6 +47,9 @@ fn transitions_table() {
         (S::Creating, E::CreateFailed { message: "bad".into() }, Never,
             S::CreateError { message: "bad".into(), attempts: 1 }, Action::Wait(Duration::from_secs(1))),
         (S::CreateError { message: "bad".into(), attempts: 1 }, E::TimerFired, Never, S::Creating, Action::CreateAndStart),
+        (S::Creating, E::ConfigFailed { message: "secret \"s\" not found".into() }, Never,
+            S::ConfigError { message: "secret \"s\" not found".into() }, Action::None),
+        (S::ConfigError { message: "m".into() }, E::TimerFired, Never, S::Creating, Action::CreateAndStart),
         // Restart policy decides what an exit means.
         (running.clone(), E::Exited(t(3)), Never, S::Terminated(t(3)), Action::None),
         (running.clone(), E::Exited(t(0)), Never, S::Terminated(t(0)), Action::None),
@@ -87,6 +90,7 @@ fn reported_container_states() {
         (ContainerLifecycle::ErrImagePull { reason: "ErrImagePull".into(), message: "m".into(), attempts: 1 }, "waiting:ErrImagePull"),
         (ContainerLifecycle::ImagePullBackOff { message: "m".into(), attempts: 1 }, "waiting:ImagePullBackOff"),
         (ContainerLifecycle::CreateError { message: "m".into(), attempts: 1 }, "waiting:CreateContainerError"),
+        (ContainerLifecycle::ConfigError { message: "m".into() }, "waiting:CreateContainerConfigError"),
         (ContainerLifecycle::Running { started_unix_millis: 1 }, "running"),
         (ContainerLifecycle::CrashLoopBackOff { last: t(3), attempts: 1 }, "waiting:CrashLoopBackOff"),
         (ContainerLifecycle::Terminated(t(3)), "terminated:Error:3"),

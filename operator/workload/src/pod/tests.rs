@@ -26,6 +26,7 @@ fn workload() -> Workload {
                         env: vec![EnvVar {
                             name: "GREETING".into(),
                             value: "hi".into(),
+                            ..Default::default()
                         }],
                         ports: vec![ContainerPort {
                             name: Some("http".into()),
@@ -225,4 +226,45 @@ fn the_node_selector_is_copied_onto_the_pod() {
             "arm64".into()
         )]))
     );
+}
+
+#[test]
+fn configuration_and_volumes_carry_over_as_core_v1() {
+    let template: decloud_crds::PodTemplate = serde_json::from_value(serde_json::json!({
+        "spec": {
+            "volumes": [
+                {"name": "cfg", "configMap": {"name": "app", "items": [{"key": "k", "path": "a/k.conf", "mode": 0o600}], "defaultMode": 0o640}},
+                {"name": "sec", "secret": {"secretName": "creds", "optional": true}},
+                {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+            ],
+            "containers": [{
+                "name": "c", "image": "i:1",
+                "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}],
+                "envFrom": [{"configMapRef": {"name": "app"}, "prefix": "APP_"}],
+                "volumeMounts": [{"name": "cfg", "mountPath": "/etc/app", "readOnly": true}, {"name": "sec", "mountPath": "/s/p", "subPath": "password"}],
+            }],
+        }
+    }))
+    .unwrap();
+    let want = serde_json::json!({
+        "volumes": [
+            {"name": "cfg", "configMap": {"name": "app", "items": [{"key": "k", "path": "a/k.conf", "mode": 0o600}], "defaultMode": 0o640}},
+            {"name": "sec", "secret": {"secretName": "creds", "optional": true}},
+            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+        ],
+        "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}],
+        "envFrom": [{"configMapRef": {"name": "app"}, "prefix": "APP_"}],
+        "volumeMounts": [{"name": "cfg", "mountPath": "/etc/app", "readOnly": true}, {"name": "sec", "mountPath": "/s/p", "subPath": "password"}],
+    });
+    let spec = core::PodSpec {
+        volumes: Some(template.spec.volumes.iter().map(volume).collect()),
+        containers: template.spec.containers.iter().map(container).collect(),
+        ..Default::default()
+    };
+    let got = serde_json::to_value(&spec).unwrap();
+    assert_eq!(got["volumes"], want["volumes"]);
+    let c = &got["containers"][0];
+    assert_eq!(c["env"], want["env"]);
+    assert_eq!(c["envFrom"], want["envFrom"]);
+    assert_eq!(c["volumeMounts"], want["volumeMounts"]);
 }
