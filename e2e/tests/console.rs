@@ -9,6 +9,9 @@
 //!   offer, as the Provider's status has them.
 //! - The offer form changes what the Provider offers (its `allocatable`), and a bad value is
 //!   refused with a message on the page.
+//! - The Pause button cordons the machine (the Provider shows `Paused`, the pod stays), Drain
+//!   empties it (`Drained`, the plain pod deleted as `kubectl drain` does) and Resume makes it
+//!   `Available` again; the page says each.
 //!
 //! Needs root, `chromium` and `chromium-driver` (e2e/scripts/install-prereqs.sh) and
 //! `cargo build --workspace --bins`. Under CI=true a missing browser fails the suite.
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use decloud_crds::contracts::{EDGE_TAINT, node_name};
-use decloud_crds::{Provider, quantity};
+use decloud_crds::{AvailabilityState, Provider, quantity};
 use decloud_e2e::cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image};
 use decloud_e2e::{ChildGuard, TestEnv, binary, eventually, free_port};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -296,7 +299,51 @@ async fn the_console_shows_the_machine_and_changes_the_offer() -> anyhow::Result
         Ok(())
     })
     .await?;
+
+    // The buttons: pause cordons the machine (its pod stays), drain empties it (a plain pod
+    // is deleted, as `kubectl drain` does), resume takes work again: each as the Provider
+    // and the page show it.
+    for (button, said, state, page) in [
+        ("pause", "paused", AvailabilityState::Paused, "paused"),
+        ("drain", "draining", AvailabilityState::Drained, "drained"),
+        (
+            "resume",
+            "resumed",
+            AvailabilityState::Available,
+            "available",
+        ),
+    ] {
+        browser.find(Locator::Id(button)).await?.click().await?;
+        let shown = flash(&browser, said).await?;
+        println!("the {button} button: {shown}");
+        eventually(Duration::from_secs(60), || async {
+            let s = providers.get(&name).await?.status.context("no status")?;
+            let now = s.availability.map(|a| a.state).unwrap_or_default();
+            ensure!(now == state, "availability {now:?}, want {state:?}");
+            Ok(())
+        })
+        .await
+        .with_context(|| edge.child.log_tail(30))?;
+        if button == "pause" {
+            ensure!(
+                pods.get_opt(&pod_name).await?.is_some(),
+                "pausing removed the pod"
+            );
+        }
+        if button == "drain" {
+            ensure!(
+                pods.get_opt(&pod_name).await?.is_none(),
+                "the drained machine still carries {pod_name}"
+            );
+        }
+        eventually(Duration::from_secs(15), || async {
+            browser.refresh().await?;
+            let t = text_of(&browser, "availability").await?;
+            ensure!(t.starts_with(page), "page shows {t:?}, want {page:?}");
+            Ok(())
+        })
+        .await?;
+    }
     browser.close().await?;
-    pods.delete(&pod_name, &Default::default()).await?;
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! test image from a real registry on loopback, so an image one edge pulled is not on another
 //! edge's engine. A registry behind htpasswd refuses an anonymous pull: the pod waits with
 //! `ErrImagePull`/`ImagePullBackOff` and the registry's own refusal. An edge restarted under
-//! the same name finds its engine and its running container again.
+//! the same name finds its engine and its running container again. A pod naming a
+//! `kubernetes.io/dockerconfigjson` Secret in `imagePullSecrets` pulls from it; a wrong password
+//! is refused by the registry, and the credential stays out of the edge's state and log.
 //!
 //! Needs root (dockerd, iptables), Debian's docker-registry and apache2-utils, and
 //! `cargo build --workspace --bins`.
@@ -209,6 +211,96 @@ async fn edges_have_their_own_engines_and_pull_from_real_registries() -> anyhow:
     );
     let _ = ea.docker(&["rmi", &private.image]);
 
+    // imagePullSecrets: the pod's dockerconfigjson Secret lets the edge pull it; a wrong
+    // password is the registry's refusal again. The credential reaches only this pod's edge,
+    // in memory: it is in neither the edge's state folder nor its log.
+    // As a user makes one: `kubectl create secret docker-registry`.
+    for (name, password) in [
+        ("regcred", private.password.as_str()),
+        ("badcred", "not-the-password"),
+    ] {
+        env.kubectl(&[
+            "create",
+            "secret",
+            "docker-registry",
+            name,
+            "-n",
+            NS,
+            &format!("--docker-server={}", private.host),
+            &format!("--docker-username={}", private.user),
+            &format!("--docker-password={password}"),
+        ])?;
+    }
+    let with_secret = |pod: &str, secret: &str| -> anyhow::Result<Pod> {
+        let mut p = serde_json::to_value(bound_pod(pod, &node_a, &private.image)?)?;
+        p["spec"]["imagePullSecrets"] = json!([{"name": secret}]);
+        Ok(serde_json::from_value(p)?)
+    };
+    pods.create(
+        &PostParams::default(),
+        &with_secret("with-secret", "regcred")?,
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &with_secret("bad-secret", "badcred")?,
+    )
+    .await?;
+    eventually(Duration::from_secs(90), || async {
+        let p = pods.get("with-secret").await?;
+        ensure!(
+            pod_ready(&p),
+            "not ready: {:?}",
+            p.status.and_then(|s| s.container_statuses)
+        );
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("edge a log:\n{}", edge_a.child.log_tail(30)))?;
+    ensure!(
+        images_of(&edge_a)?.contains(&private.image),
+        "the private image is not on edge a's engine"
+    );
+    let bad = eventually(Duration::from_secs(60), || async {
+        let w = pods
+            .get("bad-secret")
+            .await?
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c.first().cloned())
+            .and_then(|c| c.state)
+            .and_then(|s| s.waiting)
+            .context("not waiting")?;
+        let reason = w.reason.unwrap_or_default();
+        ensure!(
+            reason == "ErrImagePull" || reason == "ImagePullBackOff",
+            "reason {reason}"
+        );
+        Ok(w.message.unwrap_or_default())
+    })
+    .await?;
+    let lower = bad.to_lowercase();
+    ensure!(
+        lower.contains("unauthorized") || lower.contains("authentication required"),
+        "a wrong password is not an auth failure: {bad}"
+    );
+    let log = std::fs::read_to_string(edge_a.log()).unwrap_or_default();
+    ensure!(
+        !log.contains(&private.password),
+        "the registry password is in the edge's log"
+    );
+    for entry in walk(&edge_a.state_dir) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        ensure!(
+            !String::from_utf8_lossy(&bytes).contains(&private.password),
+            "the registry password is in {}",
+            entry.display()
+        );
+    }
+    for name in ["with-secret", "bad-secret"] {
+        pods.delete(name, &Default::default()).await?;
+    }
+
     // Restarted under its name, edge a finds its engine and the same running container.
     let started = ea.docker(&["inspect", "-f", "{{.State.StartedAt}}", &id])?;
     let engine_pid = ea.pid();
@@ -233,4 +325,21 @@ async fn edges_have_their_own_engines_and_pull_from_real_registries() -> anyhow:
     })
     .await?;
     Ok(())
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(path),
+                Ok(t) if t.is_file() => out.push(path),
+                _ => {}
+            }
+        }
+    }
+    out
 }
