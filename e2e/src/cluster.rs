@@ -649,8 +649,24 @@ pub async fn wait_providers_ready(
     })
     .await
     .with_context(|| {
+        // The edges' logs sit beside the operator's (the environment's folder).
+        let dir = operator.child.log_path().parent().map(Path::to_path_buf);
+        let edges: String = names
+            .iter()
+            .filter_map(|n| {
+                let log = dir.as_ref()?.join(format!("edge-{}.log", n.as_ref()));
+                let text = String::from_utf8_lossy(&std::fs::read(&log).ok()?).into_owned();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                Some(format!(
+                    "\n--- edge {} log ---\n{}",
+                    n.as_ref(),
+                    tail.join("\n")
+                ))
+            })
+            .collect();
         format!(
-            "edges not Ready; operator log:\n{}",
+            "edges not Ready; operator log:\n{}{edges}",
             operator.child.log_tail(30)
         )
     })
