@@ -60,6 +60,10 @@ pub(crate) fn systemd_runs() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
+/// How long `uninstall` waits for the background agent to drain and exit: the agent's default
+/// --shutdown-drain-timeout and some.
+const STOP_WAIT: Duration = Duration::from_secs(90);
+
 /// Stops the agent the script started: the systemd unit (disabled too) or the background
 /// process in the pid file. What it did, one line each.
 pub(crate) fn stop_agent(state_dir: &Path, record: &InstallRecord) -> Vec<String> {
@@ -88,12 +92,21 @@ pub(crate) fn stop_agent(state_dir: &Path, record: &InstallRecord) -> Vec<String
             let _ = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
+            // On SIGTERM the agent drains first (its pods move elsewhere, make-before-break),
+            // for at most its --shutdown-drain-timeout (60 s by default).
+            eprintln!(
+                "edge-kubelet: stopping the background agent (pid {pid}); it drains first (at most {} s)",
+                STOP_WAIT.as_secs()
+            );
+            let deadline = Instant::now() + STOP_WAIT;
             while proc_dir.exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
             }
             done.push(if proc_dir.exists() {
-                format!("the background agent (pid {pid}) did not stop within 15 s")
+                format!(
+                    "the background agent (pid {pid}) did not stop within {} s",
+                    STOP_WAIT.as_secs()
+                )
             } else {
                 format!("the background agent (pid {pid}) stopped")
             });
