@@ -525,12 +525,30 @@ fn install_egress(
             Some(r) => host::with_service_redirect(rules, &[bridge.to_string()], r),
             None => rules,
         };
-        host::install(&rules)?;
-        host::verify(&rules)?;
+        // A Docker engine starting on the machine rewrites FORWARD and the nat chains for a
+        // moment (its jumps deleted and inserted again): what fails to verify then is
+        // installed again, a few times, before the edge gives up.
+        let mut attempt = 1;
+        loop {
+            match host::install(&rules).and_then(|()| host::verify(&rules)) {
+                Ok(()) => break,
+                Err(e) if attempt < EGRESS_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %e, "egress rules not in force yet; installing them again");
+                    std::thread::sleep(EGRESS_RETRY);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         out.push(rules);
     }
     Ok(out)
 }
+
+/// How many times the edge installs and verifies its egress rules at start before it gives up.
+const EGRESS_ATTEMPTS: u32 = 5;
+/// The pause between two of those attempts.
+const EGRESS_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Re-checks the rules every 30 s and puts them back if something (an engine restart, a
 /// firewall reload) removed them.
