@@ -39,6 +39,26 @@ fn bound_pod(name: &str, node: &str, image: &str) -> anyhow::Result<Pod> {
     }))?)
 }
 
+/// The reason and message of pod `name`'s container waiting on a failed pull
+/// (`ErrImagePull` or `ImagePullBackOff`).
+async fn pull_refused(pods: &Api<Pod>, name: &str) -> anyhow::Result<(String, String)> {
+    let w = pods
+        .get(name)
+        .await?
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.first().cloned())
+        .and_then(|c| c.state)
+        .and_then(|s| s.waiting)
+        .context("not waiting")?;
+    let reason = w.reason.unwrap_or_default();
+    ensure!(
+        reason == "ErrImagePull" || reason == "ImagePullBackOff",
+        "reason {reason}"
+    );
+    Ok((reason, w.message.unwrap_or_default()))
+}
+
 /// The image references an engine holds.
 fn images_of(edge: &EdgeProcess) -> anyhow::Result<Vec<String>> {
     Ok(edge
@@ -137,25 +157,10 @@ async fn edges_have_their_own_engines_and_pull_from_real_registries() -> anyhow:
         &bound_pod("anonymous", &node_a, &private.image)?,
     )
     .await?;
-    let (reason, message) = eventually(Duration::from_secs(60), || async {
-        let w = pods
-            .get("anonymous")
-            .await?
-            .status
-            .and_then(|s| s.container_statuses)
-            .and_then(|c| c.first().cloned())
-            .and_then(|c| c.state)
-            .and_then(|s| s.waiting)
-            .context("not waiting")?;
-        let reason = w.reason.unwrap_or_default();
-        ensure!(
-            reason == "ErrImagePull" || reason == "ImagePullBackOff",
-            "reason {reason}"
-        );
-        Ok((reason, w.message.unwrap_or_default()))
-    })
-    .await
-    .with_context(|| format!("edge a log:\n{}", edge_a.child.log_tail(30)))?;
+    let (reason, message) =
+        eventually(Duration::from_secs(60), || pull_refused(&pods, "anonymous"))
+            .await
+            .with_context(|| format!("edge a log:\n{}", edge_a.child.log_tail(30)))?;
     println!("anonymous pull from {}: {reason}: {message}", private.host);
     let lower = message.to_lowercase();
     ensure!(
@@ -246,22 +251,8 @@ async fn edges_have_their_own_engines_and_pull_from_real_registries() -> anyhow:
         &with_secret("bad-secret", "badcred")?,
     )
     .await?;
-    let bad = eventually(Duration::from_secs(60), || async {
-        let w = pods
-            .get("bad-secret")
-            .await?
-            .status
-            .and_then(|s| s.container_statuses)
-            .and_then(|c| c.first().cloned())
-            .and_then(|c| c.state)
-            .and_then(|s| s.waiting)
-            .context("not waiting")?;
-        let reason = w.reason.unwrap_or_default();
-        ensure!(
-            reason == "ErrImagePull" || reason == "ImagePullBackOff",
-            "reason {reason}"
-        );
-        Ok(w.message.unwrap_or_default())
+    let (_, bad) = eventually(Duration::from_secs(60), || {
+        pull_refused(&pods, "bad-secret")
     })
     .await?;
     println!("a wrong password: {bad}");

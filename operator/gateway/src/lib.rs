@@ -25,7 +25,7 @@ pub use kubelet_api::{
 };
 pub use limits::GatewayLimits;
 pub use proxy::{Https, serve_gateway, serve_gateway_with_tcp};
-pub use routes::{Backend, Route, Routes, workload_host};
+pub use routes::{Backend, Route, Routes, ready_backends, workload_host};
 pub use seams::{
     ContainerStreams, ExecInput, ExecIo, ExecOutput, ExecRequest, LogQuery, LogSource, LogStream,
     NodeReadings, TunnelDialer, TunnelIo,

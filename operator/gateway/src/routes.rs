@@ -160,34 +160,13 @@ impl Routes {
         let name = wl.name_any();
         let key = format!("{ns}/{name}");
         let port = wl.spec.expose.as_ref().map(|e| e.port).unwrap_or_default() as u16;
-        let mut backends: Vec<Backend> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(ns.as_str())
-                    && p.labels().get(WORKLOAD_LABEL) == Some(&name)
-                    && p.metadata.deletion_timestamp.is_none()
-                    && is_ready(p)
-            })
-            .filter_map(|p| {
-                let node = p.spec.as_ref()?.node_name.clone()?;
-                Some(Backend {
-                    namespace: ns.clone(),
-                    pod: p.name_any(),
-                    pod_uid: p.uid()?,
-                    provider: provider_of_node(&node)?.to_string(),
-                    port,
-                })
-            })
-            .collect();
+        let mut backends = ready_backends(&self.pods, wl, port);
         if backends.is_empty() {
             return Route::NoReady {
                 workload: key,
                 desired: wl.spec.replicas,
             };
         }
-        backends.sort_by(|a, b| a.pod.cmp(&b.pod));
         let start = {
             let mut next = self.next.lock().expect("round-robin lock");
             let n = next.entry(key.clone()).or_default();
@@ -201,6 +180,35 @@ impl Routes {
             backends,
         }
     }
+}
+
+/// The ready replicas of `wl` (not being deleted, on a virtual node), by pod name, each as a
+/// backend on `port`.
+pub fn ready_backends(pods: &reflector::Store<Pod>, wl: &Workload, port: u16) -> Vec<Backend> {
+    let ns = wl.namespace().unwrap_or_default();
+    let name = wl.name_any();
+    let mut out: Vec<Backend> = pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns.as_str())
+                && p.labels().get(WORKLOAD_LABEL) == Some(&name)
+                && p.metadata.deletion_timestamp.is_none()
+                && is_ready(p)
+        })
+        .filter_map(|p| {
+            let node = p.spec.as_ref()?.node_name.clone()?;
+            Some(Backend {
+                namespace: ns.clone(),
+                pod: p.name_any(),
+                pod_uid: p.uid()?,
+                provider: provider_of_node(&node)?.to_string(),
+                port,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.pod.cmp(&b.pod));
+    out
 }
 
 fn is_ready(pod: &Pod) -> bool {

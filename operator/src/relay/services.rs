@@ -20,12 +20,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use decloud_crds::Workload;
-use decloud_crds::contracts::{WORKLOAD_LABEL, node_name, provider_of_node};
+use decloud_crds::contracts::node_name;
 use decloud_crds::pods::is_terminal;
 use decloud_crds::services::{
     is_service_ip, may_connect, service_fqdn, service_ports, workloads_at,
 };
-use decloud_gateway::{Backend, TunnelDialer};
+use decloud_gateway::{Backend, TunnelDialer, ready_backends};
 use decloud_proto as pb;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Resource, ResourceExt, runtime::reflector::Store};
@@ -150,38 +150,9 @@ pub(crate) fn target<'a>(
     Ok(wl)
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Ready replicas of `wl` on `port`, rotated by `turn`.
 fn backends(pods: &Store<Pod>, wl: &Workload, port: u16, turn: usize) -> Vec<Backend> {
-    let ns = wl.namespace().unwrap_or_default();
-    let name = wl.name_any();
-    let mut out: Vec<Backend> = pods
-        .state()
-        .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(ns.as_str())
-                && p.labels().get(WORKLOAD_LABEL) == Some(&name)
-                && p.metadata.deletion_timestamp.is_none()
-                && is_ready(p)
-        })
-        .filter_map(|p| {
-            let node = p.spec.as_ref()?.node_name.clone()?;
-            Some(Backend {
-                namespace: ns.clone(),
-                pod: p.name_any(),
-                pod_uid: p.uid()?,
-                provider: provider_of_node(&node)?.to_string(),
-                port,
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.pod.cmp(&b.pod));
+    let mut out = ready_backends(pods, wl, port);
     if !out.is_empty() {
         let n = out.len();
         out.rotate_left(turn % n);
