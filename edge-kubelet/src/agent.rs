@@ -545,8 +545,9 @@ fn install_egress(
     Ok(out)
 }
 
-/// How many times the edge installs and verifies its egress rules at start before it gives up.
-const EGRESS_ATTEMPTS: u32 = 5;
+/// How many times the edge installs and verifies its egress rules at start before it gives up
+/// (a starting dockerd deletes and re-inserts its FORWARD jumps; 5 s covers a slow start).
+const EGRESS_ATTEMPTS: u32 = 10;
 /// The pause between two of those attempts.
 const EGRESS_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
