@@ -1,8 +1,10 @@
 //! Docker engines of the environment's own: one `dockerd` per provider, as on a volunteer's
 //! machine, so no edge sees another's images or containers and every image is really pulled.
 //!
-//! Each engine has its own data root, exec root, socket, pid file and address pool, no
-//! `docker0` (`--bridge=none`: the edge makes its own network) and its own managed containerd.
+//! Each engine has its own data root, exec root, socket, pid file and address pool, a default
+//! bridge of its own (`dcl-e<slot>`, made by the environment, `--bridge`) and its own managed
+//! containerd. Not `--bridge=none`: a daemon started so deletes the machine's `docker0`
+//! (Docker 20.10 `removeDefaultBridgeInterface`), which is the host engine's.
 //! Engines run in their own process group (a Ctrl-C to a script's group never reaches them)
 //! and are stopped explicitly: containers and networks removed, SIGTERM, SIGKILL after a grace,
 //! mounts under the roots unmounted and the roots removed. Several daemons with `--iptables`
@@ -56,6 +58,7 @@ impl DockerEngine {
         clean_root(&root);
         std::fs::create_dir_all(root.join("data"))?;
         std::fs::create_dir_all(root.join("exec"))?;
+        make_bridge(slot)?;
         let mut engine = Self {
             provider: provider.to_string(),
             slot,
@@ -77,7 +80,8 @@ impl DockerEngine {
             .arg(engine.host())
             .arg("--pidfile")
             .arg(engine.root.join("docker.pid"))
-            .args(["--bridge=none", "--iptables=true", "--ip-masq=true"])
+            .arg(format!("--bridge={}", bridge_name(slot)))
+            .args(["--iptables=true", "--ip-masq=true"])
             .args(["--default-address-pool", &engine.pool()])
             .args(["--log-level=warn", "--log-driver=json-file"])
             .args(["--log-opt", "max-size=10m", "--log-opt", "max-file=2"]);
@@ -212,7 +216,46 @@ impl DockerEngine {
         daemon.stop(Duration::from_secs(15));
         drop(daemon);
         clean_root(&self.root);
+        remove_bridge(self.slot);
     }
+}
+
+/// The default bridge of slot `slot`'s engine.
+fn bridge_name(slot: usize) -> String {
+    format!("dcl-e{slot}")
+}
+
+/// Makes slot `slot`'s default bridge, `10.214.<slot>.1/24` (outside every slot's pool), up;
+/// a leftover of a crashed run is made again.
+fn make_bridge(slot: usize) -> anyhow::Result<()> {
+    remove_bridge(slot);
+    let name = bridge_name(slot);
+    let addr = format!("10.214.{slot}.1/24");
+    for args in [
+        vec!["link", "add", &name, "type", "bridge"],
+        vec!["addr", "add", &addr, "dev", &name],
+        vec!["link", "set", &name, "up"],
+    ] {
+        let out = Command::new("ip")
+            .args(&args)
+            .output()
+            .context("running ip")?;
+        if !out.status.success() {
+            bail!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn remove_bridge(slot: usize) {
+    let _ = Command::new("ip")
+        .args(["link", "del", &bridge_name(slot)])
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 impl Drop for DockerEngine {
