@@ -298,6 +298,9 @@ async fn containers_it_did_not_create_are_never_touched() {
     let foreign = docker(&[
         "run",
         "-d",
+        // No network: these only have to run, and need nothing of the machine's default bridge.
+        "--network",
+        "none",
         "--label",
         "decloud.dev/managed-by=edge-kubelet",
         "--label",
@@ -311,6 +314,8 @@ async fn containers_it_did_not_create_are_never_touched() {
     let unlabelled = docker(&[
         "run",
         "-d",
+        "--network",
+        "none",
         "--label",
         &format!("decloud.dev/node={node}"),
         "--label",
