@@ -160,6 +160,20 @@ impl OperatorProcess {
         http_get(self.metrics_port, "/readyz").await
     }
 
+    /// Fails if the chart's RBAC refused the operator anything or the operator panicked: the end
+    /// of every suite that runs it with the chart's ServiceAccount.
+    pub fn ensure_clean(&self) -> anyhow::Result<()> {
+        let forbidden = self.forbidden();
+        ensure!(
+            forbidden.is_empty(),
+            "refused by the chart's RBAC: {forbidden:?}"
+        );
+        if self.warnings().iter().any(|w| w.contains("panicked")) {
+            bail!("the operator panicked");
+        }
+        Ok(())
+    }
+
     /// Log lines where the API server refused the operator (its ServiceAccount) a permission:
     /// what the chart's RBAC does not grant. Suites fail on any.
     pub fn forbidden(&self) -> Vec<String> {

@@ -215,15 +215,7 @@ async fn acme_certificates_from_pebble_are_served_and_failures_reported() -> any
     sweeper.sweep();
     result?;
     // The operator runs with the chart's RBAC: storing the certificates must be granted.
-    let forbidden = operator.forbidden();
-    ensure!(
-        forbidden.is_empty(),
-        "refused by the chart's RBAC: {forbidden:?}"
-    );
-    if operator.warnings().iter().any(|w| w.contains("panicked")) {
-        bail!("the operator panicked");
-    }
-    Ok(())
+    operator.ensure_clean()
 }
 
 struct Suite<'a> {

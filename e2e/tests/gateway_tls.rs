@@ -237,15 +237,7 @@ async fn user_supplied_certificates_are_served_by_sni_and_checked() -> anyhow::R
     sweeper.sweep();
     result?;
     // The operator runs with the chart's RBAC: reading the named Secrets must be granted.
-    let forbidden = operator.forbidden();
-    ensure!(
-        forbidden.is_empty(),
-        "refused by the chart's RBAC: {forbidden:?}"
-    );
-    if operator.warnings().iter().any(|w| w.contains("panicked")) {
-        bail!("the operator panicked");
-    }
-    Ok(())
+    operator.ensure_clean()
 }
 
 struct Suite<'a> {

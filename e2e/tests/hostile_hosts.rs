@@ -179,15 +179,7 @@ async fn a_tenant_cannot_take_another_tenants_host() -> anyhow::Result<()> {
     sweeper.sweep();
     result?;
     // The operator runs with the chart's RBAC: reading Namespaces (host grants) must be granted.
-    let forbidden = operator.forbidden();
-    ensure!(
-        forbidden.is_empty(),
-        "refused by the chart's RBAC: {forbidden:?}"
-    );
-    if operator.warnings().iter().any(|w| w.contains("panicked")) {
-        bail!("the operator panicked");
-    }
-    Ok(())
+    operator.ensure_clean()
 }
 
 /// A (team-a, created first) owns the host; B (team-b) is refused with the owner's namespace
