@@ -57,6 +57,8 @@ fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
 struct Targets {
     netns: Vec<String>,
     host_links: Vec<String>,
+    /// `ip rule` selectors added (`to IP/32 priority P`), deleted on drop.
+    rules: Vec<(String, String)>,
     servers: Vec<Child>,
     www: Vec<tempfile::TempDir>,
 }
@@ -125,7 +127,35 @@ impl Targets {
         inside(&["link", "set", &ns_link, "up"])?;
         inside(&["link", "set", "lo", "up"])?;
         let ip = ns_cidr.split('/').next().unwrap_or_default();
+        self.route_to(ip, &host_link)?;
         self.serve(Some(ns), &format!("{ip}:80"), marker)
+    }
+
+    /// Makes `ip` go to `host_link` whatever the machine's own routes say (a cloud VM has a
+    /// host route to its metadata service, 169.254.169.254/32, more specific than any link
+    /// route the test adds): a rule ahead of the main table pointing at a table of the
+    /// test's own. Then checks the kernel's answer for `ip`, host-originated and forwarded
+    /// alike, so not one packet of the test leaves for a machine it did not make.
+    fn route_to(&mut self, ip: &str, host_link: &str) -> anyhow::Result<()> {
+        // One table and priority per target, unique to this process and link.
+        let slot = std::process::id() % 1000 * 8 + self.host_links.len() as u32;
+        let (table, priority) = ((20_000 + slot).to_string(), (9_000 + slot % 1000).to_string());
+        let to = format!("{ip}/32");
+        run("ip", &["route", "add", &to, "dev", host_link, "table", &table])?;
+        run(
+            "ip",
+            &["rule", "add", "to", &to, "priority", &priority, "lookup", &table],
+        )?;
+        self.rules.push((to, priority));
+        let got = run("ip", &["route", "get", ip])?;
+        ensure!(
+            got.split_whitespace()
+                .skip_while(|w| *w != "dev")
+                .nth(1)
+                == Some(host_link),
+            "{ip} would not go to the test's {host_link} but: {got}; nothing was sent"
+        );
+        Ok(())
     }
 }
 
@@ -134,6 +164,9 @@ impl Drop for Targets {
         for s in &mut self.servers {
             let _ = s.kill();
             let _ = s.wait();
+        }
+        for (to, priority) in &self.rules {
+            let _ = run("ip", &["rule", "del", "to", to, "priority", priority]);
         }
         for l in &self.host_links {
             let _ = run("ip", &["link", "del", l]);
