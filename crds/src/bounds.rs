@@ -119,6 +119,26 @@ pub(crate) fn storage_quantity(schema: &mut Schema) {
     add_rules(schema, [at_most(MAX_STORAGE, "must be at most 1Pi")]);
 }
 
+/// A persistent volume's size: at least [`crate::persistence::MIN_VOLUME`], at most
+/// [`crate::persistence::MAX_VOLUME`].
+pub(crate) fn volume_quantity(schema: &mut Schema) {
+    use crate::persistence::{MAX_VOLUME, MIN_VOLUME};
+    quantity_syntax(schema);
+    add_rules(
+        schema,
+        [
+            at_most(MAX_VOLUME, "must be at most 16Ti"),
+            json!({
+                "rule": format!(
+                    "!self.matches('{}') || quantity(self).compareTo(quantity('{MIN_VOLUME}')) >= 0",
+                    quantity_pattern!()
+                ),
+                "message": "must be at least 16Mi (the volume's filesystem needs room)",
+            }),
+        ],
+    );
+}
+
 /// Valid label keys, as a CEL condition on `k`.
 fn label_key_rule(k: &str) -> String {
     format!(

@@ -9,6 +9,7 @@ mod bounds;
 mod common;
 pub mod contracts;
 pub mod hosts;
+pub mod persistence;
 pub mod pods;
 mod provider;
 pub mod quantity;

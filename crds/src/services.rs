@@ -172,6 +172,8 @@ mod tests {
                 placement: None,
                 expose: None,
                 failover: None,
+                volume_claim_templates: Vec::new(),
+                persistence: None,
                 service_access: (!allowed.is_empty()).then(|| ServiceAccess {
                     allowed_namespaces: allowed.iter().map(|s| s.to_string()).collect(),
                 }),

@@ -64,6 +64,14 @@ impl Workload {
     "rule": "!has(self.expose) || self.template.spec.containers.exists(c, has(c.ports) && c.ports.exists(p, p.containerPort == self.expose.port))",
     "message": "spec.expose.port must be one of the containers' ports (spec.template.spec.containers[*].ports[*].containerPort)",
     "fieldPath": ".expose.port",
+}, {
+    "rule": "self.template.spec.containers.all(c, !has(c.volumeMounts) || c.volumeMounts.all(m, (has(self.template.spec.volumes) && self.template.spec.volumes.exists(v, v.name == m.name)) || (has(self.volumeClaimTemplates) && self.volumeClaimTemplates.exists(t, t.metadata.name == m.name))))",
+    "message": "every volumeMount must name one of the pod's volumes or one of spec.volumeClaimTemplates",
+    "fieldPath": ".template.spec.containers",
+}, {
+    "rule": "!has(self.volumeClaimTemplates) || self.volumeClaimTemplates.all(t, self.volumeClaimTemplates.exists_one(u, u.metadata.name == t.metadata.name) && (!has(self.template.spec.volumes) || !self.template.spec.volumes.exists(v, v.name == t.metadata.name)))",
+    "message": "volumeClaimTemplates names must be unique and differ from the pod's volume names",
+    "fieldPath": ".volumeClaimTemplates",
 }]))]
 pub struct WorkloadSpec {
     /// Number of replicas to keep running, each on its own provider by default.
@@ -86,6 +94,15 @@ pub struct WorkloadSpec {
     /// namespaces only when listed here (default: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_access: Option<ServiceAccess>,
+    /// Per-replica persistent volumes, as a StatefulSet's: with any, replicas get stable
+    /// identities (`<name>-0`, `<name>-1`, …), each bound to the provider holding its data,
+    /// and are replaced one at a time, highest ordinal first. At most 4.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub volume_claim_templates: Vec<crate::persistence::VolumeClaimTemplate>,
+    /// What happens to a replica whose provider, holding its data, is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<crate::persistence::Persistence>,
 }
 
 /// Namespaces whose Workloads may connect to this one by service name.
@@ -144,10 +161,6 @@ pub struct TemplateMetadata {
     "rule": "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
     "message": "volume names must be unique within a pod",
     "fieldPath": ".volumes",
-}, {
-    "rule": "self.containers.all(c, !has(c.volumeMounts) || c.volumeMounts.all(m, has(self.volumes) && self.volumes.exists(v, v.name == m.name)))",
-    "message": "every volumeMount must name one of the pod's volumes",
-    "fieldPath": ".containers",
 }]))]
 pub struct PodSpec {
     /// What the edge does when a container exits.
@@ -684,6 +697,11 @@ pub struct WorkloadStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 2048))]
     pub placements: Vec<ReplicaPlacement>,
+    /// Each stateful replica (Workloads with `volumeClaimTemplates`): where its data is and
+    /// how it stands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub persistent_replicas: Vec<crate::persistence::PersistentReplica>,
     /// `Available`, `Progressing`, `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]

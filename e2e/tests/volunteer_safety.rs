@@ -139,20 +139,25 @@ impl Targets {
     fn route_to(&mut self, ip: &str, host_link: &str) -> anyhow::Result<()> {
         // One table and priority per target, unique to this process and link.
         let slot = std::process::id() % 1000 * 8 + self.host_links.len() as u32;
-        let (table, priority) = ((20_000 + slot).to_string(), (9_000 + slot % 1000).to_string());
+        let (table, priority) = (
+            (20_000 + slot).to_string(),
+            (9_000 + slot % 1000).to_string(),
+        );
         let to = format!("{ip}/32");
-        run("ip", &["route", "add", &to, "dev", host_link, "table", &table])?;
         run(
             "ip",
-            &["rule", "add", "to", &to, "priority", &priority, "lookup", &table],
+            &["route", "add", &to, "dev", host_link, "table", &table],
+        )?;
+        run(
+            "ip",
+            &[
+                "rule", "add", "to", &to, "priority", &priority, "lookup", &table,
+            ],
         )?;
         self.rules.push((to, priority));
         let got = run("ip", &["route", "get", ip])?;
         ensure!(
-            got.split_whitespace()
-                .skip_while(|w| *w != "dev")
-                .nth(1)
-                == Some(host_link),
+            got.split_whitespace().skip_while(|w| *w != "dev").nth(1) == Some(host_link),
             "{ip} would not go to the test's {host_link} but: {got}; nothing was sent"
         );
         Ok(())

@@ -108,6 +108,26 @@ pub const MAX_AVAILABILITY_REASON: usize = 32;
 
 /// Longest `Availability.schedule` the operator keeps (bytes), and the longest `--schedule`.
 pub const MAX_SCHEDULE_BYTES: usize = 256;
+/// Longest persistent volume id (`<workload uid>-<template>-<ordinal>`: 36 + 1 + 63 + 1 + 4).
+pub const MAX_VOLUME_ID_BYTES: usize = 128;
+/// Most persistent volumes one edge holds, reports in its Hello, or is told to keep.
+pub const MAX_HELD_VOLUMES: usize = 1024;
+/// Smallest persistent volume (ext4 needs room for its journal and metadata): 16 MiB.
+pub const MIN_VOLUME_BYTES: u64 = 16 << 20;
+/// Largest persistent volume one claim may ask for: 16 TiB (the offer caps it further).
+pub const MAX_VOLUME_BYTES: u64 = 16 << 40;
+
+/// Whether `id` is a well-formed persistent volume id: 1..=[`MAX_VOLUME_ID_BYTES`] bytes of
+/// `[a-z0-9-]`, not starting with `-` (it names a folder on the volunteer's machine).
+pub fn valid_volume_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_VOLUME_ID_BYTES
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Most `PodSpec.host_aliases` entries (service names in a pod's `/etc/hosts`).
 pub const MAX_HOST_ALIASES: usize = 512;
 

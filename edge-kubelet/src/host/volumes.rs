@@ -24,12 +24,10 @@ use std::{
 
 use crate::error::{Error, Result};
 
-/// The smallest volume: ext4 needs room for its journal and metadata.
-pub const MIN_VOLUME_BYTES: u64 = 16 << 20;
+/// The smallest and largest volume, as the protocol bounds them.
+pub use decloud_proto::{MAX_VOLUME_BYTES, MIN_VOLUME_BYTES};
 /// Readahead of a volume's loop device, in 512-byte sectors (2 MiB).
 const READAHEAD_SECTORS: &str = "4096";
-/// The largest volume one claim may ask for (a tenant's number; the offer caps it further).
-pub const MAX_VOLUME_BYTES: u64 = 16 << 40;
 /// The longest volume id (it names a folder).
 const MAX_ID_LEN: usize = 200;
 

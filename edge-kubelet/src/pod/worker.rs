@@ -460,6 +460,12 @@ impl PodWorker {
                         read_only: m.read_only,
                     });
                 }
+                Some(pb::volume::Source::Persistent(p)) => {
+                    return Err(format!(
+                        "persistent volume {:?}: not supported by this edge yet",
+                        p.claim_name
+                    ));
+                }
                 None => {}
             }
         }

@@ -137,6 +137,7 @@ async fn session_inner(
     let mut offer = cfg.offered.clone();
     let offered = *offer.borrow_and_update();
     let hello = pb::Hello {
+        volumes: Vec::new(),
         provider_name: cfg.provider_name.clone(),
         agent_version: crate::AGENT_VERSION.to_string(),
         capacity: Some(cfg.capacity),
@@ -290,6 +291,9 @@ fn handle(
     tunnels: &tunnel::Tunnels,
 ) {
     match m.kind {
+        Some(In::VolumeSet(set)) => {
+            tracing::debug!(volumes = set.ids.len(), "received the volumes to keep");
+        }
         Some(In::PodSet(set)) => {
             tracing::info!(pods = set.pods.len(), "received desired pod set");
             pods.apply_pod_set(set.pods);

@@ -213,6 +213,7 @@ pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
             _ => None,
         },
         placements,
+        persistent_replicas: Vec::new(),
         conditions,
         // Written by the operator's accounting, not here.
         usage: None,

@@ -60,6 +60,8 @@ fn workload() -> Workload {
             expose: None,
             failover: None,
             service_access: None,
+            volume_claim_templates: Vec::new(),
+            persistence: None,
         },
     );
     wl.metadata.namespace = Some("default".into());
