@@ -78,7 +78,7 @@ pub fn pod_spec(data: &[u8]) {
     let Ok(pod) = serde_json::from_slice::<Pod>(data) else {
         return;
     };
-    if let Disposition::Run(spec) = disposition(&pod, false, None) {
+    if let Disposition::Run(spec) = disposition(&pod, false, None, None) {
         let bytes = spec.encode_to_vec();
         let back = pb::PodSpec::decode(bytes.as_slice()).expect("own encoding decodes");
         assert_eq!(back, spec);

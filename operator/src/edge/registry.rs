@@ -200,6 +200,8 @@ pub(crate) struct EdgeSession {
     platform: Option<Platform>,
     /// Paces the reconciles its availability changes cause.
     availability_pacer: ChangePacer,
+    /// The last `VolumeSet` sent (sorted ids); `None` before the first.
+    volumes: Option<Vec<String>>,
 }
 
 impl EdgeSession {
@@ -227,6 +229,16 @@ impl EdgeSession {
             .collect();
         self.deleting.clear();
         self.send(Kind::PodSet(pb::PodSet { pods }));
+    }
+
+    /// Tells the edge which persistent volumes to keep (`ids` sorted), unless this exact set
+    /// was the last one sent in this session.
+    pub(crate) fn send_volume_set(&mut self, ids: Vec<String>) {
+        if self.volumes.as_ref() == Some(&ids) {
+            return;
+        }
+        self.volumes = Some(ids.clone());
+        self.send(Kind::VolumeSet(pb::VolumeSet { ids }));
     }
 
     /// Sends `pod`'s configuration (ConfigMaps and Secrets it uses) unless this exact one was
@@ -407,6 +419,7 @@ impl ProviderRegistry {
             running_at_hello: hello.running.clone(),
             platform: hello.platform.clone(),
             availability_pacer: ChangePacer::default(),
+            volumes: None,
         };
         session.send(Kind::Welcome(welcome));
         initial(&mut session);

@@ -225,6 +225,7 @@ impl<A: EdgeAuthenticator> Edge for EdgeService<A> {
                     follow_up = pods::send_pod_set(ctx, &name, s);
                 });
         follow_up.spawn(ctx);
+        pods::send_volume_sets(ctx, Some(&name));
         for report in hello.pods {
             on_pod_status(ctx, &name, report);
         }

@@ -5,16 +5,18 @@
 //! an Event and never reaches the edge: the edge runs containers of strangers, so host access
 //! is out.
 
-use decloud_crds::Platform;
 use decloud_crds::contracts::{ARCH_LABEL, OPERATOR_FIELD_MANAGER, OS_LABEL, provider_of_node};
+use decloud_crds::{Platform, Workload};
 use decloud_proto as pb;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
+use super::claims::Binding;
 use super::{status, translate};
 use crate::Error;
 use crate::context::Context;
@@ -156,6 +158,8 @@ pub(crate) enum Disposition {
         /// What is wrong, for people.
         message: String,
     },
+    /// Not yet: what it needs (its Workload, for persistent volumes) is not in the cache.
+    Hold(String),
 }
 
 /// Decides what to do with `pod`; `allow_daemonsets` lets DaemonSets' pods through.
@@ -163,6 +167,7 @@ pub(crate) fn disposition(
     pod: &Pod,
     allow_daemonsets: bool,
     platform: Option<&Platform>,
+    workloads: Option<&Store<Workload>>,
 ) -> Disposition {
     if let Some(message) = platform_mismatch(pod, platform) {
         return Disposition::Refuse {
@@ -197,7 +202,14 @@ pub(crate) fn disposition(
         };
     }
     match translate::pod_spec(pod) {
-        Ok(spec) => Disposition::Run(spec),
+        Ok(mut spec) => match super::claims::bind(&mut spec, pod, workloads) {
+            Binding::Bound => Disposition::Run(spec),
+            Binding::NotYet(why) => Disposition::Hold(why),
+            Binding::Refused(why) => Disposition::Refuse {
+                reason: UNSUPPORTED_REASON,
+                message: format!("this pod cannot run on an edge: {why}"),
+            },
+        },
         Err(e) => Disposition::Refuse {
             reason: UNSUPPORTED_REASON,
             message: format!("this pod cannot run on an edge: {e}"),
@@ -411,13 +423,14 @@ mod tests {
             ("example.com/v1", "DaemonSet", false, false),
         ];
         for (api_version, kind, allow, refused) in cases {
-            match disposition(&owned(api_version, kind), allow, None) {
+            match disposition(&owned(api_version, kind), allow, None, None) {
                 Disposition::Refuse { reason, message } => {
                     assert!(refused, "{api_version} {kind} {allow}: {message}");
                     assert_eq!(reason, DAEMONSET_REASON);
                     assert!(message.contains("\"agent\""), "{message}");
                 }
                 Disposition::Run(_) => assert!(!refused, "{api_version} {kind} {allow}"),
+                Disposition::Hold(why) => panic!("{api_version} {kind}: held: {why}"),
             }
         }
     }
@@ -427,14 +440,14 @@ mod tests {
         let plain =
             bound_pod(json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1"}]}));
         assert!(matches!(
-            disposition(&plain, false, None),
+            disposition(&plain, false, None, None),
             Disposition::Run(_)
         ));
         assert_eq!(virtual_node(&plain), Some("edge-a"));
         let privileged = bound_pod(
             json!({"nodeName": "edge-a", "containers": [{"name": "c", "image": "b:1", "securityContext": {"privileged": true}}]}),
         );
-        match disposition(&privileged, false, None) {
+        match disposition(&privileged, false, None, None) {
             Disposition::Refuse { reason, message } => {
                 assert_eq!(reason, "Forbidden");
                 assert!(message.contains("privileged"), "{message}");
@@ -446,14 +459,14 @@ mod tests {
             "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
         );
         // Secrets and ConfigMaps are served to the pod's edge (pods/config.rs).
-        match disposition(&secret_env, false, None) {
+        match disposition(&secret_env, false, None, None) {
             Disposition::Run(spec) => assert!(spec.needs_config),
             other => panic!("{other:?}"),
         }
         let many = bound_pod(json!({"nodeName": "edge-a",
             "volumes": (0..33).map(|i| json!({"name": format!("v{i}"), "secret": {"secretName": format!("s{i}")}})).collect::<Vec<_>>(),
             "containers": [{"name": "c", "image": "b:1"}]}));
-        match disposition(&many, false, None) {
+        match disposition(&many, false, None, None) {
             Disposition::Refuse { reason, message } => {
                 assert_eq!(reason, "Unsupported");
                 assert!(message.contains("at most 32"), "{message}");
@@ -480,9 +493,11 @@ mod tests {
             bound_pod(json!({"nodeName": "edge-a", "nodeSelector": sel,
                 "containers": [{"name": "c", "image": "b:1"}]}))
         };
-        let on = |p: &Pod, platform: Option<&Platform>| match disposition(p, false, platform) {
+        let on = |p: &Pod, platform: Option<&Platform>| match disposition(p, false, platform, None)
+        {
             Disposition::Run(_) => None,
             Disposition::Refuse { reason, message } => Some((reason, message)),
+            Disposition::Hold(why) => panic!("held: {why}"),
         };
         let amd = want(json!({"kubernetes.io/arch": "amd64"}));
         let (reason, message) = on(&amd, Some(&arm)).expect("refused");

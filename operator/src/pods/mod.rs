@@ -3,6 +3,7 @@
 //! deletion (which no real kubelet finalizes here).
 
 mod admission;
+mod claims;
 mod config;
 mod config_sources;
 mod deletion;
@@ -16,6 +17,7 @@ mod translate;
 mod writer;
 
 pub(crate) use admission::{Disposition, disposition};
+pub(crate) use claims::send_volume_sets;
 pub(crate) use config_sources::ConfigSources;
 pub(crate) use deletion::on_pod_gone;
 pub(crate) use event_writer::{on_pod_event, write_pod_events};

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use super::admission::{
     Disposition, NODE_AFFINITY_REASON, already_refused, disposition, refuse, virtual_node,
 };
+use super::claims::send_volume_sets;
 use super::config::{pod_refs, push_config, resolve, track};
 use super::deletion::{deletion_grace, spawn_finish};
 use crate::context::Context;
@@ -45,8 +46,17 @@ pub(crate) fn send_pod_set(
     let mut refuse = Vec::new();
     let mut configured = Vec::new();
     for pod in pods {
-        let spec = match disposition(&pod, ctx.config.allow_daemonsets, platform.as_ref()) {
+        let spec = match disposition(
+            &pod,
+            ctx.config.allow_daemonsets,
+            platform.as_ref(),
+            ctx.services.workload_store(),
+        ) {
             Disposition::Run(spec) => spec,
+            Disposition::Hold(why) => {
+                debug!(pod = %pod.name_any(), %why, "pod held back");
+                continue;
+            }
             // Judged by this edge's platform only now that it said Hello.
             Disposition::Refuse { reason, message }
                 if reason == NODE_AFFINITY_REASON
@@ -168,7 +178,15 @@ fn on_pod(ctx: &Arc<Context>, pod: &Pod, counted: &mut HashMap<String, bool>) {
         .registry
         .with_session(&provider, |s| s.platform().cloned())
         .flatten();
-    match disposition(pod, ctx.config.allow_daemonsets, platform.as_ref()) {
+    match disposition(
+        pod,
+        ctx.config.allow_daemonsets,
+        platform.as_ref(),
+        ctx.services.workload_store(),
+    ) {
+        Disposition::Hold(why) => {
+            debug!(pod = %pod.name_any(), %why, "pod held back until its Workload is known");
+        }
         Disposition::Refuse { reason, message } => {
             if pod.metadata.deletion_timestamp.is_some() {
                 spawn_finish(ctx, pod);
@@ -241,6 +259,8 @@ fn resync_all(ctx: &Arc<Context>) {
         follow_up.extend(send_pod_set(ctx, provider, session));
     });
     follow_up.spawn(ctx);
+    // After the pods, so an edge never drops a volume a pod of its new set mounts.
+    send_volume_sets(ctx, None);
 }
 
 /// Whether `provider` may report on the pod `report` names: it must be bound to its node.

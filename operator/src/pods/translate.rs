@@ -283,6 +283,21 @@ fn volumes(list: &[k8s_openapi::api::core::v1::Volume]) -> Result<Vec<pb::Volume
                 })),
             });
             continue;
+        } else if let Some(pvc) = &v.persistent_volume_claim {
+            // Its id and size come from the owning Workload (super::claims::bind).
+            if pvc.claim_name.is_empty() || pvc.claim_name.len() > 253 {
+                return Err(unsupported(
+                    "persistentVolumeClaim needs a claimName".into(),
+                ));
+            }
+            out.push(pb::Volume {
+                name: v.name.clone(),
+                source: Some(Source::Persistent(pb::PersistentVolume {
+                    claim_name: pvc.claim_name.clone(),
+                    ..Default::default()
+                })),
+            });
+            continue;
         } else {
             continue;
         };

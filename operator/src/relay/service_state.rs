@@ -45,4 +45,9 @@ impl ServiceState {
     pub(crate) fn set_workloads(&self, workloads: Store<Workload>) {
         let _ = self.workloads.set(workloads);
     }
+
+    /// The operator's shared Workload cache, once it was given.
+    pub(crate) fn workload_store(&self) -> Option<&Store<Workload>> {
+        self.workloads.get()
+    }
 }
