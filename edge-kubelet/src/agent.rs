@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{ConsoleListen, JoinArgs, RunArgs, RuntimeKind, UninstallArgs};
 use crate::control::{self, Availability, IdleRule, Schedule};
 use crate::error::{Error, Result};
-use crate::host::{self, Ceiling, CgroupLayout, EgressPolicy, Family};
+use crate::host::{
+    self, Ceiling, CgroupLayout, EgressPolicy, Family, PERSISTENT_VOLUMES_DIR, VolumeStore,
+};
 use crate::images::{ImagePolicy, PulledImages, RegistryGuard, check_patterns};
 use crate::join::{self, EdgeCredential, JoinRequest};
 use crate::local::{self, EdgeReport, StateFile};
@@ -89,6 +91,15 @@ pub async fn run_with(
         format!("{}://", runtime.name())
     });
     check_patterns("--allowed-images", &args.allowed_images)?;
+    // Persistent volumes are loop-mounted filesystems: real ones only with a real runtime.
+    let persistent_volumes = match args.runtime {
+        RuntimeKind::Docker => {
+            let store = VolumeStore::new(state_dir.join(PERSISTENT_VOLUMES_DIR));
+            store.create_root()?;
+            Some(store)
+        }
+        RuntimeKind::Simulated => None,
+    };
     let worker_config = PodWorkerConfig {
         allowed_images: ImagePolicy::new(args.allowed_images.iter().cloned()),
         max_pods: usize::try_from(offered.pods).unwrap_or(usize::MAX),
@@ -101,6 +112,7 @@ pub async fn run_with(
         ),
         config_dir: crate::pod::prepare_config_dir(&args.config_dir()),
         volume_dir: Some(state_dir.join("volumes")),
+        persistent_volumes,
         ..PodWorkerConfig::default()
     };
     let pods = PodSupervisor::start(runtime, Some(state_file), worker_config).await?;
@@ -628,7 +640,15 @@ pub async fn uninstall(args: &UninstallArgs) -> Result<String> {
         Ceiling::new(layout, &node, 0, 0, 0).remove();
         done.push("ceiling cgroup removed".to_string());
     }
-    let volumes = docker.own_volumes().await?;
+    let mut volumes = docker.own_volumes().await?;
+    // The persistent volumes (tenants' data too): under the same confirmation.
+    let store = VolumeStore::new(state_dir.join(PERSISTENT_VOLUMES_DIR));
+    let s = store.clone();
+    let persistent = tokio::task::spawn_blocking(move || s.list())
+        .await
+        .map_err(|e| Error::Runtime(e.to_string()))??;
+    let docker_volumes = volumes.len();
+    volumes.extend(persistent.iter().map(|v| format!("persistent {}", v.id)));
     let mut volumes_kept = false;
     if !volumes.is_empty() {
         if args.yes
@@ -638,8 +658,14 @@ pub async fn uninstall(args: &UninstallArgs) -> Result<String> {
                 volumes.join(", ")
             ))
         {
-            for v in &volumes {
+            for v in &volumes[..docker_volumes] {
                 docker.remove_volume(v).await?;
+            }
+            for v in persistent {
+                let s = store.clone();
+                tokio::task::spawn_blocking(move || s.delete(&v.id))
+                    .await
+                    .map_err(|e| Error::Runtime(e.to_string()))??;
             }
             done.push(format!("{} volumes removed", volumes.len()));
         } else {
@@ -678,9 +704,13 @@ fn confirm(question: &str) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
-/// `edge-kubelet status`: the report of the agent using `state_dir`, rendered.
+/// `edge-kubelet status`: the report of the agent using `state_dir`, rendered, and the
+/// persistent volumes held on the machine (id, size, mounted).
 pub fn status(state_dir: &Path) -> Result<String> {
-    local::status_text(state_dir)
+    let mut out = local::status_text(state_dir)?;
+    let volumes = VolumeStore::new(state_dir.join(PERSISTENT_VOLUMES_DIR)).list()?;
+    out.push_str(&local::render_volumes(&volumes));
+    Ok(out)
 }
 
 /// Joins the cluster at `args.operator` with `args.token` once: checks the operator's CA

@@ -36,13 +36,16 @@ mod session;
 pub use agent::{join, run, run_with, status, uninstall};
 pub use console::{ConsoleActions, LendingState, OfferForm, url_with_token as console_url};
 pub use error::{Error, Result};
-pub use host::{Cidr, EgressPolicy, MAX_VOLUME_BYTES, MIN_VOLUME_BYTES, Volume, VolumeStore};
+pub use host::{
+    Cidr, EgressPolicy, MAX_VOLUME_BYTES, MIN_VOLUME_BYTES, PERSISTENT_VOLUMES_DIR, Volume,
+    VolumeStore,
+};
 pub use images::{ImagePolicy, PulledImages, RegistryGuard};
 pub use join::CREDENTIAL_FILE;
 pub use local::{EdgeReport, Given, PodLine, StateFile, read_report};
 pub use pod::{
-    BackoffPolicy, OUT_OF_CPU, OUT_OF_MEMORY, OUT_OF_PODS, PodSupervisor, PodUpdate,
-    PodWorkerConfig, StatusBoard,
+    BackoffPolicy, OUT_OF_CPU, OUT_OF_MEMORY, OUT_OF_PODS, OUT_OF_STORAGE, PodSupervisor,
+    PodUpdate, PodWorkerConfig, StatusBoard,
 };
 pub use runtime::{
     BindMount, ContainerInfo, ContainerMeasurements, ContainerRuntime, ContainerStream,

@@ -7,7 +7,8 @@
 //! nothing outside the image is touched. The image is sparse, so the disk holds only what was
 //! written; the offer counts the whole size (the volume may fill).
 //!
-//! Layout under the store's root (the edge's state folder `volumes/`):
+//! Layout under the store's root (the edge's state folder `persistent-volumes/`; not
+//! `volumes/`, which holds the pods' disk emptyDirs and is swept of unknown folders at start):
 //! ```text
 //! <id>/disk.img   the filesystem image (sparse, mode 0600)
 //! <id>/mnt/       where it is mounted (nosuid, nodev, noexec off: containers run programs)
@@ -17,24 +18,31 @@
 
 use std::{
     fs,
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Command,
+    sync::Arc,
 };
+
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 
 /// The smallest and largest volume, as the protocol bounds them.
 pub use decloud_proto::{MAX_VOLUME_BYTES, MIN_VOLUME_BYTES};
+/// The store's folder in the edge's state folder.
+pub const PERSISTENT_VOLUMES_DIR: &str = "persistent-volumes";
 /// Readahead of a volume's loop device, in 512-byte sectors (2 MiB).
 const READAHEAD_SECTORS: &str = "4096";
 /// The longest volume id (it names a folder).
 const MAX_ID_LEN: usize = 200;
 
-/// The volumes of one edge.
+/// The volumes of one edge. Clones share one lock: ensure, unmount and delete of the store's
+/// volumes run one at a time (two containers ensuring one volume must not attach it twice).
 #[derive(Debug, Clone)]
 pub struct VolumeStore {
     root: PathBuf,
+    lock: Arc<Mutex<()>>,
 }
 
 /// One volume as the store finds it.
@@ -51,7 +59,10 @@ pub struct Volume {
 impl VolumeStore {
     /// The store under `root` (created on first use, mode 0700).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            lock: Arc::default(),
+        }
     }
 
     /// Its root folder.
@@ -59,12 +70,22 @@ impl VolumeStore {
         &self.root
     }
 
+    /// Creates its root folder (mode 0700) if it does not exist yet.
+    pub fn create_root(&self) -> Result<()> {
+        if let Some(parent) = self.root.parent() {
+            fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+        }
+        create_private_dir(&self.root)
+    }
+
     /// Makes volume `id` exist with `size_bytes`, formatted and mounted; returns its mount
-    /// point. Idempotent: an existing volume keeps its data (and is mounted again if it is not);
-    /// a larger size grows it (unmounting it first, so no container may be using it); a smaller
-    /// one is refused (shrinking loses data).
+    /// point. Idempotent: an existing volume keeps its data (and is mounted again if it is not,
+    /// on the loop device it still has if a container holds one); a larger size grows it, only
+    /// while it is neither mounted nor attached (so no container may be using it); a smaller
+    /// one is refused (shrinking loses data). Blocking (it runs mkfs, losetup, mount).
     pub fn ensure(&self, id: &str, size_bytes: u64) -> Result<PathBuf> {
         check_id(id)?;
+        let _one_at_a_time = self.lock.lock();
         if !(MIN_VOLUME_BYTES..=MAX_VOLUME_BYTES).contains(&size_bytes) {
             return Err(Error::InvalidInput(format!(
                 "volume {id}: size {size_bytes} bytes is outside {MIN_VOLUME_BYTES}..={MAX_VOLUME_BYTES}"
@@ -77,6 +98,7 @@ impl VolumeStore {
         create_private_dir(&dir)?;
         fs::create_dir_all(&mnt).map_err(|e| io_error(&mnt, e))?;
         let existing = fs::metadata(&image).ok().map(|m| m.len());
+        let fresh = existing.is_none();
         match existing {
             None => {
                 let file = fs::OpenOptions::new()
@@ -102,27 +124,52 @@ impl VolumeStore {
         }
         if existing.is_some_and(|len| len < size_bytes) {
             // Grown offline (online resize needs more privilege than a container host may
-            // give): only while nothing has it mounted.
-            self.unmount(id)?;
+            // give): only while nothing has it mounted or attached. A container may hold it
+            // through its own mount even when the machine's is gone, and fsck of a filesystem
+            // in use corrupts it, so an attached volume is never grown.
+            if is_mountpoint(&mnt)? || !loop_devices_of(&image)?.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "volume {id} holds {} bytes and is in use; it grows to {size_bytes} once no container mounts it",
+                    existing.unwrap_or_default()
+                )));
+            }
             grow(&image, size_bytes)?;
         }
         if !is_mountpoint(&mnt)? {
-            // Direct I/O on the loop device: one page cache (the volume's), not two; and a
-            // readahead like a disk's, or cold sequential reads crawl.
-            let device = run(
-                "losetup",
-                &["--find", "--show", "--direct-io=on", path_str(&image)?],
-            )?
-            .trim()
-            .to_string();
-            let _ = run("blockdev", &["--setra", READAHEAD_SECTORS, &device]);
+            // A loop device left attached (a container still holds the filesystem, or the
+            // machine's mount was undone) is mounted again: attaching a second one would make
+            // two filesystems of one image, and that corrupts it.
+            let attached = loop_devices_of(&image)?.into_iter().next();
+            let (device, attached_now) = match attached {
+                Some(device) => (device, false),
+                None => {
+                    // Direct I/O on the loop device: one page cache (the volume's), not two;
+                    // and a readahead like a disk's, or cold sequential reads crawl.
+                    let device = run(
+                        "losetup",
+                        &["--find", "--show", "--direct-io=on", path_str(&image)?],
+                    )?
+                    .trim()
+                    .to_string();
+                    let _ = run("blockdev", &["--setra", READAHEAD_SECTORS, &device]);
+                    (device, true)
+                }
+            };
             if let Err(e) = run(
                 "mount",
                 &["-t", "ext4", "-o", "nosuid,nodev", &device, path_str(&mnt)?],
             ) {
-                let _ = run("losetup", &["-d", &device]);
+                if attached_now {
+                    let _ = run("losetup", &["-d", &device]);
+                }
                 return Err(e);
             }
+        }
+        if fresh {
+            // Like an emptyDir: writable by whatever user the container runs as (with
+            // userns-remap, even its root is not the filesystem's owner).
+            fs::set_permissions(&mnt, fs::Permissions::from_mode(0o777))
+                .map_err(|e| io_error(&mnt, e))?;
         }
         Ok(mnt)
     }
@@ -130,6 +177,11 @@ impl VolumeStore {
     /// Unmounts volume `id` (its data stays). Nothing to do when it is not mounted.
     pub fn unmount(&self, id: &str) -> Result<()> {
         check_id(id)?;
+        let _one_at_a_time = self.lock.lock();
+        self.unmount_locked(id)
+    }
+
+    fn unmount_locked(&self, id: &str) -> Result<()> {
         let mnt = self.root.join(id).join("mnt");
         if mnt.exists() && is_mountpoint(&mnt)? {
             run("umount", &[path_str(&mnt)?])?;
@@ -146,7 +198,9 @@ impl VolumeStore {
 
     /// Unmounts and deletes volume `id` and its data. Nothing to do when it does not exist.
     pub fn delete(&self, id: &str) -> Result<()> {
-        self.unmount(id)?;
+        check_id(id)?;
+        let _one_at_a_time = self.lock.lock();
+        self.unmount_locked(id)?;
         let dir = self.root.join(id);
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -360,6 +414,23 @@ mod tests {
         let _unmount = Unmount(&store);
         let mnt = store.ensure("t.data-0", 32 << 20).unwrap();
         assert!(is_mountpoint(&mnt).unwrap());
+        let mode = fs::metadata(&mnt).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode, 0o777,
+            "a fresh volume is writable by any container user"
+        );
+        // Its mount undone behind the store's back while the loop device stays attached (a
+        // container holding it): ensure mounts that device again, it attaches no second one.
+        run("umount", &[mnt.to_str().unwrap()]).unwrap();
+        let image = store.root().join("t.data-0/disk.img");
+        assert_eq!(loop_devices_of(&image).unwrap().len(), 1);
+        let mnt = store.ensure("t.data-0", 32 << 20).unwrap();
+        assert!(is_mountpoint(&mnt).unwrap());
+        assert_eq!(
+            loop_devices_of(&image).unwrap().len(),
+            1,
+            "one loop device per image"
+        );
         // Fill it: the write past the size fails with ENOSPC, not at the disk's end.
         let mut file = fs::File::create(mnt.join("fill")).unwrap();
         let chunk = vec![7u8; 1 << 20];
@@ -383,8 +454,11 @@ mod tests {
         assert!(!mnt.join("fill").exists());
         let mnt = store.ensure("t.data-0", 32 << 20).unwrap();
         assert!(mnt.join("fill").exists());
-        // Shrinking is refused; growing keeps the data.
+        // Shrinking is refused; growing is refused while mounted, and keeps the data once not.
         assert!(store.ensure("t.data-0", 16 << 20).is_err());
+        let err = store.ensure("t.data-0", 48 << 20).unwrap_err().to_string();
+        assert!(err.contains("in use"), "{err}");
+        store.unmount("t.data-0").unwrap();
         let mnt = store.ensure("t.data-0", 48 << 20).unwrap();
         assert!(mnt.join("fill").exists());
         let listed = store.list().unwrap();

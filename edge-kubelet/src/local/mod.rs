@@ -9,5 +9,5 @@ mod state_file;
 
 pub use given::Given;
 pub use report::{EdgeReport, PodLine, read as read_report};
-pub(crate) use report::{Live, keep_writing, status_text};
+pub(crate) use report::{Live, keep_writing, render_volumes, status_text};
 pub use state_file::StateFile;

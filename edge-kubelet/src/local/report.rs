@@ -350,6 +350,29 @@ egress:     {}
     out
 }
 
+/// The persistent volumes held on this machine, for `edge-kubelet status`: one line each
+/// (id, size, whether it is mounted).
+pub(crate) fn render_volumes(volumes: &[crate::host::Volume]) -> String {
+    let total = volumes
+        .iter()
+        .fold(0u64, |a, v| a.saturating_add(v.size_bytes));
+    let bytes = |b: u64| decloud_crds::quantity::format_bytes(i64::try_from(b).unwrap_or(i64::MAX));
+    let mut out = format!(
+        "volumes:    {} persistent ({} held)\n",
+        volumes.len(),
+        bytes(total)
+    );
+    for v in volumes {
+        let mounted = if v.mounted_at.is_some() {
+            "mounted"
+        } else {
+            "not mounted"
+        };
+        out.push_str(&format!("  {}  {}  {mounted}\n", v.id, bytes(v.size_bytes)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,5 +435,22 @@ mod tests {
             missing.to_string().contains("is edge-kubelet running"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn held_volumes_are_listed_with_size_and_mount() {
+        let v = |id: &str, size: u64, mounted: bool| crate::host::Volume {
+            id: id.into(),
+            size_bytes: size,
+            mounted_at: mounted.then(|| "/x".into()),
+        };
+        assert_eq!(
+            render_volumes(&[
+                v("u1-data-0", 1 << 30, true),
+                v("u1-data-1", 16 << 20, false)
+            ]),
+            "volumes:    2 persistent (1040Mi held)\n  u1-data-0  1Gi  mounted\n  u1-data-1  16Mi  not mounted\n"
+        );
+        assert_eq!(render_volumes(&[]), "volumes:    0 persistent (0 held)\n");
     }
 }

@@ -1,7 +1,7 @@
 //! The pod side of the edge: one [`PodWorker`] per assigned pod, the assigned set persisted,
 //! engine events routed to the right worker.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use decloud_proto as pb;
 
 use super::lifecycle::is_terminal;
+use super::persistent;
 use super::status_board::StatusBoard;
 use super::worker::{PodCommand, PodWorker, PodWorkerConfig};
 use crate::error::{Error, Result};
@@ -30,8 +31,17 @@ pub struct PodSupervisor {
     state_file: Option<StateFile>,
     cfg: PodWorkerConfig,
     workers: Mutex<HashMap<String, WorkerHandle>>,
-    /// Pods being terminated; a repeated delete just waits for the same `Gone`.
-    terminating: Mutex<HashSet<String>>,
+    /// Pods being terminated (uid → the persistent volumes their containers may still
+    /// mount); a repeated delete just waits for the same `Gone`.
+    terminating: Mutex<HashMap<String, Vec<String>>>,
+    /// Persistent volumes held (on disk, or reserved by an admitted pod that has not created
+    /// them yet): id → size in bytes. What admission counts against the storage offer.
+    held: Mutex<BTreeMap<String, u64>>,
+    /// One `VolumeSet` applied at a time.
+    volume_gc: tokio::sync::Mutex<()>,
+    /// The latest `VolumeSet` from the session, applied in the background (a newer set
+    /// replaces one not yet applied: each is complete).
+    volume_sets: tokio::sync::watch::Sender<Option<Arc<Vec<String>>>>,
     /// Pods refused at admission (`OutOfpods`): like kubelet's, the refusal is final, so the
     /// same pod sent again (a reconnect's `PodSet`) is not admitted later.
     rejected: Mutex<HashSet<String>>,
@@ -180,7 +190,12 @@ impl PodSupervisor {
         };
         evicted.retain(|uid, _| assigned.iter().any(|p| &p.uid == uid));
         let existing = runtime.list_containers().await?;
+        let held = match cfg.persistent_volumes.clone() {
+            Some(store) => held_on_disk(store).await?,
+            None => BTreeMap::new(),
+        };
         let (evictions, mut evicted_rx) = mpsc::unbounded_channel();
+        let (volume_sets, mut volume_sets_rx) = tokio::sync::watch::channel(None);
         let cfg_offer = (
             cfg.offered_cpu_millis,
             cfg.offered_memory_bytes,
@@ -194,6 +209,9 @@ impl PodSupervisor {
             cfg,
             workers: Mutex::default(),
             terminating: Mutex::default(),
+            held: Mutex::new(held),
+            volume_gc: tokio::sync::Mutex::new(()),
+            volume_sets,
             rejected: Mutex::default(),
             evicted: Mutex::new(evicted),
             evictions,
@@ -213,6 +231,25 @@ impl PodSupervisor {
             let keep: Vec<String> = assigned.iter().map(|p| p.uid.clone()).collect();
             super::config_volumes::sweep(dir, &keep);
         }
+        let weak = Arc::downgrade(&sup);
+        tokio::spawn(async move {
+            while volume_sets_rx.changed().await.is_ok() {
+                let Some(ids) = volume_sets_rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let Some(sup) = weak.upgrade() else { return };
+                match sup.apply_volume_set(ids.to_vec()).await {
+                    Ok(deleted) if !deleted.is_empty() => {
+                        tracing::info!(
+                            deleted = deleted.len(),
+                            "applied the operator's volume set"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot apply the operator's volume set"),
+                }
+            }
+        });
         let weak = Arc::downgrade(&sup);
         tokio::spawn(async move {
             while let Some((uid, message)) = evicted_rx.recv().await {
@@ -324,8 +361,91 @@ impl PodSupervisor {
         self.workers.lock()
     }
 
-    fn terminating_set(&self) -> MutexGuard<'_, HashSet<String>> {
+    fn terminating_set(&self) -> MutexGuard<'_, HashMap<String, Vec<String>>> {
         self.terminating.lock()
+    }
+
+    /// The persistent volumes on this edge's disk, for the Hello (at most
+    /// [`pb::MAX_HELD_VOLUMES`]; none when it keeps no persistent volumes).
+    pub(crate) async fn held_volumes(&self) -> Vec<pb::HeldVolume> {
+        let Some(store) = self.cfg.persistent_volumes.clone() else {
+            return Vec::new();
+        };
+        match held_on_disk(store).await {
+            Ok(held) => held
+                .into_iter()
+                .take(pb::MAX_HELD_VOLUMES)
+                .map(|(id, size_bytes)| pb::HeldVolume { id, size_bytes })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the persistent volumes");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The persistent volumes the pods here may mount: those of assigned pods (running,
+    /// creating, finished) and of pods still terminating.
+    fn volumes_in_use(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self
+            .workers()
+            .values()
+            .flat_map(|w| persistent::pod_volumes(&w.spec).into_keys())
+            .collect();
+        out.extend(self.terminating_set().values().flatten().cloned());
+        out
+    }
+
+    /// Takes the operator's `VolumeSet` to apply in the background ([`Self::apply_volume_set`]);
+    /// `Err` (nothing will be deleted) for a set too long or naming an invalid id. Must not
+    /// block: the session loop calls it.
+    pub(crate) fn submit_volume_set(&self, ids: Vec<String>) -> Result<()> {
+        persistent::check_volume_set(&ids).map_err(Error::InvalidInput)?;
+        self.volume_sets.send_replace(Some(Arc::new(ids)));
+        Ok(())
+    }
+
+    /// Applies the operator's `VolumeSet` (every persistent volume this edge is to keep):
+    /// deletes, with their data, the held volumes it leaves out that no pod here mounts, and
+    /// returns their ids. A set that is too long or names an invalid id is refused whole
+    /// (`Err`, nothing deleted). May be called more than once; sets are applied one at a time.
+    pub async fn apply_volume_set(&self, ids: Vec<String>) -> Result<Vec<String>> {
+        persistent::check_volume_set(&ids).map_err(Error::InvalidInput)?;
+        let Some(store) = self.cfg.persistent_volumes.clone() else {
+            return Ok(Vec::new());
+        };
+        let _one_at_a_time = self.volume_gc.lock().await;
+        let keep: BTreeSet<String> = ids.into_iter().collect();
+        let on_disk: Vec<String> = held_on_disk(store.clone()).await?.into_keys().collect();
+        let mut deleted = Vec::new();
+        for id in persistent::volumes_to_delete(&on_disk, &keep, &self.volumes_in_use()) {
+            // A pod that arrived meanwhile keeps it.
+            if self.volumes_in_use().contains(&id) {
+                continue;
+            }
+            tracing::info!(volume = %id, "deleting a persistent volume the operator no longer keeps here");
+            let s = store.clone();
+            let v = id.clone();
+            match tokio::task::spawn_blocking(move || s.delete(&v)).await {
+                Ok(Ok(())) => deleted.push(id),
+                Ok(Err(e)) => {
+                    tracing::warn!(volume = %id, error = %e, "cannot delete a persistent volume")
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %id, error = %e, "cannot delete a persistent volume")
+                }
+            }
+        }
+        // What is held now: the disk's volumes and those admitted pods reserved.
+        let mut held = held_on_disk(store).await?;
+        for w in self.workers().values() {
+            for (id, size) in persistent::pod_volumes(&w.spec) {
+                let h = held.entry(id).or_insert(0);
+                *h = (*h).max(size);
+            }
+        }
+        *self.held.lock() = held;
+        Ok(deleted)
     }
 
     fn route(&self, ev: RuntimeEvent) {
@@ -434,7 +554,9 @@ impl PodSupervisor {
     /// Adds or updates one pod. A changed spec replaces the pod's containers. A new pod beyond
     /// `max_pods` admitted ones is not started: it fails with [`OUT_OF_PODS`], as on kubelet;
     /// nor one whose requests do not fit next to the admitted pods' within the offer, or whose
-    /// limits exceed the offer ([`OUT_OF_CPU`], [`OUT_OF_MEMORY`], [`OUT_OF_EPHEMERAL_STORAGE`]).
+    /// limits exceed the offer ([`OUT_OF_CPU`], [`OUT_OF_MEMORY`], [`OUT_OF_EPHEMERAL_STORAGE`]),
+    /// nor one whose persistent volumes not held here yet do not fit the storage offer next to
+    /// the held volumes and the pods' ephemeral-storage requests ([`persistent::OUT_OF_STORAGE`]).
     pub fn upsert(&self, spec: pb::PodSpec) -> Result<()> {
         Self::validate(&spec)?;
         {
@@ -482,10 +604,35 @@ impl PodSupervisor {
                 admission.memory_bytes,
                 admission.storage_bytes,
             ];
-            if let Some((reason, message)) = misfit(&spec, used, offer) {
+            // Persistent volumes share the storage offer with ephemeral storage: new ones
+            // must fit next to the held ones and every pod's ephemeral requests, and held
+            // ones leave that much less for ephemeral storage.
+            let wanted = persistent::pod_volumes(&spec);
+            let mut held = self.held.lock();
+            let held_bytes = held.values().fold(0i64, |a, s| {
+                a.saturating_add(i64::try_from(*s).unwrap_or(i64::MAX))
+            });
+            let misfits = persistent::volume_misfit(
+                &wanted,
+                &held,
+                pod_resources(&spec).0[2],
+                used[2],
+                admission.storage_bytes,
+            )
+            .or_else(|| {
+                let used = [used[0], used[1], used[2].saturating_add(held_bytes)];
+                misfit(&spec, used, offer)
+            });
+            if let Some((reason, message)) = misfits {
+                drop(held);
                 drop(workers);
                 self.reject(&spec, reason, message);
                 return Ok(());
+            }
+            // Reserved now: the next pod is admitted against them before they are created.
+            for (id, size) in wanted {
+                let h = held.entry(id).or_insert(0);
+                *h = (*h).max(size);
             }
         }
         tracing::info!(pod = %format!("{}/{}", spec.namespace, spec.name), uid = %spec.uid, "pod assigned");
@@ -553,7 +700,7 @@ impl PodSupervisor {
     }
 
     /// Refuses `spec` for good: the operator sees it Failed with `reason` ([`OUT_OF_PODS`],
-    /// [`OUT_OF_CPU`], [`OUT_OF_MEMORY`], [`OUT_OF_EPHEMERAL_STORAGE`]).
+    /// [`OUT_OF_CPU`], [`OUT_OF_MEMORY`], [`OUT_OF_EPHEMERAL_STORAGE`], [`persistent::OUT_OF_STORAGE`]).
     fn reject(&self, spec: &pb::PodSpec, reason: &'static str, message: String) {
         tracing::warn!(pod = %format!("{}/{}", spec.namespace, spec.name), uid = %spec.uid, reason, %message, "pod rejected");
         self.rejected().insert(spec.uid.clone());
@@ -594,7 +741,17 @@ impl PodSupervisor {
     /// Terminates pod `uid` (grace: `None` for the pod's own). Returns at once; when every
     /// container is removed, [`super::status_board::PodUpdate::Gone`] is published.
     pub fn delete(self: &Arc<Self>, uid: &str, grace: Option<Duration>) {
-        let handle = self.workers().remove(uid);
+        let handle = {
+            let mut workers = self.workers();
+            let handle = workers.remove(uid);
+            // Terminating before it stops being assigned: its persistent volumes stay in use
+            // for a VolumeSet until its containers are gone.
+            if let Some(h) = &handle {
+                let volumes = persistent::pod_volumes(&h.spec).into_keys().collect();
+                self.terminating_set().insert(uid.to_string(), volumes);
+            }
+            handle
+        };
         self.configs.lock().remove(uid);
         self.persist();
         if self.evicted.lock().remove(uid).is_some() {
@@ -610,7 +767,7 @@ impl PodSupervisor {
             }
             None => {
                 self.rejected().remove(uid);
-                if self.terminating_set().contains(uid) {
+                if self.terminating_set().contains_key(uid) {
                     // Already terminating: Gone is published when that ends.
                     return;
                 }
@@ -632,7 +789,6 @@ impl PodSupervisor {
                 return;
             }
         }
-        self.terminating_set().insert(uid.to_string());
         let sup = Arc::downgrade(self);
         let board = self.board.clone();
         let uid = uid.to_string();
@@ -681,6 +837,14 @@ impl PodSupervisor {
             ))
         })
     }
+}
+
+/// The persistent volumes in `store` (id → size), listed off the async threads.
+async fn held_on_disk(store: crate::host::VolumeStore) -> Result<BTreeMap<String, u64>> {
+    let list = tokio::task::spawn_blocking(move || store.list())
+        .await
+        .map_err(|e| Error::Runtime(format!("listing persistent volumes: {e}")))??;
+    Ok(list.into_iter().map(|v| (v.id, v.size_bytes)).collect())
 }
 
 #[cfg(test)]

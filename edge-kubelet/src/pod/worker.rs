@@ -20,6 +20,7 @@ use super::lifecycle::{
     Action, BackoffPolicy, ContainerEvent, ContainerLifecycle, FailureMemory, RestartPolicy,
     TerminatedInfo, pod_phase,
 };
+use super::persistent::{self, NO_VOLUME_STORE, PersistentMount};
 use super::readiness::{ProbeKind, ProbeOutcome, ReadinessChange, liveness_loop, readiness_loop};
 use super::status_board::StatusBoard;
 use super::storage::{ContainerDisk, EVICTED, eviction};
@@ -66,8 +67,13 @@ fn non_root_check(
 }
 
 /// What a container is created with from its pod's configuration: its environment (when it
-/// comes from there) and its mounts.
-type Prepared = (Option<Vec<pb::EnvVar>>, Vec<BindMount>);
+/// comes from there), its mounts, and its persistent volumes' mounts (ensured on disk by the
+/// create task, off the worker: mkfs and mount block).
+struct Prepared {
+    env: Option<Vec<pb::EnvVar>>,
+    mounts: Vec<BindMount>,
+    persistent: Vec<PersistentMount>,
+}
 
 /// The folder name of pod `uid`.
 fn pod_folder(uid: &str) -> String {
@@ -107,6 +113,10 @@ pub struct PodWorkerConfig {
     /// Where pods' disk `emptyDir` volumes live (`<state-dir>/volumes`). `None`: this edge
     /// cannot mount them.
     pub volume_dir: Option<std::path::PathBuf>,
+    /// The edge's persistent volumes (`<state-dir>/persistent-volumes`): they count against
+    /// the storage offer and outlive pods. `None`: pods with persistent volumes fail with
+    /// `CreateContainerConfigError`.
+    pub persistent_volumes: Option<crate::host::VolumeStore>,
 }
 
 impl Default for PodWorkerConfig {
@@ -122,6 +132,7 @@ impl Default for PodWorkerConfig {
             default_pod_storage_bytes: 0,
             config_dir: None,
             volume_dir: None,
+            persistent_volumes: None,
         }
     }
 }
@@ -157,6 +168,12 @@ enum OpResult {
     Created {
         slot: usize,
         result: Result<Box<ContainerInfo>>,
+    },
+    /// A persistent volume could not be mounted (its message): retried every poll interval,
+    /// since what stands in the way (a volume in use, a full disk) may pass.
+    VolumeFailed {
+        slot: usize,
+        message: String,
     },
 }
 
@@ -420,6 +437,7 @@ impl PodWorker {
         };
         let files = self.files();
         let mut mounts = Vec::new();
+        let mut pending = Vec::new();
         for (n, m) in c.volume_mounts.iter().enumerate() {
             let Some(volume) = self.spec.volumes.iter().find(|v| v.name == m.name) else {
                 return Err(format!(
@@ -461,15 +479,54 @@ impl PodWorker {
                     });
                 }
                 Some(pb::volume::Source::Persistent(p)) => {
-                    return Err(format!(
-                        "persistent volume {:?}: not supported by this edge yet",
-                        p.claim_name
-                    ));
+                    if self.cfg.persistent_volumes.is_none() {
+                        return Err(format!(
+                            "persistent volume {:?}: {NO_VOLUME_STORE}",
+                            p.claim_name
+                        ));
+                    }
+                    persistent::check_volume(p)?;
+                    if !m.sub_path.is_empty() {
+                        persistent::check_sub_path(&p.claim_name, &m.sub_path)?;
+                    }
+                    pending.push(PersistentMount {
+                        id: p.id.clone(),
+                        size_bytes: p.size_bytes,
+                        claim_name: p.claim_name.clone(),
+                        sub_path: m.sub_path.clone(),
+                        target: m.mount_path.clone(),
+                        read_only: m.read_only,
+                    });
                 }
                 None => {}
             }
         }
-        Ok(Some((env, mounts)))
+        Ok(Some(Prepared {
+            env,
+            mounts,
+            persistent: pending,
+        }))
+    }
+
+    /// Mounts the pod's persistent volumes again if the machine's mount is gone (a reboot, or
+    /// someone unmounted it): containers re-adopted or created later find the same data.
+    async fn ensure_persistent_volumes(&self) {
+        let Some(store) = self.cfg.persistent_volumes.clone() else {
+            return;
+        };
+        let volumes = persistent::pod_volumes(&self.spec);
+        if volumes.is_empty() {
+            return;
+        }
+        let key = self.key();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (id, size) in volumes {
+                if let Err(e) = store.ensure(&id, size) {
+                    tracing::warn!(pod = %key, volume = %id, error = %e, "cannot mount a persistent volume of a re-adopted pod");
+                }
+            }
+        })
+        .await;
     }
 
     // === kubelet's events ===
@@ -722,7 +779,11 @@ impl PodWorker {
             }
         };
         self.slots[slot].awaiting_primary = false;
-        let (env, mounts) = match self.container_config(slot) {
+        let Prepared {
+            env,
+            mounts,
+            persistent,
+        } = match self.container_config(slot) {
             Ok(Some(prepared)) => prepared,
             Ok(None) => {
                 // Created once the configuration arrives.
@@ -746,7 +807,32 @@ impl PodWorker {
         let restart_count = self.slots[slot].restart_count;
         let tx = self.ops_tx.clone();
         let generation = self.generation;
+        let store = self.cfg.persistent_volumes.clone();
         self.creates.spawn(async move {
+            let mut mounts = mounts;
+            if !persistent.is_empty() {
+                // Checked by container_config: a store exists when there is anything to mount.
+                let ensured = match store {
+                    Some(store) => tokio::task::spawn_blocking(move || {
+                        persistent::resolve(&store, &persistent)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("persistent volumes: {e}"))),
+                    None => Err(NO_VOLUME_STORE.to_string()),
+                };
+                match ensured {
+                    Ok(bind) => mounts.extend(bind),
+                    Err(message) => {
+                        if let Some(old) = older
+                            && let Err(e) = runtime.remove_container(&old).await
+                        {
+                            tracing::warn!(container_id = %old, error = %e, "cannot remove old container");
+                        }
+                        let _ = tx.send((generation, OpResult::VolumeFailed { slot, message }));
+                        return;
+                    }
+                }
+            }
             let req = CreateRequest {
                 pod: &pod,
                 container: &container,
@@ -912,6 +998,16 @@ impl PodWorker {
                 slot,
                 result: Ok(info),
             } => self.on_started(slot, *info),
+            OpResult::VolumeFailed { slot, message } => {
+                tracing::warn!(pod = %self.key(), container = %self.slots[slot].spec.name, %message, "cannot mount a persistent volume; will retry");
+                self.apply(slot, ContainerEvent::ConfigFailed { message });
+                if matches!(
+                    self.slots[slot].state,
+                    ContainerLifecycle::ConfigError { .. }
+                ) {
+                    self.slots[slot].deadline = Some(Instant::now() + self.cfg.poll_interval);
+                }
+            }
         }
     }
 
@@ -1153,6 +1249,9 @@ impl PodWorker {
     /// running ones are kept as they are, ones that exited meanwhile go through the restart
     /// policy, anything stale is removed.
     async fn adopt(&mut self, adopted: Vec<ContainerInfo>) {
+        if !adopted.is_empty() {
+            self.ensure_persistent_volumes().await;
+        }
         self.adopting = true;
         let adopted_slots = self.adopt_quietly(adopted).await;
         self.adopting = false;

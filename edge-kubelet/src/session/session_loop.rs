@@ -137,7 +137,7 @@ async fn session_inner(
     let mut offer = cfg.offered.clone();
     let offered = *offer.borrow_and_update();
     let hello = pb::Hello {
-        volumes: Vec::new(),
+        volumes: pods.held_volumes().await,
         provider_name: cfg.provider_name.clone(),
         agent_version: crate::AGENT_VERSION.to_string(),
         capacity: Some(cfg.capacity),
@@ -293,6 +293,9 @@ fn handle(
     match m.kind {
         Some(In::VolumeSet(set)) => {
             tracing::debug!(volumes = set.ids.len(), "received the volumes to keep");
+            if let Err(e) = pods.submit_volume_set(set.ids) {
+                tracing::warn!(error = %e, "ignoring the operator's volume set; no volume deleted");
+            }
         }
         Some(In::PodSet(set)) => {
             tracing::info!(pods = set.pods.len(), "received desired pod set");
