@@ -119,10 +119,13 @@ pub(crate) fn storage_quantity(schema: &mut Schema) {
     add_rules(schema, [at_most(MAX_STORAGE, "must be at most 1Pi")]);
 }
 
-/// A persistent volume's size: at least [`crate::persistence::MIN_VOLUME`], at most
-/// [`crate::persistence::MAX_VOLUME`].
+/// Smallest persistent volume claim: ext4 needs room for its journal and metadata.
+pub const MIN_VOLUME: &str = "16Mi";
+/// Largest persistent volume claim (the provider's storage offer caps it further).
+pub const MAX_VOLUME: &str = "16Ti";
+
+/// A persistent volume's size: at least [`MIN_VOLUME`], at most [`MAX_VOLUME`].
 pub(crate) fn volume_quantity(schema: &mut Schema) {
-    use crate::persistence::{MAX_VOLUME, MIN_VOLUME};
     quantity_syntax(schema);
     add_rules(
         schema,

@@ -12,10 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// Most `volumeClaimTemplates` of one Workload.
 pub const MAX_CLAIM_TEMPLATES: usize = 4;
-/// Smallest claim: ext4 needs room for its journal and metadata.
-pub const MIN_VOLUME: &str = "16Mi";
-/// Largest claim (the provider's storage offer caps it further).
-pub const MAX_VOLUME: &str = "16Ti";
+pub use crate::bounds::{MAX_VOLUME, MIN_VOLUME};
 
 /// One per-replica persistent volume, as in a StatefulSet: `metadata.name` is what the
 /// containers' `volumeMounts` name, `spec.resources.requests.storage` its hard size.
