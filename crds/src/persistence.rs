@@ -101,7 +101,7 @@ pub enum OnProviderLoss {
 }
 
 /// One stateful replica's identity and where its data is.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PersistentReplica {
     /// The replica's pod name, `<workload>-<ordinal>`.

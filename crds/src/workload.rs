@@ -72,6 +72,10 @@ impl Workload {
     "rule": "!has(self.volumeClaimTemplates) || self.volumeClaimTemplates.all(t, self.volumeClaimTemplates.exists_one(u, u.metadata.name == t.metadata.name) && (!has(self.template.spec.volumes) || !self.template.spec.volumes.exists(v, v.name == t.metadata.name)))",
     "message": "volumeClaimTemplates names must be unique and differ from the pod's volume names",
     "fieldPath": ".volumeClaimTemplates",
+}, {
+    "rule": "!has(oldSelf.volumeClaimTemplates) || !has(self.volumeClaimTemplates) || self.volumeClaimTemplates == oldSelf.volumeClaimTemplates",
+    "message": "volumeClaimTemplates cannot be changed once set (the volumes exist on the providers at that size); remove them (which deletes the volumes) or create a new Workload",
+    "fieldPath": ".volumeClaimTemplates",
 }]))]
 pub struct WorkloadSpec {
     /// Number of replicas to keep running, each on its own provider by default.

@@ -13,6 +13,7 @@ use decloud_crds::{
     },
     find_condition,
     hosts::{HostClaim, granted_hosts, host_claim},
+    persistence::{OnProviderLoss, PersistentReplica, replica_ordinal},
     pods::is_terminal,
     quantity::{cpu_millis, memory_bytes},
     tcp_ports::PortClaim,
@@ -41,11 +42,13 @@ use crate::{
         CertificateProblem, Certificates, RECHECK_NOT_READY, RECHECK_READY, SharedCertificates,
         reconcile_certificate,
     },
+    failover::Verdict,
     failover::{Health, OutageClock, verdict},
     hosts::ClaimIndex,
     placement::{ARCH_LABEL, Allocatable, Candidate, OS_LABEL, Resources, is_platform_key},
     pod::{Replica, build_pod, replica_requests, requests_of, template_hash},
     rollout::{self, DeleteReason, Deletion, Observed, PlanInput},
+    stateful::{self, StatefulInput},
     status::{
         CERTIFICATE_READY, DEGRADED, HOST_ACCEPTED, StatusInput, TCP_PORT_ASSIGNED, compute_status,
     },
@@ -397,8 +400,9 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
     // Our own pods change only through this reconcile, which never runs twice at once for
     // one Workload; others' pods are what the lock below is about.
     let (pods_api, pods) = owned_pods(workload, ctx).await?;
+    let bindings = bindings(workload, ctx).await?;
     let placing = ctx.placing.lock().await;
-    let snapshot = observe(workload, ctx, &uid, &pods, Timestamp::now());
+    let snapshot = observe(workload, ctx, &uid, &pods, bindings, Timestamp::now());
     let step = plan(&snapshot);
     let outcome = execute(workload, ctx, &pods_api, &uid, &snapshot, &step).await?;
     // Events are published after the lock is released; they need not hold up other Workloads.
@@ -440,12 +444,74 @@ async fn apply(workload: &Workload, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(requeue))
 }
 
+/// Where each replica's volumes are, for a stateful Workload (`None` for others): read from
+/// the API, not the cache, so a binding the last step wrote is never missed (a replica created
+/// again elsewhere would come up without its data).
+async fn bindings(workload: &Workload, ctx: &Context) -> Result<Option<BTreeMap<u32, String>>> {
+    if workload.spec.volume_claim_templates.is_empty() {
+        return Ok(None);
+    }
+    let api = Api::<Workload>::namespaced(
+        ctx.client.clone(),
+        &workload.namespace().unwrap_or_default(),
+    );
+    let fresh = api.get_status(&workload.name_any()).await?;
+    if fresh.uid() != workload.uid() {
+        return Err(Error::InvalidWorkload(
+            "the Workload was deleted and created again".into(),
+        ));
+    }
+    let name = workload.name_any();
+    Ok(Some(
+        fresh
+            .status
+            .iter()
+            .flat_map(|s| &s.persistent_replicas)
+            .filter(|r| !r.provider.is_empty())
+            .filter_map(|r| Some((replica_ordinal(&name, &r.name)?, r.provider.clone())))
+            .collect(),
+    ))
+}
+
+/// Bytes of persistent volumes bound to each provider by the Workloads other than `skip_uid`,
+/// as their statuses say.
+fn volume_usage(workloads: &Store<Workload>, skip_uid: &str) -> HashMap<String, i64> {
+    let mut usage: HashMap<String, i64> = HashMap::new();
+    for wl in workloads.state() {
+        if wl.uid().as_deref() == Some(skip_uid) {
+            continue;
+        }
+        let bytes = claim_bytes(&wl);
+        if bytes == 0 {
+            continue;
+        }
+        for r in wl.status.iter().flat_map(|s| &s.persistent_replicas) {
+            let entry = usage.entry(r.provider.clone()).or_default();
+            *entry = entry.saturating_add(bytes);
+        }
+    }
+    usage
+}
+
+/// Bytes of one replica's volumes: the sum of the Workload's claim templates.
+fn claim_bytes(workload: &Workload) -> i64 {
+    workload
+        .spec
+        .volume_claim_templates
+        .iter()
+        .filter_map(|t| t.size_bytes())
+        .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
+        .fold(0, i64::saturating_add)
+}
+
 // === observe ===
 
 /// What one reconcile knows: the Workload's spec, its pods with their providers' verdicts, and
 /// every provider as placement sees it.
 #[derive(Clone, Debug)]
 struct Snapshot {
+    /// The Workload's name.
+    name: String,
     /// `spec.replicas`.
     desired: usize,
     /// Hash of the current template.
@@ -470,6 +536,20 @@ struct Snapshot {
     tcp: Option<PortClaim>,
     /// When the snapshot was taken.
     now: Timestamp,
+    /// Set for a Workload with `volumeClaimTemplates`.
+    stateful: Option<StatefulView>,
+}
+
+/// What a stateful Workload's step knows beyond the rest.
+#[derive(Clone, Debug)]
+struct StatefulView {
+    /// The provider holding each ordinal's volumes.
+    bindings: BTreeMap<u32, String>,
+    /// Each provider's verdict for a replica bound to it.
+    verdicts: BTreeMap<String, Verdict>,
+    /// Bytes of one replica's volumes.
+    volume_bytes: i64,
+    on_loss: OnProviderLoss,
 }
 
 /// Reads the caches into a [`Snapshot`]. `pods` are the Workload's own, fresher than the cache.
@@ -478,6 +558,7 @@ fn observe(
     ctx: &Context,
     uid: &str,
     pods: &[Pod],
+    bindings: Option<BTreeMap<u32, String>>,
     now: Timestamp,
 ) -> Snapshot {
     let spec = &workload.spec;
@@ -509,10 +590,32 @@ fn observe(
             *entry = entry.plus(requests_of(pod));
         }
     }
+    let volumes = volume_usage(&ctx.workloads, uid);
     let candidates = providers
         .iter()
-        .map(|p| candidate(p, usage.get(&provider_node(p)).copied().unwrap_or_default()))
+        .map(|p| {
+            let used = usage.get(&provider_node(p)).copied().unwrap_or_default();
+            let stored = volumes.get(&p.name_any()).copied().unwrap_or_default();
+            candidate(p, used.plus(Resources::storage(stored)))
+        })
         .collect();
+    let stateful = bindings.map(|bindings| StatefulView {
+        bindings,
+        verdicts: providers
+            .iter()
+            .map(|p| {
+                let health = Health::of(Some(p));
+                let first_seen = ctx.outages.observe(&p.name_any(), &health, now);
+                (p.name_any(), verdict(&health, first_seen, now, grace))
+            })
+            .collect(),
+        volume_bytes: claim_bytes(workload),
+        on_loss: spec
+            .persistence
+            .as_ref()
+            .map(|p| p.on_provider_loss)
+            .unwrap_or_default(),
+    });
 
     let observed = pods
         .iter()
@@ -540,6 +643,7 @@ fn observe(
         .collect();
 
     Snapshot {
+        name: workload.name_any(),
         desired: usize::try_from(spec.replicas).unwrap_or(0),
         hash: template_hash(&spec.template),
         per_replica: replica_requests(&spec.template.spec),
@@ -555,6 +659,7 @@ fn observe(
         host,
         tcp,
         now,
+        stateful,
     }
 }
 
@@ -565,35 +670,71 @@ fn observe(
 struct Step {
     /// Deletions, creations (by provider), shortage and when to look again.
     plan: rollout::Plan,
-    /// `(provider, node)` of each replica to create.
-    creates: Vec<(String, String)>,
+    /// `(provider, node, ordinal)` of each replica to create (an ordinal for a stateful one).
+    creates: Vec<(String, String, Option<u32>)>,
+    /// A stateful Workload's replicas after the step: `status.persistentReplicas`.
+    replicas: Vec<PersistentReplica>,
+    /// Stateful replicas that cannot run where their data is, for `Degraded`.
+    waiting: Vec<String>,
 }
 
 /// Decides the step: pure, over the snapshot alone.
 fn plan(s: &Snapshot) -> Step {
-    let plan = rollout::plan(&PlanInput {
-        desired: s.desired,
-        hash: &s.hash,
-        observed: &s.observed,
-        candidates: &s.candidates,
-        per_replica: s.per_replica,
-        spread: s.placement.spread,
-        selector: s.placement.provider_selector.as_ref(),
-        node_selector: &s.node_selector,
-    });
+    let (plan, ordinals, replicas, waiting) = match &s.stateful {
+        None => {
+            let plan = rollout::plan(&PlanInput {
+                desired: s.desired,
+                hash: &s.hash,
+                observed: &s.observed,
+                candidates: &s.candidates,
+                per_replica: s.per_replica,
+                spread: s.placement.spread,
+                selector: s.placement.provider_selector.as_ref(),
+                node_selector: &s.node_selector,
+            });
+            let ordinals = vec![None; plan.create.len()];
+            (plan, ordinals, Vec::new(), Vec::new())
+        }
+        Some(view) => {
+            let p = stateful::plan(&StatefulInput {
+                workload: &s.name,
+                desired: s.desired,
+                hash: &s.hash,
+                observed: &s.observed,
+                bindings: &view.bindings,
+                verdicts: &view.verdicts,
+                candidates: &s.candidates,
+                per_replica: s.per_replica,
+                volume_bytes: view.volume_bytes,
+                spread: s.placement.spread,
+                selector: s.placement.provider_selector.as_ref(),
+                node_selector: &s.node_selector,
+                on_loss: view.on_loss,
+                grace_seconds: s.grace_seconds,
+            });
+            let ordinals = p.ordinals.into_iter().map(Some).collect();
+            (p.plan, ordinals, p.replicas, p.waiting)
+        }
+    };
     let creates = plan
         .create
         .iter()
-        .map(|provider| {
+        .zip(ordinals)
+        .map(|(provider, ordinal)| {
             let node = s
                 .nodes
                 .get(provider)
                 .cloned()
                 .unwrap_or_else(|| node_name(provider));
-            (provider.clone(), node)
+            (provider.clone(), node, ordinal)
         })
         .collect();
-    Step { plan, creates }
+    Step {
+        plan,
+        creates,
+        replicas,
+        waiting,
+    }
 }
 
 // === execute ===
@@ -654,8 +795,8 @@ async fn execute(
     let planned = step
         .creates
         .iter()
-        .map(|(provider, node)| {
-            let mut pod = build_pod(workload, &s.hash, node)?;
+        .map(|(provider, node, ordinal)| {
+            let mut pod = build_pod(workload, &s.hash, node, *ordinal)?;
             if let Some(spec) = pod.spec.as_mut() {
                 spec.host_aliases = (!aliases.is_empty()).then(|| aliases.clone());
             }
@@ -839,6 +980,8 @@ fn summarize(
             .map(|o| (o.pod.clone(), o.provider.clone()))
             .collect(),
         grace_seconds: s.grace_seconds,
+        waiting: step.waiting.clone(),
+        persistent_replicas: step.replicas.clone(),
         previous: workload.status.as_ref(),
         now: &now_text,
     })
@@ -862,6 +1005,7 @@ fn candidate(provider: &Provider, used: Resources) -> Candidate {
             cpu_millis: alloc.cpu.as_deref().and_then(cpu_millis),
             memory_bytes: alloc.memory.as_deref().and_then(memory_bytes),
             pods: alloc.pods.map(i64::from),
+            storage_bytes: alloc.storage.as_deref().and_then(memory_bytes),
         },
         used,
         replicas: 0,

@@ -52,6 +52,7 @@ mod placement;
 mod pod;
 mod problem;
 mod rollout;
+mod stateful;
 mod status;
 mod watches;
 

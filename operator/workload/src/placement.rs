@@ -14,7 +14,7 @@ pub(crate) fn is_platform_key(key: &str) -> bool {
     key == ARCH_LABEL || key == OS_LABEL
 }
 
-/// CPU, memory and pod count, as integers.
+/// CPU, memory, pod count and persistent storage, as integers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Resources {
     /// Millicores.
@@ -23,6 +23,8 @@ pub(crate) struct Resources {
     pub memory_bytes: i64,
     /// Pods.
     pub pods: i64,
+    /// Bytes of persistent volumes (`volumeClaimTemplates`) held on the provider.
+    pub storage_bytes: i64,
 }
 
 impl Resources {
@@ -32,6 +34,15 @@ impl Resources {
             cpu_millis,
             memory_bytes,
             pods: 1,
+            storage_bytes: 0,
+        }
+    }
+
+    /// Persistent volumes of `bytes`, and nothing else.
+    pub(crate) fn storage(bytes: i64) -> Self {
+        Self {
+            storage_bytes: bytes,
+            ..Self::default()
         }
     }
 
@@ -41,13 +52,20 @@ impl Resources {
             cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
             pods: self.pods.saturating_add(other.pods),
+            storage_bytes: self.storage_bytes.saturating_add(other.storage_bytes),
         }
     }
 
-    /// Human-readable form for messages ("cpu 100m, memory 32Mi").
+    /// Human-readable form for messages ("cpu 100m, memory 32Mi", then ", storage 1Gi" when
+    /// there are persistent volumes).
     pub(crate) fn describe(self) -> String {
+        let storage = if self.storage_bytes > 0 {
+            format!(", storage {}", format_bytes(self.storage_bytes))
+        } else {
+            String::new()
+        };
         format!(
-            "cpu {}, memory {}",
+            "cpu {}, memory {}{storage}",
             format_millis(self.cpu_millis),
             format_bytes(self.memory_bytes)
         )
@@ -70,15 +88,20 @@ pub(crate) struct Allocatable {
     pub memory_bytes: Option<i64>,
     /// Pods.
     pub pods: Option<i64>,
+    /// Bytes of storage offered (`--storage`), which persistent volumes take.
+    pub storage_bytes: Option<i64>,
 }
 
 impl Allocatable {
-    /// Whether `used + extra` stays within every reported dimension.
+    /// Whether `used + extra` stays within every reported dimension (storage only when `extra`
+    /// takes some: a provider over its offer still runs stateless replicas).
     pub(crate) fn fits(&self, used: Resources, extra: Resources) -> bool {
         let total = used.plus(extra);
         self.cpu_millis.is_none_or(|c| total.cpu_millis <= c)
             && self.memory_bytes.is_none_or(|m| total.memory_bytes <= m)
             && self.pods.is_none_or(|p| total.pods <= p)
+            && (extra.storage_bytes == 0
+                || self.storage_bytes.is_none_or(|b| total.storage_bytes <= b))
     }
 
     /// Average share of CPU and memory in use, in thousandths (lower is emptier); dimensions
@@ -329,4 +352,4 @@ pub(crate) fn place_replicas(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use decloud_crds::{
     Container, PodSpec, PodTemplate, Probe, ResourceList, Workload,
     contracts::{EDGE_TAINT, TEMPLATE_HASH_LABEL, WORKLOAD_LABEL},
+    persistence::{claim_name, replica_pod_name},
     pods::pod_requests,
 };
 use k8s_openapi::{
@@ -48,9 +49,17 @@ fn phase_of(pod: &core::Pod) -> &str {
         .unwrap_or("Pending")
 }
 
-/// The pod for one new replica of `workload` on node `node`.
-pub(crate) fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<core::Pod> {
+/// The pod for one new replica of `workload` on node `node`: named `<workload>-<ordinal>`
+/// and mounting its claims when `ordinal` is given (a stateful replica), else with a generated
+/// name.
+pub(crate) fn build_pod(
+    workload: &Workload,
+    hash: &str,
+    node: &str,
+    ordinal: Option<u32>,
+) -> Result<core::Pod> {
     let name = workload.name_any();
+    let identity = ordinal.map(|n| replica_pod_name(&name, n));
     let owner = workload
         .controller_owner_ref(&())
         .ok_or_else(|| Error::InvalidWorkload("the Workload has no uid yet".into()))?;
@@ -62,7 +71,10 @@ pub(crate) fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<c
     let spec = &template.spec;
     Ok(core::Pod {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{name}-{}-", &hash[..hash.len().min(8)])),
+            generate_name: identity
+                .is_none()
+                .then(|| format!("{name}-{}-", &hash[..hash.len().min(8)])),
+            name: identity.clone(),
             namespace: workload.namespace(),
             labels: Some(labels),
             annotations: (!meta.annotations.is_empty()).then_some(meta.annotations),
@@ -84,7 +96,24 @@ pub(crate) fn build_pod(workload: &Workload, hash: &str, node: &str) -> Result<c
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             containers: spec.containers.iter().map(container).collect(),
-            volumes: (!spec.volumes.is_empty()).then(|| spec.volumes.iter().map(volume).collect()),
+            volumes: {
+                let mut volumes: Vec<core::Volume> = spec.volumes.iter().map(volume).collect();
+                if let Some(pod) = &identity {
+                    volumes.extend(workload.spec.volume_claim_templates.iter().map(|t| {
+                        core::Volume {
+                            name: t.name().to_string(),
+                            persistent_volume_claim: Some(
+                                core::PersistentVolumeClaimVolumeSource {
+                                    claim_name: claim_name(t.name(), pod),
+                                    read_only: None,
+                                },
+                            ),
+                            ..Default::default()
+                        }
+                    }));
+                }
+                (!volumes.is_empty()).then_some(volumes)
+            },
             image_pull_secrets: (!spec.image_pull_secrets.is_empty()).then(|| {
                 spec.image_pull_secrets
                     .iter()

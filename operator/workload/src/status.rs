@@ -2,9 +2,12 @@
 //! inputs give the same status, and conditions keep their transition times while unchanged.
 
 use decloud_crds::{
-    Condition, ReplicaPlacement, WorkloadStatus, hosts::HostClaim, set_condition,
-    tcp_ports::PortClaim,
+    Condition, ReplicaPlacement, WorkloadStatus, hosts::HostClaim, persistence::PersistentReplica,
+    set_condition, tcp_ports::PortClaim,
 };
+
+/// Replicas named in one `WaitingForProvider` message; the rest are counted.
+const WAITING_NAMED: usize = 4;
 
 use crate::certificates::CertificateProblem;
 
@@ -35,6 +38,10 @@ pub(crate) struct StatusInput<'a> {
     pub unreachable: Vec<(String, String)>,
     /// Failover grace in seconds, for messages.
     pub grace_seconds: i64,
+    /// Stateful replicas that cannot run where their data is, one line each.
+    pub waiting: Vec<String>,
+    /// A stateful Workload's replicas: `status.persistentReplicas`.
+    pub persistent_replicas: Vec<PersistentReplica>,
     /// The status as last written, for condition transition times.
     pub previous: Option<&'a WorkloadStatus>,
     /// The time to stamp on conditions that change now (RFC 3339).
@@ -114,6 +121,21 @@ pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
 
     let degraded = if let Some(shortage) = &input.shortage {
         cond(DEGRADED, true, "InsufficientCapacity", shortage.clone())
+    } else if !input.waiting.is_empty() {
+        let mut lines: Vec<String> = input.waiting.iter().take(WAITING_NAMED).cloned().collect();
+        if input.waiting.len() > WAITING_NAMED {
+            lines.push(format!("and {} more", input.waiting.len() - WAITING_NAMED));
+        }
+        cond(
+            DEGRADED,
+            true,
+            "WaitingForProvider",
+            format!(
+                "{} replica(s) wait for the provider holding their data: {}",
+                input.waiting.len(),
+                lines.join("; ")
+            ),
+        )
     } else if !input.unreachable.is_empty() {
         let names: Vec<String> = input
             .unreachable
@@ -213,7 +235,7 @@ pub(crate) fn compute_status(input: StatusInput<'_>) -> WorkloadStatus {
             _ => None,
         },
         placements,
-        persistent_replicas: Vec::new(),
+        persistent_replicas: input.persistent_replicas,
         conditions,
         // Written by the operator's accounting, not here.
         usage: None,

@@ -259,6 +259,7 @@ fn ready_candidate(name: &str) -> Candidate {
             cpu_millis: Some(2000),
             memory_bytes: Some(4 << 30),
             pods: Some(10),
+            storage_bytes: None,
         },
         used: Resources::default(),
         replicas: 0,
@@ -296,6 +297,8 @@ fn snapshot(observed: Vec<Observed>, candidates: Vec<Candidate>) -> Snapshot {
         host: HostClaim::None,
         tcp: None,
         now: Timestamp::now(),
+        name: "web".into(),
+        stateful: None,
     }
 }
 
@@ -381,7 +384,7 @@ fn plan_table() {
         let creates: Vec<(&str, &str)> = step
             .creates
             .iter()
-            .map(|(p, n)| (p.as_str(), n.as_str()))
+            .map(|(p, n, _)| (p.as_str(), n.as_str()))
             .collect();
         assert_eq!(creates, case.creates, "{}", case.name);
     }

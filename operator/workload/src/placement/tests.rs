@@ -1,7 +1,7 @@
 use super::*;
 use decloud_crds::{LabelSelectorRequirement, SelectorOperator};
 
-fn provider(name: &str) -> Candidate {
+pub(crate) fn provider(name: &str) -> Candidate {
     Candidate {
         name: name.into(),
         labels: BTreeMap::new(),
@@ -11,6 +11,7 @@ fn provider(name: &str) -> Candidate {
             cpu_millis: Some(2000),
             memory_bytes: Some(4 << 30),
             pods: Some(10),
+            storage_bytes: None,
         },
         used: Resources::default(),
         replicas: 0,

@@ -73,7 +73,7 @@ fn workload() -> Workload {
 fn builds_the_replica_pod() {
     let wl = workload();
     let hash = template_hash(&wl.spec.template);
-    let pod = build_pod(&wl, &hash, "edge-alice").expect("pod");
+    let pod = build_pod(&wl, &hash, "edge-alice", None).expect("pod");
     let meta = &pod.metadata;
     assert_eq!(
         meta.generate_name.as_deref(),
@@ -148,7 +148,7 @@ fn pod_needs_a_workload_uid() {
     let mut wl = workload();
     wl.metadata.uid = None;
     assert!(matches!(
-        build_pod(&wl, "abc", "edge-a"),
+        build_pod(&wl, "abc", "edge-a", None),
         Err(Error::InvalidWorkload(_))
     ));
 }
@@ -174,17 +174,18 @@ fn requests_fall_back_to_limits() {
         Resources {
             cpu_millis: 100,
             memory_bytes: 128 << 20,
-            pods: 1
+            pods: 1,
+            storage_bytes: 0,
         }
     );
-    let pod = build_pod(&wl, "abc", "edge-a").expect("pod");
+    let pod = build_pod(&wl, "abc", "edge-a", None).expect("pod");
     assert_eq!(requests_of(&pod), replica_requests(&wl.spec.template.spec));
 }
 
 #[test]
 fn reads_a_replica_back() {
     let wl = workload();
-    let mut pod = build_pod(&wl, "abc", "edge-a").expect("pod");
+    let mut pod = build_pod(&wl, "abc", "edge-a", None).expect("pod");
     pod.metadata.name = Some("hello-abc-xyz".into());
     let r = Replica::from_pod(&pod);
     assert_eq!(
@@ -216,11 +217,11 @@ fn reads_a_replica_back() {
 #[test]
 fn the_node_selector_is_copied_onto_the_pod() {
     let mut wl = workload();
-    let pod = build_pod(&wl, "abc", "edge-a").expect("pod");
+    let pod = build_pod(&wl, "abc", "edge-a", None).expect("pod");
     assert_eq!(pod.spec.expect("spec").node_selector, None);
     wl.spec.template.spec.node_selector =
         BTreeMap::from([("kubernetes.io/arch".into(), "arm64".into())]);
-    let pod = build_pod(&wl, "abc", "edge-a").expect("pod");
+    let pod = build_pod(&wl, "abc", "edge-a", None).expect("pod");
     assert_eq!(
         pod.spec.expect("spec").node_selector,
         Some(BTreeMap::from([(
@@ -269,4 +270,45 @@ fn configuration_and_volumes_carry_over_as_core_v1() {
     assert_eq!(c["env"], want["env"]);
     assert_eq!(c["envFrom"], want["envFrom"]);
     assert_eq!(c["volumeMounts"], want["volumeMounts"]);
+}
+
+#[test]
+fn a_stateful_replica_is_named_by_its_ordinal_and_mounts_its_claims() {
+    use decloud_crds::persistence::{
+        ClaimMetadata, ClaimRequests, ClaimResources, ClaimSpec, VolumeClaimTemplate,
+    };
+    let mut wl = workload();
+    wl.spec.volume_claim_templates = vec![VolumeClaimTemplate {
+        metadata: ClaimMetadata {
+            name: "data".into(),
+        },
+        spec: ClaimSpec {
+            access_modes: Vec::new(),
+            resources: ClaimResources {
+                requests: ClaimRequests {
+                    storage: "64Mi".into(),
+                },
+            },
+        },
+    }];
+    let pod = build_pod(&wl, "abc", "edge-a", Some(3)).expect("pod");
+    assert_eq!(pod.metadata.name.as_deref(), Some("hello-3"));
+    assert_eq!(pod.metadata.generate_name, None);
+    let volumes = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .expect("volumes");
+    let claims: Vec<(&str, &str)> = volumes
+        .iter()
+        .filter_map(|v| {
+            let c = v.persistent_volume_claim.as_ref()?;
+            Some((v.name.as_str(), c.claim_name.as_str()))
+        })
+        .collect();
+    assert_eq!(claims, [("data", "data-hello-3")]);
+    // A stateless replica of the same Workload carries no claim and a generated name.
+    let pod = build_pod(&wl, "abc", "edge-a", None).expect("pod");
+    assert!(pod.metadata.name.is_none());
+    assert!(pod.spec.and_then(|s| s.volumes).is_none());
 }

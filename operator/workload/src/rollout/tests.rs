@@ -12,6 +12,7 @@ fn provider(name: &str) -> Candidate {
             cpu_millis: Some(2000),
             memory_bytes: Some(4 << 30),
             pods: Some(10),
+            storage_bytes: None,
         },
         used: Resources::default(),
         replicas: 0,

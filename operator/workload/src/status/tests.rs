@@ -27,6 +27,8 @@ fn input<'a>(previous: Option<&'a WorkloadStatus>, now: &'a str) -> StatusInput<
         shortage: None,
         unreachable: vec![],
         grace_seconds: 5,
+        waiting: Vec::new(),
+        persistent_replicas: Vec::new(),
         previous,
         now,
     }
