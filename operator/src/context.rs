@@ -70,6 +70,8 @@ pub(crate) struct Context {
     pub(crate) services: ServiceState,
     /// The ConfigMaps and Secrets bound pods use, each read by name.
     pub(crate) config_sources: ConfigSources,
+    /// The persistent volumes each edge keeps, computed at most once a second for connects.
+    pub(crate) volume_sets: crate::pods::VolumeSetMemo,
     reconcile_tx: mpsc::UnboundedSender<ObjectRef<Provider>>,
 }
 
@@ -128,6 +130,7 @@ impl Context {
             pod_events,
             stats: NodeStatsStore::default(),
             node_ports: NodePorts::default(),
+            volume_sets: Default::default(),
             services: ServiceState::default(),
             config_sources: ConfigSources::default(),
             reconcile_tx,

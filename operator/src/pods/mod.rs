@@ -17,7 +17,7 @@ mod translate;
 mod writer;
 
 pub(crate) use admission::{Disposition, disposition};
-pub(crate) use claims::send_volume_sets;
+pub(crate) use claims::{VolumeSetMemo, send_volume_sets};
 pub(crate) use config_sources::ConfigSources;
 pub(crate) use deletion::on_pod_gone;
 pub(crate) use event_writer::{on_pod_event, write_pod_events};
