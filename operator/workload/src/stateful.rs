@@ -388,10 +388,12 @@ fn lost_message(provider: &str, verdict: Verdict, input: &StatefulInput<'_>, los
             "provider {provider}, which holds the replica's volumes, is gone (deleted or \
              revoked); {elsewhere}"
         ),
-        Verdict::Replace { down_for } => format!(
-            "provider {provider}, which holds the replica's volumes, has been NotReady for {}s; \
-             {elsewhere}",
-            down_for.as_secs()
+        // No running count in the text: the status (and its event) change only when the
+        // situation does.
+        Verdict::Replace { .. } => format!(
+            "provider {provider}, which holds the replica's volumes, has been NotReady for more \
+             than the {}s grace; {elsewhere}",
+            input.grace_seconds
         ),
         _ => format!(
             "provider {provider}, which holds the replica's volumes, is NotReady; {elsewhere}"

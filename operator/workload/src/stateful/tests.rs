@@ -229,7 +229,11 @@ fn a_lost_provider_is_waited_for() {
         states(&p),
         [("db-0", "a", WAITING_FOR_PROVIDER), ("db-1", "b", RUNNING)]
     );
-    assert!(p.waiting[0].contains("NotReady for 30s"), "{:?}", p.waiting);
+    assert!(
+        p.waiting[0].contains("NotReady for more than the 5s grace"),
+        "{:?}",
+        p.waiting
+    );
     assert_eq!(p.plan.requeue, SHORT_REQUEUE);
     // Its pod gone too, and the provider deleted: still no replica elsewhere.
     let mut s = s.lose("a", GONE);
