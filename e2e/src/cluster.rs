@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{Client as LegacyClient, connect::HttpConnector},
     rt::TokioExecutor,
@@ -399,6 +399,16 @@ pub fn busybox_image() -> anyhow::Result<String> {
     crate::registry::test_image("decloud-test/busybox:1")
 }
 
+/// The stateful example's image `decloud-test/redis:7` (Debian's redis-server, redis-tools
+/// and busybox), built with the host's engine and pushed to the environment's registry: its
+/// reference there, which every edge pulls into its own engine.
+pub fn redis_image() -> anyhow::Result<String> {
+    crate::registry::registry()?.push(
+        &crate::registry::local_redis()?,
+        crate::registry::REDIS_IMAGE,
+    )
+}
+
 /// The size of the host engine's image behind registry reference `reference` (its local
 /// name `decloud-test/…`), as `docker images` shows it.
 pub fn docker_image_size(reference: &str) -> anyhow::Result<String> {
@@ -547,8 +557,28 @@ pub async fn http_get_reply(
     get(port, host, path, timeout, timeout).await
 }
 
-/// One request on a fresh connection (`Connection: close`, no pooling), as a client that
-/// happens by would send it.
+/// `POST path` with `body` on 127.0.0.1:`port` with `Host: host` (e.g. through the gateway),
+/// the whole exchange bounded by `timeout`.
+pub async fn http_post_reply(
+    port: u16,
+    host: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<HttpReply> {
+    request(
+        http::Method::POST,
+        port,
+        host,
+        path,
+        Bytes::copy_from_slice(body),
+        timeout,
+        timeout,
+    )
+    .await
+}
+
+/// A GET (see [`request`]).
 async fn get(
     port: u16,
     host: &str,
@@ -556,17 +586,43 @@ async fn get(
     connect_timeout: Duration,
     timeout: Duration,
 ) -> anyhow::Result<HttpReply> {
+    request(
+        http::Method::GET,
+        port,
+        host,
+        path,
+        Bytes::new(),
+        connect_timeout,
+        timeout,
+    )
+    .await
+}
+
+/// One request on a fresh connection (`Connection: close`, no pooling), as a client that
+/// happens by would send it; a non-empty `body` goes with its `Content-Length`.
+async fn request(
+    method: http::Method,
+    port: u16,
+    host: &str,
+    path: &str,
+    body: Bytes,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> anyhow::Result<HttpReply> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
-    let client: LegacyClient<HttpConnector, Empty<Bytes>> =
+    let client: LegacyClient<HttpConnector, Full<Bytes>> =
         LegacyClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(connector);
-    let request = http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+    let what = format!("{method} {path} (Host: {host}) on port {port}");
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"))
         .header(http::header::HOST, host)
         .header(http::header::CONNECTION, "close")
-        .body(Empty::new())?;
+        .body(Full::new(body))?;
     let exchange = async {
         let (parts, body) = client.request(request).await?.into_parts();
         let body = body.collect().await?.to_bytes().to_vec();
@@ -585,8 +641,8 @@ async fn get(
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .with_context(|| format!("GET {path} (Host: {host}) on port {port} timed out"))?
-        .with_context(|| format!("GET {path} (Host: {host}) on port {port}"))
+        .with_context(|| format!("{what} timed out"))?
+        .with_context(|| what.clone())
 }
 
 // === pods and providers in the API ===

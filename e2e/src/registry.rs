@@ -21,6 +21,10 @@ const REGISTRY_DIR: &str = "/var/tmp/decloud-e2e-registry";
 /// The user of the private registry.
 pub const PRIVATE_USER: &str = "decloud-tester";
 
+/// The stateful example's image (`e2e/images/redis-image.sh`), as `examples/apps/guestbook`
+/// names it and as it is pushed to the open registry.
+pub const REDIS_IMAGE: &str = "decloud-test/redis:7";
+
 /// One running registry.
 pub struct Registry {
     _child: ChildGuard,
@@ -267,4 +271,34 @@ pub fn local_busybox() -> anyhow::Result<String> {
 /// The busybox test image under `repo` (`name:tag`) in the open registry: its reference.
 pub fn test_image(repo: &str) -> anyhow::Result<String> {
     registry()?.push(&local_busybox()?, repo)
+}
+
+/// Builds the local image `decloud-test/redis:7` with the host's engine (idempotent): Debian
+/// bookworm's redis-server, redis-tools and busybox (`e2e/images/redis-image.sh`, which caches
+/// its debootstrap root filesystem under `~/.cache/decloud/images`; minutes the first time).
+pub fn local_redis() -> anyhow::Result<String> {
+    static LOCAL: OnceLock<Result<String, String>> = OnceLock::new();
+    LOCAL
+        .get_or_init(|| {
+            let out = Command::new("bash")
+                .arg(repo_root().join("e2e/images/redis-image.sh"))
+                .arg(REDIS_IMAGE)
+                .output()
+                .map_err(|e| format!("running e2e/images/redis-image.sh: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "building the redis test image failed (e2e/images/redis-image.sh: needs \
+                     debootstrap, the apt mirror and the host's Docker engine): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }

@@ -57,11 +57,22 @@ async fn crds_validate_at_apply_time_against_a_real_apiserver() -> anyhow::Resul
         env.api_port()
     );
 
-    // Every example applies cleanly.
+    // Every example applies cleanly, the apps' folders (examples/apps/<app>/) too.
     let examples = repo_root().join("examples");
-    let mut applied = 0;
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(&examples)? {
-        let path = entry?.path();
+        files.push(entry?.path());
+    }
+    if let Ok(apps) = std::fs::read_dir(examples.join("apps")) {
+        for app in apps {
+            for entry in std::fs::read_dir(app?.path())? {
+                files.push(entry?.path());
+            }
+        }
+    }
+    files.sort();
+    let mut applied = 0;
+    for path in files {
         if path.extension().is_some_and(|e| e == "yaml") {
             env.kubectl(&["apply", "-f", &path.to_string_lossy()])?;
             applied += 1;

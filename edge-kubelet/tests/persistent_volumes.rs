@@ -246,6 +246,31 @@ async fn data_outlives_its_pod_the_size_is_a_hard_cap_and_a_volume_set_deletes_i
 }
 
 #[tokio::test]
+async fn a_volume_left_out_while_in_use_goes_when_its_pod_does() {
+    if !can_mount() {
+        return;
+    }
+    let image = test_image();
+    let e = edge("pvlater", 0).await;
+    let id = "wl3-data-0";
+    e.pods
+        .upsert(pv_pod("u-pv-l", &image, id, 16 * MI, None))
+        .unwrap();
+    running(&e, "u-pv-l").await;
+    // The operator no longer keeps it here (its replica moved) while the stale pod still runs:
+    // nothing goes yet, and the operator sends that set only once.
+    e.pods.submit_volume_set(Vec::new()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(e.store.list().unwrap().len(), 1, "a mounted volume stays");
+    // The pod goes: the last set applies to its volume, with no new set.
+    delete(&e, "u-pv-l").await;
+    eventually("the volume deleted", PATIENCE, async || {
+        e.store.list().unwrap().is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn data_survives_an_edge_restart_even_when_the_machines_mount_went_away() {
     if !can_mount() {
         return;

@@ -399,7 +399,7 @@ impl PodSupervisor {
     /// Takes the operator's `VolumeSet` to apply in the background ([`Self::apply_volume_set`]);
     /// `Err` (nothing will be deleted) for a set too long or naming an invalid id. Must not
     /// block: the session loop calls it.
-    pub(crate) fn submit_volume_set(&self, ids: Vec<String>) -> Result<()> {
+    pub fn submit_volume_set(&self, ids: Vec<String>) -> Result<()> {
         persistent::check_volume_set(&ids).map_err(Error::InvalidInput)?;
         self.volume_sets.send_replace(Some(Arc::new(ids)));
         Ok(())
@@ -795,7 +795,13 @@ impl PodSupervisor {
         tokio::spawn(async move {
             let _ = done_rx.await;
             if let Some(sup) = sup.upgrade() {
-                sup.terminating_set().remove(&uid);
+                let volumes = sup.terminating_set().remove(&uid).unwrap_or_default();
+                // Its volumes are free now: the operator's last VolumeSet applies to them (it
+                // may have left them out while the pod still held them, and is not sent again
+                // unless it changes).
+                if !volumes.is_empty() {
+                    sup.volume_sets.send_if_modified(|set| set.is_some());
+                }
             }
             board.gone(&uid);
         });

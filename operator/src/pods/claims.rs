@@ -13,8 +13,7 @@
 //! sent only once the Workload cache is complete.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use decloud_crds::Workload;
 use decloud_crds::contracts::provider_of_node;
@@ -193,43 +192,13 @@ pub(crate) fn volume_sets(
     Some(sets)
 }
 
-/// How long one computed set of VolumeSets serves edges that connect: a burst of connects (an
-/// operator restart with 10,000 edges) shares one pass over the Workloads and pods per interval
-/// instead of making one each. No longer than the caches may lag anyway.
-const SHARED_FOR: Duration = Duration::from_secs(1);
-
-/// The VolumeSets last computed, and when.
-#[derive(Default)]
-pub(crate) struct VolumeSetMemo(Mutex<Option<(Instant, Arc<VolumeSets>)>>);
-
-/// Volume ids to keep, by provider.
-type VolumeSets = HashMap<String, Vec<String>>;
-
-impl VolumeSetMemo {
-    /// The sets, computed now (`fresh`, or when the last are older than [`SHARED_FOR`]) or
-    /// shared; `None` until the Workload cache is complete.
-    fn get(&self, ctx: &Context, fresh: bool) -> Option<Arc<VolumeSets>> {
-        let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, sets)) = memo.as_ref()
-            && !fresh
-            && at.elapsed() < SHARED_FOR
-        {
-            return Some(sets.clone());
-        }
-        let sets = Arc::new(volume_sets(
-            ctx.services.workload_store(),
-            &ctx.pods.state(),
-        )?);
-        *memo = Some((Instant::now(), sets.clone()));
-        Some(sets)
-    }
-}
-
 /// Sends every connected edge (or only `only`'s, on its connect) the volumes it is to keep,
 /// unless unchanged. An edge whose set would exceed [`pb::MAX_HELD_VOLUMES`] is sent nothing
 /// (it keeps all it has) and a warning is logged: a truncated set would delete data.
 pub(crate) fn send_volume_sets(ctx: &Context, only: Option<&str>) {
-    let Some(sets) = ctx.volume_sets.get(ctx, only.is_none()) else {
+    let Some(sets) = ctx.volume_sets.get(only.is_none(), || {
+        volume_sets(ctx.services.workload_store(), &ctx.pods.state())
+    }) else {
         return;
     };
     ctx.registry.for_each_session(|provider, session| {

@@ -14,10 +14,11 @@ mod relay;
 mod report;
 mod status;
 mod translate;
+mod volume_memo;
 mod writer;
 
 pub(crate) use admission::{Disposition, disposition};
-pub(crate) use claims::{VolumeSetMemo, send_volume_sets};
+pub(crate) use claims::send_volume_sets;
 pub(crate) use config_sources::ConfigSources;
 pub(crate) use deletion::on_pod_gone;
 pub(crate) use event_writer::{on_pod_event, write_pod_events};
@@ -28,4 +29,5 @@ pub(crate) use relay::{
 pub(crate) use report::{StatusQueue, StatusReport};
 pub(crate) use status::pod_status;
 pub(crate) use translate::spec_hash;
+pub(crate) use volume_memo::VolumeSetMemo;
 pub(crate) use writer::write_statuses;

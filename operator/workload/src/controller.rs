@@ -547,6 +547,8 @@ struct StatefulView {
     bindings: BTreeMap<u32, String>,
     /// Each provider's verdict for a replica bound to it.
     verdicts: BTreeMap<String, Verdict>,
+    /// Providers their owners drain.
+    draining: BTreeSet<String>,
     /// Bytes of one replica's volumes.
     volume_bytes: i64,
     on_loss: OnProviderLoss,
@@ -608,6 +610,11 @@ fn observe(
                 let first_seen = ctx.outages.observe(&p.name_any(), &health, now);
                 (p.name_any(), verdict(&health, first_seen, now, grace))
             })
+            .collect(),
+        draining: providers
+            .iter()
+            .filter(|p| p.is_draining())
+            .map(|p| p.name_any())
             .collect(),
         volume_bytes: claim_bytes(workload),
         on_loss: spec
@@ -703,6 +710,7 @@ fn plan(s: &Snapshot) -> Step {
                 observed: &s.observed,
                 bindings: &view.bindings,
                 verdicts: &view.verdicts,
+                draining: &view.draining,
                 candidates: &s.candidates,
                 per_replica: s.per_replica,
                 volume_bytes: view.volume_bytes,

@@ -13,10 +13,12 @@
 //! - A replica whose provider is unreachable waits for it (`onProviderLoss: Wait`, the
 //!   default), whatever the failover grace, and its status says so; with `Recreate` it starts
 //!   again elsewhere, with empty volumes, once the grace is over.
+//! - A replica on a provider its owner drains stops there (the machine is the owner's) and
+//!   waits for the provider to resume (`Wait`), or starts elsewhere, empty (`Recreate`).
 //! - Replicas past `spec.replicas` are removed, and their bindings dropped: the edges then
 //!   delete their volumes (the retention policy is Delete).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use decloud_crds::{
     LabelSelector, Spread,
@@ -54,6 +56,8 @@ pub(crate) struct StatefulInput<'a> {
     /// What each provider's health means for a replica bound to it (by provider name; absent:
     /// the provider is gone).
     pub verdicts: &'a BTreeMap<String, Verdict>,
+    /// Providers whose owners are draining them (taking the machine back).
+    pub draining: &'a BTreeSet<String>,
     /// All providers; `used` holds every pod's requests and the other Workloads' volumes.
     pub candidates: &'a [Candidate],
     /// CPU, memory and pod count of one replica.
@@ -132,6 +136,13 @@ pub(crate) fn plan(input: &StatefulInput<'_>) -> StatefulPlan {
                 });
                 let candidate = input.candidates.iter().find(|c| &c.name == p);
                 match verdict {
+                    Verdict::Keep if input.draining.contains(p) => {
+                        if input.on_loss == OnProviderLoss::Recreate {
+                            Slot::Place
+                        } else {
+                            Slot::Wait(p.clone(), drained_message(p))
+                        }
+                    }
                     Verdict::Keep => {
                         let room = candidate.is_some_and(|c| {
                             c.readiness != Readiness::NotReady
@@ -243,6 +254,26 @@ pub(crate) fn plan(input: &StatefulInput<'_>) -> StatefulPlan {
                 Verdict::Keep if matches!(o.phase.as_str(), "Succeeded" | "Failed") => {
                     out.plan.delete.push(deletion(o, DeleteReason::Finished));
                     replica(&o.provider, STARTING, format!("pod {} has finished", o.pod))
+                }
+                Verdict::Keep if o.draining => {
+                    out.plan
+                        .delete
+                        .push(deletion(o, DeleteReason::Drained { replaced: false }));
+                    if input.on_loss == OnProviderLoss::Recreate {
+                        replica(
+                            &o.provider,
+                            MOVING,
+                            format!(
+                                "provider {} is drained by its owner; the replica starts \
+                                 elsewhere with empty volumes ({loss})",
+                                o.provider
+                            ),
+                        )
+                    } else {
+                        let message = drained_message(&o.provider);
+                        out.waiting.push(format!("{name}: {message}"));
+                        replica(&o.provider, WAITING_FOR_PROVIDER, message)
+                    }
                 }
                 Verdict::Keep => {
                     live += 1;
@@ -367,6 +398,15 @@ pub(crate) fn plan(input: &StatefulInput<'_>) -> StatefulPlan {
         BUSY_REQUEUE
     };
     out
+}
+
+/// Why a replica on a provider its owner drains does not run.
+fn drained_message(provider: &str) -> String {
+    format!(
+        "provider {provider}, which holds the replica's volumes, is drained by its owner; the \
+         replica waits for it to resume (onProviderLoss: Wait; Recreate would start it elsewhere \
+         with empty volumes)"
+    )
 }
 
 /// Why a replica whose provider is not Ready does not move.

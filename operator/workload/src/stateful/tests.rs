@@ -31,6 +31,7 @@ struct Scene {
     observed: Vec<Observed>,
     bindings: BTreeMap<u32, String>,
     verdicts: BTreeMap<String, Verdict>,
+    draining: BTreeSet<String>,
     candidates: Vec<Candidate>,
     on_loss: OnProviderLoss,
     spread: Spread,
@@ -54,6 +55,7 @@ impl Scene {
                 .iter()
                 .map(|c| (c.name.clone(), Verdict::Keep))
                 .collect(),
+            draining: BTreeSet::new(),
             candidates,
             on_loss: OnProviderLoss::Wait,
             spread: Spread::Required,
@@ -88,6 +90,7 @@ impl Scene {
             observed: &self.observed,
             bindings: &self.bindings,
             verdicts: &self.verdicts,
+            draining: &self.draining,
             candidates: &self.candidates,
             per_replica: Resources::pod(100, 32 * MI),
             volume_bytes: 64 * MI,
@@ -296,4 +299,27 @@ fn a_stuck_pod_on_a_lost_provider_is_force_deleted() {
     );
     let s = s.lose("a", LOST);
     assert_eq!(deletes(&s.plan()), [("db-0", true)]);
+}
+
+#[test]
+fn a_drained_provider_gets_its_machine_back() {
+    let mut s = Scene::new(1).bind(0, "a");
+    s.observed = vec![with(pod("db-0", "a"), |o| o.draining = true)];
+    s.draining.insert("a".into());
+    s.candidates[0].readiness = Readiness::Cordoned;
+    // Wait: the pod stops there, the replica waits for the provider to resume.
+    let p = s.plan();
+    assert_eq!(deletes(&p), [("db-0", false)]);
+    assert_eq!(states(&p), [("db-0", "a", WAITING_FOR_PROVIDER)]);
+    s.observed.clear();
+    let p = s.plan();
+    assert!(p.plan.create.is_empty(), "{:?}", creates(&p));
+    assert!(
+        p.waiting[0].contains("drained by its owner"),
+        "{:?}",
+        p.waiting
+    );
+    // Recreate: it starts elsewhere.
+    s.on_loss = OnProviderLoss::Recreate;
+    assert_eq!(creates(&s.plan()), [(0, "b")]);
 }
