@@ -70,6 +70,21 @@ pub struct ClaimRequests {
 }
 
 impl VolumeClaimTemplate {
+    /// A `ReadWriteOnce` template `name` of `storage` (a quantity such as `64Mi`).
+    pub fn new(name: &str, storage: &str) -> Self {
+        Self {
+            metadata: ClaimMetadata { name: name.into() },
+            spec: ClaimSpec {
+                access_modes: vec![AccessMode::ReadWriteOnce],
+                resources: ClaimResources {
+                    requests: ClaimRequests {
+                        storage: storage.into(),
+                    },
+                },
+            },
+        }
+    }
+
     /// The template's name.
     pub fn name(&self) -> &str {
         &self.metadata.name

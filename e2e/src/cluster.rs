@@ -442,6 +442,29 @@ pub fn containers_with_label(engine: &DockerEngine, label: &str) -> anyhow::Resu
     .collect())
 }
 
+/// Ids of the running containers named `container` of the pod with `uid` on `engine`.
+pub fn running_containers(
+    engine: &DockerEngine,
+    uid: &str,
+    container: &str,
+) -> anyhow::Result<Vec<String>> {
+    Ok(docker(
+        engine,
+        &[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label={}={uid}", container_labels::POD_UID),
+            "--filter",
+            &format!("label={}={container}", container_labels::CONTAINER),
+        ],
+    )?
+    .lines()
+    .map(str::to_string)
+    .collect())
+}
+
 /// Ids of the containers (running or not) an edge created on `engine` for the pod with `uid`.
 pub fn containers_of_pod(engine: &DockerEngine, uid: &str) -> anyhow::Result<Vec<String>> {
     containers_with_label(engine, &format!("{}={uid}", container_labels::POD_UID))

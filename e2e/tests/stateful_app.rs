@@ -37,7 +37,8 @@ use decloud_crds::contracts::{container_labels, node_name, provider_of_node};
 use decloud_crds::persistence::{PersistentReplica, claim_name, replica_pod_name};
 use decloud_e2e::cluster::{
     ContainerSweeper, EdgeProcess, OperatorProcess, containers_with_label, http_get_reply,
-    http_post_reply, node_of, pod_ready, redis_image, wait_providers_ready, workload_pods,
+    http_post_reply, node_of, pod_ready, redis_image, running_containers, wait_providers_ready,
+    workload_pods,
 };
 use decloud_e2e::{TestEnv, eventually, free_port, repo_root};
 use k8s_openapi::api::core::v1::Pod;
@@ -421,16 +422,7 @@ impl Scene {
     fn container_of(&self, pod: &Pod, container: &str) -> anyhow::Result<String> {
         let engine = self.env.engine_of_node(&node_of(pod))?;
         let uid = pod.uid().context("pod without uid")?;
-        let ids = engine.docker(&[
-            "ps",
-            "-q",
-            "--no-trunc",
-            "--filter",
-            &format!("label={}={uid}", container_labels::POD_UID),
-            "--filter",
-            &format!("label={}={container}", container_labels::CONTAINER),
-        ])?;
-        let ids: Vec<&str> = ids.lines().collect();
+        let ids = running_containers(&engine, &uid, container)?;
         ensure!(
             ids.len() == 1,
             "running {container} containers of {}: {ids:?}",

@@ -23,7 +23,9 @@ use decloud_crds::contracts::{EDGE_TAINT, container_labels, node_name};
 use decloud_crds::{EgressPolicyState, Provider};
 use std::sync::Arc;
 
-use decloud_e2e::cluster::{ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image};
+use decloud_e2e::cluster::{
+    ContainerSweeper, EdgeProcess, OperatorProcess, busybox_image, running_containers,
+};
 use decloud_e2e::engine::DockerEngine;
 use decloud_e2e::{TestEnv, binary, eventually, free_port};
 use k8s_openapi::api::core::v1::Pod;
@@ -251,18 +253,9 @@ fn reaches(engine: &DockerEngine, id: &str, addr: &str, marker: &str) -> bool {
 
 /// The id of container `container` of pod `uid`.
 fn container_of(engine: &DockerEngine, uid: &str, container: &str) -> anyhow::Result<String> {
-    let ids = engine.docker(&[
-        "ps",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        &format!("label={}={uid}", container_labels::POD_UID),
-        "--filter",
-        &format!("label={}={container}", container_labels::CONTAINER),
-    ])?;
-    ids.lines()
+    running_containers(engine, uid, container)?
+        .into_iter()
         .next()
-        .map(str::to_string)
         .with_context(|| format!("no running container {container} of pod {uid}"))
 }
 

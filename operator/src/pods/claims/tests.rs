@@ -1,8 +1,6 @@
 use std::sync::Arc;
 
-use decloud_crds::persistence::{
-    ClaimMetadata, ClaimRequests, ClaimResources, ClaimSpec, PersistentReplica, VolumeClaimTemplate,
-};
+use decloud_crds::persistence::{PersistentReplica, VolumeClaimTemplate};
 use decloud_crds::{Container, PodSpec, PodTemplate, Workload, WorkloadSpec, WorkloadStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, Store};
@@ -33,19 +31,7 @@ fn workload(bound: &[(&str, &str)]) -> Workload {
             expose: None,
             failover: None,
             service_access: None,
-            volume_claim_templates: vec![VolumeClaimTemplate {
-                metadata: ClaimMetadata {
-                    name: "data".into(),
-                },
-                spec: ClaimSpec {
-                    access_modes: Vec::new(),
-                    resources: ClaimResources {
-                        requests: ClaimRequests {
-                            storage: "64Mi".into(),
-                        },
-                    },
-                },
-            }],
+            volume_claim_templates: vec![VolumeClaimTemplate::new("data", "64Mi")],
             persistence: None,
         },
     );

@@ -274,23 +274,10 @@ fn configuration_and_volumes_carry_over_as_core_v1() {
 
 #[test]
 fn a_stateful_replica_is_named_by_its_ordinal_and_mounts_its_claims() {
-    use decloud_crds::persistence::{
-        ClaimMetadata, ClaimRequests, ClaimResources, ClaimSpec, VolumeClaimTemplate,
-    };
     let mut wl = workload();
-    wl.spec.volume_claim_templates = vec![VolumeClaimTemplate {
-        metadata: ClaimMetadata {
-            name: "data".into(),
-        },
-        spec: ClaimSpec {
-            access_modes: Vec::new(),
-            resources: ClaimResources {
-                requests: ClaimRequests {
-                    storage: "64Mi".into(),
-                },
-            },
-        },
-    }];
+    wl.spec.volume_claim_templates = vec![decloud_crds::persistence::VolumeClaimTemplate::new(
+        "data", "64Mi",
+    )];
     let pod = build_pod(&wl, "abc", "edge-a", Some(3)).expect("pod");
     assert_eq!(pod.metadata.name.as_deref(), Some("hello-3"));
     assert_eq!(pod.metadata.generate_name, None);
