@@ -42,8 +42,7 @@ use crate::{
         CertificateProblem, Certificates, RECHECK_NOT_READY, RECHECK_READY, SharedCertificates,
         reconcile_certificate,
     },
-    failover::Verdict,
-    failover::{Health, OutageClock, verdict},
+    failover::{Health, OutageClock, Verdict, verdict},
     hosts::ClaimIndex,
     placement::{ARCH_LABEL, Allocatable, Candidate, OS_LABEL, Resources, is_platform_key},
     pod::{Replica, build_pod, replica_requests, requests_of, template_hash},
@@ -592,7 +591,11 @@ fn observe(
             *entry = entry.plus(requests_of(pod));
         }
     }
-    let volumes = volume_usage(&ctx.workloads, uid);
+    // Only a stateful replica takes storage, so only its placement reads the others' volumes.
+    let volumes = match &bindings {
+        Some(_) => volume_usage(&ctx.workloads, uid),
+        None => HashMap::new(),
+    };
     let candidates = providers
         .iter()
         .map(|p| {

@@ -268,7 +268,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
     out
 }
 
-fn deletion(o: &Observed, force: bool, reason: DeleteReason) -> Deletion {
+pub(crate) fn deletion(o: &Observed, force: bool, reason: DeleteReason) -> Deletion {
     Deletion {
         pod: o.pod.clone(),
         provider: o.provider.clone(),

@@ -28,7 +28,9 @@ use decloud_crds::{
 use crate::{
     failover::Verdict,
     placement::{Candidate, PlacementRequest, Readiness, Resources, place_replicas},
-    rollout::{BUSY_REQUEUE, DeleteReason, Deletion, IDLE_REQUEUE, Observed, Plan, SHORT_REQUEUE},
+    rollout::{
+        self, BUSY_REQUEUE, DeleteReason, Deletion, IDLE_REQUEUE, Observed, Plan, SHORT_REQUEUE,
+    },
 };
 
 /// A replica serving from its provider.
@@ -441,14 +443,10 @@ fn lost_message(provider: &str, verdict: Verdict, input: &StatefulInput<'_>, los
     }
 }
 
+/// A deletion of `o`: forced when its provider cannot confirm a graceful stop, or when it was
+/// already stopping there.
 fn deletion(o: &Observed, reason: DeleteReason) -> Deletion {
-    Deletion {
-        pod: o.pod.clone(),
-        provider: o.provider.clone(),
-        // An unreachable provider cannot confirm a graceful stop.
-        force: o.verdict != Verdict::Keep || reason == DeleteReason::Abandoned,
-        reason,
-    }
+    rollout::deletion(o, reason == DeleteReason::Abandoned, reason)
 }
 
 #[cfg(test)]
